@@ -1,0 +1,33 @@
+"""sslsteal_jax: measure how easily a self-supervised encoder behind a
+representation API can be stolen, and what each defense costs."""
+from setuptools import find_packages, setup
+
+setup(
+    name="sslsteal_jax",
+    version="0.1.0",
+    description="JAX/Flax toolkit for model extraction of self-supervised encoders and defenses",
+    packages=find_packages(include=["sslsteal_jax", "sslsteal_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.4.30",
+        "flax>=0.8",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.6",
+        "tensorflow-datasets>=4.9.6",
+        "array_record>=0.5",
+        "numpy>=1.26",
+        "absl-py",
+        "ml-collections",
+        "scikit-learn",
+        "scipy",
+        "matplotlib",
+        "tqdm",
+        "mlxtend",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+        "bench": ["torch==2.13.0"],
+    },
+)

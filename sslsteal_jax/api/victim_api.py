@@ -1,0 +1,160 @@
+"""VictimAPI: the encoder behind a paid representation API.
+
+Setting of Dziedzic et al. (ICML 2022, Section 2): the provider sells
+``x -> f_v(x)``; by default the API returns the backbone representation ``h``,
+optionally the projection-head output ``g(h)``. The attacker pays per query
+(one image = one query). The victim's parameters are private to this object:
+callers only ever receive numpy arrays of answers.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+OUTPUTS = ("representation", "projection")
+
+
+class BudgetExceededError(RuntimeError):
+    """A query would exceed the user's query budget; nothing was answered."""
+
+
+class QueryValidationError(ValueError):
+    """Query images have the wrong shape, dtype or range, or contain NaN/inf."""
+
+
+@dataclasses.dataclass
+class Account:
+    """Per-user state: ``budget`` (queries allowed, None = unlimited) and
+    ``used`` (queries charged so far)."""
+
+    budget: int | None
+    used: int = 0
+
+
+class VictimAPI:
+    """Representation API over a trained SimCLR victim.
+
+    Args:
+      model: ``SimCLRModel`` (call returns ``(h, g(h))``).
+      variables: its ``{'params', 'batch_stats'}``.
+      image_shape: ``(H, W, C)`` accepted per query image.
+      output: "representation" (backbone ``h``, default) or "projection" (``g(h)``).
+      default_budget: budget of users not registered explicitly (None = unlimited).
+      batch_size: images per forward pass (answers do not depend on it).
+    Raises:
+      ValueError: unknown ``output``.
+    """
+
+    def __init__(self, model, variables, image_shape, output: str = "representation",
+                 default_budget: int | None = None, batch_size: int = 1000):
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown API output {output!r}; allowed: {list(OUTPUTS)}")
+        self._variables = variables
+        self.image_shape = tuple(image_shape)
+        self.output = output
+        self.default_budget = default_budget
+        self.batch_size = int(batch_size)
+        self._accounts: dict[str, Account] = {}
+        index = 0 if output == "representation" else 1
+
+        @jax.jit
+        def answer(x):
+            return model.apply(variables, x, train=False)[index]
+
+        self._answer = answer
+        self.output_dim = int(jax.eval_shape(answer, jax.ShapeDtypeStruct((1, *self.image_shape),
+                                                                         jnp.float32)).shape[1])
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_dir: str, model_override: dict | None = None, **kwargs):
+        """Build the API from a SimCLR victim checkpoint directory.
+
+        Raises:
+          FileNotFoundError / CheckpointMismatchError: see ``training.encoders.load_model``.
+          ValueError: the checkpoint is not a SimCLR victim.
+        """
+        from sslsteal_jax.training.encoders import load_model
+        loaded = load_model(ckpt_dir, model_override)
+        if loaded.kind != "simclr":
+            raise ValueError(f"{ckpt_dir} holds a {loaded.kind!r} checkpoint, the API needs a "
+                             f"'simclr' victim")
+        return cls(loaded.module, loaded.variables, loaded.image_shape, **kwargs)
+
+    # ----- accounts -------------------------------------------------------
+    def register(self, user: str, budget: int | None) -> None:
+        """Open (or reset) an account for ``user`` with ``budget`` queries.
+
+        Raises:
+          ValueError: negative budget.
+        """
+        if budget is not None and int(budget) < 0:
+            raise ValueError(f"budget must be >= 0 or None, got {budget}")
+        self._accounts[user] = Account(None if budget is None else int(budget))
+
+    def _account(self, user: str) -> Account:
+        if user not in self._accounts:
+            self._accounts[user] = Account(self.default_budget)
+        return self._accounts[user]
+
+    def queries_used(self, user: str) -> int:
+        """Queries charged to ``user`` so far."""
+        return self._account(user).used
+
+    def remaining(self, user: str) -> int | None:
+        """Queries ``user`` may still make (None = unlimited)."""
+        a = self._account(user)
+        return None if a.budget is None else a.budget - a.used
+
+    # ----- queries --------------------------------------------------------
+    def _validate(self, images) -> np.ndarray:
+        x = np.asarray(images)
+        if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise QueryValidationError(
+                f"query images must have shape (B, {', '.join(map(str, self.image_shape))}), "
+                f"got {x.shape}")
+        if x.shape[0] == 0:
+            raise QueryValidationError("empty query batch")
+        if x.dtype == np.uint8:
+            return x.astype(np.float32) / 255.0
+        if x.dtype not in (np.float32, np.float64):
+            raise QueryValidationError(
+                f"query images must be uint8 in [0, 255] or float32 in [0, 1], got dtype {x.dtype}")
+        if not np.isfinite(x).all():
+            raise QueryValidationError("query images contain NaN or inf")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise QueryValidationError(
+                f"float query images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
+        return x.astype(np.float32)
+
+    def query(self, user: str, images) -> np.ndarray:
+        """Answer a batch of queries for ``user`` and charge one query per image.
+
+        Args:
+          user: account name.
+          images: uint8 ``(B, H, W, C)`` in [0, 255] or float32 in [0, 1].
+        Returns:
+          float32 numpy ``(B, output_dim)``.
+        Raises:
+          QueryValidationError: bad shape, dtype, range, NaN/inf.
+          BudgetExceededError: ``used + B`` exceeds the budget (nothing answered,
+            nothing charged).
+        """
+        x = self._validate(images)
+        acct = self._account(user)
+        if acct.budget is not None and acct.used + len(x) > acct.budget:
+            raise BudgetExceededError(
+                f"user {user!r} asked for {len(x)} queries but has {acct.budget - acct.used} left "
+                f"of a budget of {acct.budget}; nothing was answered")
+        out = []
+        for i in range(0, len(x), self.batch_size):
+            b = x[i:i + self.batch_size]
+            pad = self.batch_size - len(b)
+            if pad and len(x) > self.batch_size:
+                b = np.concatenate([b, np.zeros((pad, *b.shape[1:]), b.dtype)])
+            out.append(np.asarray(self._answer(jnp.asarray(b)))[:len(x[i:i + self.batch_size])])
+        acct.used += len(x)
+        return np.concatenate(out).astype(np.float32)

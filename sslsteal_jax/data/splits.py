@@ -1,0 +1,76 @@
+"""Fixed, disjoint experiment splits (SPEC section 4, "linear probe" protocol).
+
+Default for Fashion-MNIST: the victim trains on the 60,000-image train split;
+the attacker's query pool is the first 5,000 test images; the probe test set
+is the last 5,000 test images (disjoint from the pool); the probe train set is
+the labelled train split (the downstream user's labelled data). An
+out-of-distribution query pool comes from another dataset's train split.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from sslsteal_jax.data.registry import load_split
+
+
+@dataclasses.dataclass
+class ExperimentData:
+    """All arrays one experiment needs.
+
+    victim_train: uint8 (N_v, H, W, C); query_pool: uint8 (N_q, H, W, C);
+    probe_train_x/_y, probe_test_x/_y: uint8 images and int32 labels;
+    names: where each part came from (dataset/split/slice).
+    """
+
+    victim_train: np.ndarray
+    query_pool: np.ndarray
+    probe_train_x: np.ndarray
+    probe_train_y: np.ndarray
+    probe_test_x: np.ndarray
+    probe_test_y: np.ndarray
+    names: dict
+
+
+def _match_shape(images: np.ndarray, shape) -> np.ndarray:
+    """Resize (bilinear) / convert channels of an OOD pool to the victim's image shape."""
+    if tuple(images.shape[1:]) == tuple(shape):
+        return images
+    import jax
+    x = images.astype(np.float32) / 255.0
+    h, w, c = shape
+    if x.shape[-1] != c:
+        x = x.mean(-1, keepdims=True) if c == 1 else np.repeat(x[..., :1], c, axis=-1)
+    x = np.asarray(jax.image.resize(x, (x.shape[0], h, w, c), method="linear"))
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = None,
+                    probe_test_size: int = 5000, with_victim_train: bool = True) -> ExperimentData:
+    """Build the fixed splits.
+
+    Args:
+      dataset: victim's dataset (registry name).
+      query_dataset: None or the same name = in-distribution pool (test split
+        minus the probe test hold-out); another name = that dataset's 'train'
+        split, resized to the victim's image shape (out-of-distribution queries).
+      probe_test_size: size of the probe test hold-out (last images of 'test').
+    Raises:
+      ValueError: unknown dataset, or ``probe_test_size`` not smaller than the test split.
+    """
+    train_x, train_y = load_split(dataset, "train")
+    test_x, test_y = load_split(dataset, "test")
+    if not 0 < probe_test_size < len(test_x):
+        raise ValueError(f"probe_test_size={probe_test_size} must be in (0, {len(test_x)})")
+    cut = len(test_x) - probe_test_size
+    names = {"victim_train": f"{dataset}/train", "probe_train": f"{dataset}/train",
+             "probe_test": f"{dataset}/test[{cut}:]"}
+    if query_dataset in (None, "", dataset):
+        pool = test_x[:cut]
+        names["query_pool"] = f"{dataset}/test[:{cut}]"
+    else:
+        pool = _match_shape(load_split(query_dataset, "train")[0], train_x.shape[1:])
+        names["query_pool"] = f"{query_dataset}/train"
+    return ExperimentData(train_x if with_victim_train else train_x[:0], pool, train_x, train_y,
+                          test_x[cut:], test_y[cut:], names)

@@ -1,0 +1,1 @@
+"""Downstream evaluation of encoders: features, linear probe, kNN, fidelity, reports."""

@@ -1,0 +1,128 @@
+"""Linear probe and kNN accuracy on frozen features.
+
+Linear probe (Dziedzic et al. ICML 2022, Section 4 "linear evaluation"): a
+softmax-regression layer on standardised frozen representations, trained with
+Adam on mini-batches (fixed epochs, cosine LR, weight decay), fully in JAX.
+Reported as top-1 accuracy in percent on a disjoint labelled test split.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def few_labels_subset(labels: np.ndarray, per_class: int, key: jax.Array) -> np.ndarray:
+    """Indices of ``per_class`` examples of each class, drawn without replacement.
+
+    Args:
+      labels: int ``(N,)``; per_class: examples per class (> 0); key: PRNG key.
+    Returns:
+      sorted int64 indices ``(num_classes * per_class,)``.
+    Raises:
+      ValueError: a class has fewer than ``per_class`` examples.
+    """
+    idx = []
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        if len(where) < per_class:
+            raise ValueError(f"class {c} has {len(where)} examples < per_class={per_class}")
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, int(c)), len(where)))
+        idx.append(where[perm[:per_class]])
+    return np.sort(np.concatenate(idx))
+
+
+def linear_probe(train_x, train_y, test_x, test_y, key: jax.Array, epochs: int = 60,
+                 batch_size: int = 512, learning_rate: float = 2e-3,
+                 weight_decay: float = 1e-4) -> float:
+    """Train a linear classifier on frozen features; return test accuracy (percent).
+
+    Args:
+      train_x: float32 ``(N, D)``; train_y: int ``(N,)`` labels in [0, K).
+      test_x: float32 ``(M, D)``; test_y: int ``(M,)``.
+      key: PRNG key (initialisation and mini-batch order).
+      epochs: passes over the training features; batch_size: mini-batch size
+        (clipped to N); learning_rate: peak Adam LR (cosine decay to 0);
+      weight_decay: decoupled weight decay on the weights.
+    Returns:
+      top-1 accuracy in percent (float in [0, 100]).
+    Raises:
+      ValueError: mismatched shapes or non-finite features.
+    """
+    train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
+    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"features must be (N,D) and (M,D), got {train_x.shape} and {test_x.shape}")
+    if not (np.isfinite(train_x).all() and np.isfinite(test_x).all()):
+        raise ValueError("features contain NaN or inf")
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    xtr = jnp.asarray((train_x - mean) / std)
+    xte = jnp.asarray((test_x - mean) / std)
+    ytr = jnp.asarray(train_y, jnp.int32)
+    k = int(max(np.max(train_y), np.max(test_y)) + 1)
+    n, d = xtr.shape
+    bs = min(batch_size, n)
+    steps_per_epoch = max(n // bs, 1)
+    total = epochs * steps_per_epoch
+    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, total), weight_decay=weight_decay)
+    params = {"w": jnp.zeros((d, k)), "b": jnp.zeros((k,))}
+    opt = tx.init(params)
+
+    def loss_fn(p, x, y):
+        logits = x @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @jax.jit
+    def run(params, opt, key):
+        def epoch(carry, ek):
+            params, opt = carry
+            perm = jax.random.permutation(ek, n)[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
+
+            def step(carry, idx):
+                params, opt = carry
+                g = jax.grad(loss_fn)(params, xtr[idx], ytr[idx])
+                upd, opt = tx.update(g, opt, params)
+                return (optax.apply_updates(params, upd), opt), None
+
+            return jax.lax.scan(step, (params, opt), perm)[0], None
+
+        return jax.lax.scan(epoch, (params, opt), jax.random.split(key, epochs))[0][0]
+
+    params = run(params, opt, key)
+    pred = np.asarray(jnp.argmax(xte @ params["w"] + params["b"], axis=1))
+    return float(100.0 * np.mean(pred == np.asarray(test_y)))
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, chunk: int = 1000) -> float:
+    """Cosine-similarity k-nearest-neighbour accuracy (majority vote), percent.
+
+    Args:
+      train_x: float32 ``(N, D)``; train_y: int ``(N,)``; test_x: ``(M, D)``;
+      test_y: ``(M,)``; k: neighbours (1 <= k <= N); chunk: test rows per block.
+    Raises:
+      ValueError: k out of range.
+    """
+    n = len(train_x)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be in [1, {n}]")
+    def norm(x):
+        x = jnp.asarray(x, jnp.float32)
+        return x / (jnp.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+    tr, ytr = norm(train_x), jnp.asarray(train_y, jnp.int32)
+    num_classes = int(max(np.max(train_y), np.max(test_y)) + 1)
+
+    @jax.jit
+    def predict(q):
+        sims = q @ tr.T
+        _, nn_idx = jax.lax.top_k(sims, k)
+        votes = jax.nn.one_hot(ytr[nn_idx], num_classes).sum(axis=1)
+        return jnp.argmax(votes, axis=1)
+
+    te = norm(test_x)
+    preds = []
+    for i in range(0, len(te), chunk):
+        q = te[i:i + chunk]
+        pad = chunk - len(q)
+        qp = jnp.concatenate([q, jnp.zeros((pad, q.shape[1]))]) if pad and len(te) > chunk else q
+        preds.append(np.asarray(predict(qp))[:len(q)])
+    return float(100.0 * np.mean(np.concatenate(preds) == np.asarray(test_y)))

@@ -1,0 +1,1 @@
+"""Experiment orchestration: train_victim, steal (the main job), evaluate."""

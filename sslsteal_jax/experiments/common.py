@@ -1,0 +1,95 @@
+"""Helpers shared by experiments: work directories, result files, encoder evaluation."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslsteal_jax.evaluation.features import extract_features, make_apply, raw_pixels
+from sslsteal_jax.evaluation.report import COLUMNS, evaluate_features
+from sslsteal_jax.training.checkpoint import write_json_atomic
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class WorkdirExistsError(FileExistsError):
+    """The work directory already holds final results and overwrite was not requested."""
+
+
+def prepare_workdir(workdir: str, overwrite: bool) -> None:
+    """Create ``workdir``; refuse to reuse one that already holds ``results.json``.
+
+    With ``overwrite`` the old results are kept as ``results.<unix time>.json``
+    (never deleted). A workdir without results (an interrupted run) is reused
+    and the run resumes from its checkpoints.
+    Raises:
+      WorkdirExistsError: results exist and ``overwrite`` is False.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    res = os.path.join(workdir, "results.json")
+    if os.path.exists(res):
+        if not overwrite:
+            raise WorkdirExistsError(
+                f"{workdir!r} already holds results.json from a finished run; choose a new "
+                f"--workdir or pass --config.overwrite=True (the old results are kept as "
+                f"results.<time>.json)")
+        os.replace(res, os.path.join(workdir, f"results.{int(time.time())}.json"))
+
+
+def resolve_path(path: str | None) -> str | None:
+    """Absolute path; relative paths are tried from the cwd, then from the repository root."""
+    if not path:
+        return None
+    if os.path.isabs(path) or os.path.exists(path):
+        return os.path.abspath(path)
+    return os.path.join(REPO_ROOT, path)
+
+
+def write_results(workdir: str, results: dict, rows: list[dict]) -> None:
+    """Write ``results.json`` and ``results.csv`` atomically."""
+    write_json_atomic(os.path.join(workdir, "results.json"), results)
+    tmp = os.path.join(workdir, "results.csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["name", *COLUMNS])
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in ["name", *COLUMNS]})
+    os.replace(tmp, os.path.join(workdir, "results.csv"))
+
+
+def encoder_row(name, module, variables, data, key, victim_test_out=None, output_index=0,
+                fidelity_index=None, cfg_eval=None):
+    """Evaluate a flax module whose call returns a tuple (representation, ...).
+
+    ``output_index`` selects the representation used for probes;
+    ``fidelity_index`` the output compared with ``victim_test_out`` (None: skip).
+    """
+    def fn(i):
+        class _M:
+            @staticmethod
+            def apply(v, x, train=False):
+                return module.apply(v, x, train=train)[i]
+        return make_apply(_M, variables)
+
+    rep = fn(output_index)
+    tr = extract_features(rep, data.probe_train_x, desc=f"features {name} (probe train)")
+    te = extract_features(rep, data.probe_test_x)
+    out = None
+    if fidelity_index is not None and victim_test_out is not None:
+        out = te if fidelity_index == output_index else extract_features(fn(fidelity_index),
+                                                                          data.probe_test_x)
+        if out.shape != victim_test_out.shape:
+            out = None
+    return evaluate_features(name, tr, te, data, key, victim_test_out, out,
+                             **(cfg_eval or {}))
+
+
+def raw_pixels_row(data, key, cfg_eval=None):
+    """Metrics of the raw-pixel baseline (no fidelity)."""
+    return evaluate_features("raw pixels", raw_pixels(data.probe_train_x),
+                             raw_pixels(data.probe_test_x), data, key, **(cfg_eval or {}))

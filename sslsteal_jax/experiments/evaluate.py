@@ -1,0 +1,60 @@
+"""Experiment: evaluate saved encoder checkpoints without retraining.
+
+Each checkpoint (victim or surrogate, any architecture of the family) is
+rebuilt from its stored config and evaluated on the fixed probe splits:
+linear probe (full labels, 100 per class), kNN, and, when a victim checkpoint
+is given, fidelity to the victim's API output. Raw pixels and an independent
+randomly initialised encoder of the first checkpoint's architecture are
+reported alongside.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import numpy as np
+
+from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.evaluation.report import format_table, plot_results
+from sslsteal_jax.experiments import common
+from sslsteal_jax.training.encoders import build_model, load_model
+
+
+def run(cfg, workdir: str) -> dict:
+    """Evaluate ``cfg.checkpoints`` (comma-separated checkpoint dirs); returns results."""
+    paths = [common.resolve_path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
+    if not paths:
+        raise ValueError("config.checkpoints is empty; give one or more checkpoint directories "
+                         "separated by commas")
+    common.prepare_workdir(workdir, cfg.get("overwrite", False))
+    data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
+    key = jax.random.key(int(cfg.seed))
+    ev = dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs))
+    owner = None
+    if cfg.victim_checkpoint:
+        api = VictimAPI.from_checkpoint(common.resolve_path(cfg.victim_checkpoint),
+                                        output=cfg.api_output)
+        owner = np.concatenate([api.query("owner", data.probe_test_x[i:i + 1000])
+                                for i in range(0, len(data.probe_test_x), 1000)])
+    override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
+    rows, first = [], None
+    for p in paths:
+        m = load_model(p, override)
+        first = first or m
+        fid_index = 1 if (m.kind == "surrogate" or cfg.api_output == "projection") else 0
+        name = f"{m.kind}: {os.path.basename(os.path.dirname(p.rstrip('/')))}"
+        rows.append(common.encoder_row(name, m.module, m.variables, data, key, owner, 0,
+                                       fid_index, ev))
+    ind = build_model(first.kind, {**first.meta["config"]["model"],
+                                   "adapter_dim": first.meta.get("adapter_dim")})
+    ind_vars = ind.init(jax.random.key(int(cfg.seed) + 1000), data.probe_test_x[:2] / 255.0)
+    rows.append(common.encoder_row("independent (random init)", ind, ind_vars, data, key, owner,
+                                   0, 0, ev))
+    rows.append(common.raw_pixels_row(data, key, ev))
+    print(format_table(rows, f"evaluation on {cfg.dataset}"))
+    results = {"experiment": "evaluate", "rows": rows, "checkpoints": paths,
+               "splits": data.names, "config": cfg.to_dict()}
+    common.write_results(workdir, results, rows)
+    plot_results(rows, os.path.join(workdir, "results.png"), f"evaluation on {cfg.dataset}")
+    return results

@@ -1,0 +1,44 @@
+"""Experiment: train a SimCLR victim and record its downstream metrics.
+
+Writes ``<workdir>/checkpoints`` (orbax, resumable), ``train_log.jsonl``,
+``config.json`` and ``results.json`` (victim vs raw pixels vs an independent
+randomly initialised encoder of the same architecture).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+
+from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.evaluation.report import format_table
+from sslsteal_jax.experiments import common
+from sslsteal_jax.training.checkpoint import write_json_atomic
+from sslsteal_jax.training.encoders import build_model
+from sslsteal_jax.training.simclr import train_simclr
+
+
+def train(cfg, workdir: str, data=None):
+    """Train (or resume) the victim in ``workdir``; returns (model, variables, summary)."""
+    data = data or experiment_data(cfg.dataset)
+    os.makedirs(workdir, exist_ok=True)
+    write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
+    return train_simclr(cfg, workdir, data.victim_train)
+
+
+def run(cfg, workdir: str) -> dict:
+    """Train the victim then evaluate it; returns the results dict."""
+    common.prepare_workdir(workdir, cfg.get("overwrite", False))
+    data = experiment_data(cfg.dataset)
+    model, variables, summary = train(cfg, workdir, data)
+    key = jax.random.key(int(cfg.seed) + 1)
+    rows = [common.encoder_row("victim", model, variables, data, key)]
+    ind = build_model("simclr", dict(cfg.model))
+    ind_vars = ind.init(jax.random.key(int(cfg.seed) + 1000), data.probe_test_x[:2] / 255.0)
+    rows.append(common.encoder_row("independent (random init)", ind, ind_vars, data, key))
+    rows.append(common.raw_pixels_row(data, key))
+    print(format_table(rows, f"victim SimCLR on {cfg.dataset}"))
+    results = {"experiment": "train_victim", "training": summary, "rows": rows,
+               "splits": data.names, "config": cfg.to_dict()}
+    common.write_results(workdir, results, rows)
+    return results

@@ -1,0 +1,126 @@
+"""Self-supervised and stealing objectives: pure functions, arrays in, scalar out.
+
+Notation (Dziedzic et al., ICML 2022, Section 3 "Stealing encoders"): a batch
+of B queries, ``s`` float32 ``(B, D)`` = surrogate representations f_s(x),
+``v`` float32 ``(B, D)`` = representations returned by the victim API
+(treated as constants: every stealing loss applies ``stop_gradient`` to ``v``).
+
+Every function returns a float32 scalar.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_EPS = 1e-8
+
+
+def _l2_normalize(x, axis=-1):
+    return x / jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=True) + 1e-12)
+
+
+def nt_xent(a, b, temperature: float):
+    """NT-Xent / InfoNCE over two aligned batches (SimCLR, Chen et al. 2020, Eq. 1).
+
+    Rows ``a[i]`` and ``b[i]`` are positives; the other 2B-2 rows of
+    ``u = [a; b]`` are negatives. Rows are L2-normalised, logits are
+    ``u u^T / temperature`` with the diagonal removed, and the loss is the mean
+    cross-entropy of each row against its partner (i <-> i + B).
+
+    Args:
+      a, b: float32 ``(B, D)``.
+      temperature: tau > 0 (0.07 in the stealing paper's reference, 0.1-0.5 common).
+    Returns:
+      scalar float32, mean over the 2B rows.
+    """
+    n = a.shape[0]
+    u = _l2_normalize(jnp.concatenate([a, b], axis=0).astype(jnp.float32))
+    logits = u @ u.T / temperature
+    logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
+    partner = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(0, n)])
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.mean(logp[jnp.arange(2 * n), partner])
+
+
+def infonce_loss(s, v, temperature: float = 0.07):
+    """InfoNCE stealing loss: ``nt_xent(s, stop_gradient(v), temperature)``.
+
+    Source: Dziedzic et al. ICML 2022, Section 3 (contrastive stealing loss),
+    reference temperature 0.07.
+    """
+    return nt_xent(s, jax.lax.stop_gradient(v), temperature)
+
+
+def mse_loss(s, v):
+    """Mean over batch and dimensions of ``(s - v)^2`` (ICML 2022, Section 3)."""
+    return jnp.mean((s - jax.lax.stop_gradient(v)) ** 2)
+
+
+def soft_nearest_neighbor(x, labels, temperature: float):
+    """Soft nearest-neighbour loss (Frosst, Papernot, Hinton, ICML 2019, Eq. 1).
+
+    For each row i: ``-log( sum_{j != i, y_j = y_i} exp(-|x_i - x_j|^2 / T)
+    / sum_{k != i} exp(-|x_i - x_k|^2 / T) )``, averaged over rows.
+
+    Args:
+      x: float32 ``(N, D)``; labels: int ``(N,)``; temperature: T > 0.
+    """
+    x = x.astype(jnp.float32)
+    sq = jnp.sum(x * x, axis=1)
+    d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * x @ x.T, 0.0)
+    logits = -d2 / temperature
+    n = x.shape[0]
+    not_self = ~jnp.eye(n, dtype=bool)
+    same = (labels[:, None] == labels[None, :]) & not_self
+    neg_inf = -jnp.inf
+    log_num = jax.nn.logsumexp(jnp.where(same, logits, neg_inf), axis=1)
+    log_den = jax.nn.logsumexp(jnp.where(not_self, logits, neg_inf), axis=1)
+    return jnp.mean(log_den - log_num)
+
+
+def softnn_loss(s, v, temperature: float = 100.0):
+    """SoftNN stealing loss on ``u = [s; v]`` where rows with the same query
+    index form a class (ICML 2022, Section 3; T = 100 for CIFAR-scale)."""
+    n = s.shape[0]
+    u = jnp.concatenate([s, jax.lax.stop_gradient(v)], axis=0)
+    labels = jnp.concatenate([jnp.arange(n), jnp.arange(n)])
+    return soft_nearest_neighbor(u, labels, temperature)
+
+
+def wasserstein_loss(s, v):
+    """1-D Wasserstein-1 distance between per-row histograms over dimensions.
+
+    Each row of ``s`` and ``v`` (non-negative after ReLU + pooling; negative
+    entries are clipped to 0) is normalised to sum 1; W1 = sum over dims of
+    |CDF_s - CDF_v|; mean over rows (ICML 2022, Section 3).
+    """
+    p = jnp.maximum(s, 0.0) + _EPS
+    q = jnp.maximum(jax.lax.stop_gradient(v), 0.0) + _EPS
+    p = p / jnp.sum(p, axis=1, keepdims=True)
+    q = q / jnp.sum(q, axis=1, keepdims=True)
+    return jnp.mean(jnp.sum(jnp.abs(jnp.cumsum(p, axis=1) - jnp.cumsum(q, axis=1)), axis=1))
+
+
+STEALING_LOSSES = ("mse", "infonce", "softnn", "wasserstein")
+
+
+def stealing_loss(name: str, s, v, temperature: float | None = None):
+    """Dispatch a stealing loss by name.
+
+    Args:
+      name: one of ``STEALING_LOSSES``.
+      s, v: float32 ``(B, D)`` surrogate and victim representations.
+      temperature: tau for infonce, T for softnn; ignored otherwise
+        (None = the loss's reference default).
+    Raises:
+      ValueError: unknown ``name``.
+    """
+    if name == "mse":
+        return mse_loss(s, v)
+    if name == "infonce":
+        return infonce_loss(s, v, 0.07 if temperature is None else temperature)
+    if name == "softnn":
+        return softnn_loss(s, v, 100.0 if temperature is None else temperature)
+    if name == "wasserstein":
+        return wasserstein_loss(s, v)
+    raise ValueError(f"unknown stealing loss {name!r}; allowed: {list(STEALING_LOSSES)}")

@@ -1,0 +1,53 @@
+"""Command-line entry point.
+
+  python -m sslsteal_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
+
+``--config`` is an ml_collections config file (optionally ``file.py:args``);
+its ``experiment`` field selects the experiment (train_victim, steal,
+evaluate). Any field can be overridden with ``--config.<field>=<value>``.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=False)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+
+EXPERIMENTS = ("train_victim", "steal", "evaluate")
+
+
+def run(cfg, workdir: str):
+    """Dispatch ``cfg.experiment``; returns the experiment's results dict.
+
+    Raises:
+      ValueError: unknown experiment name.
+    """
+    if cfg.experiment == "train_victim":
+        from sslsteal_jax.experiments import train_victim as exp
+    elif cfg.experiment == "steal":
+        from sslsteal_jax.experiments import steal as exp
+    elif cfg.experiment == "evaluate":
+        from sslsteal_jax.experiments import evaluate as exp
+    else:
+        raise ValueError(f"unknown experiment {cfg.experiment!r}; allowed: {list(EXPERIMENTS)}")
+    return exp.run(cfg, workdir)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("both --config and --workdir are required")
+    try:
+        run(_CONFIG.value, _WORKDIR.value)
+    except KeyboardInterrupt:
+        print("stopped; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    app.run(main)

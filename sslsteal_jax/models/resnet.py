@@ -1,0 +1,129 @@
+"""ResNet family in Flax (linen) used for victim and surrogate encoders.
+
+Source: He et al., "Deep Residual Learning for Image Recognition" (CVPR 2016);
+the CIFAR stem (3x3 conv, stride 1, no max-pool) follows the SimCLR CIFAR
+setting used by Dziedzic et al. (ICML 2022, Section 4 / Appendix) for the
+victim encoders.
+
+The encoder's output is the *representation*: the globally average-pooled
+output of the last stage, shape ``(B, width * 8 * expansion)`` float32.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Fixed input normalisation: images enter the encoder as float in [0, 1].
+_PIXEL_MEAN = 0.5
+_PIXEL_STD = 0.25
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity / 1x1 projection shortcut."""
+
+    filters: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    expansion = 1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+        residual = x
+        y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(x)
+        y = nn.relu(norm()(y))
+        y = conv(self.filters, (3, 3), padding=1)(y)
+        y = norm(scale_init=nn.initializers.zeros)(y)
+        if residual.shape != y.shape:
+            residual = conv(self.filters, (1, 1), (self.strides, self.strides))(residual)
+            residual = norm()(residual)
+        return nn.relu(residual + y)
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 (x4) bottleneck block of ResNet-50."""
+
+    filters: int
+    strides: int = 1
+    dtype: Any = jnp.float32
+    expansion = 4
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+        residual = x
+        y = nn.relu(norm()(conv(self.filters, (1, 1))(x)))
+        y = conv(self.filters, (3, 3), (self.strides, self.strides), padding=1)(y)
+        y = nn.relu(norm()(y))
+        y = conv(self.filters * 4, (1, 1))(y)
+        y = norm(scale_init=nn.initializers.zeros)(y)
+        if residual.shape != y.shape:
+            residual = conv(self.filters * 4, (1, 1), (self.strides, self.strides))(residual)
+            residual = norm()(residual)
+        return nn.relu(residual + y)
+
+
+class ResNet(nn.Module):
+    """ResNet backbone returning pooled representations.
+
+    Attributes:
+      stage_sizes: blocks per stage, e.g. (2, 2, 2, 2) for ResNet-18.
+      block_cls: ``BasicBlock`` or ``Bottleneck``.
+      width: channels of the first stage (64 in the standard ResNet); stage i
+        has ``width * 2**i`` channels (times 4 for bottlenecks).
+      stem: ``"cifar"`` (3x3 conv stride 1, no max-pool; for 28-64 px images)
+        or ``"imagenet"`` (7x7 conv stride 2 + 3x3 max-pool).
+      dtype: compute dtype (parameters stay float32).
+
+    Call: ``x`` float32 ``(B, H, W, C)`` in [0, 1] (any C), ``train`` bool.
+    Returns float32 ``(B, representation_dim)``.
+    """
+
+    stage_sizes: Sequence[int]
+    block_cls: Callable[..., nn.Module] = BasicBlock
+    width: int = 64
+    stem: str = "cifar"
+    dtype: Any = jnp.float32
+
+    @property
+    def representation_dim(self) -> int:
+        return self.width * 2 ** (len(self.stage_sizes) - 1) * self.block_cls.expansion
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = ((x - _PIXEL_MEAN) / _PIXEL_STD).astype(self.dtype)
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+        if self.stem == "cifar":
+            x = nn.Conv(self.width, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
+                        name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+        elif self.stem == "imagenet":
+            x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False,
+                        dtype=self.dtype, name="stem_conv")(x)
+            x = nn.relu(norm(name="stem_bn")(x))
+            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+        else:
+            raise ValueError(f"stem={self.stem!r} is not one of 'cifar', 'imagenet'")
+        for i, n_blocks in enumerate(self.stage_sizes):
+            for j in range(n_blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                x = self.block_cls(self.width * 2 ** i, strides, dtype=self.dtype,
+                                   name=f"stage{i + 1}_block{j + 1}")(x, train)
+        return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+# name -> (stage sizes, block)
+ARCHITECTURES = {
+    "resnet10": ((1, 1, 1, 1), BasicBlock),   # one block per stage: CPU-scale default
+    "resnet18": ((2, 2, 2, 2), BasicBlock),
+    "resnet34": ((3, 4, 6, 3), BasicBlock),
+    "resnet50": ((3, 4, 6, 3), Bottleneck),
+}

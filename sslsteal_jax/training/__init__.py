@@ -1,0 +1,1 @@
+"""Train state, optimizers, device mesh, checkpoints: shared by victim and surrogate training."""

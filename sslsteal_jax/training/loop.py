@@ -1,0 +1,154 @@
+"""Generic resumable training loop shared by victim (SimCLR) and surrogate training.
+
+One jitted step per batch; the data order is a deterministic function of
+(seed, epoch), step keys are ``fold_in(key, step)``, so a run resumed from a
+checkpoint produces the same numbers as an uninterrupted run. Checkpoints
+(orbax) are written every ``checkpoint_every`` steps, at the end, and when the
+process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from sslsteal_jax.training import checkpoint as ckpt
+from sslsteal_jax.training import mesh as mesh_lib
+from sslsteal_jax.training.state import TrainState
+
+
+class _Preempted(Exception):
+    pass
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, step: int):
+    """Indices of the batch used at optimizer ``step``: a fresh permutation of
+    ``range(n)`` per epoch (numpy PCG64 seeded by ``(seed, epoch)``), the last
+    incomplete batch dropped. Returns int64 ``(batch_size,)``."""
+    steps_per_epoch = n // batch_size
+    epoch, i = divmod(step, steps_per_epoch)
+    perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def _items(state: TrainState) -> dict:
+    return {"model": {"params": state.params, "batch_stats": state.batch_stats},
+            "opt": {"opt_state": state.opt_state, "step": state.step}}
+
+
+def restore_state(state: TrainState, ckpt_dir: str) -> tuple[TrainState, bool]:
+    """Restore ``state`` from the latest checkpoint in ``ckpt_dir`` if one exists.
+
+    Returns ``(state, resumed)``. Raises ``CheckpointMismatchError`` if the
+    checkpoint belongs to another model."""
+    mngr = ckpt.manager(ckpt_dir)
+    if mngr.latest_step() is None:
+        return state, False
+    items, _ = ckpt.restore(mngr, _items(state))
+    return state.replace(params=items["model"]["params"], batch_stats=items["model"]["batch_stats"],
+                         opt_state=items["opt"]["opt_state"], step=items["opt"]["step"]), True
+
+
+def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarray],
+                 batch_size: int, total_steps: int, key: jax.Array, seed: int,
+                 ckpt_dir: str | None, meta: dict, desc: str,
+                 checkpoint_every: int = 500, log_every: int = 50,
+                 log_path: str | None = None, progress: bool = True):
+    """Run ``step_fn`` for ``total_steps`` steps over shuffled batches of ``arrays``.
+
+    Args:
+      state: initial TrainState (overwritten by the checkpoint in ``ckpt_dir`` if any).
+      step_fn: ``(state, *batch, key) -> (state, metrics dict of scalars)``; it is
+        jitted here with the state donated.
+      arrays: host arrays with equal leading dimension N; each step receives
+        ``[a[idx] for a in arrays]`` with ``idx = epoch_batches(N, batch_size, seed, step)``,
+        sharded over the ("data",) mesh axis.
+      batch_size: examples per step (divisible by the number of devices).
+      total_steps: optimizer steps to reach.
+      key: PRNG key; step s uses ``fold_in(key, s)``.
+      ckpt_dir: checkpoint directory or None (no checkpoints, no resume).
+      meta: JSON metadata stored with each checkpoint.
+      desc: progress-bar label.
+      log_path: JSONL file receiving ``{"step", "epoch", <metrics>}`` every ``log_every`` steps.
+    Returns:
+      ``(state, summary)`` with summary keys ``steps``, ``wall_seconds``,
+      ``examples_per_second``, ``final_metrics``, ``resumed_from``.
+    Raises:
+      ValueError: inconsistent array lengths or batch size.
+      KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint.
+    """
+    n = len(arrays[0])
+    if any(len(a) != n for a in arrays):
+        raise ValueError(f"arrays have different lengths: {[len(a) for a in arrays]}")
+    if not 1 <= batch_size <= n:
+        raise ValueError(f"batch_size={batch_size} must be in [1, number of examples={n}]")
+    mesh = mesh_lib.data_mesh()
+    mesh_lib.check_batch_divisible(batch_size, mesh)
+    mngr = ckpt.manager(ckpt_dir) if ckpt_dir else None
+    resumed_from = 0
+    if ckpt_dir:
+        state, resumed = restore_state(state, ckpt_dir)
+        if resumed:
+            resumed_from = int(state.step)
+            print(f"{desc}: resumed from checkpoint at step {resumed_from} of {total_steps}")
+    repl, bshard = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+    state = jax.device_put(state, repl)
+    jstep = jax.jit(step_fn, donate_argnums=(0,))
+    steps_per_epoch = n // batch_size
+
+    def save(step):
+        if mngr is not None:
+            ckpt.save(mngr, step, _items(state), dict(meta, step=int(step)))
+
+    def on_term(signum, frame):
+        raise _Preempted()
+
+    old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    t0, acc, final = time.time(), [], {}
+    step = int(state.step)
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, unit="step",
+               mininterval=2.0, leave=False)
+    try:
+        while step < total_steps:
+            idx = epoch_batches(n, batch_size, seed, step)
+            batch = [jax.device_put(a[idx], bshard) for a in arrays]
+            state, m = jstep(state, *batch, jax.random.fold_in(key, step))
+            step += 1
+            acc.append(m)
+            if step % log_every == 0 or step == total_steps:
+                final = {k: float(np.mean([float(x[k]) for x in acc])) for k in acc[0]}
+                acc = []
+                if log_path:
+                    with open(log_path, "a") as f:
+                        f.write(json.dumps({"step": step, "epoch": step / steps_per_epoch,
+                                            **final}) + "\n")
+                bar.set_postfix({k: f"{v:.4f}" for k, v in final.items()})
+            bar.update(1)
+            if mngr is not None and step % checkpoint_every == 0 and step < total_steps:
+                save(step)
+        if mngr is not None and (mngr.latest_step() or -1) < total_steps:
+            save(total_steps)
+    except (KeyboardInterrupt, _Preempted):
+        bar.close()
+        save(int(state.step))
+        print(f"{desc}: interrupted, checkpoint saved at step {int(state.step)}; rerun to resume")
+        raise KeyboardInterrupt
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+        bar.close()
+    wall = time.time() - t0
+    return state, {"steps": total_steps, "wall_seconds": wall, "resumed_from": resumed_from,
+                   "examples_per_second": batch_size * (total_steps - resumed_from) / max(wall, 1e-9),
+                   "final_metrics": final}
+
+
+def _main_thread() -> bool:
+    import threading
+    return threading.current_thread() is threading.main_thread()

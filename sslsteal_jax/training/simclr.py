@@ -1,0 +1,112 @@
+"""SimCLR victim training: one jitted step (augment on device -> encoder ->
+projection head -> NT-Xent), a resumable loop with orbax checkpoints.
+
+Source: Chen et al., "A Simple Framework for Contrastive Learning of Visual
+Representations" (ICML 2020); victim protocol of Dziedzic et al. (ICML 2022,
+Section 4): ResNet + 2-layer head, NT-Xent, Adam, weight decay 1e-4.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sslsteal_jax import losses
+from sslsteal_jax.data.augment import AugmentConfig, augment_batch
+from sslsteal_jax.models import SimCLRModel, build_encoder
+from sslsteal_jax.training.loop import run_training
+from sslsteal_jax.training.optim import make_optimizer
+from sslsteal_jax.training.state import TrainState
+
+
+def build_simclr(model_cfg) -> SimCLRModel:
+    """SimCLR model from a config with arch, width, stem, head_hidden, head_out, dtype."""
+    dtype = jnp.bfloat16 if model_cfg.get("dtype", "float32") == "bfloat16" else jnp.float32
+    enc = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem, dtype)
+    return SimCLRModel(enc, int(model_cfg.head_hidden), int(model_cfg.head_out))
+
+
+def augment_config(cfg) -> AugmentConfig:
+    """AugmentConfig from a ConfigDict / dict of the same field names."""
+    d = dict(cfg)
+    return AugmentConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
+
+
+def make_simclr_step(model: SimCLRModel, aug: AugmentConfig, temperature: float):
+    """Return ``step(state, images_uint8 (B,H,W,C), key) -> (state, metrics)``.
+
+    Two views per image are drawn on device; the encoder sees both views in one
+    batch of 2B (BatchNorm statistics over the global 2B batch); loss is
+    ``losses.nt_xent(z1, z2, temperature)``.
+    """
+
+    def loss_fn(params, batch_stats, x1, x2):
+        x = jnp.concatenate([x1, x2], axis=0)
+        (h, z), upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
+                                  mutable=["batch_stats"])
+        b = x1.shape[0]
+        loss = losses.nt_xent(z[:b], z[b:], temperature)
+        return loss, upd["batch_stats"]
+
+    def step(state: TrainState, images, key):
+        x = images.astype(jnp.float32) / 255.0
+        k1, k2 = jax.random.split(key)
+        x1, x2 = augment_batch(k1, x, aug), augment_batch(k2, x, aug)
+        (loss, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, x1, x2)
+        state = state.apply_gradients(grads=grads, batch_stats=bs)
+        return state, {"loss": loss}
+
+    return step
+
+
+def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
+    """Train (or resume) a SimCLR victim.
+
+    Args:
+      cfg: ConfigDict with ``model`` (arch, width, stem, head_hidden, head_out),
+        ``augment``, ``temperature``, ``batch_size``, ``epochs``, ``optimizer``,
+        ``learning_rate``, ``weight_decay``, ``warmup_epochs``, ``seed``,
+        ``checkpoint_every_steps``, ``log_every_steps``.
+      workdir: checkpoints go to ``workdir/checkpoints`` and the loss log to
+        ``workdir/train_log.jsonl``. An existing checkpoint is resumed (same
+        data order and keys as an uninterrupted run).
+      images: uint8 ``(N, H, W, C)`` victim training images.
+    Returns:
+      ``(model, variables, summary)``: the SimCLRModel, its variables
+      ``{'params', 'batch_stats'}``, and a dict with ``steps``, ``epochs``,
+      ``final_loss``, ``images_per_second`` (augmented views per second),
+      ``wall_seconds``.
+    Raises:
+      ValueError: bad batch size / image array.
+      KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint.
+    """
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 (N,H,W,C), got {images.dtype} {images.shape}")
+    n, bsz = images.shape[0], int(cfg.batch_size)
+    if not 2 <= bsz <= n:
+        raise ValueError(f"batch_size={bsz} must be in [2, number of images={n}]")
+    steps_per_epoch = n // bsz
+    total = int(cfg.epochs) * steps_per_epoch
+    model = build_simclr(cfg.model)
+    tx = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, total,
+                        min(int(cfg.warmup_epochs * steps_per_epoch), total // 10))
+    key = jax.random.key(int(cfg.seed))
+    init_key, _, aug_key = jax.random.split(key, 3)
+    variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables["batch_stats"])
+    meta = {"kind": "simclr", "config": cfg.to_dict(), "image_shape": list(images.shape[1:])}
+    step_fn = make_simclr_step(model, augment_config(cfg.augment), cfg.temperature)
+    state, summary = run_training(
+        state, step_fn, [images], bsz, total, aug_key, int(cfg.seed),
+        os.path.join(workdir, "checkpoints"), meta, "SimCLR victim",
+        int(cfg.checkpoint_every_steps), int(cfg.log_every_steps),
+        os.path.join(workdir, "train_log.jsonl"), progress)
+    summary = {"steps": total, "epochs": int(cfg.epochs),
+               "final_loss": summary["final_metrics"].get("loss", float("nan")),
+               "images_per_second": 2 * summary["examples_per_second"],
+               "wall_seconds": summary["wall_seconds"]}
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, summary
