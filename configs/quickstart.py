@@ -28,6 +28,8 @@ def get_config(arg: str = ""):
     c.dataset = "fashion_mnist"
     c.query_dataset = a.get("query_dataset") or ""
     c.probe_test_size = 5000
+    c.probe_train_size = ml_collections.config_dict.placeholder(int)  # None = the whole labelled train split
+    c.victim_train_size = ml_collections.config_dict.placeholder(int)  # only used when the victim is trained here
     c.budget = int(a.get("budget", 5000))
     c.losses = a.get("losses", "infonce")
     c.api_output = "representation"

@@ -38,4 +38,6 @@ def get_config(arg: str = ""):
     c.checkpoint_every_steps = 500
     c.log_every_steps = 50
     c.overwrite = False
+    c.victim_train_size = ml_collections.config_dict.placeholder(int)  # None = whole train split
+    c.probe_train_size = ml_collections.config_dict.placeholder(int)
     return c

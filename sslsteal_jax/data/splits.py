@@ -47,7 +47,9 @@ def _match_shape(images: np.ndarray, shape) -> np.ndarray:
 
 
 def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = None,
-                    probe_test_size: int = 5000, with_victim_train: bool = True) -> ExperimentData:
+                    probe_test_size: int = 5000, with_victim_train: bool = True,
+                    victim_train_size: int | None = None,
+                    probe_train_size: int | None = None) -> ExperimentData:
     """Build the fixed splits.
 
     Args:
@@ -56,10 +58,16 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
         minus the probe test hold-out); another name = that dataset's 'train'
         split, resized to the victim's image shape (out-of-distribution queries).
       probe_test_size: size of the probe test hold-out (last images of 'test').
+      victim_train_size / probe_train_size: None = the whole train split, or
+        the first N train images (small configs and tests).
     Raises:
       ValueError: unknown dataset, or ``probe_test_size`` not smaller than the test split.
     """
     train_x, train_y = load_split(dataset, "train")
+    for name, size in (("victim_train_size", victim_train_size),
+                       ("probe_train_size", probe_train_size)):
+        if size is not None and not 0 < size <= len(train_x):
+            raise ValueError(f"{name}={size} must be in (0, {len(train_x)}]")
     test_x, test_y = load_split(dataset, "test")
     if not 0 < probe_test_size < len(test_x):
         raise ValueError(f"probe_test_size={probe_test_size} must be in (0, {len(test_x)})")
@@ -72,5 +80,10 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
     else:
         pool = _match_shape(load_split(query_dataset, "train")[0], train_x.shape[1:])
         names["query_pool"] = f"{query_dataset}/train"
-    return ExperimentData(train_x if with_victim_train else train_x[:0], pool, train_x, train_y,
-                          test_x[cut:], test_y[cut:], names)
+    vt = train_x[:victim_train_size] if with_victim_train else train_x[:0]
+    pt = slice(0, probe_train_size)
+    if victim_train_size:
+        names["victim_train"] += f"[:{victim_train_size}]"
+    if probe_train_size:
+        names["probe_train"] += f"[:{probe_train_size}]"
+    return ExperimentData(vt, pool, train_x[pt], train_y[pt], test_x[cut:], test_y[cut:], names)

@@ -72,7 +72,9 @@ def run(cfg, workdir: str) -> dict:
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, cfg.get("query_dataset"), cfg.probe_test_size,
                            with_victim_train=bool(cfg.victim.train_from_scratch or not os.path.isdir(
-                               common.resolve_path(cfg.victim.checkpoint) or "")))
+                               common.resolve_path(cfg.victim.checkpoint) or "")),
+                           victim_train_size=cfg.get("victim_train_size"),
+                           probe_train_size=cfg.get("probe_train_size"))
     if not 1 <= cfg.budget <= len(data.query_pool):
         raise ValueError(f"query budget {cfg.budget} must be between 1 and the query pool size "
                          f"{len(data.query_pool)} ({data.names['query_pool']})")

@@ -29,7 +29,8 @@ def train(cfg, workdir: str, data=None):
 def run(cfg, workdir: str) -> dict:
     """Train the victim then evaluate it; returns the results dict."""
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
-    data = experiment_data(cfg.dataset)
+    data = experiment_data(cfg.dataset, victim_train_size=cfg.get("victim_train_size"),
+                           probe_train_size=cfg.get("probe_train_size"))
     model, variables, summary = train(cfg, workdir, data)
     key = jax.random.key(int(cfg.seed) + 1)
     rows = [common.encoder_row("victim", model, variables, data, key)]
