@@ -27,6 +27,9 @@ def run(cfg, workdir: str) -> dict:
     if not paths:
         raise ValueError("config.checkpoints is empty; give one or more checkpoint directories "
                          "separated by commas")
+    missing = [p for p in paths if not os.path.isdir(p)]
+    if missing:
+        raise FileNotFoundError(f"checkpoint directory {missing[0]!r} does not exist")
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
     key = jax.random.key(int(cfg.seed))

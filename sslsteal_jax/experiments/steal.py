@@ -69,7 +69,6 @@ def run(cfg, workdir: str) -> dict:
     """Run the main job; returns the results dict (also written to ``workdir``)."""
     t0 = time.time()
     losses = parse_losses(cfg.losses)
-    common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, cfg.get("query_dataset"), cfg.probe_test_size,
                            with_victim_train=bool(cfg.victim.train_from_scratch or not os.path.isdir(
                                common.resolve_path(cfg.victim.checkpoint) or "")),
@@ -78,6 +77,7 @@ def run(cfg, workdir: str) -> dict:
     if not 1 <= cfg.budget <= len(data.query_pool):
         raise ValueError(f"query budget {cfg.budget} must be between 1 and the query pool size "
                          f"{len(data.query_pool)} ({data.names['query_pool']})")
+    common.prepare_workdir(workdir, cfg.get("overwrite", False))
     model, variables, victim_source = get_victim(cfg, workdir, data)
     t_victim = time.time()
 

@@ -5,6 +5,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -64,8 +65,19 @@ def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None)
     return {k: out[k] for k in targets}, dict(out["meta"])
 
 
+def _key_name(k) -> str:
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
 def _shapes(tree) -> dict:
-    return {jax.tree_util.keystr(p): tuple(x.shape)
+    """``"a/b/0/c" -> shape`` for every array leaf. Paths are normalised so that a
+    stored tree (orbax metadata: nested dicts/lists) and the live tree (which may
+    hold namedtuples, e.g. optax states, reached by attribute) name leaves alike;
+    ``np.shape`` also accepts Python scalars."""
+    return {"/".join(_key_name(k) for k in p): tuple(np.shape(x))
             for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 

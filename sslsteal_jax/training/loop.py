@@ -15,6 +15,7 @@ import time
 from typing import Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -38,8 +39,10 @@ def epoch_batches(n: int, batch_size: int, seed: int, step: int):
 
 
 def _items(state: TrainState) -> dict:
+    # ``TrainState.create`` sets ``step`` to the Python int 0; store / expect it as an
+    # int32 array so a fresh state's tree matches a checkpoint's (resume needs this).
     return {"model": {"params": state.params, "batch_stats": state.batch_stats},
-            "opt": {"opt_state": state.opt_state, "step": state.step}}
+            "opt": {"opt_state": state.opt_state, "step": jnp.asarray(state.step, jnp.int32)}}
 
 
 def restore_state(state: TrainState, ckpt_dir: str) -> tuple[TrainState, bool]:
@@ -92,6 +95,9 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
     mesh_lib.check_batch_divisible(batch_size, mesh)
     mngr = ckpt.manager(ckpt_dir) if ckpt_dir else None
     resumed_from = 0
+    # A fresh TrainState's step is a weak-typed Python int, a restored one a strict
+    # int32 array: make them alike so a resumed run reuses the same compiled step.
+    state = state.replace(step=jnp.asarray(state.step, jnp.int32))
     if ckpt_dir:
         state, resumed = restore_state(state, ckpt_dir)
         if resumed:

@@ -1,0 +1,149 @@
+"""Checkpointing, resume and work-directory safety.
+
+* ``train_simclr`` on 256 tiny synthetic images (ResNet-10, width 4, batch 32,
+  2 epochs = 16 steps, checkpoint every 4 steps), once uninterrupted (run A);
+* ``load_model`` refuses a checkpoint under another architecture / width;
+* a run interrupted (KeyboardInterrupt, as on Ctrl-C) at step 6 saves a
+  checkpoint and, rerun, resumes to the same final parameters as run A;
+* ``prepare_workdir`` refuses finished work directories unless overwrite.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from sslsteal_jax.experiments.common import WorkdirExistsError, prepare_workdir
+from sslsteal_jax.training import loop, simclr
+from sslsteal_jax.training.checkpoint import CheckpointMismatchError, read_meta
+from sslsteal_jax.training.encoders import load_model
+from sslsteal_jax.training.simclr import train_simclr
+
+N, BATCH, EPOCHS, EVERY = 256, 32, 2, 4
+TOTAL = EPOCHS * (N // BATCH)  # 16
+KILL_AT = 6
+
+
+def _cfg():
+    return ml_collections.ConfigDict(dict(
+        model=dict(arch="resnet10", width=4, stem="cifar", head_hidden=16, head_out=8,
+                   dtype="float32"),
+        augment=dict(crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=0.5, jitter_p=0.8,
+                     jitter_strength=0.5, gray_p=0.2, blur_p=0.0, blur_sigma=(0.1, 2.0)),
+        temperature=0.2, batch_size=BATCH, epochs=EPOCHS, optimizer="adam", learning_rate=1e-3,
+        weight_decay=1e-4, warmup_epochs=0.5, seed=3, checkpoint_every_steps=EVERY,
+        log_every_steps=4))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_compiled_step():
+    """Speed only: all runs here share one config, so the (pure) model, optimizer
+    and step builders return equal objects each time. Memoising them hands
+    ``run_training`` the same step function and the same static TrainState
+    fields (``apply_fn``, ``tx``), so jit compiles the step once per module
+    instead of once per run (about 8 s each on a small, busy CPU)."""
+    def memo(real):
+        cache = {}
+
+        def f(*args):
+            key = repr(args)
+            if key not in cache:
+                cache[key] = real(*args)
+            return cache[key]
+        return f
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("build_simclr", "make_optimizer", "make_simclr_step"):
+            mp.setattr(simclr, name, memo(getattr(simclr, name)))
+        yield
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(0).integers(0, 256, (N, 28, 28, 1), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def run_a(tmp_path_factory, images):
+    """Uninterrupted run: (workdir, variables, summary)."""
+    wd = str(tmp_path_factory.mktemp("run_a"))
+    _, variables, summary = train_simclr(_cfg(), wd, images, progress=False)
+    return wd, jax.device_get(variables), summary
+
+
+def test_uninterrupted_run_writes_checkpoint_and_log(run_a):
+    wd, variables, summary = run_a
+    assert summary["steps"] == TOTAL and np.isfinite(summary["final_loss"])
+    meta = read_meta(os.path.join(wd, "checkpoints"))
+    assert meta["kind"] == "simclr" and meta["step"] == TOTAL
+    assert meta["config"]["model"]["width"] == 4 and meta["image_shape"] == [28, 28, 1]
+    with open(os.path.join(wd, "train_log.jsonl")) as f:
+        log = [json.loads(line) for line in f]
+    assert [r["step"] for r in log] == list(range(4, TOTAL + 1, 4))
+    loaded = load_model(os.path.join(wd, "checkpoints"))
+    assert loaded.kind == "simclr" and loaded.image_shape == (28, 28, 1)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(loaded.variables),
+                           variables)
+
+
+@pytest.mark.parametrize("override", [{"width": 8}, {"arch": "resnet18"},
+                                      {"head_out": 16}])
+def test_load_model_refuses_other_architecture(run_a, override):
+    with pytest.raises(CheckpointMismatchError, match="architecture or width"):
+        load_model(os.path.join(run_a[0], "checkpoints"), override)
+
+
+def test_load_model_missing_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_model(str(tmp_path / "nope"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_model(str(tmp_path / "empty"))
+
+
+def test_interrupted_run_resumes_to_same_result(run_a, images, tmp_path, monkeypatch, capsys):
+    _, want, _ = run_a
+    wd = str(tmp_path / "run_b")
+    real = loop.epoch_batches
+
+    def killing_batches(n, batch_size, seed, step):
+        if step == KILL_AT:
+            raise KeyboardInterrupt  # as if Ctrl-C arrived before step KILL_AT's batch
+        return real(n, batch_size, seed, step)
+
+    monkeypatch.setattr(loop, "epoch_batches", killing_batches)
+    with pytest.raises(KeyboardInterrupt):
+        train_simclr(_cfg(), wd, images, progress=False)
+    monkeypatch.setattr(loop, "epoch_batches", real)
+    assert read_meta(os.path.join(wd, "checkpoints"))["step"] == KILL_AT
+    assert "interrupted, checkpoint saved at step 6" in capsys.readouterr().out
+
+    _, got, _ = train_simclr(_cfg(), wd, images, progress=False)
+    assert f"resumed from checkpoint at step {KILL_AT} of {TOTAL}" in capsys.readouterr().out
+    assert read_meta(os.path.join(wd, "checkpoints"))["step"] == TOTAL
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        jax.device_get(got), want)
+    with open(os.path.join(wd, "train_log.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f]
+    assert steps == [4, 8, 12, 16]
+
+
+def test_prepare_workdir(tmp_path, monkeypatch):
+    wd = str(tmp_path / "w")
+    prepare_workdir(wd, False)  # creates it
+    assert os.path.isdir(wd)
+    prepare_workdir(wd, False)  # no results yet (interrupted run): reused
+    with open(os.path.join(wd, "results.json"), "w") as f:
+        json.dump({"old": 1}, f)
+    with pytest.raises(WorkdirExistsError, match=r"new --workdir.*overwrite=True") as e:
+        prepare_workdir(wd, False)
+    assert isinstance(e.value, FileExistsError)
+    assert os.path.exists(os.path.join(wd, "results.json"))
+    monkeypatch.setattr("time.time", lambda: 1234567890.5)
+    prepare_workdir(wd, True)
+    assert not os.path.exists(os.path.join(wd, "results.json"))
+    with open(os.path.join(wd, "results.1234567890.json")) as f:
+        assert json.load(f) == {"old": 1}

@@ -1,0 +1,122 @@
+"""End to end on real Fashion-MNIST, at toy scale, through ``sslsteal_jax.main.run``:
+victim SimCLR trained from scratch -> representation API with a budget ->
+InfoNCE direct extraction -> linear probes / kNN / fidelity -> results files.
+
+Sizes are chosen so the whole chain takes about a minute on a small CPU;
+the assertions are the qualitative ones that hold at this scale (the
+surrogate imitates the victim better than an independent encoder does).
+"""
+import importlib.util
+import json
+import os
+
+import pytest
+
+from sslsteal_jax.experiments import steal
+from sslsteal_jax.experiments.common import REPO_ROOT, WorkdirExistsError
+from sslsteal_jax.main import run
+
+BUDGET = 1000
+
+
+def _load_config_module(name):
+    path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_test_configs_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def tiny_config(**quickstart_args):
+    """The quickstart config scaled down: victim trained here (ResNet-10, width 8,
+    1 epoch on 2,048 images), 1,000 InfoNCE queries, small probe splits."""
+    args = ",".join(f"{k}={v}" for k, v in {"losses": "infonce", "budget": BUDGET,
+                                              "victim": "scratch", "epochs": 8,
+                                              **quickstart_args}.items())
+    cfg = _load_config_module("quickstart").get_config(args)
+    cfg.victim.checkpoint = ""  # never touch the shipped victim
+    cfg.victim.train = _load_config_module("victim_simclr").get_config(
+        "width=8,epochs=1,batch_size=128,head_hidden=64,head_out=32")
+    cfg.victim.train.log_every_steps = 8
+    cfg.victim_train_size = 2048
+    cfg.probe_train_size = 2000
+    cfg.probe_test_size = 1000
+    cfg.eval.probe_epochs = 60
+    cfg.eval.per_class = 50
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("e2e"))
+    results = run(tiny_config(), wd)
+    return wd, results
+
+
+def test_end_to_end_steal(finished):
+    wd, results = finished
+    for f in ("results.json", "results.csv", "results.png", "query_cache.npz"):
+        assert os.path.exists(os.path.join(wd, f)), f
+    with open(os.path.join(wd, "results.json")) as f:
+        on_disk = json.load(f)
+    assert on_disk["queries_charged"] == BUDGET == results["queries_charged"]
+    assert on_disk["budget"] == BUDGET
+    rows = {r["name"]: r for r in on_disk["rows"]}
+    assert set(rows) == {"victim", "surrogate (infonce)", "independent (random init)",
+                         "raw pixels"}
+    vic, sur, ind = rows["victim"], rows["surrogate (infonce)"], rows["independent (random init)"]
+    print("\nend-to-end rows:")
+    for r in on_disk["rows"]:
+        print(f"  {r['name']:<28} probe_full={r['probe_full']:.2f} probe_100={r['probe_100']:.2f} "
+              f"knn={r['knn']:.2f} cos={r['cosine_fidelity']} l2={r['l2_fidelity']}")
+    print("timing:", {k: round(v, 1) for k, v in on_disk["timing_seconds"].items()})
+    # The victim is compared with its own API output: fidelity 1.
+    assert vic["cosine_fidelity"] == pytest.approx(1.0, abs=1e-4)
+    assert vic["l2_fidelity"] == pytest.approx(0.0, abs=1e-3)
+    # Stealing makes the surrogate imitate the victim better than an independent encoder.
+    assert sur["cosine_fidelity"] > ind["cosine_fidelity"] + 0.1
+    assert sur["l2_fidelity"] < ind["l2_fidelity"]
+    for r in rows.values():
+        for k in ("probe_full", "probe_100", "knn"):
+            assert 30.0 < r[k] <= 100.0, (r["name"], k, r[k])
+    assert on_disk["surrogate_training"]["infonce"]["steps"] == 8 * (BUDGET // 256)
+    assert on_disk["splits"]["query_pool"] == "fashion_mnist/test[:9000]"
+    assert os.path.isdir(os.path.join(wd, "victim", "checkpoints"))
+    assert os.path.isdir(os.path.join(wd, "surrogate_infonce", "checkpoints"))
+
+
+def test_rerun_into_finished_workdir_refused(finished):
+    wd, _ = finished
+    with pytest.raises(WorkdirExistsError, match="overwrite"):
+        run(tiny_config(), wd)
+
+
+def test_parse_losses():
+    assert steal.parse_losses("infonce") == ["infonce"]
+    assert steal.parse_losses(" mse, softnn ") == ["mse", "softnn"]
+    assert steal.parse_losses("all") == ["mse", "infonce", "softnn", "wasserstein"]
+    for bad in ("bogus", "mse,bogus", "", ","):
+        with pytest.raises(ValueError, match=r"allowed: \['mse', 'infonce', 'softnn', "
+                                             r"'wasserstein'\] or 'all'"):
+            steal.parse_losses(bad)
+
+
+def test_unknown_loss_fails_before_anything(tmp_path):
+    cfg = tiny_config()
+    cfg.losses = "infonce,bogus"
+    with pytest.raises(ValueError, match="bogus"):
+        run(cfg, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")  # rejected before the workdir is created
+
+
+def test_budget_larger_than_pool_fails_before_training(tmp_path, monkeypatch):
+    def no_training(*a, **k):
+        raise AssertionError("the victim must not be trained when the budget is invalid")
+
+    monkeypatch.setattr(steal.train_victim, "train", no_training)
+    monkeypatch.setattr(steal, "train_surrogate", no_training)
+    cfg = tiny_config(budget=10 ** 6)
+    with pytest.raises(ValueError, match=r"query budget 1000000 .*query pool size 9000 "
+                                         r"\(fashion_mnist/test\[:9000\]\)"):
+        run(cfg, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w" / "victim")
