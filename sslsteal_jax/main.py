@@ -38,6 +38,8 @@ def run(cfg, workdir: str):
 
 
 def main(argv):
+    """absl entry point: validate flags, run the experiment; exit 130 after Ctrl-C/SIGTERM
+    (the checkpoint is saved, rerunning the command resumes)."""
     logging.set_verbosity(logging.WARNING)  # silence orbax's per-checkpoint INFO lines
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")

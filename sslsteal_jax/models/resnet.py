@@ -94,6 +94,7 @@ class ResNet(nn.Module):
 
     @property
     def representation_dim(self) -> int:
+        """Size D of the pooled representation (int)."""
         return self.width * 2 ** (len(self.stage_sizes) - 1) * self.block_cls.expansion
 
     @nn.compact
