@@ -101,6 +101,57 @@ def wasserstein_loss(s, v):
     return jnp.mean(jnp.sum(jnp.abs(jnp.cumsum(p, axis=1) - jnp.cumsum(q, axis=1)), axis=1))
 
 
+def cosine_loss(s, v):
+    """Mean over rows of ``1 - cos(s_i, v_i)`` (StolenEncoder, Liu et al. CCS 2022, Eq. 2)."""
+    sn, vn = _l2_normalize(s), _l2_normalize(jax.lax.stop_gradient(v))
+    return jnp.mean(1.0 - jnp.sum(sn * vn, axis=1))
+
+
+def barlow_loss(s, v, off_diagonal_weight: float = 0.0051):
+    """Barlow Twins redundancy-reduction loss between surrogate and victim batches.
+
+    Source: Zbontar et al., "Barlow Twins" (ICML 2021), Eq. 1. Each dimension is
+    standardised over the batch; ``c = s_n^T v_n / B`` (D x D);
+    loss = ``sum_i (1 - c_ii)^2 + off_diagonal_weight * sum_{i != j} c_ij^2``.
+    """
+    v = jax.lax.stop_gradient(v)
+    b = s.shape[0]
+    sn = (s - s.mean(0)) / (s.std(0) + 1e-5)
+    vn = (v - v.mean(0)) / (v.std(0) + 1e-5)
+    c = sn.T @ vn / b
+    diag = jnp.diagonal(c)
+    off = jnp.sum(c ** 2) - jnp.sum(diag ** 2)
+    return jnp.sum((1.0 - diag) ** 2) + off_diagonal_weight * off
+
+
+def soft_cross_entropy_loss(s, v, temperature: float = 1.0):
+    """Cross-entropy of ``softmax(s / T)`` against the soft target ``softmax(v / T)``,
+    mean over rows. A corrected version of the reference's "softce" loss, which
+    never used the victim output (SPEC section 4)."""
+    target = jax.nn.softmax(jax.lax.stop_gradient(v) / temperature, axis=1)
+    return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(s / temperature, axis=1), axis=1))
+
+
+def supcon_loss(features, labels, temperature: float = 0.07):
+    """Supervised contrastive loss (Khosla et al., NeurIPS 2020, Eq. 2, L_out).
+
+    Args:
+      features: float32 ``(N, D)`` (L2-normalised inside); labels: int ``(N,)``.
+    For each anchor i with at least one positive: ``-mean_{p in P(i)} log
+    softmax_{a != i}(z_i . z_a / T)[p]``; averaged over such anchors.
+    """
+    z = _l2_normalize(features.astype(jnp.float32))
+    n = z.shape[0]
+    not_self = ~jnp.eye(n, dtype=bool)
+    logits = jnp.where(not_self, z @ z.T / temperature, -jnp.inf)
+    logp = jax.nn.log_softmax(logits, axis=1)
+    pos = (labels[:, None] == labels[None, :]) & not_self
+    npos = jnp.sum(pos, axis=1)
+    per_anchor = -jnp.sum(jnp.where(pos, logp, 0.0), axis=1) / jnp.maximum(npos, 1)
+    has = npos > 0
+    return jnp.sum(jnp.where(has, per_anchor, 0.0)) / jnp.maximum(jnp.sum(has), 1)
+
+
 STEALING_LOSSES = ("mse", "infonce", "softnn", "wasserstein")
 
 
