@@ -23,5 +23,5 @@ def get_config(arg: str = ""):
     c.expect_model = ml_collections.ConfigDict(dict(arch="", width=0, stem=""))
     c.seed = 0
     c.overwrite = False
-    c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60))
+    c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60, select_probe=True))
     return c

@@ -49,5 +49,5 @@ def get_config(arg: str = ""):
         "infonce": {"learning_rate": 1e-3, "temperature": 0.1},
         "softnn": {"temperature": 10.0},
     })
-    c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60))
+    c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60, select_probe=True))
     return c

@@ -70,3 +70,17 @@ def test_extract_features_batches_match_single_call():
     out = extract_features(fn, imgs, batch_size=10)
     np.testing.assert_allclose(out, imgs.reshape(25, -1) * 2.0)
     np.testing.assert_allclose(raw_pixels(imgs), imgs.reshape(25, -1) / 255.0, rtol=1e-6)
+
+
+def test_selected_probe_picks_setting_on_validation():
+    from sslsteal_jax.evaluation.probe import selected_linear_probe
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 8)) * 4
+    y = rng.integers(0, 3, size=600)
+    x = centers[y] + rng.normal(size=(600, 8))
+    grid = ((1, 1e-7, 0.0), (20, 1e-2, 1e-4))  # the first barely moves from zero weights
+    acc, chosen = selected_linear_probe(x[:500], y[:500], x[500:], y[500:], jax.random.key(0), grid)
+    assert chosen["epochs"] == 20 and chosen["learning_rate"] == 1e-2
+    assert acc >= 99.0
+    with pytest.raises(ValueError, match="val_fraction=0.9"):
+        selected_linear_probe(x, y, x, y, jax.random.key(0), grid, val_fraction=0.9)

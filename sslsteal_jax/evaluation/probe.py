@@ -126,3 +126,43 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, chunk: int = 100
         qp = jnp.concatenate([q, jnp.zeros((pad, q.shape[1]))]) if pad and len(te) > chunk else q
         preds.append(np.asarray(predict(qp))[:len(q)])
     return float(100.0 * np.mean(np.concatenate(preds) == np.asarray(test_y)))
+
+
+# Probe settings searched on a validation split: (epochs, learning rate, weight decay).
+DEFAULT_PROBE_GRID = ((60, 2e-3, 1e-4), (100, 5e-3, 1e-3))
+
+
+def selected_linear_probe(train_x, train_y, test_x, test_y, key: jax.Array,
+                          grid=DEFAULT_PROBE_GRID, val_fraction: float = 0.1) -> tuple[float, dict]:
+    """Linear probe whose optimisation settings are chosen on a validation split.
+
+    Each ``(epochs, learning_rate, weight_decay)`` in ``grid`` is trained on the
+    first ``1 - val_fraction`` of the training features and scored on the rest;
+    the best setting (ties: the earlier one) is retrained on all training
+    features and scored on the test split, so the test set never influences the
+    choice (standard linear-evaluation practice, e.g. SimCLR, Chen et al. 2020,
+    Appendix B.5). Every encoder gets its own best setting.
+
+    Returns:
+      ``(test accuracy in percent, {"epochs", "learning_rate", "weight_decay",
+      "val_accuracy"})``.
+    Raises:
+      ValueError: empty grid or ``val_fraction`` outside (0, 0.5].
+    """
+    if not grid:
+        raise ValueError("probe grid is empty")
+    if not 0.0 < val_fraction <= 0.5:
+        raise ValueError(f"val_fraction={val_fraction} must be in (0, 0.5]")
+    train_x = np.asarray(train_x)
+    cut = int(round(len(train_x) * (1.0 - val_fraction)))
+    best, best_val = None, -1.0
+    for i, (epochs, lr, wd) in enumerate(grid):
+        val = linear_probe(train_x[:cut], train_y[:cut], train_x[cut:], train_y[cut:],
+                           jax.random.fold_in(key, i), epochs=int(epochs), learning_rate=lr,
+                           weight_decay=wd)
+        if val > best_val:
+            best, best_val = (int(epochs), lr, wd), val
+    acc = linear_probe(train_x, train_y, test_x, test_y, key, epochs=best[0],
+                       learning_rate=best[1], weight_decay=best[2])
+    return acc, {"epochs": best[0], "learning_rate": best[1], "weight_decay": best[2],
+                 "val_accuracy": best_val}

@@ -10,13 +10,15 @@ import jax
 import numpy as np
 
 from sslsteal_jax.evaluation import fidelity as fid
-from sslsteal_jax.evaluation.probe import few_labels_subset, knn_accuracy, linear_probe
+from sslsteal_jax.evaluation.probe import (few_labels_subset, knn_accuracy, linear_probe,
+                                           selected_linear_probe)
 
 COLUMNS = ("probe_full", "probe_100", "knn", "cosine_fidelity", "l2_fidelity")
 
 
 def evaluate_features(name, train_feats, test_feats, data, key, victim_test_out=None,
-                      test_out=None, per_class: int = 100, probe_epochs: int = 60) -> dict:
+                      test_out=None, per_class: int = 100, probe_epochs: int = 60,
+                      select_probe: bool = True) -> dict:
     """Metrics of one encoder given its features.
 
     Args:
@@ -27,14 +29,25 @@ def evaluate_features(name, train_feats, test_feats, data, key, victim_test_out=
       victim_test_out: float32 (N_test, D_v) victim API outputs on the probe
         test set, for fidelity; ``test_out`` the encoder's outputs in the same
         space (None: no fidelity).
+      per_class: labels per class of the few-label probe (fixed settings:
+        ``max(probe_epochs, 200)`` epochs, lr 2e-3, wd 1e-4).
+      probe_epochs: epochs of the full-label probe when ``select_probe`` is False.
+      select_probe: choose the full-label probe's settings on a 10% validation
+        split of the probe train set (``selected_linear_probe``).
     Returns:
-      dict with ``name`` and the keys of ``COLUMNS`` (fidelity None when N/A).
+      dict with ``name``, the keys of ``COLUMNS`` (fidelity None when N/A) and
+      ``probe_full_settings``.
     """
     k1, k2, k3 = jax.random.split(key, 3)
     sub = few_labels_subset(data.probe_train_y, per_class, k2)
-    row = {"name": name,
-           "probe_full": linear_probe(train_feats, data.probe_train_y, test_feats, data.probe_test_y,
-                                      k1, epochs=probe_epochs),
+    if select_probe:
+        full, settings = selected_linear_probe(train_feats, data.probe_train_y, test_feats,
+                                               data.probe_test_y, k1)
+    else:
+        full = linear_probe(train_feats, data.probe_train_y, test_feats, data.probe_test_y, k1,
+                            epochs=probe_epochs)
+        settings = {"epochs": probe_epochs, "learning_rate": 2e-3, "weight_decay": 1e-4}
+    row = {"name": name, "probe_full": full, "probe_full_settings": settings,
            "probe_100": linear_probe(train_feats[sub], data.probe_train_y[sub], test_feats,
                                      data.probe_test_y, k3, epochs=max(probe_epochs, 200)),
            "knn": knn_accuracy(train_feats, data.probe_train_y, test_feats, data.probe_test_y),

@@ -33,7 +33,8 @@ def run(cfg, workdir: str) -> dict:
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
     key = jax.random.key(int(cfg.seed))
-    ev = dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs))
+    ev = dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs),
+              select_probe=bool(cfg.eval.get("select_probe", True)))
     owner = None
     if cfg.victim_checkpoint:
         api = VictimAPI.from_checkpoint(common.resolve_path(cfg.victim_checkpoint),

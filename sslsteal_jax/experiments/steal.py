@@ -117,7 +117,8 @@ def run(cfg, workdir: str) -> dict:
     # ---- evaluation ------------------------------------------------------------------------
     owner = np.concatenate([api.query("owner", data.probe_test_x[i:i + 1000])
                             for i in range(0, len(data.probe_test_x), 1000)])
-    ev = dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs))
+    ev = dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs),
+              select_probe=bool(cfg.eval.get("select_probe", True)))
     out_index = 0 if cfg.api_output == "representation" else 1
     rows = [common.encoder_row("victim", model, variables, data, key, owner, 0, out_index, ev)]
     for loss, (smod, svars) in surrogates.items():
