@@ -83,8 +83,8 @@ def plot_results(rows, path: str, title: str) -> None:
     a1.set_xticks(x, names, rotation=20, ha="right")
     a1.set_ylabel("test accuracy (%)")
     lo = min(min(r["probe_full"], r["probe_100"]) for r in rows)
-    a1.set_ylim(max(0, lo - 10), 100)
-    a1.legend(loc="lower right")
+    a1.set_ylim(max(0, lo - 10), 104)
+    a1.legend(loc="upper center", ncol=2, fontsize=8)
     a1.set_title(title)
     fr = [r for r in rows if r["cosine_fidelity"] is not None]
     a2.bar(range(len(fr)), [r["cosine_fidelity"] for r in fr], color="tab:green")
