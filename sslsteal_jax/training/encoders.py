@@ -93,6 +93,13 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
     module = build_model(kind, model_cfg)
     image_shape = tuple(meta["image_shape"])
     target = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((2, *image_shape))))
-    items, meta = ckpt.restore(ckpt.manager(ckpt_dir), {"model": {
-        "params": target["params"], "batch_stats": target["batch_stats"]}}, step)
+    try:
+        items, meta = ckpt.restore(ckpt.manager(ckpt_dir), {"model": {
+            "params": target["params"], "batch_stats": target["batch_stats"]}}, step)
+    except ckpt.CheckpointMismatchError as e:
+        stored = {k: meta["config"]["model"].get(k) for k in ("arch", "width", "stem")}
+        asked = {k: model_cfg.get(k) for k in ("arch", "width", "stem")}
+        raise ckpt.CheckpointMismatchError(
+            f"the checkpoint holds a {kind} model with {stored}, but {asked} was requested. "
+            f"{e}") from None
     return LoadedModel(kind, module, items["model"], meta, image_shape)
