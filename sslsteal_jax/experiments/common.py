@@ -24,7 +24,7 @@ class WorkdirExistsError(FileExistsError):
 def prepare_workdir(workdir: str, overwrite: bool) -> None:
     """Create ``workdir``; refuse to reuse one that already holds ``results.json``.
 
-    With ``overwrite`` the old results are kept as ``results.<unix time>.json``
+    With ``overwrite`` the old results are kept as ``results.<unix time>.{json,csv,png}``
     (never deleted). A workdir without results (an interrupted run) is reused
     and the run resumes from its checkpoints.
     Raises:
@@ -38,7 +38,11 @@ def prepare_workdir(workdir: str, overwrite: bool) -> None:
                 f"{workdir!r} already holds results.json from a finished run; choose a new "
                 f"--workdir or pass --config.overwrite=True (the old results are kept as "
                 f"results.<time>.json)")
-        os.replace(res, os.path.join(workdir, f"results.{int(time.time())}.json"))
+        stamp = int(time.time())
+        for ext in ("json", "csv", "png"):
+            old = os.path.join(workdir, f"results.{ext}")
+            if os.path.exists(old):
+                os.replace(old, os.path.join(workdir, f"results.{stamp}.{ext}"))
 
 
 def resolve_path(path: str | None) -> str | None:
