@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslsteal_jax.evaluation.features import extract_features
+
 OUTPUTS = ("representation", "projection")
 
 
@@ -149,12 +151,6 @@ class VictimAPI:
             raise BudgetExceededError(
                 f"user {user!r} asked for {len(x)} queries but has {acct.budget - acct.used} left "
                 f"of a budget of {acct.budget}; nothing was answered")
-        out = []
-        for i in range(0, len(x), self.batch_size):
-            b = x[i:i + self.batch_size]
-            pad = self.batch_size - len(b)
-            if pad and len(x) > self.batch_size:
-                b = np.concatenate([b, np.zeros((pad, *b.shape[1:]), b.dtype)])
-            out.append(np.asarray(self._answer(jnp.asarray(b)))[:len(x[i:i + self.batch_size])])
+        out = extract_features(self._answer, x, self.batch_size)
         acct.used += len(x)
-        return np.concatenate(out).astype(np.float32)
+        return out

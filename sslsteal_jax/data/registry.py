@@ -31,7 +31,6 @@ also cached in-process, keyed by (name, split, data dir); see
 from __future__ import annotations
 
 import os
-import re
 import threading
 
 import numpy as np

@@ -11,14 +11,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
-def make_apply(module, variables):
-    """Jitted ``images uint8|float32 (B,H,W,C) -> float32 (B,D)`` for a frozen module."""
+def make_apply(module, variables, output_index: int | None = None):
+    """Jitted ``images uint8|float32 (B,H,W,C) -> float32 (B,D)`` for a frozen module.
+
+    ``output_index`` selects one element when the module returns a tuple (e.g.
+    0 = representation, 1 = projection head / adapter output of the SimCLR and
+    surrogate wrappers); None returns the module's output as is.
+    """
 
     @jax.jit
     def apply(x):
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
-        return module.apply(variables, x, train=False)
+        out = module.apply(variables, x, train=False)
+        return out if output_index is None else out[output_index]
 
     return apply
 

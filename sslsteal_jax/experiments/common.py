@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from sslsteal_jax.evaluation.features import extract_features, make_apply, raw_pixels
 from sslsteal_jax.evaluation.report import COLUMNS, evaluate_features
@@ -73,24 +70,32 @@ def encoder_row(name, module, variables, data, key, victim_test_out=None, output
     ``output_index`` selects the representation used for probes;
     ``fidelity_index`` the output compared with ``victim_test_out`` (None: skip).
     """
-    def fn(i):
-        class _M:
-            @staticmethod
-            def apply(v, x, train=False):
-                return module.apply(v, x, train=train)[i]
-        return make_apply(_M, variables)
-
-    rep = fn(output_index)
+    rep = make_apply(module, variables, output_index)
     tr = extract_features(rep, data.probe_train_x, desc=f"features {name} (probe train)")
     te = extract_features(rep, data.probe_test_x)
     out = None
     if fidelity_index is not None and victim_test_out is not None:
-        out = te if fidelity_index == output_index else extract_features(fn(fidelity_index),
-                                                                          data.probe_test_x)
+        out = te if fidelity_index == output_index else extract_features(
+            make_apply(module, variables, fidelity_index), data.probe_test_x)
         if out.shape != victim_test_out.shape:
             out = None
     return evaluate_features(name, tr, te, data, key, victim_test_out, out,
                              **(cfg_eval or {}))
+
+
+def independent_row(module, data, key, seed: int, victim_test_out=None, fidelity_index=None,
+                    cfg_eval=None):
+    """Metrics of ``module`` freshly initialised with PRNG key ``seed + 1000``: the
+    independent encoder of the same architecture that every report includes."""
+    variables = module.init(jax.random.key(int(seed) + 1000), data.probe_test_x[:2] / 255.0)
+    return encoder_row("independent (random init)", module, variables, data, key,
+                       victim_test_out, 0, fidelity_index, cfg_eval)
+
+
+def eval_kwargs(cfg) -> dict:
+    """Keyword arguments of ``evaluate_features`` from a config's ``eval`` block."""
+    return dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs),
+                select_probe=bool(cfg.eval.get("select_probe", True)))
 
 
 def raw_pixels_row(data, key, cfg_eval=None):

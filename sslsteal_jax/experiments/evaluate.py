@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import jax
-import numpy as np
 
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.data.splits import experiment_data
@@ -33,14 +32,12 @@ def run(cfg, workdir: str) -> dict:
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
     key = jax.random.key(int(cfg.seed))
-    ev = dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs),
-              select_probe=bool(cfg.eval.get("select_probe", True)))
+    ev = common.eval_kwargs(cfg)
     owner = None
     if cfg.victim_checkpoint:
         api = VictimAPI.from_checkpoint(common.resolve_path(cfg.victim_checkpoint),
                                         output=cfg.api_output)
-        owner = np.concatenate([api.query("owner", data.probe_test_x[i:i + 1000])
-                                for i in range(0, len(data.probe_test_x), 1000)])
+        owner = api.query("owner", data.probe_test_x)
     override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
     rows, first = [], None
     for p in paths:
@@ -52,9 +49,7 @@ def run(cfg, workdir: str) -> dict:
                                        fid_index, ev))
     ind = build_model(first.kind, {**first.meta["config"]["model"],
                                    "adapter_dim": first.meta.get("adapter_dim")})
-    ind_vars = ind.init(jax.random.key(int(cfg.seed) + 1000), data.probe_test_x[:2] / 255.0)
-    rows.append(common.encoder_row("independent (random init)", ind, ind_vars, data, key, owner,
-                                   0, 0, ev))
+    rows.append(common.independent_row(ind, data, key, cfg.seed, owner, 0, ev))
     rows.append(common.raw_pixels_row(data, key, ev))
     print(format_table(rows, f"evaluation on {cfg.dataset}"))
     results = {"experiment": "evaluate", "rows": rows, "checkpoints": paths,

@@ -26,7 +26,7 @@ from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.evaluation.report import format_table, plot_results
 from sslsteal_jax.experiments import common, train_victim
 from sslsteal_jax.losses import STEALING_LOSSES
-from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.models import SurrogateModel
 from sslsteal_jax.training.encoders import load_model
 
 
@@ -115,19 +115,15 @@ def run(cfg, workdir: str) -> dict:
     t_steal = time.time()
 
     # ---- evaluation ------------------------------------------------------------------------
-    owner = np.concatenate([api.query("owner", data.probe_test_x[i:i + 1000])
-                            for i in range(0, len(data.probe_test_x), 1000)])
-    ev = dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs),
-              select_probe=bool(cfg.eval.get("select_probe", True)))
+    owner = api.query("owner", data.probe_test_x)
+    ev = common.eval_kwargs(cfg)
     out_index = 0 if cfg.api_output == "representation" else 1
     rows = [common.encoder_row("victim", model, variables, data, key, owner, 0, out_index, ev)]
     for loss, (smod, svars) in surrogates.items():
         rows.append(common.encoder_row(f"surrogate ({loss})", smod, svars, data, key, owner, 0, 1, ev))
     s0 = next(iter(surrogates.values()))[0]
-    ind = SurrogateModel(s0.encoder, s0.out_dim)
-    ind_vars = ind.init(jax.random.key(int(cfg.seed) + 1000), data.probe_test_x[:2] / 255.0)
-    rows.append(common.encoder_row("independent (random init)", ind, ind_vars, data, key, owner,
-                                   0, 1 if s0.out_dim is None else None, ev))
+    rows.append(common.independent_row(SurrogateModel(s0.encoder, s0.out_dim), data, key, cfg.seed,
+                                       owner, 1 if s0.out_dim is None else None, ev))
     rows.append(common.raw_pixels_row(data, key, ev))
     t_eval = time.time()
 

@@ -34,9 +34,7 @@ def run(cfg, workdir: str) -> dict:
     model, variables, summary = train(cfg, workdir, data)
     key = jax.random.key(int(cfg.seed) + 1)
     rows = [common.encoder_row("victim", model, variables, data, key)]
-    ind = build_model("simclr", dict(cfg.model))
-    ind_vars = ind.init(jax.random.key(int(cfg.seed) + 1000), data.probe_test_x[:2] / 255.0)
-    rows.append(common.encoder_row("independent (random init)", ind, ind_vars, data, key))
+    rows.append(common.independent_row(build_model("simclr", dict(cfg.model)), data, key, cfg.seed))
     rows.append(common.raw_pixels_row(data, key))
     print(format_table(rows, f"victim SimCLR on {cfg.dataset}"))
     results = {"experiment": "train_victim", "training": summary, "rows": rows,

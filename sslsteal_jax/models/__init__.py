@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from sslsteal_jax.models.heads import MLPHead, Predictor, ProjectionHead
 from sslsteal_jax.models.resnet import ARCHITECTURES, BasicBlock, Bottleneck, ResNet
 
-__all__ = ["ARCHITECTURES", "ResNet", "MLPHead", "ProjectionHead", "Predictor",
+__all__ = ["ARCHITECTURES", "ResNet", "BasicBlock", "Bottleneck", "MLPHead", "ProjectionHead", "Predictor",
            "SimCLRModel", "SurrogateModel", "build_encoder", "init_encoder", "representation_dim"]
 
 

@@ -47,6 +47,8 @@ class LoadedModel:
     kind: "simclr" or "surrogate"; module: flax module whose call returns
     ``(representation, head_or_adapter_output)``; variables: ``{'params',
     'batch_stats'}``; meta: the checkpoint's JSON metadata; image_shape: (H,W,C).
+    Representations of a loaded model ``m``:
+    ``evaluation.features.make_apply(m.module, m.variables, output_index=0)``.
     """
 
     kind: str
@@ -54,18 +56,6 @@ class LoadedModel:
     variables: dict
     meta: dict
     image_shape: tuple
-
-    def encoder_apply(self):
-        """Module-like object whose ``apply(variables, x, train)`` returns the representation."""
-        return _RepresentationOnly(self.module)
-
-
-class _RepresentationOnly:
-    def __init__(self, module):
-        self.module = module
-
-    def apply(self, variables, x, train=False):
-        return self.module.apply(variables, x, train=train)[0]
 
 
 def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | None = None) -> LoadedModel:

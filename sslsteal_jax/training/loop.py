@@ -9,7 +9,6 @@ process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from typing import Callable, Sequence
