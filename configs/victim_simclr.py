@@ -40,4 +40,6 @@ def get_config(arg: str = ""):
     c.overwrite = False
     c.victim_train_size = ml_collections.config_dict.placeholder(int)  # None = whole train split
     c.probe_train_size = ml_collections.config_dict.placeholder(int)
+    # Warm restart from a SimCLR checkpoint (fresh optimizer and schedule).
+    c.init_from = ml_collections.config_dict.placeholder(str)
     return c

@@ -69,7 +69,10 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
       cfg: ConfigDict with ``model`` (arch, width, stem, head_hidden, head_out),
         ``augment``, ``temperature``, ``batch_size``, ``epochs``, ``optimizer``,
         ``learning_rate``, ``weight_decay``, ``warmup_epochs``, ``seed``,
-        ``checkpoint_every_steps``, ``log_every_steps``.
+        ``checkpoint_every_steps``, ``log_every_steps``; optional
+        ``init_from``: a SimCLR checkpoint directory whose parameters and
+        BatchNorm statistics start this run (a warm restart: fresh optimizer
+        state and a fresh warm-up + cosine schedule over ``epochs``).
       workdir: checkpoints go to ``workdir/checkpoints`` and the loss log to
         ``workdir/train_log.jsonl``. An existing checkpoint is resumed (same
         data order and keys as an uninterrupted run).
@@ -80,7 +83,9 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
       ``final_loss``, ``images_per_second`` (augmented views per second),
       ``wall_seconds``.
     Raises:
-      ValueError: bad batch size / image array.
+      ValueError: bad batch size / image array, or ``init_from`` is not a
+        SimCLR checkpoint for this image shape.
+      CheckpointMismatchError: ``init_from`` holds another architecture.
       KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint.
     """
     if images.ndim != 4 or images.dtype != np.uint8:
@@ -96,6 +101,8 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
     key = jax.random.key(int(cfg.seed))
     init_key, _, aug_key = jax.random.split(key, 3)
     variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
+    if cfg.get("init_from"):
+        variables = _warm_start(cfg.init_from, dict(cfg.model), images.shape[1:])
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                               batch_stats=variables["batch_stats"])
     meta = {"kind": "simclr", "config": cfg.to_dict(), "image_shape": list(images.shape[1:])}
@@ -110,3 +117,24 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
                "images_per_second": 2 * summary["examples_per_second"],
                "wall_seconds": summary["wall_seconds"]}
     return model, {"params": state.params, "batch_stats": state.batch_stats}, summary
+
+
+def _warm_start(ckpt_dir: str, model_cfg: dict, image_shape) -> dict:
+    """Variables ``{'params', 'batch_stats'}`` of the SimCLR checkpoint in ``ckpt_dir``.
+
+    Raises:
+      ValueError: the checkpoint is not a SimCLR model or was trained on
+        another image shape.
+      CheckpointMismatchError: its arrays do not fit ``model_cfg``.
+    """
+    from sslsteal_jax.training.encoders import load_model  # avoid an import cycle
+
+    loaded = load_model(ckpt_dir, {k: model_cfg.get(k) for k in
+                                   ("arch", "width", "stem", "head_hidden", "head_out")})
+    if loaded.kind != "simclr":
+        raise ValueError(f"init_from={ckpt_dir!r} holds a {loaded.kind!r} checkpoint; "
+                         "a SimCLR (victim) checkpoint is required")
+    if tuple(loaded.image_shape) != tuple(image_shape):
+        raise ValueError(f"init_from={ckpt_dir!r} was trained on images {loaded.image_shape}, "
+                         f"this run has {tuple(image_shape)}")
+    return loaded.variables
