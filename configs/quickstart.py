@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402
 import victim_simclr  # noqa: E402
 
-SHIPPED_VICTIM = "victims/fashion_mnist_resnet10_w16/checkpoints"
+SHIPPED_VICTIM = "victims/fashion_mnist_resnet10_w16_ft6/checkpoints"
 
 
 def get_config(arg: str = ""):

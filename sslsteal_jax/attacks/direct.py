@@ -51,6 +51,20 @@ def resolve_hparams(cfg) -> dict:
     return d
 
 
+def effective_batch_size(batch_size: int, n: int) -> int:
+    """Surrogate batch size for ``n`` cached answers: ``min(batch_size, n)`` rounded
+    down to a multiple of the data-parallel device count (at least one per device).
+
+    Raises:
+      ValueError: fewer answers than devices.
+    """
+    devices = jax.device_count()
+    b = min(int(batch_size), int(n)) // devices * devices
+    if b < devices:
+        raise ValueError(f"{n} answers cannot fill a batch over {devices} devices")
+    return b
+
+
 def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None):
     """Return ``step(state, images uint8 (B,H,W,C), answers float32 (B,D), key)``.
 
@@ -86,7 +100,8 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
       cfg: ConfigDict with ``loss`` (mse | infonce | softnn | wasserstein),
         ``model`` (arch, width, stem), ``epochs``, ``batch_size``,
         ``learning_rate``, ``temperature`` (None = loss default),
-        ``weight_decay``, ``optimizer``, ``seed``, ``augment`` (None or
+        ``weight_decay``, ``optimizer``, ``seed``, optional ``steps``
+        (exact optimizer steps, overriding ``epochs``), ``augment`` (None or
         augmentation dict for surrogate-side views).
       workdir: where ``checkpoints/`` and ``train_log.jsonl`` go (None: no
         checkpoints). A run found there is resumed.
@@ -103,9 +118,11 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
         raise ValueError(f"answers must be finite float (N, D), got shape {answers.shape}")
     hp = resolve_hparams(cfg)
     n = len(images)
-    bsz = min(int(hp["batch_size"]), n)
+    bsz = effective_batch_size(hp["batch_size"], n)
     steps_per_epoch = n // bsz
-    total = int(cfg.epochs) * steps_per_epoch
+    # ``steps`` (optional) fixes the number of optimizer steps exactly, e.g. equal
+    # training examples for every budget of a scan; otherwise ``epochs`` full epochs.
+    total = int(cfg.get("steps") or 0) or int(cfg.epochs) * steps_per_epoch
     enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem)
     out_dim = answers.shape[1]
     adapter = None if enc.representation_dim == out_dim else out_dim

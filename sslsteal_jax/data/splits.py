@@ -56,7 +56,9 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
       dataset: victim's dataset (registry name).
       query_dataset: None or the same name = in-distribution pool (test split
         minus the probe test hold-out); another name = that dataset's 'train'
-        split, resized to the victim's image shape (out-of-distribution queries).
+        split, resized to the victim's image shape (out-of-distribution queries);
+        ``"name:split"`` = that split explicitly (e.g. ``"fashion_mnist:train"``:
+        the victim's own training images, for budgets above the test pool).
       probe_test_size: size of the probe test hold-out (last images of 'test').
       victim_train_size / probe_train_size: None = the whole train split, or
         the first N train images (small configs and tests).
@@ -74,12 +76,16 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
     cut = len(test_x) - probe_test_size
     names = {"victim_train": f"{dataset}/train", "probe_train": f"{dataset}/train",
              "probe_test": f"{dataset}/test[{cut}:]"}
-    if query_dataset in (None, "", dataset):
+    q_name, _, q_split = (query_dataset or "").partition(":")
+    if q_name in ("", dataset) and q_split in ("", "test"):
         pool = test_x[:cut]
         names["query_pool"] = f"{dataset}/test[:{cut}]"
+    elif q_name == dataset and q_split == "train":
+        pool = train_x
+        names["query_pool"] = f"{dataset}/train"
     else:
-        pool = _match_shape(load_split(query_dataset, "train")[0], train_x.shape[1:])
-        names["query_pool"] = f"{query_dataset}/train"
+        pool = _match_shape(load_split(q_name, q_split or "train")[0], train_x.shape[1:])
+        names["query_pool"] = f"{q_name}/{q_split or 'train'}"
     vt = train_x[:victim_train_size] if with_victim_train else train_x[:0]
     pt = slice(0, probe_train_size)
     if victim_train_size:

@@ -1,0 +1,47 @@
+"""Query-budget scan against the shipped Fashion-MNIST victim (SPEC claims 1-4).
+
+Usage:
+  python -m sslsteal_jax.main --config=configs/budget_scan.py --workdir=runs/budget_scan
+Scalar arguments (``configs/budget_scan.py:losses=infonce,examples=30000``):
+  losses     infonce | mse | softnn | wasserstein | all (one loss, or all)
+  protocol   examples (default: equal training examples per cell) | epochs (the paper's)
+  examples   training examples each surrogate sees under protocol=examples
+  epochs     surrogate epochs over each budget under protocol=epochs
+  probe_train_size  labelled train images for the probes (None = all 60,000)
+Lists are overridden with flags (comma separated, quoted):
+  --config.budgets=250,1000,5000  --config.seeds=0,1
+  --config.query_sources=fashion_mnist:train,mnist_subset  --config.losses=mse,infonce
+Query sources: ``fashion_mnist`` = the 5,000-image test pool (disjoint from
+everything the victim saw; budgets <= 5,000); ``fashion_mnist:train`` = the
+victim's own 60,000 training images (budgets up to 60,000); ``mnist_subset``
+(5,000) and ``digits`` (1,797) = out-of-distribution queries.
+"""
+import os
+import sys
+
+import ml_collections
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import parse_arg  # noqa: E402
+import quickstart  # noqa: E402
+
+
+def get_config(arg: str = ""):
+    a = parse_arg(arg, ("losses", "examples", "protocol", "epochs", "probe_train_size", "seed"))
+    c = quickstart.get_config(f"seed={a.get('seed', 0)}")
+    c.experiment = "budget_scan"
+    c.budgets = "250,1000,2500,5000,10000,20000"
+    c.query_sources = "fashion_mnist:train"
+    c.seeds = "0"
+    c.losses = a.get("losses", "all")
+    # "examples": every cell sees examples_per_cell training examples (equal attacker
+    # compute); "epochs": steal.epochs epochs over every budget (the paper's protocol).
+    c.protocol = a.get("protocol", "examples")
+    c.examples_per_cell = int(a.get("examples", 60000))
+    c.steal.epochs = int(a.get("epochs", 30))
+    # Probes on the first 20,000 labelled train images keep each cell's evaluation short;
+    # victim and independent reference rows use the same probe data.
+    c.probe_train_size = int(a.get("probe_train_size", 20000))
+    c.victim.train_if_missing = False
+    del c["budget"]
+    return c
