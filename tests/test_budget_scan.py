@@ -25,7 +25,7 @@ def _config_module(name):
 
 @pytest.fixture(scope="module")
 def tiny_victim():
-    """The shipped victim (SimCLR ResNet-10 width 16 on Fashion-MNIST): a real
+    """The shipped stage-1 victim (SimCLR ResNet-10 width 16, 22 epochs): a real
     encoder, so budget effects are not drowned by a near-random victim."""
     return os.path.join(REPO_ROOT, "victims", "fashion_mnist_resnet10_w16", "checkpoints")
 
