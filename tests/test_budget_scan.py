@@ -123,3 +123,11 @@ def test_equal_examples_protocol_steps():
     # a budget below the batch size trains on smaller batches, so more steps
     n = jax.device_count()
     assert budget_scan.cell_steps(250, 256, 60000) == -(-60000 // (250 // n * n))
+
+
+def test_cell_trained_with_other_settings_is_not_reused(scan, tiny_victim):
+    wd, _ = scan
+    cfg = scan_config(tiny_victim, overwrite=True)
+    cfg.steal.epochs = 4  # the cells in wd were trained for 3 epochs
+    with pytest.raises(ValueError, match="another surrogate config"):
+        budget_scan.run(cfg, wd)

@@ -14,9 +14,12 @@ of queries"; SPEC claims 1-4):
   ``steal.epochs`` epochs over each budget, so larger budgets also train longer);
 * each cell is evaluated like the main job (linear probe, 100 labels/class,
   kNN, fidelity to the victim on the probe test set) and its row is written
-  atomically to ``<workdir>/cells/<cell>.json``; a crashed or interrupted scan
-  resumes, skipping finished cells (an unfinished cell resumes from its own
-  orbax checkpoint under ``<workdir>/cells/<cell>/``);
+  atomically to ``<workdir>/cells/<cell>.json`` with the surrogate config it
+  was trained with; a crashed or interrupted scan resumes, skipping finished
+  cells (an unfinished cell resumes from its own orbax checkpoint under
+  ``<workdir>/cells/<cell>/``), and a later scan with more losses, budgets or
+  seeds in the same workdir (``--config.overwrite=True``) reuses the cells it
+  shares — a cell trained with other settings raises instead of being reused;
 * ``results.json``, ``results.csv`` and one PNG per query source (probe
   accuracy and cosine fidelity vs queries, one line per loss, victim and
   independent encoder as reference lines) are written at the end.
@@ -194,9 +197,6 @@ def _cell(cfg, workdir, source, loss, budget, seed, images, answers, model, data
           examples):
     name = cell_name(source, loss, budget, seed)
     path = os.path.join(workdir, "cells", name + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
     scfg = cfg.steal.copy_and_resolve_references()
     scfg.loss, scfg.seed = loss, int(seed)
     enc = model.encoder
@@ -207,6 +207,15 @@ def _cell(cfg, workdir, source, loss, budget, seed, images, answers, model, data
         scfg.update(dict(cfg.loss_overrides[loss]))
     if examples is not None:
         scfg.steps = cell_steps(budget, int(resolve_hparams(scfg)["batch_size"]), examples)
+    if os.path.exists(path):
+        with open(path) as f:
+            row = json.load(f)
+        if row.get("surrogate_config") != scfg.to_dict():
+            raise ValueError(
+                f"cell {name} in {workdir!r} was trained with another surrogate config "
+                f"({row.get('surrogate_config')}) than this scan asks for ({scfg.to_dict()}); "
+                f"use a fresh --workdir for a scan with other settings")
+        return row
     t = time.time()
     smod, svars, summ = train_surrogate(images[:budget], answers[:budget], scfg,
                                         os.path.join(workdir, "cells", name))
@@ -216,7 +225,7 @@ def _cell(cfg, workdir, source, loss, budget, seed, images, answers, model, data
                steps=int(summ["steps"]),
                epochs=int(summ["steps"]) * effective_batch_size(
                    resolve_hparams(scfg)["batch_size"], budget) / int(budget),
-               train_seconds=train_s)
+               train_seconds=train_s, surrogate_config=scfg.to_dict())
     write_json_atomic(path, row)
     return row
 
