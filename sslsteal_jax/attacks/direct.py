@@ -84,7 +84,7 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
       answers: float32 ``(N, D)`` the API's answers for them (cached: each
         image was paid for once; epochs reuse the cache).
       cfg: ConfigDict with ``loss`` (mse | infonce | softnn | wasserstein),
-        ``model`` (arch, width, stem), ``epochs``, ``batch_size``,
+        ``model`` (arch, width, stem, optional dtype "float32" | "bfloat16"), ``epochs``, ``batch_size``,
         ``learning_rate``, ``temperature`` (None = loss default),
         ``weight_decay``, ``optimizer``, ``seed``, ``augment`` (None or
         augmentation dict for surrogate-side views).
@@ -106,7 +106,8 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
     bsz = min(int(hp["batch_size"]), n)
     steps_per_epoch = n // bsz
     total = int(cfg.epochs) * steps_per_epoch
-    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem)
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem,
+                        cfg.model.get("dtype", "float32"))
     out_dim = answers.shape[1]
     adapter = None if enc.representation_dim == out_dim else out_dim
     model = SurrogateModel(enc, adapter)
