@@ -121,7 +121,7 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     t0, acc, final = time.time(), [], {}
     step = int(state.step)
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, unit="step",
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress or jax.process_index() != 0, unit="step",
                mininterval=2.0, leave=False)
     try:
         while step < total_steps:
@@ -133,7 +133,7 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
             if step % log_every == 0 or step == total_steps:
                 final = {k: float(np.mean([float(x[k]) for x in acc])) for k in acc[0]}
                 acc = []
-                if log_path:
+                if log_path and jax.process_index() == 0:  # one log line per step on a pod
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"step": step, "epoch": step / steps_per_epoch,
                                             **final}) + "\n")

@@ -165,3 +165,35 @@ def compile_apply(apply_fn: Callable, mesh: Mesh):
 def compile_fold_in(mesh: Mesh):
     """Jitted ``(key, step int) -> fold_in(key, step)`` whose output is replicated on the mesh."""
     return jax.jit(jax.random.fold_in, out_shardings=replicated(mesh))
+
+
+def initialize_distributed(env: dict | None = None) -> bool:
+    """Join a multi-host run when ``$SSLSTEAL_DISTRIBUTED`` is 1/true; return whether it did.
+
+    Calls ``jax.distributed.initialize()`` with no arguments, so JAX detects
+    the cluster itself (SLURM: one process per GPU, ``SLURM_*`` variables;
+    Cloud TPU VM pods: the TPU metadata server; Open MPI) or reads
+    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``-style
+    arguments passed by the launcher. Must run before any other JAX call;
+    afterwards ``jax.devices()`` lists every device of every process and
+    :func:`data_mesh` spans the whole pod. See ``launch/`` and BUILD.md.
+
+    Raises:
+      ValueError: ``$SSLSTEAL_DISTRIBUTED`` holds something other than
+        0/1/true/false/empty.
+    """
+    import os
+
+    env = os.environ if env is None else env
+    val = str(env.get("SSLSTEAL_DISTRIBUTED", "")).strip().lower()
+    if val in ("", "0", "false"):
+        return False
+    if val not in ("1", "true"):
+        raise ValueError(f"SSLSTEAL_DISTRIBUTED={val!r}; allowed: 0, 1, true, false or unset")
+    kwargs = {}
+    if env.get("JAX_NUM_PROCESSES"):
+        kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
+    if env.get("JAX_PROCESS_ID"):
+        kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+    jax.distributed.initialize(**kwargs)
+    return True
