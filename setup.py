@@ -27,7 +27,9 @@ setup(
     extras_require={
         "test": ["pytest>=7"],
         "gpu": ["jax[cuda12]"],
+        "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],
+        # CPU build: pip install -e '.[bench]' --extra-index-url https://download.pytorch.org/whl/cpu
         "bench": ["torch==2.13.0"],
     },
 )

@@ -98,7 +98,7 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
       answers: float32 ``(N, D)`` the API's answers for them (cached: each
         image was paid for once; epochs reuse the cache).
       cfg: ConfigDict with ``loss`` (mse | infonce | softnn | wasserstein),
-        ``model`` (arch, width, stem), ``epochs``, ``batch_size``,
+        ``model`` (arch, width, stem, optional dtype "float32" | "bfloat16"), ``epochs``, ``batch_size``,
         ``learning_rate``, ``temperature`` (None = loss default),
         ``weight_decay``, ``optimizer``, ``seed``, optional ``steps``
         (exact optimizer steps, overriding ``epochs``), ``augment`` (None or
@@ -123,7 +123,8 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
     # ``steps`` (optional) fixes the number of optimizer steps exactly, e.g. equal
     # training examples for every budget of a scan; otherwise ``epochs`` full epochs.
     total = int(cfg.get("steps") or 0) or int(cfg.epochs) * steps_per_epoch
-    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem)
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem,
+                        cfg.model.get("dtype", "float32"))
     out_dim = answers.shape[1]
     adapter = None if enc.representation_dim == out_dim else out_dim
     model = SurrogateModel(enc, adapter)

@@ -10,45 +10,73 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sslsteal_jax.training import mesh as mesh_lib
 
-def make_apply(module, variables, output_index: int | None = None):
+
+def make_apply(module, variables, output_index: int | None = None, mesh=None):
     """Jitted ``images uint8|float32 (B,H,W,C) -> float32 (B,D)`` for a frozen module.
 
     ``output_index`` selects one element when the module returns a tuple (e.g.
     0 = representation, 1 = projection head / adapter output of the SimCLR and
     surrogate wrappers); None returns the module's output as is.
-    """
 
-    @jax.jit
-    def apply(x):
+    The function is compiled for the ("data",) mesh (``training.mesh``; default
+    all devices): variables replicated and passed as an argument (not baked
+    into the program as constants), images split over devices, output
+    replicated. B must be a multiple of the device count
+    (:func:`extract_features` pads for you).
+    """
+    mesh = mesh_lib.data_mesh() if mesh is None else mesh
+
+    def _apply(v, x):
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
-        out = module.apply(variables, x, train=False)
+        out = module.apply(v, x, train=False)
         return out if output_index is None else out[output_index]
 
+    jitted = mesh_lib.compile_apply(_apply, mesh)
+    variables = mesh_lib.replicate(variables, mesh)
+
+    def apply(x):
+        return jitted(variables, x)
+
+    apply.mesh = mesh
+    apply.jitted = jitted
+    apply.variables = variables
     return apply
 
 
 def extract_features(apply_fn, images: np.ndarray, batch_size: int = 1000,
                      desc: str | None = None) -> np.ndarray:
-    """Apply ``apply_fn`` over ``images`` in batches.
+    """Apply ``apply_fn`` over ``images`` in batches, data-parallel over all devices.
+
+    Each batch is padded (zeros) to one compiled shape that splits evenly over
+    the ("data",) mesh (``apply_fn.mesh`` if set, else all devices) and
+    placed with its rows split over the devices; padded rows are dropped.
 
     Args:
       apply_fn: jitted function ``(B,H,W,C) -> (B,D)`` (e.g. from ``make_apply``).
       images: uint8 ``(N,H,W,C)`` in [0,255] or float32 in [0,1].
-      batch_size: images per call; the last batch is padded to keep one compiled shape.
+      batch_size: images per call (rounded up to a multiple of the device count).
       desc: progress-bar label (None: no bar).
     Returns:
       float32 numpy ``(N, D)``.
+    Raises:
+      ValueError: ``batch_size`` < 1.
     """
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    mesh = getattr(apply_fn, "mesh", None) or mesh_lib.data_mesh()
     n = len(images)
+    size = mesh_lib.padded_size(min(int(batch_size), max(n, 1)), mesh)
     out = []
-    for i in tqdm(range(0, n, batch_size), desc=desc, disable=desc is None, leave=False):
-        b = images[i:i + batch_size]
-        pad = batch_size - len(b)
-        if pad and n > batch_size:
-            b = np.concatenate([b, np.zeros((pad, *b.shape[1:]), b.dtype)])
-        out.append(np.asarray(apply_fn(jnp.asarray(b)))[:len(images[i:i + batch_size])])
+    for i in tqdm(range(0, n, size), desc=desc, disable=desc is None, leave=False):
+        b = np.asarray(images[i:i + size])
+        m = len(b)
+        if m < size:
+            b = np.concatenate([b, np.zeros((size - m, *b.shape[1:]), b.dtype)])
+        (xb,) = mesh_lib.shard_batch([b], mesh)
+        out.append(np.asarray(apply_fn(xb))[:m])
     return np.concatenate(out, axis=0).astype(np.float32)
 
 

@@ -11,7 +11,7 @@ from sslsteal_jax.models.heads import MLPHead, Predictor, ProjectionHead
 from sslsteal_jax.models.resnet import ARCHITECTURES, BasicBlock, Bottleneck, ResNet
 
 __all__ = ["ARCHITECTURES", "ResNet", "BasicBlock", "Bottleneck", "MLPHead", "ProjectionHead", "Predictor",
-           "SimCLRModel", "SurrogateModel", "build_encoder", "init_encoder", "representation_dim"]
+           "SimCLRModel", "SurrogateModel", "build_encoder", "compute_dtype", "init_encoder", "representation_dim"]
 
 
 def build_encoder(arch: str, width: int = 64, stem: str = "cifar",
@@ -22,9 +22,11 @@ def build_encoder(arch: str, width: int = 64, stem: str = "cifar",
       arch: one of ``ARCHITECTURES`` ("resnet10", "resnet18", "resnet34", "resnet50").
       width: first-stage channels (64 = standard ResNet; 16 or 32 for CPU scale).
       stem: "cifar" or "imagenet".
-      dtype: compute dtype (jnp.float32 or jnp.bfloat16).
+      dtype: compute dtype: "float32" / jnp.float32, or "bfloat16" /
+        jnp.bfloat16 (mixed precision: bf16 convolutions and activations,
+        float32 parameters, BatchNorm statistics and pooled output).
     Raises:
-      ValueError: unknown ``arch``/``stem`` or non-positive ``width``.
+      ValueError: unknown ``arch``/``stem``/``dtype`` or non-positive ``width``.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; allowed: {sorted(ARCHITECTURES)}")
@@ -33,7 +35,27 @@ def build_encoder(arch: str, width: int = 64, stem: str = "cifar",
     if int(width) <= 0:
         raise ValueError(f"width must be a positive integer, got {width!r}")
     stages, block = ARCHITECTURES[arch]
-    return ResNet(stage_sizes=stages, block_cls=block, width=int(width), stem=stem, dtype=dtype)
+    return ResNet(stage_sizes=stages, block_cls=block, width=int(width), stem=stem,
+                  dtype=compute_dtype(dtype))
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: Any):
+    """Map a config value ("float32" | "bfloat16" | None, or the jnp dtype) to a jnp dtype.
+
+    None means float32. Raises ValueError for anything else (naming the allowed values).
+    """
+    if name is None:
+        return jnp.float32
+    try:
+        key = name if isinstance(name, str) else jnp.dtype(name).name
+    except TypeError:
+        key = None
+    if key not in _DTYPES:
+        raise ValueError(f"unknown compute dtype {name!r}; allowed: {sorted(_DTYPES)}")
+    return _DTYPES[key]
 
 
 def representation_dim(arch: str, width: int) -> int:

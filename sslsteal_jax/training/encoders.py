@@ -17,10 +17,6 @@ from sslsteal_jax.models import SimCLRModel, SurrogateModel, build_encoder
 from sslsteal_jax.training import checkpoint as ckpt
 
 
-def _dtype(name):
-    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
-
-
 def build_model(kind: str, model_cfg: dict):
     """Rebuild the flax module of a checkpoint.
 
@@ -32,7 +28,7 @@ def build_model(kind: str, model_cfg: dict):
       ValueError: unknown kind or architecture.
     """
     enc = build_encoder(model_cfg["arch"], model_cfg["width"], model_cfg.get("stem", "cifar"),
-                        _dtype(model_cfg.get("dtype", "float32")))
+                        model_cfg.get("dtype", "float32"))
     if kind == "simclr":
         return SimCLRModel(enc, int(model_cfg["head_hidden"]), int(model_cfg["head_out"]))
     if kind == "surrogate":

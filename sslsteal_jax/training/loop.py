@@ -67,10 +67,13 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
     Args:
       state: initial TrainState (overwritten by the checkpoint in ``ckpt_dir`` if any).
       step_fn: ``(state, *batch, key) -> (state, metrics dict of scalars)``; it is
-        jitted here with the state donated.
+        jitted here for the ("data",) mesh over all devices
+        (``mesh.compile_step``: state and key replicated, batch split over
+        devices, state donated), so the same call trains data-parallel on 1
+        CPU, N devices or a multi-host pod.
       arrays: host arrays with equal leading dimension N; each step receives
         ``[a[idx] for a in arrays]`` with ``idx = epoch_batches(N, batch_size, seed, step)``,
-        sharded over the ("data",) mesh axis.
+        sharded over the ("data",) mesh axis (each process keeps its own rows).
       batch_size: examples per step (divisible by the number of devices).
       total_steps: optimizer steps to reach.
       key: PRNG key; step s uses ``fold_in(key, s)``.
@@ -102,9 +105,10 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
         if resumed:
             resumed_from = int(state.step)
             print(f"{desc}: resumed from checkpoint at step {resumed_from} of {total_steps}")
-    repl, bshard = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-    state = jax.device_put(state, repl)
-    jstep = jax.jit(step_fn, donate_argnums=(0,))
+    state = mesh_lib.replicate(state, mesh)
+    key = mesh_lib.replicate(key, mesh)
+    jstep = mesh_lib.compile_step(step_fn, mesh, len(arrays))
+    fold_in = mesh_lib.compile_fold_in(mesh)
     steps_per_epoch = n // batch_size
 
     def save(step):
@@ -117,19 +121,19 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     t0, acc, final = time.time(), [], {}
     step = int(state.step)
-    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress, unit="step",
+    bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress or jax.process_index() != 0, unit="step",
                mininterval=2.0, leave=False)
     try:
         while step < total_steps:
             idx = epoch_batches(n, batch_size, seed, step)
-            batch = [jax.device_put(a[idx], bshard) for a in arrays]
-            state, m = jstep(state, *batch, jax.random.fold_in(key, step))
+            batch = mesh_lib.shard_batch([a[idx] for a in arrays], mesh)
+            state, m = jstep(state, *batch, fold_in(key, step))
             step += 1
             acc.append(m)
             if step % log_every == 0 or step == total_steps:
                 final = {k: float(np.mean([float(x[k]) for x in acc])) for k in acc[0]}
                 acc = []
-                if log_path:
+                if log_path and jax.process_index() == 0:  # one log line per step on a pod
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"step": step, "epoch": step / steps_per_epoch,
                                             **final}) + "\n")

@@ -22,9 +22,11 @@ from sslsteal_jax.training.state import TrainState
 
 
 def build_simclr(model_cfg) -> SimCLRModel:
-    """SimCLR model from a config with arch, width, stem, head_hidden, head_out, dtype."""
-    dtype = jnp.bfloat16 if model_cfg.get("dtype", "float32") == "bfloat16" else jnp.float32
-    enc = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem, dtype)
+    """SimCLR model from a config with arch, width, stem, head_hidden, head_out and
+    optional dtype ("float32" default, or "bfloat16": bf16 compute, float32
+    parameters and optimizer state). Raises ValueError on unknown values."""
+    enc = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem,
+                        model_cfg.get("dtype", "float32"))
     return SimCLRModel(enc, int(model_cfg.head_hidden), int(model_cfg.head_out))
 
 
