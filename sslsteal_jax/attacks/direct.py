@@ -7,6 +7,13 @@ to match the victim's returned representation under a stealing loss) and
 Section 4 (hyper-parameters: Adam, weight decay 1e-4; mse / wasserstein batch
 64 lr 1e-3; infonce batch 256 lr 3e-4; softnn batch 256 lr 1e-3).
 
+Variants share this one training function (``attacks.strategies`` decides
+what was bought): surrogate-side augmented views (StolenEncoder, Liu et al.
+CCS 2022), cross-view targets for the SimSiam-style "symmetrized" loss,
+training through a recreated projection head (``attacks.head_recreation``),
+class labels for the "supcon" baseline, and class-distribution answers for the
+Knockoff-style label baselines (loss "xent").
+
 The attacker only sees ``(images, answers)`` arrays returned by the API, never
 the victim's parameters.
 """
