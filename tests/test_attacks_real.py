@@ -29,7 +29,7 @@ from sslsteal_jax.experiments.common import REPO_ROOT
 from sslsteal_jax.main import run
 
 VICTIM = os.path.join(REPO_ROOT, "victims", "fashion_mnist_resnet10_w16", "checkpoints")
-QUERIES = 500
+QUERIES = 512
 pytestmark = pytest.mark.skipif(not os.path.isdir(VICTIM), reason="shipped victim missing")
 
 
@@ -49,12 +49,12 @@ def stolen_data():
 def test_every_loss_steals_real_victim(stolen_data, loss):
     x, v, labels, held_out, v_held = stolen_data
     cfg = ml_collections.ConfigDict(dict(
-        loss=loss, epochs=4, batch_size=100, learning_rate=3e-3, temperature=None,
+        loss=loss, epochs=5, batch_size=128, learning_rate=3e-3, temperature=None,
         weight_decay=1e-4, optimizer="adam", seed=0, augment=None,
         model=dict(arch="resnet10", width=4, stem="cifar")))
     module, variables, summ = train_surrogate(x, v, cfg, None, progress=False,
                                               labels=labels if loss == "supcon" else None)
-    assert summ["steps"] == 4 * (QUERIES // 100)
+    assert summ["steps"] == 5 * (QUERIES // 128)
     stolen = cosine_fidelity(extract_features(make_apply(module, variables, 1), held_out), v_held)
     indep_vars = module.init(jax.random.key(1000), held_out[:2] / 255.0)
     indep = cosine_fidelity(extract_features(make_apply(module, indep_vars, 1), held_out), v_held)
