@@ -3,11 +3,20 @@
 Usage:
   python -m sslsteal_jax.main --config=configs/quickstart.py --workdir=runs/quickstart
 Arguments (``configs/quickstart.py:losses=all,budget=2000``):
-  losses       infonce | mse | softnn | wasserstein | comma list | all
-  budget       queries (images sent to the API), <= query pool size
+  losses       infonce | mse | softnn | wasserstein | cosine | barlow | symmetrized |
+               supcon | softce | comma list (``+`` also separates) | all (the paper's
+               four) | extra (the other five) | every (all nine)
+  budget       queries (inputs sent to the API), <= query pool size
   query_dataset  None (in-distribution) | mnist_subset | digits
   victim       shipped | scratch (train the victim into <workdir>/victim first)
   epochs       surrogate training epochs
+  strategies   direct (default) | stolenencoder | augmented_queries | head_recreation |
+               labels | probabilities | ``+``-separated list | all
+               (see sslsteal_jax/attacks/strategies.py; every strategy spends ``budget``)
+  views        augmented views sent per image by augmented_queries / head_recreation (2)
+  surrogate_views  StolenEncoder's free surrogate-side views per image (1)
+  api_output   representation (default) | projection (the API returns the head output g(h))
+Example: ``configs/quickstart.py:losses=infonce,strategies=direct+head_recreation``.
 """
 import os
 import sys
@@ -22,7 +31,8 @@ SHIPPED_VICTIM = "victims/fashion_mnist_resnet10_w16_ft6/checkpoints"
 
 
 def get_config(arg: str = ""):
-    a = parse_arg(arg, ("losses", "budget", "query_dataset", "victim", "epochs", "seed"))
+    a = parse_arg(arg, ("losses", "budget", "query_dataset", "victim", "epochs", "seed",
+                        "strategies", "views", "surrogate_views", "api_output"))
     c = ml_collections.ConfigDict()
     c.experiment = "steal"
     c.dataset = "fashion_mnist"
@@ -31,8 +41,15 @@ def get_config(arg: str = ""):
     c.probe_train_size = ml_collections.config_dict.placeholder(int)  # None = the whole labelled train split
     c.victim_train_size = ml_collections.config_dict.placeholder(int)  # only used when the victim is trained here
     c.budget = int(a.get("budget", 5000))
-    c.losses = a.get("losses", "infonce")
-    c.api_output = "representation"
+    c.losses = a.get("losses", "infonce").replace("+", ",")
+    c.api_output = a.get("api_output", "representation")
+    c.strategies = a.get("strategies", "direct").replace("+", ",")
+    c.views = int(a.get("views", 2))
+    c.surrogate_views = int(a.get("surrogate_views", 1))
+    c.view_augment = ml_collections.config_dict.placeholder(dict)  # None = SimCLR AugmentConfig()
+    # Head recreation: the attacker's head g' (SimCLR's 2-layer head) fitted with NT-Xent.
+    c.head = ml_collections.ConfigDict(dict(hidden=512, out=128, epochs=100, batch_size=256,
+                                            learning_rate=1e-3, temperature=0.1))
     c.seed = int(a.get("seed", 0))
     c.overwrite = False
     c.victim = ml_collections.ConfigDict()

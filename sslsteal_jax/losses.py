@@ -124,12 +124,67 @@ def barlow_loss(s, v, off_diagonal_weight: float = 0.0051):
     return jnp.sum((1.0 - diag) ** 2) + off_diagonal_weight * off
 
 
+def probability_cross_entropy(logits, target_probs):
+    """Cross-entropy ``-sum_c t_c log softmax(logits)_c`` against a target
+    distribution, mean over rows.
+
+    Used by the label-based baselines (Knockoff Nets, Orekondy et al., CVPR
+    2019, Section 4): ``target_probs`` is the victim classifier's probability
+    vector, or a one-hot top-1 label (then this is the ordinary cross-entropy).
+
+    Args:
+      logits: float32 ``(B, C)`` surrogate classifier logits.
+      target_probs: float32 ``(B, C)``, rows non-negative and summing to 1
+        (treated as constants: stop-gradient).
+    Returns:
+      scalar float32 (nats).
+    """
+    t = jax.lax.stop_gradient(target_probs)
+    return -jnp.mean(jnp.sum(t * jax.nn.log_softmax(logits.astype(jnp.float32), axis=1), axis=1))
+
+
 def soft_cross_entropy_loss(s, v, temperature: float = 1.0):
     """Cross-entropy of ``softmax(s / T)`` against the soft target ``softmax(v / T)``,
-    mean over rows. A corrected version of the reference's "softce" loss, which
-    never used the victim output (SPEC section 4)."""
-    target = jax.nn.softmax(jax.lax.stop_gradient(v) / temperature, axis=1)
-    return -jnp.mean(jnp.sum(target * jax.nn.log_softmax(s / temperature, axis=1), axis=1))
+    mean over rows (nats). A corrected version of the reference code's "softce"
+    stealing loss, which compared the surrogate with its own softmax and never
+    used the victim output (SPEC section 4; Dziedzic et al. ICML 2022 list a
+    soft cross-entropy among the stealing losses, Section 3).
+
+    Args:
+      s, v: float32 ``(B, D)`` surrogate outputs and victim answers (D "classes").
+      temperature: T > 0; smaller T sharpens both distributions.
+    """
+    return probability_cross_entropy(s / temperature,
+                                     jax.nn.softmax(jax.lax.stop_gradient(v) / temperature, axis=1))
+
+
+def symmetrized_loss(p1, p2, v1, v2):
+    """SimSiam-style symmetrized negative-cosine stealing loss.
+
+    Source: SimSiam (Chen & He, CVPR 2021, Eq. 1-2: ``L = D(p1, sg(z2))/2 +
+    D(p2, sg(z1))/2`` with ``D(p, z) = -cos(p, z)``), used as a stealing loss by
+    Dziedzic et al. (ICML 2022, Section 3 "symmetrized" loss) and again in the
+    B4B evaluation (Dubinski et al., NeurIPS 2023). Here the online branch is
+    the surrogate followed by a trainable predictor MLP ``q`` and the target
+    branch is the victim API (stop-gradient, it is a constant anyway). For two
+    views ``x1, x2`` of the same image:
+
+        L = -1/2 [ cos(q(f_s(x1)), v(x2)) + cos(q(f_s(x2)), v(x1)) ]
+
+    where ``v(x)`` is the API's answer for view ``x``: each view's prediction is
+    matched with the victim's answer for the *other* view. When only one
+    answer per image was bought (query once), ``v1 = v2`` is that answer and
+    the second view is a surrogate-side augmentation.
+
+    Args:
+      p1, p2: float32 ``(B, D)`` predictor outputs for views 1 and 2.
+      v1, v2: float32 ``(B, D)`` API answers for views 1 and 2.
+    Returns:
+      scalar float32 in [-1, 1] (-1 = perfect alignment).
+    """
+    def neg_cos(p, z):
+        return -jnp.mean(jnp.sum(_l2_normalize(p) * _l2_normalize(jax.lax.stop_gradient(z)), axis=1))
+    return 0.5 * (neg_cos(p1, v2) + neg_cos(p2, v1))
 
 
 def supcon_loss(features, labels, temperature: float = 0.07):
@@ -152,26 +207,73 @@ def supcon_loss(features, labels, temperature: float = 0.07):
     return jnp.sum(jnp.where(has, per_anchor, 0.0)) / jnp.maximum(jnp.sum(has), 1)
 
 
+def supcon_stealing_loss(s, v, labels, temperature: float = 0.07):
+    """Supervised-contrastive stealing baseline: ``supcon_loss`` on ``u = [s; v]``
+    with labels ``[y; y]`` (as in the reference code of Dziedzic et al., ICML
+    2022): every surrogate row is pulled towards the victim's answers (and the
+    surrogate rows) of all queried images of the same class.
+
+    The labels are *not* returned by the API: this is a baseline for an
+    attacker who owns labels for its query images (in this toolkit, the
+    ground-truth labels of the query pool, see ``attacks.strategies``).
+
+    Args:
+      s, v: float32 ``(B, D)``; labels: int ``(B,)``; temperature: T > 0.
+    """
+    u = jnp.concatenate([s, jax.lax.stop_gradient(v)], axis=0)
+    return supcon_loss(u, jnp.concatenate([labels, labels]), temperature)
+
+
+# The four losses of the ICML 2022 paper's main results ("all" in configs).
 STEALING_LOSSES = ("mse", "infonce", "softnn", "wasserstein")
+# Further objectives (SPEC section 2): cosine (StolenEncoder), Barlow Twins,
+# SimSiam-symmetrized, supervised contrastive (needs labels), soft cross-entropy.
+EXTRA_LOSSES = ("cosine", "barlow", "symmetrized", "supcon", "softce")
+ALL_LOSSES = STEALING_LOSSES + EXTRA_LOSSES
+# Reference temperatures used when ``temperature`` is None.
+DEFAULT_TEMPERATURES = {"infonce": 0.07, "softnn": 100.0, "supcon": 0.07, "softce": 1.0}
 
 
-def stealing_loss(name: str, s, v, temperature: float | None = None):
+def stealing_loss(name: str, s, v, temperature: float | None = None, labels=None, pair=None):
     """Dispatch a stealing loss by name.
 
     Args:
-      name: one of ``STEALING_LOSSES``.
-      s, v: float32 ``(B, D)`` surrogate and victim representations.
-      temperature: tau for infonce, T for softnn; ignored otherwise
-        (None = the loss's reference default).
+      name: one of ``ALL_LOSSES``.
+      s, v: float32 ``(B, D)`` surrogate outputs and victim answers (for
+        "symmetrized": predictor outputs and answers of view 1).
+      temperature: tau for infonce / supcon, T for softnn / softce; ignored
+        otherwise (None = the loss's reference default, ``DEFAULT_TEMPERATURES``).
+      labels: int ``(B,)`` class labels, required by "supcon" only.
+      pair: ``(p2, v2)`` predictor outputs and answers of view 2, required by
+        "symmetrized" only.
+    Returns:
+      scalar float32.
     Raises:
-      ValueError: unknown ``name``.
+      ValueError: unknown ``name`` (lists the allowed names), or a missing
+        ``labels`` / ``pair`` argument.
     """
+    if name not in ALL_LOSSES:
+        raise ValueError(f"unknown stealing loss {name!r}; allowed: {list(ALL_LOSSES)}")
+    t = DEFAULT_TEMPERATURES.get(name) if temperature is None else temperature
     if name == "mse":
         return mse_loss(s, v)
     if name == "infonce":
-        return infonce_loss(s, v, 0.07 if temperature is None else temperature)
+        return infonce_loss(s, v, t)
     if name == "softnn":
-        return softnn_loss(s, v, 100.0 if temperature is None else temperature)
+        return softnn_loss(s, v, t)
     if name == "wasserstein":
         return wasserstein_loss(s, v)
-    raise ValueError(f"unknown stealing loss {name!r}; allowed: {list(STEALING_LOSSES)}")
+    if name == "cosine":
+        return cosine_loss(s, v)
+    if name == "barlow":
+        return barlow_loss(s, v)
+    if name == "softce":
+        return soft_cross_entropy_loss(s, v, t)
+    if name == "supcon":
+        if labels is None:
+            raise ValueError("the 'supcon' stealing loss needs labels=(B,) class labels")
+        return supcon_stealing_loss(s, v, labels, t)
+    if pair is None:
+        raise ValueError("the 'symmetrized' stealing loss needs pair=(p2, v2), the predictor "
+                         "outputs and answers of a second view")
+    return symmetrized_loss(s, pair[0], v, pair[1])

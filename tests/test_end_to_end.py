@@ -95,9 +95,12 @@ def test_parse_losses():
     assert steal.parse_losses("infonce") == ["infonce"]
     assert steal.parse_losses(" mse, softnn ") == ["mse", "softnn"]
     assert steal.parse_losses("all") == ["mse", "infonce", "softnn", "wasserstein"]
+    assert steal.parse_losses("extra") == ["cosine", "barlow", "symmetrized", "supcon", "softce"]
+    assert len(steal.parse_losses("every")) == 9
     for bad in ("bogus", "mse,bogus", "", ","):
         with pytest.raises(ValueError, match=r"allowed: \['mse', 'infonce', 'softnn', "
-                                             r"'wasserstein'\] or 'all'"):
+                                             r"'wasserstein', 'cosine', 'barlow', 'symmetrized', "
+                                             r"'supcon', 'softce'\] or 'all'"):
             steal.parse_losses(bad)
 
 

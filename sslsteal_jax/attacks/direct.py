@@ -7,6 +7,13 @@ to match the victim's returned representation under a stealing loss) and
 Section 4 (hyper-parameters: Adam, weight decay 1e-4; mse / wasserstein batch
 64 lr 1e-3; infonce batch 256 lr 3e-4; softnn batch 256 lr 1e-3).
 
+Variants share this one training function (``attacks.strategies`` decides
+what was bought): surrogate-side augmented views (StolenEncoder, Liu et al.
+CCS 2022), cross-view targets for the SimSiam-style "symmetrized" loss,
+training through a recreated projection head (``attacks.head_recreation``),
+class labels for the "supcon" baseline, and class-distribution answers for the
+Knockoff-style label baselines (loss "xent").
+
 The attacker only sees ``(images, answers)`` arrays returned by the API, never
 the victim's parameters.
 """
@@ -19,28 +26,43 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslsteal_jax import losses
-from sslsteal_jax.data.augment import augment_batch
+from sslsteal_jax.data.augment import AugmentConfig, augment_batch
+from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.models import SurrogateModel, build_encoder
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
 from sslsteal_jax.training.simclr import augment_config
 from sslsteal_jax.training.state import TrainState
 
-# Reference per-loss defaults (ICML 2022, Section 4), used when a config leaves them None.
+# Per-loss defaults, used when a config leaves batch_size / learning_rate /
+# temperature None. mse, wasserstein, infonce, softnn: the paper's reference
+# settings (ICML 2022, Section 4). cosine: StolenEncoder's objective (Liu et al.
+# CCS 2022) at the mse setting. barlow, symmetrized, supcon: batch-statistics
+# losses at the contrastive batch size; supcon's tau is the reference code's
+# 0.07. softce: T = 1 (the soft targets ``softmax(v / T)``). xent: the label /
+# probability baselines (Knockoff Nets, Orekondy et al. CVPR 2019), trained
+# like the per-sample losses. Configs adapt these to a scale
+# (``configs/quickstart.py: loss_overrides``).
 LOSS_DEFAULTS = {
     "mse": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
     "wasserstein": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
     "infonce": {"batch_size": 256, "learning_rate": 3e-4, "temperature": 0.07},
     "softnn": {"batch_size": 256, "learning_rate": 1e-3, "temperature": 100.0},
+    "cosine": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
+    "barlow": {"batch_size": 256, "learning_rate": 1e-3, "temperature": None},
+    "symmetrized": {"batch_size": 256, "learning_rate": 1e-3, "temperature": None},
+    "supcon": {"batch_size": 256, "learning_rate": 3e-4, "temperature": 0.07},
+    "softce": {"batch_size": 64, "learning_rate": 1e-3, "temperature": 1.0},
+    "xent": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
 }
 
 
 def resolve_hparams(cfg) -> dict:
     """Fill ``batch_size``, ``learning_rate``, ``temperature`` left None in the
-    steal config with the loss's reference defaults.
+    steal config with the loss's defaults (``LOSS_DEFAULTS``).
 
     Raises:
-      ValueError: unknown loss name.
+      ValueError: unknown loss name (lists the allowed ones).
     """
     if cfg.loss not in LOSS_DEFAULTS:
         raise ValueError(f"unknown stealing loss {cfg.loss!r}; allowed: {sorted(LOSS_DEFAULTS)}")
@@ -65,58 +87,142 @@ def effective_batch_size(batch_size: int, n: int) -> int:
     return b
 
 
-def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None):
-    """Return ``step(state, images uint8 (B,H,W,C), answers float32 (B,D), key)``.
+def _batch_loss(loss, o, t, temperature, labels, pair=None):
+    if loss == "xent":
+        return losses.probability_cross_entropy(o, t)
+    return losses.stealing_loss(loss, o, t, temperature, labels=labels, pair=pair)
 
-    With ``aug`` (an AugmentConfig) the surrogate sees an augmented view of
-    each queried image while the target stays the API's answer for the clean
-    image (no extra query is charged).
+
+def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None, *,
+                    surrogate_views: int = 0, view_weight: float = 1.0, view_aug=None,
+                    target_head=None, with_labels: bool = False, paired: bool = False):
+    """Return the jittable training step of a surrogate.
+
+    Step signature: ``step(state, images, answers, [labels], [pair_images,
+    pair_answers], key) -> (state, {"loss"})`` with images uint8
+    ``(B,H,W,C)``, answers float32 ``(B,D)`` (already mapped by the recreated
+    head when ``target_head`` is set), labels int ``(B,)`` (``with_labels``),
+    pair_images / pair_answers the other queried view of each image and its
+    answer (``paired``).
+
+    View groups: group 0 is the queried image (an augmented view of it when
+    ``aug`` is an AugmentConfig, no extra query). ``surrogate_views = k > 0``
+    adds k surrogate-side augmented views (``view_aug``) of each queried image
+    with the same answer as target (StolenEncoder, Liu et al. CCS 2022, Eq. 3:
+    loss on the clean image plus ``view_weight`` x the mean loss on the views;
+    no query is charged for them). All groups go through the encoder as one
+    batch. The "symmetrized" loss (``losses.symmetrized_loss``) pairs group 0
+    with each further group (the other queried view when ``paired``, else one
+    surrogate-side view) and averages; every other loss is
+    ``L(o_0, v) + view_weight * mean_j L(o_j, v)``.
+
+    ``target_head``: a frozen function ``(B, D) -> (B, D')`` (the recreated
+    projection head) applied to the surrogate outputs before the loss.
     """
+    if surrogate_views < 0:
+        raise ValueError(f"surrogate_views={surrogate_views} must be >= 0")
+    view_aug = view_aug or AugmentConfig()
 
-    def loss_fn(params, batch_stats, x, v):
-        (h, o), upd = model.apply({"params": params, "batch_stats": batch_stats}, x, train=True,
-                                  mutable=["batch_stats"])
-        return losses.stealing_loss(loss, o, v, temperature), upd["batch_stats"]
+    def loss_fn(params, batch_stats, xs, ts, labels):
+        b = xs[0].shape[0]
+        (h, o), upd = model.apply({"params": params, "batch_stats": batch_stats},
+                                  xs[0] if len(xs) == 1 else jnp.concatenate(xs, axis=0),
+                                  train=True, mutable=["batch_stats"])
+        if target_head is not None:
+            o = target_head(o)
+        os_ = [o[i * b:(i + 1) * b] for i in range(len(xs))]
+        if loss == "symmetrized":
+            val = jnp.mean(jnp.stack([_batch_loss(loss, os_[0], ts[0], temperature, labels,
+                                                  pair=(os_[j], ts[j]))
+                                      for j in range(1, len(xs))]))
+        else:
+            val = _batch_loss(loss, os_[0], ts[0], temperature, labels)
+            if len(xs) > 1:
+                val = val + view_weight * jnp.mean(jnp.stack(
+                    [_batch_loss(loss, os_[j], ts[j], temperature, labels)
+                     for j in range(1, len(xs))]))
+        return val, upd["batch_stats"]
 
-    def step(state, images, answers, key):
+    def step(state, images, answers, *rest):
+        *extra, key = rest
+        labels = extra.pop(0) if with_labels else None
         x = images.astype(jnp.float32) / 255.0
         if aug is not None:
             x = augment_batch(key, x, aug)
+        xs, ts = [x], [answers]
+        if surrogate_views:
+            for j in range(surrogate_views):
+                xs.append(augment_batch(jax.random.fold_in(key, j + 1),
+                                        images.astype(jnp.float32) / 255.0, view_aug))
+                ts.append(answers)
+        elif paired:
+            xs.append(extra[0].astype(jnp.float32) / 255.0)
+            ts.append(extra[1])
+        elif loss == "symmetrized":
+            xs.append(augment_batch(jax.random.fold_in(key, 1), images.astype(jnp.float32) / 255.0,
+                                    view_aug))
+            ts.append(answers)
         (val, bs), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, x, answers)
+            state.params, state.batch_stats, xs, ts, labels)
         return state.apply_gradients(grads=grads, batch_stats=bs), {"loss": val}
 
     return step
 
 
 def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str | None,
-                    progress: bool = True):
-    """Train a surrogate encoder by direct extraction.
+                    progress: bool = True, *, labels: np.ndarray | None = None,
+                    pair: tuple | None = None, target_head=None):
+    """Train a surrogate encoder from the API's answers (direct extraction and
+    its variants).
 
     Args:
-      images: uint8 ``(N, H, W, C)`` queried images (N = queries spent).
+      images: uint8 ``(N, H, W, C)`` queried images (or queried augmented
+        views; N = training examples).
       answers: float32 ``(N, D)`` the API's answers for them (cached: each
-        image was paid for once; epochs reuse the cache).
-      cfg: ConfigDict with ``loss`` (mse | infonce | softnn | wasserstein),
-        ``model`` (arch, width, stem, optional dtype "float32" | "bfloat16"), ``epochs``, ``batch_size``,
-        ``learning_rate``, ``temperature`` (None = loss default),
-        ``weight_decay``, ``optimizer``, ``seed``, optional ``steps``
-        (exact optimizer steps, overriding ``epochs``), ``augment`` (None or
-        augmentation dict for surrogate-side views).
+        image was paid for once; epochs reuse the cache). For ``loss="xent"``
+        (label baselines) rows are class distributions (one-hot or
+        probabilities) and the surrogate's linear head outputs D logits.
+      cfg: ConfigDict with ``loss`` (one of ``LOSS_DEFAULTS``), ``model``
+        (arch, width, stem, optional dtype "float32" | "bfloat16"), ``epochs``
+        (or an exact number of optimizer ``steps``), ``batch_size``, ``learning_rate``,
+        ``temperature`` (None = loss default), ``weight_decay``,
+        ``optimizer``, ``seed``, ``augment`` (None or augmentation dict for
+        surrogate-side views of group 0). Optional: ``surrogate_views`` (k
+        StolenEncoder views per image, default 0), ``view_weight`` (default
+        1.0), ``view_augment`` (augmentation dict of those views, default the
+        SimCLR ``AugmentConfig()``), ``predictor_hidden`` ("symmetrized" only:
+        hidden width of the SimSiam predictor, default ``D // 4`` as in SimSiam's
+        bottleneck).
       workdir: where ``checkpoints/`` and ``train_log.jsonl`` go (None: no
         checkpoints). A run found there is resumed.
+      labels: int ``(N,)`` class labels of the images; required by "supcon".
+      pair: ``(pair_images uint8 (N,H,W,C), pair_answers float32 (N,D))``: for
+        each example, another queried view of the same image and its answer
+        (used by "symmetrized" for cross-view targets; ignored by other losses).
+      target_head: frozen jittable ``(B, D) -> (B, D')`` (head recreation):
+        answers are mapped through it once and the surrogate outputs are mapped
+        through it before the loss.
     Returns:
       ``(module, variables, summary)``: ``SurrogateModel`` (call returns
       ``(h, o)``), ``{'params', 'batch_stats'}``, dict with ``steps``,
       ``wall_seconds``, ``examples_per_second``, ``final_loss``, ``hparams``.
     Raises:
-      ValueError: unknown loss, mismatched ``images``/``answers``, bad sizes.
+      ValueError: unknown loss, mismatched ``images``/``answers``/``labels``/
+        ``pair``, missing labels for "supcon", bad sizes.
     """
     if len(images) != len(answers):
         raise ValueError(f"{len(images)} images but {len(answers)} answers")
     if answers.ndim != 2 or not np.isfinite(answers).all():
         raise ValueError(f"answers must be finite float (N, D), got shape {answers.shape}")
     hp = resolve_hparams(cfg)
+    if cfg.loss == "supcon" and labels is None:
+        raise ValueError("loss 'supcon' needs labels for the queried images (labels=...)")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    paired = cfg.loss == "symmetrized" and pair is not None
+    if paired and (len(pair[0]) != len(images) or np.shape(pair[1]) != answers.shape):
+        raise ValueError(f"pair arrays must match images {images.shape} and answers "
+                         f"{answers.shape}, got {np.shape(pair[0])} and {np.shape(pair[1])}")
     n = len(images)
     bsz = effective_batch_size(hp["batch_size"], n)
     steps_per_epoch = n // bsz
@@ -126,8 +232,11 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
     enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem,
                         cfg.model.get("dtype", "float32"))
     out_dim = answers.shape[1]
-    adapter = None if enc.representation_dim == out_dim else out_dim
-    model = SurrogateModel(enc, adapter)
+    adapter = None if enc.representation_dim == out_dim and cfg.loss != "xent" else out_dim
+    predictor = None
+    if cfg.loss == "symmetrized":
+        predictor = int(cfg.get("predictor_hidden") or max(out_dim // 4, 1))
+    model = SurrogateModel(enc, adapter, predictor)
     key = jax.random.key(int(cfg.seed))
     init_key, step_key = jax.random.split(key)
     variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
@@ -136,14 +245,32 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                               batch_stats=variables["batch_stats"])
     aug = augment_config(cfg.augment) if cfg.get("augment") else None
-    step_fn = make_steal_step(model, cfg.loss, hp["temperature"], aug)
+    view_aug = augment_config(cfg.view_augment) if cfg.get("view_augment") else None
+    k_views = int(cfg.get("surrogate_views") or 0)
+    step_fn = make_steal_step(model, cfg.loss, hp["temperature"], aug,
+                              surrogate_views=k_views,
+                              view_weight=float(cfg.get("view_weight", 1.0)), view_aug=view_aug,
+                              target_head=target_head, with_labels=labels is not None,
+                              paired=paired)
+    targets = answers.astype(np.float32)
+    pair_targets = np.asarray(pair[1], np.float32) if paired else None
+    if target_head is not None:  # targets are constants: map them through the frozen head once
+        head = jax.jit(target_head)
+        targets = extract_features(head, targets)
+        pair_targets = extract_features(head, pair_targets) if paired else None
+    arrays = [images, targets]
+    if labels is not None:
+        arrays.append(np.asarray(labels, np.int32))
+    if paired:
+        arrays += [pair[0], pair_targets]
     meta = {"kind": "surrogate", "config": cfg.to_dict(), "adapter_dim": adapter,
-            "image_shape": list(images.shape[1:]), "queries": n}
+            "predictor_hidden": predictor, "image_shape": list(images.shape[1:]), "queries": n}
     ckpt_dir = os.path.join(workdir, "checkpoints") if workdir else None
     log_path = os.path.join(workdir, "train_log.jsonl") if workdir else None
-    state, summary = run_training(state, step_fn, [images, answers.astype(np.float32)], bsz, total,
+    state, summary = run_training(state, step_fn, arrays, bsz, total,
                                   step_key, int(cfg.seed), ckpt_dir, meta,
                                   f"steal[{cfg.loss}, {n} queries]", log_path=log_path,
                                   progress=progress)
-    summary = dict(summary, final_loss=summary["final_metrics"].get("loss"), hparams=hp)
+    summary = dict(summary, final_loss=summary["final_metrics"].get("loss"), hparams=hp,
+                   examples=n, surrogate_views=k_views)
     return model, {"params": state.params, "batch_stats": state.batch_stats}, summary

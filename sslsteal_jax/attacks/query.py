@@ -3,16 +3,24 @@
 Fixes the reference quirk of re-querying the victim every epoch (SPEC section
 4): the attacker pays for each distinct image once and every training epoch
 reuses the cached answers. Budgets are never overshot: the number of images
-sent is exactly the requested budget.
+sent is exactly the requested budget. ``collect_view_answers`` sends k
+augmented views per image instead (each view is one charged query).
 """
 from __future__ import annotations
 
+import functools
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sslsteal_jax.data.augment import AugmentConfig, augment_image
+
 
 def collect_answers(api, user: str, images: np.ndarray, budget: int,
-                    chunk: int = 1000, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                    chunk: int = 1000, progress: bool = True,
+                    query_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Query the first ``budget`` images of ``images`` once each.
 
     Args:
@@ -21,8 +29,11 @@ def collect_answers(api, user: str, images: np.ndarray, budget: int,
       images: uint8 ``(N, H, W, C)`` query pool, in the attacker's fixed order.
       budget: number of queries to spend (images sent), 1 <= budget <= N.
       chunk: images per API call.
+      query_kwargs: extra keyword arguments of ``api.query`` (e.g.
+        ``{"output": "probabilities"}`` for a ``ClassifierAPI``).
     Returns:
-      ``(queried_images uint8 (budget, H, W, C), answers float32 (budget, D))``.
+      ``(queried_images uint8 (budget, H, W, C), answers (budget, ...))``:
+      float32 ``(budget, D)`` representations for a ``VictimAPI``.
     Raises:
       ValueError: ``budget`` outside [1, N] (names the pool size).
       BudgetExceededError: from the API when the account's budget is smaller.
@@ -34,5 +45,84 @@ def collect_answers(api, user: str, images: np.ndarray, budget: int,
     out = []
     for i in tqdm(range(0, budget, chunk), desc="querying victim API", disable=not progress,
                   leave=False):
-        out.append(api.query(user, images[i:min(i + chunk, budget)]))
+        out.append(api.query(user, images[i:min(i + chunk, budget)], **(query_kwargs or {})))
     return images[:budget], np.concatenate(out, axis=0)
+
+
+def augmented_views(images: np.ndarray, views: int, key: jax.Array,
+                    aug: AugmentConfig | None = None, chunk: int = 1000) -> np.ndarray:
+    """``views`` SimCLR-augmented views of every image, quantised to uint8 (the
+    exact images the attacker sends to the API and later trains on).
+
+    View ``j`` of image ``i`` is drawn with ``fold_in(fold_in(key, i), j)``, so
+    the views do not depend on ``chunk`` or on how many images are asked for.
+
+    Args:
+      images: uint8 ``(N, H, W, C)``.
+      views: k >= 1 views per image.
+      key: PRNG key.
+      aug: augmentation strengths (default: the SimCLR ``AugmentConfig()``).
+    Returns:
+      uint8 ``(N * k, H, W, C)``, image-major: rows ``i*k .. i*k+k-1`` are the
+      views of image ``i``.
+    Raises:
+      ValueError: ``views < 1``.
+    """
+    if int(views) < 1:
+        raise ValueError(f"views per image must be >= 1, got {views}")
+    aug = aug or AugmentConfig()
+    fn = _views_fn(int(views), aug)
+    out = [np.asarray(fn(key, jnp.arange(i, min(i + chunk, len(images))),
+                         jnp.asarray(images[i:i + chunk])))
+           for i in range(0, len(images), chunk)]
+    return np.concatenate(out, axis=0).reshape(-1, *images.shape[1:])
+
+
+@functools.lru_cache(maxsize=8)
+def _views_fn(views: int, aug: AugmentConfig):
+    @jax.jit
+    def fn(key, idx, x):
+        x = x.astype(jnp.float32) / 255.0
+
+        def one(i, im):
+            k = jax.random.fold_in(key, i)
+            return jnp.stack([augment_image(jax.random.fold_in(k, j), im, aug)
+                              for j in range(views)])
+
+        v = jax.vmap(one)(idx, x)
+        return jnp.clip(jnp.round(v * 255.0), 0, 255).astype(jnp.uint8)
+
+    return fn
+
+
+def collect_view_answers(api, user: str, images: np.ndarray, budget: int, views: int,
+                         key: jax.Array, aug: AugmentConfig | None = None, chunk: int = 1000,
+                         progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Spend ``budget`` queries on ``views`` augmented views of each of the first
+    ``budget // views`` pool images (each view sent is one charged query;
+    Dziedzic et al. ICML 2022, Section 3 "augmented queries").
+
+    Args:
+      api, user, images, chunk, progress: as in ``collect_answers``.
+      budget: queries to spend; must be a multiple of ``views`` and at most
+        ``views * len(images)``.
+      views: k >= 1 views per image.
+      key: PRNG key of the views (``augmented_views``).
+    Returns:
+      ``(view_images uint8 (budget, H, W, C), answers float32 (budget, D))``,
+      image-major (rows ``i*k .. i*k+k-1`` belong to pool image ``i``).
+    Raises:
+      ValueError: ``budget`` not a positive multiple of ``views`` or too large
+        for the pool.
+      BudgetExceededError: from the API.
+    """
+    views, budget = int(views), int(budget)
+    if views < 1 or budget < views or budget % views:
+        raise ValueError(f"query budget {budget} must be a positive multiple of views={views} "
+                         f"(each augmented view is one charged query)")
+    n_img = budget // views
+    if n_img > len(images):
+        raise ValueError(f"query budget {budget} with views={views} needs {n_img} pool images, "
+                         f"the query pool holds {len(images)}")
+    sent = augmented_views(images[:n_img], views, key, aug, chunk)
+    return collect_answers(api, user, sent, budget, chunk, progress)

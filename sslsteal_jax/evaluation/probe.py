@@ -33,33 +33,35 @@ def few_labels_subset(labels: np.ndarray, per_class: int, key: jax.Array) -> np.
     return np.sort(np.concatenate(idx))
 
 
-def linear_probe(train_x, train_y, test_x, test_y, key: jax.Array, epochs: int = 60,
-                 batch_size: int = 512, learning_rate: float = 2e-3,
-                 weight_decay: float = 1e-4) -> float:
-    """Train a linear classifier on frozen features; return test accuracy (percent).
+def fit_linear_probe(train_x, train_y, key: jax.Array, epochs: int = 60, batch_size: int = 512,
+                     learning_rate: float = 2e-3, weight_decay: float = 1e-4,
+                     num_classes: int | None = None) -> dict:
+    """Train a softmax-regression classifier on standardised frozen features.
 
     Args:
       train_x: float32 ``(N, D)``; train_y: int ``(N,)`` labels in [0, K).
-      test_x: float32 ``(M, D)``; test_y: int ``(M,)``.
-      key: PRNG key (initialisation and mini-batch order).
+      key: PRNG key (mini-batch order).
       epochs: passes over the training features; batch_size: mini-batch size
         (clipped to N); learning_rate: peak Adam LR (cosine decay to 0);
       weight_decay: decoupled weight decay on the weights.
+      num_classes: K (default ``max(train_y) + 1``).
     Returns:
-      top-1 accuracy in percent (float in [0, 100]).
+      dict of float32 arrays ``mean (D,)``, ``std (D,)`` (feature
+      standardisation), ``w (D, K)``, ``b (K,)``; logits of features ``x`` are
+      ``((x - mean) / std) @ w + b`` (``probe_logits``).
     Raises:
-      ValueError: mismatched shapes or non-finite features.
+      ValueError: bad shapes or non-finite features.
     """
-    train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
-    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
-        raise ValueError(f"features must be (N,D) and (M,D), got {train_x.shape} and {test_x.shape}")
-    if not (np.isfinite(train_x).all() and np.isfinite(test_x).all()):
+    train_x = np.asarray(train_x, np.float32)
+    if train_x.ndim != 2 or len(train_x) != len(train_y):
+        raise ValueError(f"features must be (N,D) with N labels, got {train_x.shape} and "
+                         f"{np.shape(train_y)} labels")
+    if not np.isfinite(train_x).all():
         raise ValueError("features contain NaN or inf")
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     xtr = jnp.asarray((train_x - mean) / std)
-    xte = jnp.asarray((test_x - mean) / std)
     ytr = jnp.asarray(train_y, jnp.int32)
-    k = int(max(np.max(train_y), np.max(test_y)) + 1)
+    k = int(num_classes or int(np.max(train_y)) + 1)
     n, d = xtr.shape
     bs = min(batch_size, n)
     steps_per_epoch = max(n // bs, 1)
@@ -89,8 +91,43 @@ def linear_probe(train_x, train_y, test_x, test_y, key: jax.Array, epochs: int =
         return jax.lax.scan(epoch, (params, opt), jax.random.split(key, epochs))[0][0]
 
     params = run(params, opt, key)
-    pred = np.asarray(jnp.argmax(xte @ params["w"] + params["b"], axis=1))
-    return float(100.0 * np.mean(pred == np.asarray(test_y)))
+    return {"mean": mean, "std": std, "w": np.asarray(params["w"]), "b": np.asarray(params["b"])}
+
+
+def probe_logits(probe: dict, x) -> np.ndarray:
+    """Logits float32 ``(M, K)`` of a ``fit_linear_probe`` classifier on features ``(M, D)``."""
+    x = (np.asarray(x, np.float32) - probe["mean"]) / probe["std"]
+    return np.asarray(jnp.asarray(x) @ probe["w"] + probe["b"])
+
+
+def linear_probe(train_x, train_y, test_x, test_y, key: jax.Array, epochs: int = 60,
+                 batch_size: int = 512, learning_rate: float = 2e-3,
+                 weight_decay: float = 1e-4, return_predictions: bool = False):
+    """Train a linear classifier on frozen features; return test accuracy (percent).
+
+    Args:
+      train_x: float32 ``(N, D)``; train_y: int ``(N,)`` labels in [0, K).
+      test_x: float32 ``(M, D)``; test_y: int ``(M,)``.
+      key: PRNG key (initialisation and mini-batch order).
+      epochs, batch_size, learning_rate, weight_decay: see ``fit_linear_probe``.
+      return_predictions: also return the predicted test labels.
+    Returns:
+      top-1 accuracy in percent (float in [0, 100]); with ``return_predictions``
+      ``(accuracy, int64 predictions (M,))``.
+    Raises:
+      ValueError: mismatched shapes or non-finite features.
+    """
+    train_x, test_x = np.asarray(train_x, np.float32), np.asarray(test_x, np.float32)
+    if train_x.ndim != 2 or test_x.ndim != 2 or train_x.shape[1] != test_x.shape[1]:
+        raise ValueError(f"features must be (N,D) and (M,D), got {train_x.shape} and {test_x.shape}")
+    if not (np.isfinite(train_x).all() and np.isfinite(test_x).all()):
+        raise ValueError("features contain NaN or inf")
+    k = int(max(np.max(train_y), np.max(test_y)) + 1)
+    probe = fit_linear_probe(train_x, train_y, key, epochs, batch_size, learning_rate,
+                             weight_decay, num_classes=k)
+    pred = np.argmax(probe_logits(probe, test_x), axis=1)
+    acc = float(100.0 * np.mean(pred == np.asarray(test_y)))
+    return (acc, pred) if return_predictions else acc
 
 
 def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, chunk: int = 1000) -> float:
@@ -133,7 +170,8 @@ DEFAULT_PROBE_GRID = ((60, 2e-3, 1e-4), (100, 5e-3, 1e-3))
 
 
 def selected_linear_probe(train_x, train_y, test_x, test_y, key: jax.Array,
-                          grid=DEFAULT_PROBE_GRID, val_fraction: float = 0.1) -> tuple[float, dict]:
+                          grid=DEFAULT_PROBE_GRID, val_fraction: float = 0.1,
+                          return_predictions: bool = False) -> tuple:
     """Linear probe whose optimisation settings are chosen on a validation split.
 
     Each ``(epochs, learning_rate, weight_decay)`` in ``grid`` is trained on the
@@ -145,7 +183,8 @@ def selected_linear_probe(train_x, train_y, test_x, test_y, key: jax.Array,
 
     Returns:
       ``(test accuracy in percent, {"epochs", "learning_rate", "weight_decay",
-      "val_accuracy"})``.
+      "val_accuracy"})``; with ``return_predictions`` a third element, the
+      predicted test labels int64 ``(M,)``.
     Raises:
       ValueError: empty grid or ``val_fraction`` outside (0, 0.5].
     """
@@ -162,7 +201,9 @@ def selected_linear_probe(train_x, train_y, test_x, test_y, key: jax.Array,
                            weight_decay=wd)
         if val > best_val:
             best, best_val = (int(epochs), lr, wd), val
-    acc = linear_probe(train_x, train_y, test_x, test_y, key, epochs=best[0],
-                       learning_rate=best[1], weight_decay=best[2])
-    return acc, {"epochs": best[0], "learning_rate": best[1], "weight_decay": best[2],
-                 "val_accuracy": best_val}
+    out = linear_probe(train_x, train_y, test_x, test_y, key, epochs=best[0],
+                       learning_rate=best[1], weight_decay=best[2],
+                       return_predictions=return_predictions)
+    settings = {"epochs": best[0], "learning_rate": best[1], "weight_decay": best[2],
+                "val_accuracy": best_val}
+    return (out[0], settings, out[1]) if return_predictions else (out, settings)

@@ -18,7 +18,7 @@ COLUMNS = ("probe_full", "probe_100", "knn", "cosine_fidelity", "l2_fidelity")
 
 def evaluate_features(name, train_feats, test_feats, data, key, victim_test_out=None,
                       test_out=None, per_class: int = 100, probe_epochs: int = 60,
-                      select_probe: bool = True) -> dict:
+                      select_probe: bool = True, reference_predictions=None) -> dict:
     """Metrics of one encoder given its features.
 
     Args:
@@ -34,24 +34,33 @@ def evaluate_features(name, train_feats, test_feats, data, key, victim_test_out=
       probe_epochs: epochs of the full-label probe when ``select_probe`` is False.
       select_probe: choose the full-label probe's settings on a 10% validation
         split of the probe train set (``selected_linear_probe``).
+      reference_predictions: int ``(N_test,)`` predictions of a reference
+        classifier (the victim provider's downstream classifier); when given,
+        the row gets ``agreement``: percent of probe-test images on which the
+        full-label probe predicts the same class.
     Returns:
-      dict with ``name``, the keys of ``COLUMNS`` (fidelity None when N/A) and
-      ``probe_full_settings``.
+      dict with ``name``, the keys of ``COLUMNS`` (fidelity None when N/A),
+      ``probe_full_settings`` and, with ``reference_predictions``, ``agreement``.
     """
     k1, k2, k3 = jax.random.split(key, 3)
     sub = few_labels_subset(data.probe_train_y, per_class, k2)
+    want = reference_predictions is not None
     if select_probe:
-        full, settings = selected_linear_probe(train_feats, data.probe_train_y, test_feats,
-                                               data.probe_test_y, k1)
+        full, settings, *pred = selected_linear_probe(train_feats, data.probe_train_y, test_feats,
+                                                      data.probe_test_y, k1,
+                                                      return_predictions=want)
     else:
-        full = linear_probe(train_feats, data.probe_train_y, test_feats, data.probe_test_y, k1,
-                            epochs=probe_epochs)
+        out = linear_probe(train_feats, data.probe_train_y, test_feats, data.probe_test_y, k1,
+                           epochs=probe_epochs, return_predictions=want)
+        full, pred = (out[0], [out[1]]) if want else (out, [])
         settings = {"epochs": probe_epochs, "learning_rate": 2e-3, "weight_decay": 1e-4}
     row = {"name": name, "probe_full": full, "probe_full_settings": settings,
            "probe_100": linear_probe(train_feats[sub], data.probe_train_y[sub], test_feats,
                                      data.probe_test_y, k3, epochs=max(probe_epochs, 200)),
            "knn": knn_accuracy(train_feats, data.probe_train_y, test_feats, data.probe_test_y),
            "cosine_fidelity": None, "l2_fidelity": None}
+    if want:
+        row["agreement"] = float(100.0 * np.mean(pred[0] == np.asarray(reference_predictions)))
     if victim_test_out is not None and test_out is not None:
         row["cosine_fidelity"] = fid.cosine_fidelity(test_out, victim_test_out)
         row["l2_fidelity"] = fid.l2_fidelity(test_out, victim_test_out)

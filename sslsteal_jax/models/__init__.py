@@ -102,16 +102,24 @@ class SurrogateModel(nn.Module):
     output size, a Dense adapter maps ``h`` to the victim's dimension for the
     stealing loss and fidelity; downstream probes use ``h``.
 
+    With ``predictor_hidden`` set, a SimSiam predictor MLP (Chen & He, CVPR
+    2021, Section 3: Dense(hidden) -> ReLU -> Dense(out)) follows the adapter
+    and ``o`` is its output (used by the "symmetrized" stealing loss; the
+    predictor is trained with the encoder and ``h`` is still the representation).
+
     Call: ``x`` float32 ``(B,H,W,C)`` in [0,1]; returns ``(h, o)`` with ``h``
-    ``(B, D_s)`` and ``o`` ``(B, out_dim)`` (``o is h`` when ``out_dim`` is None).
+    ``(B, D_s)`` and ``o`` ``(B, out_dim)`` (``o is h`` when ``out_dim`` and
+    ``predictor_hidden`` are None).
     """
 
     encoder: ResNet
     out_dim: int | None = None
+    predictor_hidden: int | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         h = self.encoder(x, train)
-        if self.out_dim is None:
-            return h, h
-        return h, nn.Dense(self.out_dim, name="adapter")(h)
+        o = h if self.out_dim is None else nn.Dense(self.out_dim, name="adapter")(h)
+        if self.predictor_hidden:
+            o = Predictor(int(self.predictor_hidden), o.shape[-1], name="predictor")(o)
+        return h, o

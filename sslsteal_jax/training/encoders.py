@@ -23,7 +23,7 @@ def build_model(kind: str, model_cfg: dict):
     Args:
       kind: "simclr" (victim: encoder + projection head) or "surrogate".
       model_cfg: dict with arch, width, stem (+ head_hidden, head_out for
-        simclr; adapter_dim for surrogate).
+        simclr; adapter_dim and optional predictor_hidden for surrogate).
     Raises:
       ValueError: unknown kind or architecture.
     """
@@ -32,7 +32,7 @@ def build_model(kind: str, model_cfg: dict):
     if kind == "simclr":
         return SimCLRModel(enc, int(model_cfg["head_hidden"]), int(model_cfg["head_out"]))
     if kind == "surrogate":
-        return SurrogateModel(enc, model_cfg.get("adapter_dim"))
+        return SurrogateModel(enc, model_cfg.get("adapter_dim"), model_cfg.get("predictor_hidden"))
     raise ValueError(f"unknown checkpoint kind {kind!r}; allowed: 'simclr', 'surrogate'")
 
 
@@ -74,6 +74,7 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
     model_cfg = dict(meta["config"]["model"])
     if kind == "surrogate":
         model_cfg["adapter_dim"] = meta.get("adapter_dim")
+        model_cfg["predictor_hidden"] = meta.get("predictor_hidden")
     if model_override:
         model_cfg.update({k: v for k, v in model_override.items() if v is not None})
     module = build_model(kind, model_cfg)

@@ -1,0 +1,134 @@
+"""Real-data acceptance checks of the attack suite (shipped Fashion-MNIST victim).
+
+* every stealing loss trains a surrogate (ResNet-10, width 4) end to end on
+  500 real queries and beats an independent encoder on fidelity to the victim
+  on held-out images;
+* the steal experiment charges every query exactly once: the queries recorded
+  in results.json equal the images the attacker accounts sent to the API
+  (augmented views count), and a rerun from the cached answers sends none;
+* one tiny real run through ``main.run`` with head recreation and the
+  probability baseline produces the classifier columns.
+"""
+import importlib.util
+import os
+
+import jax
+import ml_collections
+import pytest
+
+from sslsteal_jax import losses
+from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.attacks.direct import train_surrogate
+from sslsteal_jax.attacks.query import collect_answers
+from sslsteal_jax.attacks.strategies import query_pool_labels
+from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.evaluation.features import extract_features, make_apply
+from sslsteal_jax.evaluation.fidelity import cosine_fidelity
+from sslsteal_jax.experiments import common, steal
+from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.main import run
+
+VICTIM = os.path.join(REPO_ROOT, "victims", "fashion_mnist_resnet10_w16", "checkpoints")
+QUERIES = 512
+pytestmark = pytest.mark.skipif(not os.path.isdir(VICTIM), reason="shipped victim missing")
+
+
+@pytest.fixture(scope="module")
+def stolen_data():
+    data = experiment_data("fashion_mnist", None, 1000, with_victim_train=False,
+                           probe_train_size=100)
+    api = VictimAPI.from_checkpoint(VICTIM)
+    api.register("attacker", QUERIES)
+    x, v = collect_answers(api, "attacker", data.query_pool, QUERIES, progress=False)
+    held_out = data.probe_test_x[:500]
+    labels = query_pool_labels(data.names["query_pool"])[:QUERIES]
+    return x, v, labels, held_out, api.query("owner", held_out)
+
+
+@pytest.mark.parametrize("loss", losses.ALL_LOSSES)
+def test_every_loss_steals_real_victim(stolen_data, loss):
+    x, v, labels, held_out, v_held = stolen_data
+    cfg = ml_collections.ConfigDict(dict(
+        loss=loss, epochs=5, batch_size=128, learning_rate=3e-3, temperature=None,
+        weight_decay=1e-4, optimizer="adam", seed=0, augment=None,
+        model=dict(arch="resnet10", width=4, stem="cifar")))
+    module, variables, summ = train_surrogate(x, v, cfg, None, progress=False,
+                                              labels=labels if loss == "supcon" else None)
+    assert summ["steps"] == 5 * (QUERIES // 128)
+    stolen = cosine_fidelity(extract_features(make_apply(module, variables, 1), held_out), v_held)
+    indep_vars = module.init(jax.random.key(1000), held_out[:2] / 255.0)
+    indep = cosine_fidelity(extract_features(make_apply(module, indep_vars, 1), held_out), v_held)
+    print(f"{loss}: fidelity stolen {stolen:.3f} vs independent {indep:.3f}")
+    assert stolen > indep + 0.05
+
+
+def _load_quickstart(arg):
+    spec = importlib.util.spec_from_file_location(
+        "_qs_attacks", os.path.join(REPO_ROOT, "configs", "quickstart.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config(arg)
+    cfg.steal.model.width = 4
+    cfg.probe_train_size = 300
+    cfg.probe_test_size = 200
+    cfg.eval = ml_collections.ConfigDict(dict(per_class=5, probe_epochs=3, select_probe=False))
+    cfg.head.epochs = 3
+    return cfg
+
+
+def test_every_query_charged_exactly_once(tmp_path, monkeypatch):
+    """All six strategies in one run (training and evaluation stubbed out): the
+    queries in results.json equal the images attacker accounts sent to the API."""
+    sent = {}
+    real_query = VictimAPI.query
+
+    def spy(self, user, images):
+        if user.startswith("attacker"):
+            sent[user] = sent.get(user, 0) + len(images)
+        return real_query(self, user, images)
+
+    def fake_train(images, answers, cfg, workdir, progress=True, **kw):
+        from sslsteal_jax.models import SurrogateModel, build_encoder
+        m = SurrogateModel(build_encoder("resnet10", 1), answers.shape[1])
+        return m, m.init(jax.random.key(0), images[:2] / 255.0), {"steps": 0}
+
+    def fake_row(name, *a, **k):
+        return {"name": name, "probe_full": 50.0, "probe_100": 40.0, "knn": 45.0,
+                "cosine_fidelity": None, "l2_fidelity": None}
+
+    monkeypatch.setattr(VictimAPI, "query", spy)
+    monkeypatch.setattr(steal, "train_surrogate", fake_train)
+    monkeypatch.setattr(common, "encoder_row", fake_row)
+    monkeypatch.setattr(common, "raw_pixels_row", lambda data, key, ev=None: fake_row("raw pixels"))
+    cfg = _load_quickstart("losses=mse,budget=120,strategies=all,views=3")
+    wd = str(tmp_path / "w")
+    res = run(cfg, wd)
+    assert sent == {"attacker": 120, "attacker_views3": 120, "attacker_labels": 120,
+                    "attacker_probabilities": 120}
+    assert res["queries_charged"] == sum(sent.values()) == 480
+    qs = res["query_sets"]
+    assert qs["views3"]["images"] == 40 and qs["views3"]["queries_charged"] == 120
+    assert not any(q["from_cache"] for q in qs.values())
+    # rerun into the same workdir: every answer comes from the cache, nothing is sent again
+    sent.clear()
+    cfg.overwrite = True
+    res2 = run(cfg, wd)
+    assert sent == {} and res2["queries_charged"] == 480
+    assert all(q["from_cache"] for q in res2["query_sets"].values())
+
+
+def test_tiny_real_run_head_recreation_and_probabilities(tmp_path):
+    cfg = _load_quickstart("losses=symmetrized,budget=200,epochs=1,"
+                           "strategies=head_recreation+probabilities")
+    res = run(cfg, str(tmp_path / "w"))
+    rows = {r["name"]: r for r in res["rows"]}
+    assert set(rows) == {"victim", "surrogate (symmetrized, head_recreation)",
+                         "knockoff (probabilities)", "independent (random init)", "raw pixels"}
+    assert res["queries_charged"] == 400  # 100 images x 2 views + 200 classifier queries
+    assert res["head_recreation"]["steps"] == 3 * (100 // 100)
+    for r in rows.values():
+        assert 0.0 <= r["classifier_accuracy"] <= 100.0 and 0.0 <= r["agreement"] <= 100.0
+    assert rows["knockoff (probabilities)"]["cosine_fidelity"] is None
+    assert rows["victim"]["agreement"] > 80.0  # the victim's own probe vs the provider's head
+    assert os.path.isdir(tmp_path / "w" / "surrogate_head_recreation_symmetrized" / "checkpoints")
+    assert os.path.isdir(tmp_path / "w" / "knockoff_probabilities" / "checkpoints")
