@@ -17,6 +17,7 @@ queries gets the same answers, independent of other users' traffic.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +27,14 @@ from sslsteal_jax.defenses.chain import DefenseChain, parse_spec, user_key
 from sslsteal_jax.evaluation.features import extract_features
 
 OUTPUTS = ("representation", "projection")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _answer_and_head(model, index, variables, x):
+    """``[answer | head output]`` concatenated along features, float32 ``(B, D + Dz)``.
+    Compiled once per (model, output, shape), shared by every defended API instance."""
+    h, z = model.apply(variables, x, train=False)
+    return jnp.concatenate([(h, z)[index], z], axis=1)
 
 
 class BudgetExceededError(RuntimeError):
@@ -88,12 +97,7 @@ class VictimAPI:
         self._chain = None
         self._defense_states: dict[str, tuple] = {}
         if defenses is not None and parse_spec(defenses):
-            @jax.jit
-            def answer_and_head(x):
-                h, z = model.apply(variables, x, train=False)
-                return jnp.concatenate([(h, z)[index], z], axis=1)
-
-            self._answer_and_head = answer_and_head
+            self._answer_and_head = functools.partial(_answer_and_head, model, index, variables)
             head_dim = int(jax.eval_shape(lambda x: model.apply(variables, x, train=False)[1],
                                           jax.ShapeDtypeStruct((1, *self.image_shape),
                                                                jnp.float32)).shape[1])
