@@ -39,6 +39,7 @@ def lsh_hyperplanes(key, tables: int, bits: int, dim: int):
     return jax.random.normal(key, (int(tables), int(bits), int(dim)), jnp.float32)
 
 
+@jax.jit
 def lsh_buckets(x, hyperplanes):
     """Bucket index of each row in each table.
 
@@ -52,6 +53,7 @@ def lsh_buckets(x, hyperplanes):
     return (bits.astype(jnp.int32) * weights).sum(-1)
 
 
+@jax.jit
 def online_coverage(buckets, occupied):
     """Coverage before each query of a batch, in query order, and the updated occupancy.
 

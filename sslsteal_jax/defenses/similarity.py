@@ -37,6 +37,7 @@ def init_history(memory: int, head_dim: int) -> dict:
             "seen": jnp.zeros((), jnp.int32), "flagged": jnp.zeros((), jnp.int32)}
 
 
+@jax.jit
 def similarity_scores(head, state):
     """Score a batch against the user's history, in query order; update the history.
 
