@@ -4,7 +4,7 @@
 
 ``--config`` is an ml_collections config file (optionally ``file.py:args``);
 its ``experiment`` field selects the experiment (train_victim, steal,
-evaluate). Any field can be overridden with ``--config.<field>=<value>``.
+evaluate, defense_matrix). Any field can be overridden with ``--config.<field>=<value>``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 
-EXPERIMENTS = ("train_victim", "steal", "evaluate")
+EXPERIMENTS = ("train_victim", "steal", "evaluate", "defense_matrix")
 
 
 def run(cfg, workdir: str):
@@ -32,6 +32,8 @@ def run(cfg, workdir: str):
         from sslsteal_jax.experiments import steal as exp
     elif cfg.experiment == "evaluate":
         from sslsteal_jax.experiments import evaluate as exp
+    elif cfg.experiment == "defense_matrix":
+        from sslsteal_jax.experiments import defense_matrix as exp
     else:
         raise ValueError(f"unknown experiment {cfg.experiment!r}; allowed: {list(EXPERIMENTS)}")
     return exp.run(cfg, workdir)
