@@ -18,7 +18,9 @@ attacker vs legitimate users at equal numbers of queries.
 Outputs in the workdir: ``results.json``, ``results.csv`` (one row per cell),
 ``tradeoff.png`` (legitimate-user accuracy vs attacker accuracy, one curve per
 defense and attack), ``b4b_coverage.png``. Finished cells are kept in
-``cells.json`` (written atomically) and skipped when the command is rerun.
+``cells.json`` (written atomically) and skipped when an interrupted run is
+restarted; ``--config.overwrite=True`` on a finished workdir recomputes
+everything (old results and cells are kept with a time stamp).
 
 Sources: Dziedzic et al., ICML 2022, Section 5 (defenses and their cost);
 Dubinski et al., "Bucks for Buckets", NeurIPS 2023, Sections 3-5.
@@ -122,7 +124,11 @@ def _cells(cfg):
 def run(cfg, workdir: str) -> dict:
     """Run (or resume) the defense matrix; returns the results dict (also written to ``workdir``)."""
     t0 = time.time()
+    cells_path = os.path.join(workdir, "cells.json")
+    finished = os.path.exists(os.path.join(workdir, "results.json"))
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
+    if finished and os.path.exists(cells_path):  # overwrite: recompute, keep the old cells
+        os.replace(cells_path, os.path.join(workdir, f"cells.{int(time.time())}.json"))
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False,
                            probe_train_size=cfg.get("probe_train_size"))
     if not 1 <= cfg.budget <= len(data.query_pool):
@@ -133,7 +139,6 @@ def run(cfg, workdir: str) -> dict:
     shape = data.probe_test_x.shape[1:]
     key = jax.random.key(int(cfg.seed))
     ev = common.eval_kwargs(cfg)
-    cells_path = os.path.join(workdir, "cells.json")
     done = json.load(open(cells_path)) if os.path.exists(cells_path) else {}
 
     def save(name, value):
