@@ -33,11 +33,11 @@ FAMILIES = [
     # name, spec template, strengths (weak -> strong), attacks
     ("none", "none", [0], ["direct"]),
     ("gaussian", "gaussian:scale={s}", [0.1, 0.3, 1.0], ["direct", "averaging:repeats=4"]),
-    ("round", "round:decimals={s}", [1, 0], ["direct"]),
-    ("topk", "topk:k={s}", [8, 2], ["direct"]),
-    ("quantize", "quantize:bits={s},low=0,high=2", [2, 1], ["direct"]),
     ("similarity", "similarity:threshold={s}", [0.99, 0.95, 0.9], ["direct"]),
     ("b4b", B4B, [22.0, 18.0], ["direct", "sybil:accounts=2,shared=500"]),
+    ("quantize", "quantize:bits={s},low=0,high=2", [2, 1], ["direct"]),
+    ("topk", "topk:k={s}", [8, 2], ["direct"]),
+    ("round", "round:decimals={s}", [1, 0], ["direct"]),
 ]
 
 

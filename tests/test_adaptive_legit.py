@@ -1,7 +1,6 @@
 """Adaptive attacks, the legitimate-user model and the defense-matrix plumbing, on
 constructed APIs whose answers are known exactly."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
