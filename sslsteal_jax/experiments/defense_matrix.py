@@ -39,6 +39,7 @@ from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.attacks import adaptive
 from sslsteal_jax.attacks.direct import train_surrogate
 from sslsteal_jax.attacks.query import collect_answers
+from sslsteal_jax.data.registry import load_split
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.evaluation.detection import detector_report
 from sslsteal_jax.evaluation.features import extract_features, make_apply
@@ -175,23 +176,17 @@ def run(cfg, workdir: str) -> dict:
     bm = cfg.b4b_measure
     if "b4b_coverage" not in done:
         n = int(bm.queries)
-        single_x, _ = task_subset(data.probe_train_x, data.probe_train_y,
-                                  list(bm.single_task_classes), None)
-        if len(single_x) < n:  # the task's images from the full train split
-            from sslsteal_jax.data.registry import load_split
-            tx, ty = load_split(cfg.dataset, "train")
-            single_x, _ = task_subset(tx, ty, list(bm.single_task_classes), n)
+        tx, ty = load_split(cfg.dataset, "train")  # the legitimate users' own labelled images
+        single_x, _ = task_subset(tx, ty, list(bm.single_task_classes), n)
         curves = {}
         for spec in bm.specs:
             api = VictimAPI(model, variables, shape, defenses=spec, seed=cfg.api_seed)
             curves[spec] = {
-                "attacker (query pool, 10 classes)": coverage_curve(api, "attacker",
-                                                                    data.query_pool[:n], int(bm.step)),
-                "legit, 10-class task": coverage_curve(api, "legit10", data.probe_train_x[:n]
-                                                       if len(data.probe_train_x) >= n else
-                                                       data.query_pool[-n:], int(bm.step)),
+                "attacker (query pool, 10 classes)": coverage_curve(
+                    api, "attacker", data.query_pool[:n], int(bm.step)),
+                "legit, 10-class task": coverage_curve(api, "legit10", tx[:n], int(bm.step)),
                 f"legit, single task (classes {list(bm.single_task_classes)})": coverage_curve(
-                    api, "legit_single", single_x[:n], int(bm.step))}
+                    api, "legit_single", single_x, int(bm.step))}
         save("b4b_coverage", curves)
 
     # ---- the matrix ----------------------------------------------------------------------
