@@ -4,9 +4,11 @@
 
 ``--config`` is an ml_collections config file (optionally ``file.py:args``);
 its ``experiment`` field selects the experiment (train_victim, steal,
-evaluate). Any field can be overridden with ``--config.<field>=<value>``.
+evaluate, defense_matrix). Any field can be overridden with ``--config.<field>=<value>``.
 """
 from __future__ import annotations
+
+import importlib
 
 import sys
 
@@ -17,7 +19,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 
-EXPERIMENTS = ("train_victim", "steal", "evaluate", "budget_scan")
+# config.experiment -> module sslsteal_jax.experiments.<name> (each defines run(cfg, workdir)).
+EXPERIMENTS = ("train_victim", "steal", "evaluate", "budget_scan", "defense_matrix",
+               "watermark_victim", "verify")
 
 
 def run(cfg, workdir: str):
@@ -26,16 +30,9 @@ def run(cfg, workdir: str):
     Raises:
       ValueError: unknown experiment name.
     """
-    if cfg.experiment == "train_victim":
-        from sslsteal_jax.experiments import train_victim as exp
-    elif cfg.experiment == "steal":
-        from sslsteal_jax.experiments import steal as exp
-    elif cfg.experiment == "evaluate":
-        from sslsteal_jax.experiments import evaluate as exp
-    elif cfg.experiment == "budget_scan":
-        from sslsteal_jax.experiments import budget_scan as exp
-    else:
+    if cfg.experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {cfg.experiment!r}; allowed: {list(EXPERIMENTS)}")
+    exp = importlib.import_module(f"sslsteal_jax.experiments.{cfg.experiment}")
     return exp.run(cfg, workdir)
 
 

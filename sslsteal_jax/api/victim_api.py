@@ -5,18 +5,36 @@ Setting of Dziedzic et al. (ICML 2022, Section 2): the provider sells
 optionally the projection-head output ``g(h)``. The attacker pays per query
 (one image = one query). The victim's parameters are private to this object:
 callers only ever receive numpy arrays of answers.
+
+With ``defenses`` configured (a ``defenses.DefenseChain`` spec), every answer
+goes through the chain with the asking user's own defense state (e.g. its
+query-similarity history or B4B coverage). The API owns a PRNG key
+(``seed``): the provider's constants (LSH hyperplanes) come from one half of
+it, each user's secrets (transforms) and call keys from ``fold_in(other half,
+crc32(user))``, call ``n`` of a user folding in ``n``; so the same sequence of
+queries gets the same answers, independent of other users' traffic.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslsteal_jax.defenses.chain import DefenseChain, parse_spec, user_key
 from sslsteal_jax.evaluation.features import extract_features
 
 OUTPUTS = ("representation", "projection")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _answer_and_head(model, index, variables, x):
+    """``[answer | head output]`` concatenated along features, float32 ``(B, D + Dz)``.
+    Compiled once per (model, output, shape), shared by every defended API instance."""
+    h, z = model.apply(variables, x, train=False)
+    return jnp.concatenate([(h, z)[index], z], axis=1)
 
 
 class BudgetExceededError(RuntimeError):
@@ -34,6 +52,7 @@ class Account:
 
     budget: int | None
     used: int = 0
+    calls: int = 0
 
 
 class VictimAPI:
@@ -46,12 +65,17 @@ class VictimAPI:
       output: "representation" (backbone ``h``, default) or "projection" (``g(h)``).
       default_budget: budget of users not registered explicitly (None = unlimited).
       batch_size: images per forward pass (answers do not depend on it).
+      defenses: None (answers returned as computed) or a defense-chain spec
+        (``defenses.chain.parse_spec``: e.g. ``"gaussian:scale=0.1+round:decimals=2"``,
+        ``"similarity:threshold=0.8"``, ``"b4b"``, or a list of dicts).
+      seed: seed of the API's PRNG key (defense noise, per-user secrets).
     Raises:
-      ValueError: unknown ``output``.
+      ValueError: unknown ``output`` or a bad defense spec.
     """
 
     def __init__(self, model, variables, image_shape, output: str = "representation",
-                 default_budget: int | None = None, batch_size: int = 1000):
+                 default_budget: int | None = None, batch_size: int = 1000, defenses=None,
+                 seed: int = 0):
         if output not in OUTPUTS:
             raise ValueError(f"unknown API output {output!r}; allowed: {list(OUTPUTS)}")
         self._variables = variables
@@ -69,6 +93,23 @@ class VictimAPI:
         self._answer = answer
         self.output_dim = int(jax.eval_shape(answer, jax.ShapeDtypeStruct((1, *self.image_shape),
                                                                          jnp.float32)).shape[1])
+        self._key = jax.random.key(int(seed))
+        self._chain = None
+        self._defense_states: dict[str, tuple] = {}
+        if defenses is not None and parse_spec(defenses):
+            self._answer_and_head = functools.partial(_answer_and_head, model, index, variables)
+            head_dim = int(jax.eval_shape(lambda x: model.apply(variables, x, train=False)[1],
+                                          jax.ShapeDtypeStruct((1, *self.image_shape),
+                                                               jnp.float32)).shape[1])
+            k_provider, self._users_key = jax.random.split(self._key)
+            self._chain = DefenseChain(defenses, self.output_dim, head_dim, k_provider)
+            self.raw_dim = self.output_dim
+            self.output_dim = self._chain.output_dim
+
+    @property
+    def defenses(self) -> str:
+        """Canonical spec of the configured defense chain ("none" without one)."""
+        return self._chain.describe() if self._chain is not None else "none"
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str, model_override: dict | None = None, **kwargs):
@@ -95,6 +136,7 @@ class VictimAPI:
         if budget is not None and int(budget) < 0:
             raise ValueError(f"budget must be >= 0 or None, got {budget}")
         self._accounts[user] = Account(None if budget is None else int(budget))
+        self._defense_states.pop(user, None)
 
     def _account(self, user: str) -> Account:
         if user not in self._accounts:
@@ -109,6 +151,13 @@ class VictimAPI:
         """Queries ``user`` may still make (None = unlimited)."""
         a = self._account(user)
         return None if a.budget is None else a.budget - a.used
+
+    def defense_summary(self, user: str) -> dict:
+        """Defense counters of ``user`` (e.g. flagged queries, B4B coverage in percent
+        and the last noise sigma); ``{}`` without defenses or before the first query."""
+        if self._chain is None or user not in self._defense_states:
+            return {}
+        return self._chain.summary(self._defense_states[user])
 
     # ----- queries --------------------------------------------------------
     def _validate(self, images) -> np.ndarray:
@@ -139,7 +188,7 @@ class VictimAPI:
           user: account name.
           images: uint8 ``(B, H, W, C)`` in [0, 255] or float32 in [0, 1].
         Returns:
-          float32 numpy ``(B, output_dim)``.
+          float32 numpy ``(B, output_dim)`` (defended when the API has defenses).
         Raises:
           QueryValidationError: bad shape, dtype, range, NaN/inf.
           BudgetExceededError: ``used + B`` exceeds the budget (nothing answered,
@@ -151,6 +200,18 @@ class VictimAPI:
             raise BudgetExceededError(
                 f"user {user!r} asked for {len(x)} queries but has {acct.budget - acct.used} left "
                 f"of a budget of {acct.budget}; nothing was answered")
-        out = extract_features(self._answer, x, self.batch_size)
+        if self._chain is None:
+            out = extract_features(self._answer, x, self.batch_size)
+        else:
+            both = extract_features(self._answer_and_head, x, self.batch_size)
+            k_secret, k_calls = jax.random.split(user_key(self._users_key, user))
+            if user not in self._defense_states:
+                self._defense_states[user] = self._chain.init_state(k_secret)
+            out, state = self._chain.apply(both[:, :self.raw_dim], self._defense_states[user],
+                                           jax.random.fold_in(k_calls, acct.calls),
+                                           head=both[:, self.raw_dim:])
+            self._defense_states[user] = state
+            out = np.asarray(out, np.float32)
         acct.used += len(x)
+        acct.calls += 1
         return out

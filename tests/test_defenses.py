@@ -1,0 +1,172 @@
+"""Output-perturbing defenses, the chain spec and the VictimAPI hook, against their definitions."""
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.defenses import DefenseChain, parse_spec
+from sslsteal_jax.defenses import perturb
+from sslsteal_jax.training.simclr import build_simclr
+
+KEY = jax.random.key(0)
+
+
+def test_gaussian_noise_moments():
+    x = jnp.zeros((4000, 50))
+    out, state = perturb.gaussian_noise(x, "s", KEY, {"mean": 0.5, "scale": 2.0})
+    out = np.asarray(out)
+    n = out.size
+    assert state == "s"
+    assert abs(out.mean() - 0.5) < 5 * 2.0 / math.sqrt(n)
+    assert out.std() == pytest.approx(2.0, rel=0.01)
+    # excess kurtosis of a Gaussian is 0
+    z = (out - out.mean()) / out.std()
+    assert abs((z ** 4).mean() - 3.0) < 0.05
+
+
+def test_laplace_noise_moments():
+    x = jnp.ones((4000, 50))
+    out = np.asarray(perturb.laplace_noise(x, None, KEY, {"mean": -1.0, "scale": 0.5})[0]) - 1.0
+    assert abs(out.mean() + 1.0) < 5 * math.sqrt(2) * 0.5 / math.sqrt(out.size)
+    assert np.abs(out + 1.0).mean() == pytest.approx(0.5, rel=0.01)  # mean absolute deviation = b
+    assert out.std() == pytest.approx(math.sqrt(2) * 0.5, rel=0.015)
+    z = (out - out.mean()) / out.std()
+    assert abs((z ** 4).mean() - 6.0) < 0.4  # Laplace excess kurtosis 3
+
+
+def test_same_key_same_noise_other_key_other_noise():
+    x = jnp.zeros((3, 4))
+    p = {"mean": 0.0, "scale": 1.0}
+    a = perturb.gaussian_noise(x, None, KEY, p)[0]
+    b = perturb.gaussian_noise(x, None, KEY, p)[0]
+    c = perturb.gaussian_noise(x, None, jax.random.key(1), p)[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_round_topk_quantize_hand_computed():
+    x = jnp.array([[0.123, -1.987, 2.5049, 0.0]])
+    np.testing.assert_allclose(perturb.round_decimals(x, None, KEY, {"decimals": 2})[0],
+                               [[0.12, -1.99, 2.50, 0.0]], atol=1e-6)
+    np.testing.assert_allclose(perturb.round_decimals(x, None, KEY, {"decimals": 0})[0],
+                               [[0.0, -2.0, 3.0, 0.0]])
+    y = jnp.array([[3.0, -5.0, 1.0, 0.5], [0.1, 0.2, -0.3, 0.05]])
+    np.testing.assert_allclose(perturb.top_k(y, None, KEY, {"k": 2})[0],
+                                  [[3.0, -5.0, 0.0, 0.0], [0.0, 0.2, -0.3, 0.0]])
+    q = jnp.array([[-1.0, 0.2, 0.3, 0.74, 0.76, 5.0]])
+    p = {"low": 0.0, "high": 1.0, "levels": 3, "bits": 0}
+    np.testing.assert_allclose(perturb.quantize(q, None, KEY, p)[0], [[0, 0, 0.5, 0.5, 1, 1]])
+    p1 = dict(p, bits=1)  # 2 levels {0, 1}
+    np.testing.assert_allclose(perturb.quantize(q, None, KEY, p1)[0], [[0, 0, 0, 1, 1, 1]])
+
+
+def test_spec_formats_agree_and_defaults_fill():
+    a = parse_spec("gaussian:scale=0.3,mean=1+round:decimals=1")
+    b = parse_spec([{"name": "gaussian", "scale": 0.3, "mean": 1}, {"name": "round", "decimals": 1}])
+    assert a == b == [("gaussian", {"mean": 1.0, "scale": 0.3}), ("round", {"decimals": 1})]
+    assert parse_spec(None) == parse_spec("none") == parse_spec("") == []
+    assert parse_spec("similarity")[0][1]["threshold"] == 0.8
+
+
+@pytest.mark.parametrize("spec, pattern", [
+    ("gausian:scale=1", r"unknown defense 'gausian'.*allowed.*gaussian.*laplace"),
+    ("gaussian:sigma=1", r"unknown parameter 'sigma'.*allowed.*mean.*scale"),
+    ("round:decimals=1.5", r"decimals=.1\.5.*int"),
+    ("gaussian:scale", r"not param=value"),
+    ("b4b:transform=rotate", r"transform='rotate'.*affine.*pad_shuffle"),
+    ("topk:k=99", r"k=99 must be in \[1, 8\]"),
+    ("gaussian:scale=-1", r"scale=-1.0 must be >= 0"),
+    ("quantize:low=1,high=0", r"low < high"),
+    ("similarity:threshold=1.5", r"threshold=1.5 must be in \[0, 1\]"),
+])
+def test_bad_specs_raise_naming_value(spec, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        DefenseChain(spec, 8, 4, KEY)
+
+
+def test_chain_composes_with_split_keys():
+    chain = DefenseChain("gaussian:scale=0.5+round:decimals=1", 6, 3, KEY)
+    x = jnp.arange(12.0).reshape(2, 6) / 7
+    out, _ = chain.apply(x, chain.init_state(KEY), jax.random.key(5))
+    k0, _ = jax.random.split(jax.random.key(5))
+    manual = jnp.round(perturb.gaussian_noise(x, None, k0, {"mean": 0.0, "scale": 0.5})[0], 1)
+    np.testing.assert_allclose(out, manual, atol=1e-6)
+
+
+# Links that squash their input (quantize, similarity garbage, binary) come first or alone,
+# so a non-finite value produced by any link would reach the output.
+@pytest.mark.parametrize("spec", [
+    "quantize:levels=65536+quantize:bits=1+similarity:threshold=0,garbage_scale=1e6"
+    "+gaussian:scale=1e6+laplace:scale=1e6,mean=-1e3+round:decimals=8+round:decimals=-3+topk:k=1",
+    "b4b:beta=1e-3,bits=2,tables=3+b4b:transform=pad_shuffle,beta=1e-3,bits=1"
+    "+transform:transform=affine",
+    "b4b:transform=binary,beta=1e-3",
+])
+def test_no_nan_or_inf_for_extreme_settings(spec):
+    chain = DefenseChain(spec, 8, 4, KEY)
+    x = jax.random.uniform(jax.random.key(1), (64, 8), maxval=10.0)
+    head = jax.random.normal(jax.random.key(2), (64, 4))
+    state = chain.init_state(jax.random.key(3))
+    for i in range(2):
+        out, state = chain.apply(x, state, jax.random.key(i), head=head)
+        assert out.shape == (64, chain.output_dim)
+        assert np.isfinite(np.asarray(out)).all()
+
+
+# ----- the VictimAPI hook -----------------------------------------------------------------
+SHAPE = (28, 28, 1)
+
+
+@pytest.fixture(scope="module")
+def victim():
+    cfg = ml_collections.ConfigDict(dict(arch="resnet10", width=4, stem="cifar", head_hidden=16,
+                                         head_out=8))
+    model = build_simclr(cfg)
+    return model, jax.jit(model.init)(jax.random.key(0, impl="rbg"), jnp.zeros((2, *SHAPE)))
+
+
+@pytest.fixture(scope="module")
+def images():
+    return np.random.default_rng(1).integers(0, 256, (12, *SHAPE), dtype=np.uint8)
+
+
+def test_api_without_defenses_unchanged(victim, images):
+    model, variables = victim
+    plain = VictimAPI(model, variables, SHAPE)
+    none = VictimAPI(model, variables, SHAPE, defenses="none")
+    np.testing.assert_array_equal(plain.query("a", images), none.query("a", images))
+    assert plain.defenses == "none" and plain.defense_summary("a") == {}
+
+
+def test_api_defended_answers_reproducible_per_user_and_call(victim, images):
+    model, variables = victim
+    clean = VictimAPI(model, variables, SHAPE).query("a", images)
+    spec = "gaussian:scale=0.2"
+    a1 = VictimAPI(model, variables, SHAPE, defenses=spec, seed=3)
+    a2 = VictimAPI(model, variables, SHAPE, defenses=spec, seed=3)
+    a2.query("someone else", images)  # other users' traffic does not change a user's answers
+    r1, r2 = a1.query("u", images), a2.query("u", images)
+    np.testing.assert_array_equal(r1, r2)
+    again = a1.query("u", images)  # next call: fresh noise
+    assert not np.allclose(r1, again)
+    other = a1.query("v", images)
+    assert not np.allclose(r1, other)
+    for r in (r1, again, other):
+        assert (r - clean).std() == pytest.approx(0.2, rel=0.15)
+    seed4 = VictimAPI(model, variables, SHAPE, defenses=spec, seed=4).query("u", images)
+    assert not np.allclose(r1, seed4)
+    assert a1.queries_used("u") == 24
+
+
+def test_api_output_dim_follows_chain(victim, images):
+    model, variables = victim
+    api = VictimAPI(model, variables, SHAPE, defenses="b4b:transform=pad_shuffle,pad=5")
+    assert api.output_dim == 32 + 5
+    assert api.query("u", images).shape == (12, 37)
+    assert api.defense_summary("u")["0:b4b.coverage"] > 0
+    api.register("u", None)  # reopening an account resets its defense state
+    assert api.defense_summary("u") == {}
