@@ -17,7 +17,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 
-EXPERIMENTS = ("train_victim", "steal", "evaluate")
+EXPERIMENTS = ("train_victim", "steal", "evaluate", "watermark_victim", "verify")
 
 
 def run(cfg, workdir: str):
@@ -32,6 +32,10 @@ def run(cfg, workdir: str):
         from sslsteal_jax.experiments import steal as exp
     elif cfg.experiment == "evaluate":
         from sslsteal_jax.experiments import evaluate as exp
+    elif cfg.experiment == "watermark_victim":
+        from sslsteal_jax.experiments import watermark_victim as exp
+    elif cfg.experiment == "verify":
+        from sslsteal_jax.experiments import verify as exp
     else:
         raise ValueError(f"unknown experiment {cfg.experiment!r}; allowed: {list(EXPERIMENTS)}")
     return exp.run(cfg, workdir)
