@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("wm_victim"))
     x, _ = load_split("fashion_mnist", "train")
     cfg = tiny_cfg()
-    tr, _ = watermark_slices(cfg, len(x))
+    tr, _ = watermark_slices(len(x), 64, 16)
     model, variables, summary = train_watermark_victim(cfg, wd, x[:64], x[tr], progress=False)
     return wd, cfg, model, variables, summary
 
@@ -78,7 +78,7 @@ def test_warm_start_merge_rejects_other_models():
         build_watermarked(dict(arch="resnet10", width=4, head_hidden=8, head_out=8,
                                watermark_hidden=8, watermark_classes=3))
     with pytest.raises(ValueError, match="fit disjointly"):
-        watermark_slices(tiny_cfg(), 70)
+        watermark_slices(70, 64, 16)
 
 
 def test_verify_experiment_end_to_end(trained, tmp_path):

@@ -237,7 +237,8 @@ def run(cfg, workdir: str) -> dict:
             raise ValueError(f"watermark.enabled but {vpath!r} has no watermark head; train one with "
                              "configs/watermark_victim.py or set --config.watermark.enabled=False")
         vconf = victim.meta["config"]
-        _, ver = watermark_slices(_Cfg(vconf), len(private))
+        _, ver = watermark_slices(len(private), vconf["watermark"]["train_images"],
+                                  vconf["watermark"]["verify_images"])
         classes = int(vconf["model"]["watermark_classes"])
         wm_x, wm_y = rotation_task(private[ver], classes)
         wm = dict(logits=owner_logits_fn(victim.module, victim.variables), x=wm_x, y=wm_y,
@@ -303,17 +304,6 @@ def run(cfg, workdir: str) -> dict:
     print(f"wrote {os.path.join(workdir, 'results.json')} and results.csv "
           f"(total {t_verify - t0:.0f} s)")
     return results
-
-
-class _Cfg:
-    """Attribute view of a plain config dict (``cfg.watermark.train_images``)."""
-
-    def __init__(self, d):
-        self._d = d
-
-    def __getattr__(self, k):
-        v = self._d[k]
-        return _Cfg(v) if isinstance(v, dict) else v
 
 
 def _format_row(r: dict) -> str:

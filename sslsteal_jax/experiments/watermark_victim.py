@@ -18,11 +18,11 @@ import os
 import jax
 
 from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.report import COLUMNS as EVAL_COLUMNS
 from sslsteal_jax.evaluation.report import format_table
 from sslsteal_jax.experiments import common
 from sslsteal_jax.experiments.verify import Suspect, watermark_test
-from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.training.checkpoint import write_json_atomic
 from sslsteal_jax.training.encoders import load_model
 from sslsteal_jax.training.watermark import train_watermark_victim, watermark_slices
@@ -42,7 +42,8 @@ def run(cfg, workdir: str) -> dict:
         cfg.init_from = common.resolve_path(cfg.init_from)
     data = experiment_data(cfg.dataset, probe_train_size=cfg.get("probe_train_size"))
     full_train = data.victim_train
-    tr, ver = watermark_slices(cfg, len(full_train))
+    tr, ver = watermark_slices(len(full_train), cfg.watermark.train_images,
+                               cfg.watermark.verify_images)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
     n = cfg.get("victim_train_size") or len(full_train)
     model, variables, summary = train_watermark_victim(cfg, workdir, full_train[:n], full_train[tr])

@@ -105,15 +105,16 @@ def _merge_warm_start(init_vars: dict, loaded: dict) -> dict:
             "batch_stats": loaded["batch_stats"]}
 
 
-def watermark_slices(cfg, n_train: int) -> tuple[slice, slice]:
+def watermark_slices(n_train: int, train_images: int, verify_images: int) -> tuple[slice, slice]:
     """Index slices of the owner's secret watermark images in the victim's train split.
 
-    ``cfg.watermark.train_images`` first images are used for training,
-    ``cfg.watermark.verify_images`` last images are held out for verification.
+    The first ``train_images`` images are used for training, the last
+    ``verify_images`` are held out for verification (config fields
+    ``watermark.train_images`` / ``watermark.verify_images``).
     Raises:
-      ValueError: the two ranges overlap or do not fit in ``n_train``.
+      ValueError: a count is < 1 or the two ranges do not fit disjointly in ``n_train``.
     """
-    n_tr, n_ver = int(cfg.watermark.train_images), int(cfg.watermark.verify_images)
+    n_tr, n_ver = int(train_images), int(verify_images)
     if n_tr < 1 or n_ver < 1 or n_tr + n_ver > n_train:
         raise ValueError(f"watermark.train_images={n_tr} and watermark.verify_images={n_ver} must "
                          f"be >= 1 and fit disjointly in the {n_train} train images")
