@@ -4,7 +4,8 @@ Usage (after training the watermarked victim with configs/watermark_victim.py):
   python -m sslsteal_jax.main --config=configs/verify.py --workdir=runs/verify
 Arguments (``configs/verify.py:budgets=500,2000,5000`` needs quoting of the commas:
 use ``budgets=500+2000+5000``):
-  victim        watermarked victim checkpoint (runs/watermark_victim/checkpoints)
+  victim        watermarked victim checkpoint (default: the shipped
+                victims/fashion_mnist_resnet10_w16_watermark; or runs/watermark_victim/checkpoints)
   budgets       query budgets of the surrogates stolen here, '+'-separated ('' = none)
   losses        stealing losses, '+'-separated (infonce | mse | softnn | wasserstein)
   samples       surrogate training samples (epochs = ceil(samples / budget))
@@ -24,7 +25,7 @@ from common import parse_arg  # noqa: E402
 import quickstart  # noqa: E402
 import victim_simclr  # noqa: E402
 
-WATERMARKED_VICTIM = "runs/watermark_victim/checkpoints"
+WATERMARKED_VICTIM = "victims/fashion_mnist_resnet10_w16_watermark/checkpoints"
 
 
 def get_config(arg: str = ""):
