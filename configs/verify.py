@@ -1,9 +1,10 @@
 """Owner-side verification: watermark + dataset inference for a list of suspects.
 
-Usage (after training the watermarked victim with configs/watermark_victim.py):
+Usage (default victim: the shipped watermarked victim; to verify one you trained
+with configs/watermark_victim.py pass ``:victim=runs/watermark_victim/checkpoints``):
   python -m sslsteal_jax.main --config=configs/verify.py --workdir=runs/verify
-Arguments (``configs/verify.py:budgets=500,2000,5000`` needs quoting of the commas:
-use ``budgets=500+2000+5000``):
+Arguments (lists are '+'-separated because ',' separates arguments, e.g.
+``configs/verify.py:budgets=500+2000+5000,losses=infonce+mse``):
   victim        watermarked victim checkpoint (default: the shipped
                 victims/fashion_mnist_resnet10_w16_watermark; or runs/watermark_victim/checkpoints)
   budgets       query budgets of the surrogates stolen here, '+'-separated ('' = none)
