@@ -4,12 +4,11 @@
 
 ``--config`` is an ml_collections config file (optionally ``file.py:args``);
 its ``experiment`` field selects the experiment (train_victim, steal,
-evaluate, defense_matrix). Any field can be overridden with ``--config.<field>=<value>``.
+evaluate, budget_scan, defense_matrix, watermark_victim, verify). Any field can be overridden with ``--config.<field>=<value>``.
 """
 from __future__ import annotations
 
 import importlib
-
 import sys
 
 from absl import app, flags, logging

@@ -51,15 +51,17 @@ def resolve_path(path: str | None) -> str | None:
     return os.path.join(REPO_ROOT, path)
 
 
-def write_results(workdir: str, results: dict, rows: list[dict]) -> None:
-    """Write ``results.json`` and ``results.csv`` atomically."""
+def write_results(workdir: str, results: dict, rows: list[dict], columns=None) -> None:
+    """Write ``results.json`` and ``results.csv`` (one line per row, fields
+    ``name`` + ``columns``, default the evaluation report's) atomically."""
     write_json_atomic(os.path.join(workdir, "results.json"), results)
+    fields = ["name", *(COLUMNS if columns is None else columns)]
     tmp = os.path.join(workdir, "results.csv.tmp")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["name", *COLUMNS])
+        w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for r in rows:
-            w.writerow({k: r.get(k) for k in ["name", *COLUMNS]})
+            w.writerow({k: r.get(k) for k in fields})
     os.replace(tmp, os.path.join(workdir, "results.csv"))
 
 

@@ -23,12 +23,17 @@ def build_model(kind: str, model_cfg: dict):
     Args:
       kind: "simclr" (victim: encoder + projection head) or "surrogate".
       model_cfg: dict with arch, width, stem (+ head_hidden, head_out for
-        simclr; adapter_dim and optional predictor_hidden for surrogate).
+        simclr, and watermark_hidden, watermark_classes for a watermarked
+        victim, see ``models.watermark``; adapter_dim and optional
+        predictor_hidden for surrogate).
     Raises:
       ValueError: unknown kind or architecture.
     """
     enc = build_encoder(model_cfg["arch"], model_cfg["width"], model_cfg.get("stem", "cifar"),
                         model_cfg.get("dtype", "float32"))
+    if kind == "simclr" and model_cfg.get("watermark_classes"):
+        from sslsteal_jax.training.watermark import build_watermarked  # avoid an import cycle
+        return build_watermarked(model_cfg)
     if kind == "simclr":
         return SimCLRModel(enc, int(model_cfg["head_hidden"]), int(model_cfg["head_out"]))
     if kind == "surrogate":

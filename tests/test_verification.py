@@ -1,0 +1,175 @@
+"""Owner-side verification statistics (watermark, dataset inference) on constructed
+encoders and data with known answers."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from sslsteal_jax.experiments.verify import Suspect, parse_budgets, parse_suspects, watermark_test
+from sslsteal_jax.verification import (binomial_pvalue, dataset_inference, fit_gmm, fit_linear_map,
+                                       l2_normalize, rotate_images, rotation_task, verify_watermark,
+                                       watermark_input)
+
+
+class CornerEncoder(nn.Module):
+    """Parameter-free 'encoder' whose representation is the four corner pixels
+    (top-left, bottom-left, bottom-right, top-right), optionally duplicated with a
+    fixed permutation and scale (``wide``): it encodes the rotation of a marked
+    image exactly."""
+
+    wide: bool = False
+
+    def __call__(self, x, train=False):
+        c = jnp.stack([x[:, 0, 0, 0], x[:, -1, 0, 0], x[:, -1, -1, 0], x[:, 0, -1, 0]], axis=1)
+        h = jnp.concatenate([3.0 * c[:, ::-1], c], axis=1) if self.wide else c
+        return h, h
+
+
+class ConstantEncoder(nn.Module):
+    def __call__(self, x, train=False):
+        h = jnp.ones((x.shape[0], 4)) + 0.0 * x[:, 0, 0, :1]
+        return h, h
+
+
+def marked_images(n=6, size=5):
+    """uint8 (n, size, size, 1) zeros with a bright top-left pixel."""
+    x = np.zeros((n, size, size, 1), np.uint8)
+    x[:, 0, 0, 0] = 255
+    return x
+
+
+def corner_logits(r):
+    """Owner's 'watermark MLP' for the corner encoder: the scale-free corner vector."""
+    return watermark_input(r)
+
+
+def test_rotate_images_matches_numpy_rot90():
+    img = np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3)
+    for k in range(4):
+        out = np.asarray(rotate_images(img, np.array([k])))
+        np.testing.assert_array_equal(out[0], np.rot90(img[0], k, axes=(0, 1)))
+    # hand case: [[1, 2], [3, 4]] rotated 90 degrees counter-clockwise is [[2, 4], [1, 3]]
+    x = np.array([[1, 2], [3, 4]], np.int32).reshape(1, 2, 2, 1)
+    np.testing.assert_array_equal(np.asarray(rotate_images(x, [1]))[0, ..., 0], [[2, 4], [1, 3]])
+    with pytest.raises(ValueError, match="square"):
+        rotate_images(np.zeros((1, 2, 3, 1)), [0])
+
+
+def test_rotation_task_labels_and_balance():
+    x, y = rotation_task(marked_images(3), 4)
+    assert x.shape == (12, 5, 5, 1) and x.dtype == np.uint8
+    np.testing.assert_array_equal(y, np.repeat(np.arange(4), 3))
+    # the marker pixel moves counter-clockwise: TL -> BL -> BR -> TR
+    assert x[3, -1, 0, 0] == 255 and x[6, -1, -1, 0] == 255 and x[9, 0, -1, 0] == 255
+    _, y2 = rotation_task(marked_images(3), 2)
+    np.testing.assert_array_equal(y2, np.repeat([0, 0, 1, 1], 3))
+    with pytest.raises(ValueError, match=r"num_classes=3 is not allowed; allowed: \(2, 4\)"):
+        rotation_task(marked_images(1), 3)
+
+
+def test_binomial_pvalue_hand_case_and_scipy():
+    # P(X >= 7), X ~ Bin(10, 1/2) = (C(10,7)+C(10,8)+C(10,9)+C(10,10)) / 2^10 = 176 / 1024
+    assert binomial_pvalue(7, 10, 0.5) == pytest.approx(176 / 1024, rel=1e-12)
+    assert binomial_pvalue(40, 100, 0.25) == pytest.approx(
+        stats.binomtest(40, 100, 0.25, alternative="greater").pvalue, rel=1e-12)
+    assert binomial_pvalue(0, 10, 0.25) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="chance must lie in"):
+        binomial_pvalue(1, 10, 1.0)
+    with pytest.raises(ValueError, match="0 <= correct <= total"):
+        binomial_pvalue(11, 10, 0.5)
+
+
+def test_watermark_exact_encoder_is_flagged_constant_is_not():
+    x, y = rotation_task(marked_images(6), 4)  # 24 trials
+    exact = Suspect("exact", "surrogate", CornerEncoder(), {}, 1)
+    r = watermark_test(corner_logits, 4, exact, x, y, 4, 0.01)
+    assert r["accuracy"] == 1.0 and r["correct"] == 24 and not r["linear_map"]
+    assert r["p_value"] == pytest.approx(0.25 ** 24, rel=1e-9) and r["watermarked"]
+    const = Suspect("constant", "independent", ConstantEncoder(), {}, 0)
+    r = watermark_test(corner_logits, 4, const, x, y, 4, 0.01)
+    # constant logits -> always class 0 -> exactly one rotation in four is right
+    assert r["accuracy"] == 0.25 and not r["watermarked"]
+    assert r["p_value"] == pytest.approx(stats.binomtest(6, 24, 0.25, alternative="greater").pvalue)
+    assert r["p_value"] > 0.5
+
+
+def test_watermark_linear_map_for_other_sizes():
+    x, y = rotation_task(marked_images(4), 4)
+    wide = Suspect("wide", "independent", CornerEncoder(wide=True), {}, 0)
+    with pytest.raises(ValueError, match="8-d representations, the victim 4-d"):
+        watermark_test(corner_logits, 4, wide, x, y, 4, 0.01)
+    victim_apply = jax.jit(lambda im: CornerEncoder().apply({}, im.astype(jnp.float32) / 255.0)[0])
+    r = watermark_test(corner_logits, 4, wide, x, y, 4, 0.01, align_x=x, victim_apply=victim_apply)
+    assert r["linear_map"] and r["accuracy"] == 1.0
+
+
+def test_fit_linear_map_recovers_affine_map():
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    src = jax.random.normal(k1, (50, 3))
+    w = jax.random.normal(k2, (3, 2))
+    b = jax.random.normal(k3, (2,))
+    w_hat, b_hat = fit_linear_map(src, src @ w + b, ridge=0.0)
+    np.testing.assert_allclose(w_hat, w, atol=1e-4)
+    np.testing.assert_allclose(b_hat, b, atol=1e-4)
+    with pytest.raises(ValueError, match="same N"):
+        fit_linear_map(src, src[:10])
+
+
+def test_verify_watermark_input_errors():
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        verify_watermark(corner_logits, np.ones((2, 4)), np.array([0, 4]))
+    with pytest.raises(ValueError, match="alpha"):
+        verify_watermark(corner_logits, np.ones((2, 4)), np.array([0, 1]), alpha=0.0)
+
+
+def _clusters(key, n, centers, scale):
+    k1, k2 = jax.random.split(key)
+    idx = jax.random.randint(k1, (n,), 0, len(centers))
+    return np.asarray(centers[idx] + scale * jax.random.normal(k2, (n, centers.shape[1])))
+
+
+def test_dataset_inference_direction():
+    kc, kf, kp, kq, kg = jax.random.split(jax.random.key(1), 5)
+    centers = jax.random.normal(kc, (3, 8))
+    fit = _clusters(kf, 600, centers, 0.1)
+    private = _clusters(kp, 200, centers, 0.1)        # drawn near the mixture
+    public = _clusters(kq, 200, centers, 0.3)         # same centres, wider: lower likelihood
+    r = dataset_inference(fit, private, public, kg, n_components=3)
+    assert r["ll_gap"] > 0 and r["p_value"] < 1e-6 and r["stolen"]
+    assert (r["n_fit"], r["n_private"], r["n_public"]) == (600, 200, 200)
+    # the t-test is the one-sided Welch test on the mixture's log-likelihoods
+    gmm = fit_gmm(l2_normalize(fit), kg, 3)
+    ref = stats.ttest_ind(gmm.score_samples(l2_normalize(private)),
+                          gmm.score_samples(l2_normalize(public)), equal_var=False,
+                          alternative="greater")
+    assert r["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
+    # identical distributions: no evidence; swapped roles: p near 1
+    same = _clusters(jax.random.key(7), 200, centers, 0.1)
+    r_same = dataset_inference(fit, private, same, kg, n_components=3)
+    assert r_same["p_value"] > 0.05 and not r_same["stolen"]
+    assert dataset_inference(fit, public, private, kg, n_components=3)["p_value"] > 0.999
+
+
+def test_gmm_deterministic_given_key_and_errors():
+    x = l2_normalize(_clusters(jax.random.key(2), 300, jax.random.normal(jax.random.key(3), (4, 6)), 0.2))
+    a, b = fit_gmm(x, jax.random.key(5), 4), fit_gmm(x, jax.random.key(5), 4)
+    np.testing.assert_array_equal(a.means_, b.means_)
+    np.testing.assert_array_equal(a.score_samples(x), b.score_samples(x))
+    np.testing.assert_allclose(np.linalg.norm(x, axis=1), 1.0, rtol=1e-12)
+    with pytest.raises(ValueError, match="unknown covariance_type 'bogus'"):
+        fit_gmm(x, jax.random.key(0), 2, "bogus")
+    with pytest.raises(ValueError, match=r"n_components=301 must lie in \[1, N=300\]"):
+        fit_gmm(x, jax.random.key(0), 301)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        l2_normalize(np.array([[np.nan, 1.0]]))
+
+
+def test_parse_helpers():
+    assert parse_budgets("500, 2000") == [500, 2000] and parse_budgets("") == []
+    with pytest.raises(ValueError, match="positive"):
+        parse_budgets("0")
+    assert parse_suspects("a=x/ckpt, b=y") == [("a", "x/ckpt"), ("b", "y")]
+    with pytest.raises(ValueError, match="not name=path"):
+        parse_suspects("oops")
