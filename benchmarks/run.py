@@ -258,7 +258,7 @@ def bench_vmapped(args, mesh, peak, rng):
     skeys = [mesh_lib.replicate(keys[i], mesh) for i in range(k)]
     sflops = compiled_flops(sstep, sst[0], *sbatch[0], skeys[0])
 
-    def sequential(states_, _):
+    def sequential(states_):
         out = []
         for i in range(k):
             s, m = sstep(states_[i], *sbatch[i], skeys[i])

@@ -24,7 +24,7 @@ def _train(dtype, steps=4):
     model = SurrogateModel(build_encoder("resnet10", 4, "cifar", dtype), 12)
     v = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
     st = TrainState.create(apply_fn=model.apply, params=v["params"], batch_stats=v["batch_stats"],
-                           tx=make_optimizer("adam", 1e-2, 1e-4, 100))
+                           tx=make_optimizer("adam", 1e-3, 1e-4, 100))
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
     ans = rng.standard_normal((16, 12)).astype(np.float32)
