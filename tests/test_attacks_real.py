@@ -1,6 +1,7 @@
 """Real-data acceptance checks of the attack suite (shipped Fashion-MNIST victim).
 
-* every stealing loss trains a surrogate (ResNet-10, width 4) end to end on
+* every stealing loss trains a surrogate (ResNet-10, width 4; 16 for
+  Wasserstein) end to end on
   500 real queries and beats an independent encoder on fidelity to the victim
   on held-out images;
 * the steal experiment charges every query exactly once: the queries recorded
@@ -48,10 +49,16 @@ def stolen_data():
 @pytest.mark.parametrize("loss", losses.ALL_LOSSES)
 def test_every_loss_steals_real_victim(stolen_data, loss):
     x, v, labels, held_out, v_held = stolen_data
+    # Wasserstein compares histograms of non-negative outputs (ICML 2022, Section 3):
+    # a width-4 surrogate needs a linear adapter to the victim's 128 dims whose
+    # outputs are half negative (clipped, no gradient) and barely learns in 20
+    # steps (fidelity 0.18 vs 0.13 at lr 1e-2); at the victim's width 16 the
+    # surrogate's ReLU-pooled representation is compared directly.
+    width = 16 if loss == "wasserstein" else 4
     cfg = ml_collections.ConfigDict(dict(
         loss=loss, epochs=5, batch_size=128, learning_rate=3e-3, temperature=None,
         weight_decay=1e-4, optimizer="adam", seed=0, augment=None,
-        model=dict(arch="resnet10", width=4, stem="cifar")))
+        model=dict(arch="resnet10", width=width, stem="cifar")))
     module, variables, summ = train_surrogate(x, v, cfg, None, progress=False,
                                               labels=labels if loss == "supcon" else None)
     assert summ["steps"] == 5 * (QUERIES // 128)
