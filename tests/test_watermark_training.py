@@ -29,7 +29,7 @@ def tiny_cfg():
     c.model.update(dict(width=4, head_hidden=16, head_out=8, watermark_hidden=8))
     c.batch_size, c.warmup_epochs, c.log_every_steps = 32, 0.0, 1
     c.watermark.update(dict(batch_size=8, train_images=64, verify_images=16))
-    c.watermark.augment = None
+    c.watermark.augment = None  # fewer ops to compile
     c.learning_rate = 1e-2
     return c
 
