@@ -318,9 +318,13 @@ def main(argv=None):
     only = set(args.only.split(","))
     res = {"machine": machine_info(args, peak, how), "results": []}
 
-    def add(rec):
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    def add(rec):  # the JSON is rewritten after every benchmark: a crash keeps what ran
         res["results"].append(rec)
         print(json.dumps(rec), flush=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=2)
 
     if "inference" in only:
         add(bench_inference(args, mesh, peak, rng))
@@ -332,9 +336,6 @@ def main(argv=None):
             add(bench_steal(args, mesh, peak, rng, arch, loss))
     if "vmap" in only:
         add(bench_vmapped(args, mesh, peak, rng))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(res, f, indent=2)
     print(f"wrote {args.out}")
     return res
 

@@ -84,7 +84,7 @@ def build_torch_step(arch: str, width: int, channels: int, loss: str = "mse",
         val = loss_fn(s, answers)
         val.backward()
         opt.step()
-        return float(val)
+        return float(val.detach())
 
     return step, sum(p.numel() for p in net.parameters())
 
