@@ -129,7 +129,8 @@ def run(cfg, workdir: str) -> dict:
         if budgets[-1] > len(d.query_pool):
             raise ValueError(f"budget {budgets[-1]} exceeds the query pool of source {s!r} "
                              f"({d.names['query_pool']}: {len(d.query_pool)} images); lower the "
-                             f"budgets or use a larger source (e.g. '{cfg.dataset}:train')")
+                             f"budgets" + ("" if s == f"{cfg.dataset}:train" else
+                                           f" or use a larger source (e.g. '{cfg.dataset}:train')"))
     if not os.path.isdir(common.resolve_path(cfg.victim.checkpoint) or ""):
         raise FileNotFoundError(f"budget scan needs a trained victim checkpoint; "
                                 f"{cfg.victim.checkpoint!r} does not exist")
