@@ -20,7 +20,8 @@ def test_unknown_loss(tmp_path):
     rc, out = _main("--config=configs/quickstart.py:losses=bogus", f"--workdir={tmp_path / 'w'}")
     assert rc != 0
     assert ("unknown stealing loss(es) ['bogus']; allowed: ['mse', 'infonce', 'softnn', "
-            "'wasserstein'] or 'all'") in out, out[-2000:]
+            "'wasserstein', 'cosine', 'barlow', 'symmetrized', 'supcon', 'softce'] or 'all'"
+            ) in out, out[-2000:]
     assert not os.path.exists(tmp_path / "w")
 
 
