@@ -11,8 +11,10 @@ Measures, on the ("data",) mesh over all devices (the code path training uses):
   extraction, side by side with the same step in PyTorch (``torch_ref.py``),
   timed in alternating blocks in this process so that the ratio holds even on a
   busy machine;
-* ``vmapped_steal``: K surrogates trained by one vmapped step
-  (``training.vmap.make_vmapped_steal_step``) against K sequential steps.
+* ``vmapped_steal``: K surrogates trained by one stacked step
+  (``training.vmap.make_vmapped_steal_step``, both ``jax.vmap`` and the
+  unrolled variant that ``mode="auto"`` picks on CPU) against K sequential
+  steps.
 
 FLOPs per step come from XLA's compiled cost analysis
 (``jitted.lower(...).compile().cost_analysis()["flops"]``), the peak from a
@@ -235,7 +237,8 @@ def bench_steal(args, mesh, peak, rng, arch, loss, width=16):
 
 
 def bench_vmapped(args, mesh, peak, rng):
-    """K surrogates: one vmapped step vs K sequential steps (same total images)."""
+    """K surrogates: one stacked step (jax.vmap, and "unroll" = the CPU choice of
+    mode="auto") vs K sequential steps of the single-surrogate step (same images)."""
     k, b = args.k, args.vmap_batch
     model = SurrogateModel(build_encoder("resnet10", 16, "cifar", args.dtype), None)
     step = make_steal_step(model, "mse", None)
@@ -244,39 +247,43 @@ def bench_vmapped(args, mesh, peak, rng):
     ans = rng.standard_normal((k, b, 128), dtype=np.float32)
     keys = jax.random.split(jax.random.key(2), k)
     n_dev = mesh_lib.num_devices(mesh)
-
-    vstep = mesh_lib.compile_step(make_vmapped_steal_step(step), mesh, 2, leading_axes=1)
     vx, va = mesh_lib.shard_batch([imgs, ans], mesh, leading_axes=1)
-    vst = mesh_lib.replicate(stack_trees(states), mesh)
     vkeys = mesh_lib.replicate(keys, mesh)
-    vflops = compiled_flops(vstep, vst, vx, va, vkeys)
-    vtimer = StepTimer(vstep, vst, (vx, va, vkeys))
+    timers, flops = {}, {}
+    for mode in ("vmap", "unroll"):
+        vstep = mesh_lib.compile_step(make_vmapped_steal_step(step, mode), mesh, 2, leading_axes=1)
+        vst = mesh_lib.replicate(stack_trees(states), mesh)
+        flops[mode] = compiled_flops(vstep, vst, vx, va, vkeys)
+        timers[mode] = StepTimer(vstep, vst, (vx, va, vkeys))
 
     sstep = mesh_lib.compile_step(step, mesh, 2)
     sst = [mesh_lib.replicate(s, mesh) for s in states]
     sbatch = [mesh_lib.shard_batch([imgs[i], ans[i]], mesh) for i in range(k)]
     skeys = [mesh_lib.replicate(keys[i], mesh) for i in range(k)]
-    sflops = compiled_flops(sstep, sst[0], *sbatch[0], skeys[0])
+    flops["sequential"] = k * compiled_flops(sstep, sst[0], *sbatch[0], skeys[0])
 
     def sequential(states_):
-        out = []
+        out, m = [], None
         for i in range(k):
             s, m = sstep(states_[i], *sbatch[i], skeys[i])
             out.append(s)
         return out, m
 
-    stimer = StepTimer(sequential, sst, ())
-    vtimer.run(1), stimer.run(1)
-    vt, stt = [], []
-    for _ in range(args.repeats):
-        vt.append(vtimer.run(args.steps))
-        stt.append(stimer.run(args.steps))
-    v, s = float(np.median(vt)), float(np.median(stt))
+    timers["sequential"] = StepTimer(sequential, sst, ())
+    for t in timers.values():
+        t.run(1)
+    times = {name: [] for name in timers}
+    for _ in range(args.repeats):  # alternate so that machine load hits all three alike
+        for name, t in timers.items():
+            times[name].append(t.run(args.steps))
+    sec = {name: float(np.median(v)) for name, v in times.items()}
+    auto = "unroll" if jax.default_backend() == "cpu" else "vmap"
     return {"name": f"vmapped_steal/K={k}", "k": k, "batch_per_member": b,
-            "model": f"resnet10 w16 mse, {args.dtype}",
-            "vmapped": _record("vmapped", k * b, v, vflops, peak, n_dev),
-            "sequential": _record("sequential", k * b, s, k * sflops, peak, n_dev),
-            "vmapped_over_sequential_time": v / s}
+            "model": f"resnet10 w16 mse, {args.dtype}", "auto_mode": auto,
+            **{name: _record(name, k * b, sec[name], flops[name], peak, n_dev) for name in timers},
+            "vmap_over_sequential_time": sec["vmap"] / sec["sequential"],
+            "unroll_over_sequential_time": sec["unroll"] / sec["sequential"],
+            "auto_over_sequential_time": sec[auto] / sec["sequential"]}
 
 
 def machine_info(args, peak, how):

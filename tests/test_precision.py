@@ -20,7 +20,7 @@ def test_compute_dtype_names():
         compute_dtype("float16")
 
 
-def _train(dtype, steps=4):
+def _train(dtype, steps=3):
     model = SurrogateModel(build_encoder("resnet10", 4, "cifar", dtype), 12)
     v = model.init(jax.random.key(0), jnp.zeros((2, 8, 8, 1)))
     st = TrainState.create(apply_fn=model.apply, params=v["params"], batch_stats=v["batch_stats"],
@@ -51,7 +51,7 @@ def test_bf16_compute_keeps_float32_params_and_optimizer_state_and_tracks_fp32_l
     assert convs and all("bf16" in ln for ln in convs)
     assert "bf16" not in str(jax.make_jaxpr(lambda x: m32.apply(v32, x, train=False))(
         jnp.zeros((2, 8, 8, 1))))
-    # losses of 4 Adam steps stay within 2% of float32 (bf16 has an 8-bit mantissa)
+    # losses of 3 Adam steps stay within 2% of float32 (bf16 has an 8-bit mantissa)
     assert np.all(np.isfinite(l16)) and l32[-1] < l32[0]
     np.testing.assert_allclose(l16, l32, rtol=2e-2)
     assert not np.array_equal(l16, l32)  # bf16 really changed the arithmetic

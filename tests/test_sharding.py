@@ -152,28 +152,34 @@ def test_sharded_feature_extraction_equals_single_device():
 
 
 def test_vmapped_steal_step_equals_sequential_members():
+    """Both stacked modes (jax.vmap; "unroll" = mode "auto" on CPU) give each
+    member exactly its own sequential step, batch axis split over 8 devices."""
     mesh = mesh_lib.data_mesh(_devices())
     model = SurrogateModel(build_encoder("resnet10", 4), 12)
     step = make_steal_step(model, "mse", None)
-    k = 3
+    k = 2
     states = [_state(model, key=i) for i in range(k)]
     rng = np.random.default_rng(4)
     imgs = rng.integers(0, 256, (k, B, HW, HW, 1), dtype=np.uint8)
     ans = rng.standard_normal((k, B, 12)).astype(np.float32)
     keys = jax.random.split(jax.random.key(5), k)
-    vstep = mesh_lib.compile_step(make_vmapped_steal_step(step), mesh, 2, leading_axes=1)
-    st, m = vstep(mesh_lib.replicate(stack_trees(states), mesh),
-                  *mesh_lib.shard_batch([imgs, ans], mesh, leading_axes=1),
-                  mesh_lib.replicate(keys, mesh))
-    assert m["loss"].shape == (k,)
     seq = jax.jit(step)
-    for i, member in enumerate(unstack_tree(st)):
-        ref, mref = seq(jax.tree.map(jnp.asarray, states[i]), imgs[i], ans[i], keys[i])
-        np.testing.assert_allclose(float(m["loss"][i]), float(mref["loss"]), rtol=1e-5)
-        for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(member.params)):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-5)
-    # members start from different initialisations and stay different
-    assert not np.allclose(jax.tree.leaves(unstack_tree(st)[0].params)[0],
-                           jax.tree.leaves(unstack_tree(st)[1].params)[0])
+    refs = [seq(jax.tree.map(jnp.asarray, states[i]), imgs[i], ans[i], keys[i]) for i in range(k)]
+    for mode in ("vmap", "unroll"):
+        vstep = mesh_lib.compile_step(make_vmapped_steal_step(step, mode), mesh, 2, leading_axes=1)
+        st, m = vstep(mesh_lib.replicate(stack_trees(states), mesh),
+                      *mesh_lib.shard_batch([imgs, ans], mesh, leading_axes=1),
+                      mesh_lib.replicate(keys, mesh))
+        assert m["loss"].shape == (k,)
+        members = unstack_tree(st)
+        for (ref, mref), member, loss in zip(refs, members, np.asarray(m["loss"])):
+            np.testing.assert_allclose(loss, float(mref["loss"]), rtol=1e-5)
+            for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(member.params)):
+                np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-4, atol=2e-5)
+        # members start from different initialisations and stay different
+        assert not np.allclose(jax.tree.leaves(members[0].params)[0],
+                               jax.tree.leaves(members[1].params)[0])
     with pytest.raises(ValueError, match="differ in number, shape or dtype"):
         stack_trees([states[0], _state(SurrogateModel(build_encoder("resnet10", 4), 10))])
+    with pytest.raises(ValueError, match="unknown mode 'pmap'"):
+        make_vmapped_steal_step(step, "pmap")

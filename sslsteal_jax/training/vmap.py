@@ -4,7 +4,10 @@ A budget scan (budgets x seeds, or losses whose parameter shapes agree)
 trains many small surrogates. On an accelerator K sequential steps of a small
 ResNet leave the chip mostly idle; ``jax.vmap`` over a leading K axis of the
 train states and batches turns them into one program with K-times larger
-convolutions and matmuls. The per-member computation is unchanged (each
+(grouped) convolutions and matmuls. XLA:CPU has no fast grouped
+convolution (a vmapped step measured ~2-3x slower than K sequential steps,
+``benchmarks/results/cpu.json``), so on CPU the same interface traces the K
+member steps one after another into one program instead ("unroll"). The per-member computation is unchanged (each
 member keeps its own parameters, optimizer state, BatchNorm statistics,
 step counter and PRNG key), so member k of the vmapped step equals the
 sequential step of member k up to float reassociation
@@ -24,13 +27,23 @@ import jax
 import jax.numpy as jnp
 
 
-def make_vmapped_steal_step(step_fn: Callable) -> Callable:
-    """Vectorise a training step over K stacked members.
+MODES = ("auto", "vmap", "unroll")
+
+
+def make_vmapped_steal_step(step_fn: Callable, mode: str = "auto") -> Callable:
+    """Run a training step for K stacked members in one program.
 
     Args:
       step_fn: ``step(state, *batch, key) -> (state, metrics)`` as returned by
         ``attacks.direct.make_steal_step`` (batch = images uint8 ``(B,H,W,C)``,
         answers float32 ``(B,D)``) or ``training.simclr.make_simclr_step``.
+      mode: "vmap" (``jax.vmap``: the K members' convolutions become one
+        grouped convolution; the accelerator choice), "unroll" (the K member
+        steps traced one after another into the same compiled program, which
+        XLA may overlap; the CPU choice, because XLA:CPU runs grouped
+        convolutions ~3x slower than K separate ones and a ``lax.map`` loop
+        ~15x slower), or "auto" ("unroll" when the default backend is CPU,
+        else "vmap").
     Returns:
       ``vstep(states, *batches, keys) -> (states, metrics)`` where every leaf
       of ``states`` has a leading axis K (see :func:`stack_trees`), each batch
@@ -38,8 +51,23 @@ def make_vmapped_steal_step(step_fn: Callable) -> Callable:
       each metric has shape ``(K,)``. Not jitted: compile it with
       ``training.mesh.compile_step(vstep, mesh, n, leading_axes=1)`` (batch
       axis 1 split over devices) or ``jax.jit``.
+    Raises:
+      ValueError: unknown ``mode``.
     """
-    return jax.vmap(step_fn)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {list(MODES)}")
+    if mode == "auto":
+        mode = "unroll" if jax.default_backend() == "cpu" else "vmap"
+    if mode == "vmap":
+        return jax.vmap(step_fn)
+
+    def unrolled(states, *rest):
+        k = jax.tree.leaves(states)[0].shape[0]
+        outs = [step_fn(*jax.tree.map(lambda x, i=i: x[i], (states, *rest))) for i in range(k)]
+        return (jax.tree.map(lambda *xs: jnp.stack(xs), *[o[0] for o in outs]),
+                jax.tree.map(lambda *xs: jnp.stack(xs), *[o[1] for o in outs]))
+
+    return unrolled
 
 
 def stack_trees(trees: Sequence):
