@@ -68,12 +68,14 @@ def evaluate_features(name, train_feats, test_feats, data, key, victim_test_out=
 
 
 def format_table(rows, title: str = "") -> str:
-    """Fixed-width text table of result rows (accuracies in percent)."""
-    head = f"{'encoder':<28}{'probe full %':>13}{'probe 100/cls %':>16}{'kNN %':>8}{'cos fid':>9}{'L2 fid':>8}"
+    """Fixed-width text table of result rows (accuracies in percent); the first
+    column is as wide as the longest encoder name (at least 28 characters)."""
+    w = max([28] + [len(r["name"]) + 2 for r in rows])
+    head = f"{'encoder':<{w}}{'probe full %':>13}{'probe 100/cls %':>16}{'kNN %':>8}{'cos fid':>9}{'L2 fid':>8}"
     lines = [title, head, "-" * len(head)] if title else [head, "-" * len(head)]
     for r in rows:
         f = lambda v, w, p: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"
-        lines.append(f"{r['name']:<28}{f(r['probe_full'], 13, 2)}{f(r['probe_100'], 16, 2)}"
+        lines.append(f"{r['name']:<{w}}{f(r['probe_full'], 13, 2)}{f(r['probe_100'], 16, 2)}"
                      f"{f(r['knn'], 8, 2)}{f(r['cosine_fidelity'], 9, 3)}{f(r['l2_fidelity'], 8, 3)}")
     return "\n".join(lines)
 
