@@ -3,15 +3,32 @@
 Usage:
   python -m sslsteal_jax.main --config=configs/defense_matrix.py --workdir=runs/defense_matrix
 Arguments (``configs/defense_matrix.py:budget=5000,epochs=15``):
-  budget     attacker queries per cell (default 2000)
+  budget     attacker queries per cell; every legitimate user sends as many (default 2000)
   epochs     surrogate training epochs (default 10)
   loss       stealing loss of every attack (default infonce)
-  families   comma list of defense families to run (default: all below)
-  scale      default | tiny (a few-minute smoke run: 2 families, small budget)
+  families   ``+``-separated defense families to run, e.g. ``families=gaussian+b4b``
+             (``none`` is always included; default: all below)
+  scale      default | tiny (a few-minute smoke run: 3 families, small budget)
+  seed       surrogate / probe seed (default 0)
 
 Surrogates use batch 64 for every loss (2,000 queries -> 31 steps per epoch).
 Every cell trains one surrogate; a finished cell is never recomputed (the
-matrix resumes from ``<workdir>/cells.json``). Strength templates use ``{s}``.
+matrix resumes from ``<workdir>/cells.json``; a workdir made with other
+settings is refused). Strength templates use ``{s}``.
+
+Time on this machine (2 CPU cores, nothing else running), estimated from
+component costs measured in CPU seconds while the CPU was shared (wall time
+under sharing was ~8x longer and meaningless): a surrogate step (batch 64,
+ResNet-10 w16) 0.19 CPU s (0.3 s wall alone, 310 steps for 2,000 queries x 10
+epochs); a forward pass 0.6 CPU s per 1,000 images (a cell sends ~16,000:
+attacker, two legitimate users, surrogate evaluation on 5,000 + 5,000); the
+tiny-scale cell 18-21 CPU s. So a default direct-attack cell takes about
+``CELL_SECONDS`` s (averaging cells train on 500 distinct images, sybil cells
+on 1,500: cheaper), the once-per-run parts (victim / independent rows,
+detector, B4B curves) about ``ONCE_SECONDS`` s; the 15 default cells take at
+most ``expected_seconds(get_config())`` = 2,000 s (33 min), about 30 min
+with the cheaper cells. Each finished cell's wall and CPU seconds are in
+``cells.json`` / ``results.csv``.
 """
 import os
 import sys
@@ -23,27 +40,56 @@ from common import parse_arg  # noqa: E402
 
 SHIPPED_VICTIM = "victims/fashion_mnist_resnet10_w16/checkpoints"
 
-# B4B scaled to this victim and budget: 8-bit tables (256 buckets) instead of 12
-# bits, so a 2,000-query attacker can reach the coverage where noise starts.
-B4B = "b4b:bits=8,beta={s}"
-# Measured coverage with 8-bit tables: about 16% after 1,000 and 19% after 2,000
-# attacker queries, so beta in [18, 30] spans "no noise" to "noise above the signal".
+# B4B with the paper's tables (20 x 12 bits), hashing answers centred on the
+# provider's reference mean (defenses/b4b.py). Measured coverage after 2,000
+# queries: attacker 15.5 %, 10-class user 15.7 %, single-task (3-class) user
+# 7.0 %. The noise reaches alpha = 0.8 at coverage beta, so beta in [10, 16]
+# noises a 2,000-query attacker heavily (sigma(15.5) = 0.5 at beta 16, ~10^3
+# at beta 10, capped at max_scale) and leaves a single-task user nearly clean
+# (sigma(7) = 0.003 at beta 12). The paper's beta = 80 is sized for ~10^5
+# queries; at 2,000 it would never add noise.
+B4B = "b4b:beta={s}"
+
+# Wall seconds on this CPU (2 cores, alone) with the default settings (budget 2000,
+# 10 epochs), estimated from measured component costs: see the module docstring.
+CELL_SECONDS = 125.0
+ONCE_SECONDS = 120.0
 
 FAMILIES = [
     # name, spec template, strengths (weak -> strong), attacks
     ("none", "none", [0], ["direct"]),
-    ("gaussian", "gaussian:scale={s}", [0.1, 0.3, 1.0], ["direct", "averaging:repeats=4"]),
-    ("similarity", "similarity:threshold={s}", [0.99, 0.95, 0.9], ["direct"]),
-    ("b4b", B4B, [22.0, 18.0], ["direct", "sybil:accounts=2,shared=500"]),
-    ("quantize", "quantize:bits={s},low=0,high=2", [2, 1], ["direct"]),
-    ("topk", "topk:k={s}", [8, 2], ["direct"]),
-    ("round", "round:decimals={s}", [1, 0], ["direct"]),
+    ("gaussian", "gaussian:scale={s}", [0.1, 1.0], ["direct", "averaging:repeats=4"]),
+    ("laplace", "laplace:scale={s}", [0.5], ["direct"]),
+    ("similarity", "similarity:threshold={s}", [0.95, 0.9], ["direct"]),
+    ("b4b", B4B, [16.0, 12.0], ["direct", "sybil:accounts=2,shared=500"]),
+    ("quantize", "quantize:bits={s},low=0,high=2", [1], ["direct"]),
+    ("topk", "topk:k={s}", [4], ["direct"]),
+    ("round", "round:decimals={s}", [0], ["direct"]),
 ]
+TINY_FAMILIES = [
+    FAMILIES[0],
+    ("gaussian", "gaussian:scale={s}", [0.3], ["direct", "averaging:repeats=2"]),
+    ("b4b", B4B, [12.0], ["direct", "sybil:accounts=2,shared=100"]),
+]
+
+
+def n_cells(families) -> int:
+    """Number of matrix cells (surrogates trained) of a families list."""
+    return sum(len(f["strengths"]) * len(f["attacks"]) for f in families)
+
+
+def expected_seconds(cfg) -> float:
+    """Upper estimate of a fresh run's wall time on this CPU (2 cores, alone), seconds,
+    for budget 2000 and 10 epochs (every cell counted as a full direct-attack cell)."""
+    return ONCE_SECONDS + n_cells(cfg.families) * CELL_SECONDS
 
 
 def get_config(arg: str = ""):
     a = parse_arg(arg, ("budget", "epochs", "loss", "families", "scale", "seed"))
-    tiny = a.get("scale", "default") == "tiny"
+    scale = a.get("scale", "default")
+    if scale not in ("default", "tiny"):
+        raise ValueError(f"scale={scale!r}; allowed: ['default', 'tiny']")
+    tiny = scale == "tiny"
     c = ml_collections.ConfigDict()
     c.experiment = "defense_matrix"
     c.dataset = "fashion_mnist"
@@ -64,27 +110,32 @@ def get_config(arg: str = ""):
         "softnn": {"temperature": 10.0},
     })
     c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60, select_probe=False))
-    # Legitimate user: one task (classes None = all 10), the first train_size labelled train
-    # images and the first test_size probe-test images, all sent through the defended API.
-    c.legit = ml_collections.ConfigDict(dict(train_size=500 if tiny else 2000,
-                                             test_size=1000 if tiny else 2000,
-                                             classes=None, probe_epochs=100))
+    # Legitimate users send `budget` queries each, like the attacker: budget - test_size
+    # labelled train images, then test_size probe-test images. One 10-class user and one
+    # single-task user (sandal, sneaker, ankle boot: a footwear task).
+    c.legit = ml_collections.ConfigDict(dict(test_size=200 if tiny else 500,
+                                             single_task_classes=[5, 7, 9], probe_epochs=100))
+    # B4B's LSH centre: mean victim answer on the last N train images (provider's data).
+    c.b4b_reference = 2000
     wanted = a.get("families")
-    fams = [f for f in FAMILIES if not wanted or f[0] in wanted.split(",") or f[0] == "none"]
-    if tiny and not wanted:
-        fams = [FAMILIES[0], ("gaussian", "gaussian:scale={s}", [0.3], ["direct", "averaging:repeats=2"]),
-                ("b4b", B4B, [20.0], ["direct", "sybil:accounts=2,shared=100"])]
-    bad = sorted(set((wanted or "").split(",")) - {f[0] for f in FAMILIES} - {""})
+    names = [f[0] for f in FAMILIES]
+    bad = sorted(set((wanted or "").split("+")) - set(names) - {""})
     if bad:
-        raise ValueError(f"unknown defense families {bad}; allowed: {[f[0] for f in FAMILIES]}")
+        raise ValueError(f"unknown defense families {bad}; allowed: {names} (separate with '+')")
+    if wanted:
+        fams = [f for f in FAMILIES if f[0] in wanted.split("+") or f[0] == "none"]
+    else:
+        fams = TINY_FAMILIES if tiny else FAMILIES
     c.families = [dict(name=n, template=t, strengths=list(s), attacks=list(at))
                   for n, t, s, at in fams]
     # Query-similarity detector quality (real data, owner side).
     c.detector = ml_collections.ConfigDict(dict(
         images=500 if tiny else 2000, views=4, memory=2048,
         thresholds=[0.8, 0.9, 0.95, 0.98, 0.99]))
-    # B4B: attacker vs legitimate users' coverage and noise at equal query counts.
+    # B4B: attacker vs 10-class vs single-task legitimate user, coverage and sigma after
+    # every `step` queries, every user sending the same number. Centred (the matrix's
+    # setting) vs uncentred hashing, default tables; beta as the matrix's strong setting.
     c.b4b_measure = ml_collections.ConfigDict(dict(
-        specs=["b4b", "b4b:bits=8,beta=40"], queries=1000 if tiny else 4000, step=250,
-        single_task_classes=[5, 7, 9]))  # sandal, sneaker, ankle boot: a footwear task
+        specs=["b4b:beta=12", "b4b:beta=12,center=false"],
+        queries=1000 if tiny else 4000, step=250))
     return c

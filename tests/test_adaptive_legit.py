@@ -129,7 +129,28 @@ def test_parse_attack_and_cells():
     cfg = mod.get_config("families=gaussian")
     cells = list(dm._cells(cfg))
     assert cells[0][:4] == ("none/0/direct", "none", 0, "none")
-    assert [c[3] for c in cells[1:]] == ["gaussian:scale=0.1"] * 2 + ["gaussian:scale=0.3"] * 2 + [
-        "gaussian:scale=1.0"] * 2
+    assert [c[3] for c in cells[1:]] == ["gaussian:scale=0.1"] * 2 + ["gaussian:scale=1.0"] * 2
+    both = mod.get_config("families=gaussian+b4b")
+    assert [f["name"] for f in both.families] == ["none", "gaussian", "b4b"]
     with pytest.raises(ValueError, match="unknown defense families.*'nope'"):
         mod.get_config("families=nope")
+
+
+def test_matrix_refuses_cells_of_other_settings_before_loading_anything(tmp_path):
+    import importlib.util, json, os
+    from sslsteal_jax.experiments.common import REPO_ROOT
+    spec = importlib.util.spec_from_file_location("_dm_cfg2", os.path.join(
+        REPO_ROOT, "configs", "defense_matrix.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config("scale=tiny")
+    (tmp_path / "cells.json").write_text(json.dumps({"legit/none": {"accuracy": 1.0}}))
+    with pytest.raises(ValueError, match="older version"):
+        dm.run(cfg, str(tmp_path))
+    other = dict(dm._fingerprint(cfg), budget=123)
+    (tmp_path / "cells.json").write_text(json.dumps({"_config": other}))
+    with pytest.raises(ValueError, match=r"different configuration \(differs in \['budget'\]\)"):
+        dm.run(cfg, str(tmp_path))
+    with pytest.raises(ValueError, match="legit.test_size=500 must be in \\[1, budget=500\\)"):
+        cfg.legit.test_size = 500
+        dm.legit_data(cfg, None, None, None, None)

@@ -102,12 +102,13 @@ def test_chain_composes_with_split_keys():
 @pytest.mark.parametrize("spec", [
     "quantize:levels=65536+quantize:bits=1+similarity:threshold=0,garbage_scale=1e6"
     "+gaussian:scale=1e6+laplace:scale=1e6,mean=-1e3+round:decimals=8+round:decimals=-3+topk:k=1",
-    "b4b:beta=1e-3,bits=2,tables=3+b4b:transform=pad_shuffle,beta=1e-3,bits=1"
+    "b4b:beta=1e-3,bits=2,tables=3+b4b:transform=pad_shuffle,beta=1e-3,bits=1,center=false"
     "+transform:transform=affine",
     "b4b:transform=binary,beta=1e-3",
 ])
 def test_no_nan_or_inf_for_extreme_settings(spec):
-    chain = DefenseChain(spec, 8, 4, KEY)
+    ref = jax.random.uniform(jax.random.key(4), (32, 8), maxval=10.0)
+    chain = DefenseChain(spec, 8, 4, KEY, reference=ref)
     x = jax.random.uniform(jax.random.key(1), (64, 8), maxval=10.0)
     head = jax.random.normal(jax.random.key(2), (64, 4))
     state = chain.init_state(jax.random.key(3))
@@ -164,9 +165,51 @@ def test_api_defended_answers_reproducible_per_user_and_call(victim, images):
 
 def test_api_output_dim_follows_chain(victim, images):
     model, variables = victim
-    api = VictimAPI(model, variables, SHAPE, defenses="b4b:transform=pad_shuffle,pad=5")
+    api = VictimAPI(model, variables, SHAPE, defenses="b4b:transform=pad_shuffle,pad=5",
+                    defense_reference=images)
     assert api.output_dim == 32 + 5
     assert api.query("u", images).shape == (12, 37)
     assert api.defense_summary("u")["0:b4b.coverage"] > 0
     api.register("u", None)  # reopening an account resets its defense state
     assert api.defense_summary("u") == {}
+
+
+def _matrix_config():
+    import importlib.util
+    import os
+    from sslsteal_jax.experiments.common import REPO_ROOT
+    spec = importlib.util.spec_from_file_location(
+        "_dm_cfg_nan", os.path.join(REPO_ROOT, "configs", "defense_matrix.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _matrix_specs():
+    mod = _matrix_config()
+    specs = {t.format(s=s) for _, t, strengths, _ in mod.FAMILIES + mod.TINY_FAMILIES
+             for s in strengths}
+    return sorted(specs | set(mod.get_config().b4b_measure.specs))
+
+
+@pytest.mark.parametrize("spec", _matrix_specs())
+def test_no_nan_or_inf_for_every_matrix_setting(spec):
+    # Answers like the shipped victim's: D = 128, post-ReLU (>= 0), a few large coordinates.
+    # 1,500 queries in 3 calls drive B4B's coverage past the matrix's betas (noise at its cap).
+    d, hd = 128, 64
+    rng = np.random.default_rng(0)
+    ref = np.maximum(rng.normal(0.3, 1.0, (500, d)), 0).astype(np.float32)
+    chain = DefenseChain(spec, d, hd, KEY, reference=ref)
+    state = chain.init_state(jax.random.key(3))
+    for i in range(3):
+        x = np.maximum(rng.normal(0.3, 1.0, (500, d)), 0).astype(np.float32) * 3.0
+        head = rng.normal(size=(500, hd)).astype(np.float32)
+        head[250:] = head[:250]  # repeats for the similarity detector
+        out, state = chain.apply(x, state, jax.random.key(i), head=head)
+        assert out.shape == (500, chain.output_dim)
+        assert np.isfinite(np.asarray(out)).all(), spec
+    again = DefenseChain(spec, d, hd, KEY, reference=ref)
+    s2 = again.init_state(jax.random.key(3))
+    a1, _ = chain.apply(x, chain.init_state(jax.random.key(3)), jax.random.key(9), head=head)
+    a2, _ = again.apply(x, s2, jax.random.key(9), head=head)
+    np.testing.assert_array_equal(np.asarray(a1), np.asarray(a2))  # same key, same answers

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslsteal_jax.defenses import b4b, similarity, transforms
+from sslsteal_jax.defenses import DefenseChain, b4b, similarity, transforms
 
 E = np.eye(3, dtype=np.float32)
 # q0=e1, q1=e2, q2=e1 (repeat of q0), q3=-e1, q4=(e1+e2)/sqrt2 (cos 0.707 to e1), q5=e3
@@ -133,3 +133,36 @@ def test_binary_transform_hamming_estimates_angle():
     assert np.abs(hamming - angle).max() < 0.03  # SimHash: P(bit differs) = angle / pi
     with pytest.raises(ValueError, match="not invertible"):
         transforms.invert_transform("binary", y, s, 8)
+
+
+def test_b4b_centring_uses_reference_mean_and_fills_more_buckets():
+    # Non-negative answers (post-ReLU): uncentred SimHash sees one orthant only.
+    rng = np.random.default_rng(0)
+    d = 16
+    ref = rng.uniform(0, 1, (400, d)).astype(np.float32)
+    x = jnp.asarray(rng.uniform(0, 1, (600, d)).astype(np.float32))
+    centred = DefenseChain("b4b:tables=4,bits=8,transform=none", d, 2, jax.random.key(0),
+                           reference=ref)
+    plain = DefenseChain("b4b:tables=4,bits=8,transform=none,center=false", d, 2,
+                         jax.random.key(0))
+    np.testing.assert_allclose(centred._params[0]["mean"], ref.mean(0), rtol=1e-6)
+    np.testing.assert_array_equal(plain._params[0]["mean"], np.zeros(d))
+    planes = centred._params[0]["hyperplanes"]
+    np.testing.assert_array_equal(b4b.lsh_buckets(x, planes, ref.mean(0)),
+                                  b4b.lsh_buckets(x - ref.mean(0), planes))
+    cov = {}
+    for name, chain in (("centred", centred), ("plain", plain)):
+        _, st = chain.apply(x, chain.init_state(jax.random.key(1)), jax.random.key(2))
+        cov[name] = chain.summary(st)["0:b4b.coverage"]
+    assert cov["centred"] > 2 * cov["plain"], cov
+
+
+def test_b4b_centring_needs_reference_in_victim_coordinates():
+    with pytest.raises(ValueError, match="center=True.*defense_reference.*center=false"):
+        DefenseChain("b4b", 8, 2, jax.random.key(0))
+    with pytest.raises(ValueError, match=r"reference answers must be \(N >= 1, 8\), got \(5, 3\)"):
+        DefenseChain("b4b", 8, 2, jax.random.key(0), reference=np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="after the secret transform of link 0.*center=false"):
+        DefenseChain("transform+b4b", 8, 2, jax.random.key(0), reference=np.zeros((5, 8)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        DefenseChain("b4b", 2, 2, jax.random.key(0), reference=np.array([[np.nan, 0.0]]))

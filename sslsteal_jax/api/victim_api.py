@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslsteal_jax.defenses.chain import DefenseChain, parse_spec, user_key
+from sslsteal_jax.defenses.chain import DefenseChain, needs_reference, parse_spec, user_key
 from sslsteal_jax.evaluation.features import extract_features
+from sslsteal_jax.training import mesh as mesh_lib
 
 OUTPUTS = ("representation", "projection")
 
@@ -69,13 +70,19 @@ class VictimAPI:
         (``defenses.chain.parse_spec``: e.g. ``"gaussian:scale=0.1+round:decimals=2"``,
         ``"similarity:threshold=0.8"``, ``"b4b"``, or a list of dicts).
       seed: seed of the API's PRNG key (defense noise, per-user secrets).
+      defense_reference: None or the provider's own images, uint8 ``(N, H, W, C)``
+        or float32 in [0, 1]; the API answers them once (undefended, nobody is
+        charged) and gives the answers to the chain as its ``reference`` (B4B's
+        LSH centre). Required when the chain needs it (``b4b`` with its default
+        ``center=True``); ignored otherwise.
     Raises:
-      ValueError: unknown ``output`` or a bad defense spec.
+      ValueError: unknown ``output``, a bad defense spec, or a chain that needs
+        ``defense_reference`` without one (the message says which link).
     """
 
     def __init__(self, model, variables, image_shape, output: str = "representation",
                  default_budget: int | None = None, batch_size: int = 1000, defenses=None,
-                 seed: int = 0):
+                 seed: int = 0, defense_reference=None):
         if output not in OUTPUTS:
             raise ValueError(f"unknown API output {output!r}; allowed: {list(OUTPUTS)}")
         self._variables = variables
@@ -97,12 +104,20 @@ class VictimAPI:
         self._chain = None
         self._defense_states: dict[str, tuple] = {}
         if defenses is not None and parse_spec(defenses):
-            self._answer_and_head = functools.partial(_answer_and_head, model, index, variables)
+            # Variables replicated over the data mesh: extract_features splits each batch
+            # over all devices, and committed single-device variables would clash with it.
+            self._answer_and_head = functools.partial(
+                _answer_and_head, model, index, mesh_lib.replicate(variables, mesh_lib.data_mesh()))
             head_dim = int(jax.eval_shape(lambda x: model.apply(variables, x, train=False)[1],
                                           jax.ShapeDtypeStruct((1, *self.image_shape),
                                                                jnp.float32)).shape[1])
             k_provider, self._users_key = jax.random.split(self._key)
-            self._chain = DefenseChain(defenses, self.output_dim, head_dim, k_provider)
+            reference = None
+            if defense_reference is not None and needs_reference(defenses):
+                reference = extract_features(self._answer, self._validate(defense_reference),
+                                             self.batch_size)
+            self._chain = DefenseChain(defenses, self.output_dim, head_dim, k_provider,
+                                       reference=reference)
             self.raw_dim = self.output_dim
             self.output_dim = self._chain.output_dim
 

@@ -44,8 +44,11 @@ class DefenseType:
     fn: ``(reps, state, key, params[, head]) -> (reps, state)``; defaults:
     parameter names -> default values (their types are enforced); check:
     ``(params, rep_dim) -> error message or None``; init: ``(params, user_key,
-    rep_dim, head_dim) -> state``; setup: ``(params, key, rep_dim) -> extra
-    provider-side constants added to params`` (shared by all users);
+    rep_dim, head_dim) -> state``; setup: ``(params, key, rep_dim, reference)
+    -> extra provider-side constants added to params`` (shared by all users;
+    ``reference`` is None or float32 ``(N, rep_dim)`` victim answers on the
+    provider's own images); needs_reference: ``params -> bool``, the setup
+    needs ``reference``;
     out_dim: ``(params, rep_dim) -> answer width``; needs_head: the link also
     receives the victim's projection-head outputs; summary: ``state -> dict``
     of scalars for reports.
@@ -55,7 +58,8 @@ class DefenseType:
     defaults: dict
     check: Callable = lambda p, d: None
     init: Callable = lambda p, k, d, hd: {}
-    setup: Callable = lambda p, k, d: {}
+    setup: Callable = lambda p, k, d, r: {}
+    needs_reference: Callable = lambda p: False
     out_dim: Callable = lambda p, d: d
     needs_head: bool = False
     summary: Callable = lambda s: {}
@@ -142,9 +146,9 @@ DEFENSES: dict[str, DefenseType] = {
     "b4b": DefenseType(
         b4b.b4b_defense,
         {"tables": 20, "bits": 12, "lam": 1e-6, "alpha": 0.8, "beta": 80.0, "max_scale": 1e4,
-         **_TRANSFORM_DEFAULTS},
+         "center": True, **_TRANSFORM_DEFAULTS},
         _b4b_check, init=lambda p, k, d, hd: b4b.init_state(p, k, d),
-        setup=lambda p, k, d: {"hyperplanes": b4b.lsh_hyperplanes(k, p["tables"], p["bits"], d)},
+        setup=b4b.provider_constants, needs_reference=lambda p: bool(p["center"]),
         out_dim=_transform_out,
         summary=lambda s: {"coverage": float(s["coverage"]), "sigma": float(s["sigma"])}),
     "transform": DefenseType(
@@ -239,6 +243,16 @@ def format_spec(links) -> str:
     return "+".join(parts) or "none"
 
 
+def needs_reference(spec) -> bool:
+    """Whether a chain spec has a link that needs the provider's reference answers
+    (``b4b`` with ``center=True``, the default).
+
+    Raises:
+      ValueError: bad spec (as ``parse_spec``).
+    """
+    return any(DEFENSES[n].needs_reference(p) for n, p in parse_spec(spec))
+
+
 def user_key(key, user: str):
     """Per-user PRNG key: ``fold_in(key, crc32(user))`` (stable across processes)."""
     return jax.random.fold_in(key, zlib.crc32(user.encode()) & 0x7FFFFFFF)
@@ -251,25 +265,40 @@ class DefenseChain:
       spec: chain spec (string, list of dicts, or parsed links).
       rep_dim: width D of the victim's answers; head_dim: width of its head output.
       key: the provider's PRNG key (LSH hyperplanes come from ``fold_in(key, i)``).
+      reference: None or float32 ``(N, rep_dim)``: the victim's answers on the
+        provider's own images (B4B's LSH centre, ``center=True``). Links that
+        need it must see the victim's coordinates: no secret transform before them.
     Attributes:
       links: ``[(name, params)]``; output_dim: width of the defended answers;
       needs_head: some link needs the victim's head outputs.
     Raises:
-      ValueError: bad spec or a parameter out of range (names it and the allowed range).
+      ValueError: bad spec or a parameter out of range (names it and the allowed range);
+        a link needs ``reference`` but none was given, or comes after a secret transform.
     """
 
-    def __init__(self, spec, rep_dim: int, head_dim: int, key):
+    def __init__(self, spec, rep_dim: int, head_dim: int, key, reference=None):
         self.links = parse_spec(spec)
         self.rep_dim, self.head_dim = int(rep_dim), int(head_dim)
         self._params = []
-        d = self.rep_dim
+        d, transformed = self.rep_dim, None
         for i, (name, p) in enumerate(self.links):
             t = DEFENSES[name]
+            where = f"defense {name!r} (link {i} of '{format_spec(self.links)}')"
             err = t.check(p, d)
             if err:
-                raise ValueError(f"defense {name!r} (link {i} of '{format_spec(self.links)}'): {err}")
-            full = dict(p, **t.setup(p, jax.random.fold_in(key, i), d))
+                raise ValueError(f"{where}: {err}")
+            if t.needs_reference(p) and transformed is not None:
+                raise ValueError(f"{where} needs the victim's coordinates (reference centre) but "
+                                 f"comes after the secret transform of link {transformed}; put it "
+                                 f"first or set center=false")
+            try:
+                full = dict(p, **t.setup(p, jax.random.fold_in(key, i), d,
+                                         reference if t.needs_reference(p) else None))
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
             self._params.append(full)
+            if p.get("transform", "none") != "none":
+                transformed = i
             d = t.out_dim(p, d)
         self.output_dim = d
         self.needs_head = any(DEFENSES[n].needs_head for n, _ in self.links)

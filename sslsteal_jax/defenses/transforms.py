@@ -14,6 +14,15 @@ pooled naively (sybil accounts). Kinds:
 * ``binary``: ``y = 1[x @ R > 0]`` in {0, 1}, ``R`` a secret Gaussian
   ``(D, n_out)`` matrix (sign random projections, Charikar 2002): not invertible,
   but the fraction of differing bits estimates ``angle(x, x') / pi``.
+  This is *our reading* of the paper's binary transformation (a per-user,
+  non-invertible map to bits that keeps angular similarity, so a downstream
+  probe still works while two accounts' bits cannot be aligned by a linear
+  map). The paper and its code (github.com/adam-dziedzic/B4B) were not
+  available to check the exact construction (random projections vs.
+  thresholding coordinates, bit count); results with ``transform=binary``
+  are for this variant. Note the angles are taken about the origin: for
+  post-ReLU answers (all coordinates >= 0) they are all below 90 degrees,
+  so more bits (``binary_dim``) are needed than for centred data.
 
 Source: Dubinski, Pawlak, Boenisch, Trzcinski, Dziedzic, "Bucks for Buckets
 (B4B): Active Defenses Against Stealing Encoders" (NeurIPS 2023), Section 3

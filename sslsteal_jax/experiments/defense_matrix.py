@@ -7,19 +7,33 @@ For every defense family, strength and attack (``configs/defense_matrix.py``):
    merged by a linear map, ``budget`` queries in total);
 2. a surrogate is trained on the answers (``attacks.direct.train_surrogate``) and
    evaluated like every encoder of the toolkit (linear probe, kNN);
-3. a legitimate user with one task queries its labelled train and test images
-   through the same defended API and trains a linear probe on the answers
-   (``evaluation.legit_user``).
+3. two legitimate users query their own labelled train and test images through
+   the same defended API and train a linear probe on the answers
+   (``evaluation.legit_user``): a 10-class user (all Fashion-MNIST classes)
+   and a single-task user (``legit.single_task_classes``, a 3-class footwear
+   task). Each sends exactly ``budget`` queries, the attacker's count
+   (``budget - legit.test_size`` labelled train images, then
+   ``legit.test_size`` test images), so coverage, noise and flags are
+   compared at equal numbers of queries (B4B's claim is about equal query
+   counts: Dubinski et al., NeurIPS 2023, Section 4).
 Plus, once per run: victim and independent-encoder reference rows, the
 query-similarity detector's precision / recall / F1 / ROC-AUC against an
-augmented-views and a single-view attacker, and B4B coverage / noise of an
-attacker vs legitimate users at equal numbers of queries.
+augmented-views and a single-view attacker, and B4B coverage / noise sigma of
+an attacker vs a 10-class and a single-task legitimate user, measured after
+every ``b4b_measure.step`` queries, each user sending the same number.
+
+B4B cells hash with the default tables (20 x 12 bits) centred on the mean of
+the victim's answers on ``b4b_reference`` provider images (``defenses.b4b``):
+the API is built with ``defense_reference`` = the last
+``b4b_reference`` Fashion-MNIST train images (the provider's own data; the
+legitimate users use the first train images, the attacker the test split).
 
 Outputs in the workdir: ``results.json``, ``results.csv`` (one row per cell),
 ``tradeoff.png`` (legitimate-user accuracy vs attacker accuracy, one curve per
 defense and attack), ``b4b_coverage.png``. Finished cells are kept in
 ``cells.json`` (written atomically) and skipped when an interrupted run is
-restarted; ``--config.overwrite=True`` on a finished workdir recomputes
+restarted (a workdir made with other settings is refused);
+``--config.overwrite=True`` recomputes
 everything (old results and cells are kept with a time stamp).
 
 Sources: Dziedzic et al., ICML 2022, Section 5 (defenses and their cost);
@@ -54,8 +68,11 @@ from sslsteal_jax.training.simclr import augment_config
 ATTACKS = ("direct", "averaging", "sybil")
 CSV_COLUMNS = ("cell", "family", "strength", "defense", "attack", "queries_charged",
                "distinct_images", "attacker_probe_full", "attacker_probe_100", "attacker_knn",
-               "legit_accuracy", "legit_queries", "attacker_flagged", "attacker_coverage",
-               "legit_flagged", "legit_coverage", "seconds")
+               "legit_accuracy", "legit_queries", "legit_single_accuracy", "legit_single_queries",
+               "attacker_flagged", "legit_flagged", "legit_single_flagged",
+               "attacker_coverage", "legit_coverage", "legit_single_coverage",
+               "attacker_sigma", "legit_sigma", "legit_single_sigma", "seconds", "cpu_seconds")
+USERS = ("attacker", "legit", "legit_single")  # row-field prefixes
 
 
 def parse_attack(spec: str) -> tuple[str, dict]:
@@ -108,10 +125,43 @@ def attacker_answers(api, attack: str, pool: np.ndarray, budget: int):
 
 
 def _summary_value(summaries: list[dict], field: str):
-    vals = [v for s in summaries for k, v in s.items() if k.endswith(field)]
+    """One report value over a user's accounts: ``flagged`` summed, ``coverage`` and
+    ``sigma`` averaged (sybil accounts); None when no link reports ``field``."""
+    vals = [v for s in summaries for k, v in s.items() if k.endswith("." + field)]
     if not vals:
         return None
-    return float(np.mean(vals)) if field.endswith("coverage") else float(np.sum(vals))
+    return float(np.sum(vals)) if field == "flagged" else float(np.mean(vals))
+
+
+def legit_data(cfg, train_x, train_y, test_x, test_y) -> dict:
+    """The legitimate users' data, each user sending exactly ``cfg.budget`` queries.
+
+    Returns ``{"legit": (train_x, train_y, test_x, test_y), "legit_single": ...}``:
+    the 10-class user takes the first ``budget - legit.test_size`` train images and
+    the first ``legit.test_size`` probe-test images; the single-task user the first
+    ones of ``legit.single_task_classes``.
+    Raises:
+      ValueError: ``legit.test_size`` not in [1, budget) (names both), or too few
+        images of the single task.
+    """
+    n_test = int(cfg.legit.test_size)
+    if not 1 <= n_test < int(cfg.budget):
+        raise ValueError(f"legit.test_size={n_test} must be in [1, budget={cfg.budget}): the "
+                         f"legitimate users send budget queries, train + test")
+    n_train = int(cfg.budget) - n_test
+    out = {}
+    for user, classes in (("legit", None), ("legit_single", list(cfg.legit.single_task_classes))):
+        out[user] = (*task_subset(train_x, train_y, classes, n_train),
+                     *task_subset(test_x, test_y, classes, n_test))
+    return out
+
+
+def _fingerprint(cfg) -> dict:
+    """The settings every cell depends on (all but ``families`` and ``overwrite``,
+    so a finished matrix can be extended by new families and resumed)."""
+    d = cfg.to_dict()
+    return json.loads(json.dumps({k: v for k, v in d.items()
+                                  if k not in ("families", "overwrite")}, default=str))
 
 
 def _cells(cfg):
@@ -126,21 +176,39 @@ def run(cfg, workdir: str) -> dict:
     """Run (or resume) the defense matrix; returns the results dict (also written to ``workdir``)."""
     t0 = time.time()
     cells_path = os.path.join(workdir, "cells.json")
-    finished = os.path.exists(os.path.join(workdir, "results.json"))
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
-    if finished and os.path.exists(cells_path):  # overwrite: recompute, keep the old cells
+    if cfg.get("overwrite", False) and os.path.exists(cells_path):  # recompute, keep old cells
         os.replace(cells_path, os.path.join(workdir, f"cells.{int(time.time())}.json"))
+    done = json.load(open(cells_path)) if os.path.exists(cells_path) else {}
+    fingerprint = _fingerprint(cfg)
+    old = done.get("_config")
+    if old is None and done:
+        raise ValueError(f"{cells_path} was written by an older version (no configuration "
+                         f"record; its legitimate users sent other query counts); use another "
+                         f"--workdir or --config.overwrite=True")
+    if old is not None and old != fingerprint:
+        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
+        raise ValueError(f"{cells_path} holds cells of a different configuration (differs in "
+                         f"{diff}); use another --workdir or --config.overwrite=True")
+    done["_config"] = fingerprint
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False,
                            probe_train_size=cfg.get("probe_train_size"))
     if not 1 <= cfg.budget <= len(data.query_pool):
         raise ValueError(f"budget {cfg.budget} must be in [1, {len(data.query_pool)}]")
+    phases: dict = {}
+    tp = [time.time(), time.process_time()]
+
+    def phase(name):  # wall and CPU seconds (all threads) of each part of this invocation
+        phases[name] = {"wall": round(time.time() - tp[0], 1),
+                        "cpu": round(time.process_time() - tp[1], 1)}
+        tp[:] = [time.time(), time.process_time()]
+
     vpath = common.resolve_path(cfg.victim.checkpoint)
     loaded = load_model(vpath)
     model, variables = loaded.module, loaded.variables
     shape = data.probe_test_x.shape[1:]
     key = jax.random.key(int(cfg.seed))
     ev = common.eval_kwargs(cfg)
-    done = json.load(open(cells_path)) if os.path.exists(cells_path) else {}
 
     def save(name, value):
         done[name] = value
@@ -164,6 +232,7 @@ def run(cfg, workdir: str) -> dict:
                                                               cfg.seed, cfg_eval=ev))
 
     # ---- detector quality -------------------------------------------------------------
+    phase("setup and reference rows")
     if "detector" not in done:
         head_apply = make_apply(model, variables, 1)
         aug = augment_config(loaded.meta["config"]["augment"])
@@ -171,58 +240,76 @@ def run(cfg, workdir: str) -> dict:
         save("detector", detector_report(lambda x: extract_features(head_apply, x),
                                          data.query_pool[:d.images], int(d.views), list(d.thresholds),
                                          int(d.memory), jax.random.fold_in(key, 7), aug))
+        phase("detector")
 
     # ---- B4B coverage: attacker vs legitimate users -------------------------------------
     bm = cfg.b4b_measure
+    tx, ty = load_split(cfg.dataset, "train")  # legitimate users' and provider's own images
+    n_ref = int(cfg.b4b_reference)
+    if not 1 <= n_ref <= len(tx) // 2:
+        raise ValueError(f"b4b_reference={n_ref} must be in [1, {len(tx) // 2}]")
+    reference = tx[-n_ref:]
+
+    def make_api(spec):
+        return VictimAPI(model, variables, shape, defenses=spec, seed=cfg.api_seed,
+                         defense_reference=reference)
+
     if "b4b_coverage" not in done:
         n = int(bm.queries)
-        tx, ty = load_split(cfg.dataset, "train")  # the legitimate users' own labelled images
-        single_x, _ = task_subset(tx, ty, list(bm.single_task_classes), n)
+        classes = list(cfg.legit.single_task_classes)
+        single_x, _ = task_subset(tx, ty, classes, n)
         curves = {}
-        for spec in bm.specs:
-            api = VictimAPI(model, variables, shape, defenses=spec, seed=cfg.api_seed)
+        for spec in bm.specs:  # every user sends the same images count, in calls of `step`
+            api = make_api(spec)
             curves[spec] = {
                 "attacker (query pool, 10 classes)": coverage_curve(
                     api, "attacker", data.query_pool[:n], int(bm.step)),
                 "legit, 10-class task": coverage_curve(api, "legit10", tx[:n], int(bm.step)),
-                f"legit, single task (classes {list(bm.single_task_classes)})": coverage_curve(
+                f"legit, single task (classes {classes})": coverage_curve(
                     api, "legit_single", single_x, int(bm.step))}
         save("b4b_coverage", curves)
+        phase("b4b coverage curves")
 
     # ---- the matrix ----------------------------------------------------------------------
-    legit_x, legit_y = task_subset(data.probe_train_x, data.probe_train_y, cfg.legit.classes,
-                                   int(cfg.legit.train_size))
-    test_x, test_y = task_subset(data.probe_test_x, data.probe_test_y, cfg.legit.classes,
-                                 int(cfg.legit.test_size))
+    users = legit_data(cfg, tx, ty, data.probe_test_x, data.probe_test_y)
     for cell, fam, strength, spec, attack in _cells(cfg):
         if cell in done:
             continue
-        tc = time.time()
-        print(f"[defense matrix] {cell}: defense {spec!r}, attack {attack!r}")
-        api = VictimAPI(model, variables, shape, defenses=spec, seed=cfg.api_seed)
+        tc, cc = time.time(), time.process_time()
+        print(f"[defense matrix] {cell}: defense {spec!r}, attack {attack!r}", flush=True)
+        api = make_api(spec)
         x, y, info = attacker_answers(api, attack, data.query_pool, int(cfg.budget))
         smod, svars, summ = train_surrogate(x, y, smodel_cfg, None, progress=False)
         row = common.encoder_row(f"surrogate [{cell}]", smod, svars, data, key, cfg_eval=ev)
-        att_summ = [api.defense_summary(u) for u in info["users"]]
-        if f"legit/{spec}" not in done:  # one legitimate user per defense setting
-            save(f"legit/{spec}", legit_user_accuracy(
-                api, "legit", legit_x, legit_y, test_x, test_y, jax.random.fold_in(key, 3),
-                epochs=int(cfg.legit.probe_epochs)))
-        legit = done[f"legit/{spec}"]
-        save(cell, {
+        summaries = {"attacker": [api.defense_summary(u) for u in info["users"]]}
+        legit = {}
+        for user, (ltr_x, ltr_y, lte_x, lte_y) in users.items():
+            name = f"{user}/{spec}"  # one legitimate user of each kind per defense setting
+            if name not in done:
+                save(name, legit_user_accuracy(
+                    api, user, ltr_x, ltr_y, lte_x, lte_y, jax.random.fold_in(key, 3),
+                    epochs=int(cfg.legit.probe_epochs)))
+            legit[user] = done[name]
+            summaries[user] = [legit[user]["defense"]]
+        out = {
             "cell": cell, "family": fam, "strength": strength, "defense": api.defenses,
             "attack": attack, "queries_charged": int(sum(api.queries_used(u) for u in info["users"])),
             "distinct_images": int(len(x)), "attacker_probe_full": row["probe_full"],
-            "attacker_probe_100": row["probe_100"], "attacker_knn": row["knn"],
-            "legit_accuracy": legit["accuracy"], "legit_queries": legit["queries"],
-            "attacker_flagged": _summary_value(att_summ, "flagged"),
-            "attacker_coverage": _summary_value(att_summ, "coverage"),
-            "legit_flagged": _summary_value([legit["defense"]], "flagged"),
-            "legit_coverage": _summary_value([legit["defense"]], "coverage"),
-            "sybil_fit_relative_error": info.get("fit_relative_error"),
-            "surrogate_steps": summ["steps"], "seconds": time.time() - tc})
-        print(f"  attacker probe {row['probe_full']:.2f}%  legit user {legit['accuracy']:.2f}%  "
-              f"({time.time() - tc:.0f} s)")
+            "attacker_probe_100": row["probe_100"], "attacker_knn": row["knn"]}
+        for user in users:
+            out[f"{user}_accuracy"] = legit[user]["accuracy"]
+            out[f"{user}_queries"] = legit[user]["queries"]
+        for user in USERS:
+            for field in ("flagged", "coverage", "sigma"):
+                out[f"{user}_{field}"] = _summary_value(summaries[user], field)
+        out.update(sybil_fit_relative_error=info.get("fit_relative_error"),
+                   surrogate_steps=summ["steps"], seconds=time.time() - tc,
+                   cpu_seconds=time.process_time() - cc)
+        save(cell, out)
+        print(f"  attacker probe {row['probe_full']:.2f}%  legit 10-class {out['legit_accuracy']:.2f}%"
+              f"  legit single-task {out['legit_single_accuracy']:.2f}%  ({time.time() - tc:.0f} s)",
+              flush=True)
+    phase("matrix cells")
 
     rows = [done[c[0]] for c in _cells(cfg)]
     results = {"experiment": "defense_matrix", "budget": int(cfg.budget), "cells": rows,
@@ -230,7 +317,8 @@ def run(cfg, workdir: str) -> dict:
                              "independent": done["reference/independent"]},
                "detector": done["detector"], "b4b_coverage": done["b4b_coverage"],
                "victim_checkpoint": vpath, "splits": data.names,
-               "total_seconds_this_invocation": time.time() - t0, "config": cfg.to_dict()}
+               "total_seconds_this_invocation": time.time() - t0,
+               "seconds_per_phase_this_invocation": phases, "config": cfg.to_dict()}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     tmp = os.path.join(workdir, "results.csv.tmp")
     with open(tmp, "w", newline="") as f:
@@ -241,7 +329,8 @@ def run(cfg, workdir: str) -> dict:
     os.replace(tmp, os.path.join(workdir, "results.csv"))
     plot_tradeoff(rows, results["reference"], os.path.join(workdir, "tradeoff.png"),
                   f"{cfg.dataset}: {cfg.budget} attacker queries per cell")
-    plot_coverage(done["b4b_coverage"], os.path.join(workdir, "b4b_coverage.png"))
+    plot_coverage(done["b4b_coverage"], os.path.join(workdir, "b4b_coverage.png"),
+                  budget=int(cfg.budget))
     print(format_matrix(rows, results["reference"]))
     print(f"wrote {workdir}/results.json, results.csv, tradeoff.png, b4b_coverage.png "
           f"({time.time() - t0:.0f} s this invocation)")
@@ -249,16 +338,21 @@ def run(cfg, workdir: str) -> dict:
 
 
 def format_matrix(rows, reference) -> str:
-    """Text table of the matrix (accuracies in percent)."""
-    head = f"{'cell':<44}{'attacker %':>11}{'legit %':>9}{'queries':>9}{'flagged':>9}{'cover %':>9}"
+    """Text table of the matrix: accuracies and B4B coverage in percent; flagged
+    queries and coverage for attacker / 10-class legit / single-task legit users
+    (all at the same number of queries)."""
+    head = (f"{'cell':<40}{'attacker %':>11}{'legit10 %':>10}{'legit1 %':>9}{'queries':>8}"
+            f"{'flagged a/10/1':>16}{'cover % a/10/1':>18}")
     lines = [head, "-" * len(head)]
     for name in ("victim", "independent"):
-        lines.append(f"{'reference: ' + name:<44}{reference[name]['probe_full']:>11.2f}")
-    f = lambda v, p: f"{v:>9.{p}f}" if v is not None else f"{'-':>9}"
+        lines.append(f"{'reference: ' + name:<40}{reference[name]['probe_full']:>11.2f}")
+    f = lambda v, p: f"{v:.{p}f}" if v is not None else "-"
     for r in rows:
-        lines.append(f"{r['cell']:<44}{r['attacker_probe_full']:>11.2f}{r['legit_accuracy']:>9.2f}"
-                     f"{r['queries_charged']:>9d}{f(r['attacker_flagged'], 0)}"
-                     f"{f(r['attacker_coverage'], 1)}")
+        flags = "/".join(f(r.get(f"{u}_flagged"), 0) for u in USERS)
+        cover = "/".join(f(r.get(f"{u}_coverage"), 1) for u in USERS)
+        lines.append(f"{r['cell']:<40}{r['attacker_probe_full']:>11.2f}{r['legit_accuracy']:>10.2f}"
+                     f"{r['legit_single_accuracy']:>9.2f}{r['queries_charged']:>8d}"
+                     f"{flags:>16}{cover:>18}")
     return "\n".join(lines)
 
 
@@ -273,34 +367,40 @@ def _save_fig(fig, path):
 
 def plot_tradeoff(rows, reference, path: str, title: str) -> None:
     """Legitimate-user accuracy (x) vs attacker surrogate accuracy (y), one curve per
-    (defense family, attack), strengths in order; victim / independent as reference lines."""
+    (defense family, attack), strengths in order; left: the 10-class user, right:
+    the single-task user (both sent as many queries as the attacker); victim /
+    independent encoder as reference lines."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["family"], r["attack"]), []).append(r)
-    for (fam, attack), rs in groups.items():
-        label = fam if attack == "direct" else f"{fam} vs {attack.split(':')[0]}"
-        ax.plot([r["legit_accuracy"] for r in rs], [r["attacker_probe_full"] for r in rs],
-                "o-" if attack == "direct" else "s--", label=label)
-        for r in rs:
-            ax.annotate(str(r["strength"]), (r["legit_accuracy"], r["attacker_probe_full"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.axhline(reference["victim"]["probe_full"], color="k", lw=0.8, ls=":",
-               label="victim encoder (probe)")
-    ax.axhline(reference["independent"]["probe_full"], color="gray", lw=0.8, ls="-.",
-               label="independent encoder")
-    ax.set_xlabel("legitimate user's accuracy through the defended API (%)")
-    ax.set_ylabel("attacker's surrogate: linear-probe accuracy (%)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    for ax, field, who in ((axes[0], "legit_accuracy", "10-class legitimate user"),
+                           (axes[1], "legit_single_accuracy", "single-task legitimate user")):
+        for (fam, attack), rs in groups.items():
+            label = fam if attack == "direct" else f"{fam} vs {attack.split(':')[0]}"
+            ax.plot([r[field] for r in rs], [r["attacker_probe_full"] for r in rs],
+                    "o-" if attack == "direct" else "s--", label=label)
+            for r in rs:
+                ax.annotate(str(r["strength"]), (r[field], r["attacker_probe_full"]),
+                            fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.axhline(reference["victim"]["probe_full"], color="k", lw=0.8, ls=":",
+                   label="victim encoder (probe)")
+        ax.axhline(reference["independent"]["probe_full"], color="gray", lw=0.8, ls="-.",
+                   label="independent encoder")
+        ax.set_xlabel(f"{who}: accuracy through the defended API (%)")
+        ax.set_title(f"{title}; {who}", fontsize=9)
+    axes[0].set_ylabel("attacker's surrogate: linear-probe accuracy (%)")
+    axes[0].legend(fontsize=7, loc="best")
     _save_fig(fig, path)
 
 
-def plot_coverage(curves: dict, path: str) -> None:
-    """B4B coverage (left) and noise sigma (right) vs queries, per user kind and B4B setting."""
+def plot_coverage(curves: dict, path: str, budget: int | None = None) -> None:
+    """B4B coverage (left) and noise sigma (right) vs queries, per user kind and B4B
+    setting; every user sent the same queries count at each point; a dotted line
+    marks the matrix's per-cell budget."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -311,7 +411,10 @@ def plot_coverage(curves: dict, path: str) -> None:
             lbl = f"{user} [{spec}]"
             a1.plot(q, [p["coverage"] for p in pts], label=lbl)
             a2.plot(q, [max(p["sigma"], 1e-8) for p in pts], label=lbl)
-    a1.set_xlabel("queries")
+    if budget:
+        for a in (a1, a2):
+            a.axvline(budget, color="gray", lw=0.8, ls=":")
+    a1.set_xlabel("queries (same count for every user)")
     a1.set_ylabel("LSH bucket coverage (%)")
     a2.set_xlabel("queries")
     a2.set_ylabel("B4B noise sigma (last query)")
