@@ -3,12 +3,26 @@
 Forces 8 host (CPU) devices so sharding / mesh tests can run without
 accelerators. This must happen before jax is imported anywhere, which is why
 it lives at the top of conftest.py (loaded by pytest before test modules).
-An XLA_FLAGS value already present in the environment is left untouched.
+An XLA_FLAGS value already present in the environment is kept (the device
+count is only added when absent).
+
+The 8 forced devices share 2 cores in CI, so one device thread can wait tens
+of seconds at a collective (the gradient all-reduce) for the others; XLA:CPU
+aborts the process ("Termination timeout ... Exiting to ensure a consistent
+program state", seen as `Fatal Python error: Aborted` under heavy load) when a
+rendezvous waits longer than its terminate timeout. The timeouts are raised to
+an hour so an overloaded machine only makes the suite slower, never kills it.
 """
 import os
 import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+_FLAGS = {"--xla_force_host_platform_device_count": "8",
+          "--xla_cpu_collective_call_terminate_timeout_seconds": "3600",
+          "--xla_cpu_collective_call_warn_stuck_timeout_seconds": "600",
+          "--xla_cpu_collective_timeout_seconds": "3600"}
+_present = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = " ".join(
+    [_present] + [f"{k}={v}" for k, v in _FLAGS.items() if k not in _present]).strip()
 
 # Make the package importable when pytest is run as `pytest` (not `python -m pytest`).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
