@@ -8,6 +8,7 @@ Scalar arguments (``configs/budget_scan.py:losses=infonce,examples=30000``):
   examples   training examples each surrogate sees under protocol=examples
   epochs     surrogate epochs over each budget under protocol=epochs
   probe_train_size  labelled train images for the probes (None = all 60,000)
+  stack      most cells trained in one compiled program (default 8; 1 = sequential)
 Lists are overridden with flags (comma separated, quoted):
   --config.budgets=250,1000,5000  --config.seeds=0,1
   --config.query_sources=fashion_mnist:train,mnist_subset  --config.losses=mse,infonce
@@ -27,7 +28,8 @@ import quickstart  # noqa: E402
 
 
 def get_config(arg: str = ""):
-    a = parse_arg(arg, ("losses", "examples", "protocol", "epochs", "probe_train_size", "seed"))
+    a = parse_arg(arg, ("losses", "examples", "protocol", "epochs", "probe_train_size", "seed",
+                        "stack"))
     c = quickstart.get_config(f"seed={a.get('seed', 0)}")
     c.experiment = "budget_scan"
     c.budgets = "250,1000,2500,5000,10000,20000"
@@ -42,6 +44,17 @@ def get_config(arg: str = ""):
     # Probes on the first 20,000 labelled train images keep each cell's evaluation short;
     # victim and independent reference rows use the same probe data.
     c.probe_train_size = int(a.get("probe_train_size", 20000))
+    # Vmapped scans (experiments/budget_scan.py, attacks/stacked.py): cells with equal
+    # shapes and schedules (all budgets >= the batch size and all seeds of a loss under
+    # "examples"; the seeds of a budget under "epochs") train as up to `stack` members
+    # of one compiled program (jax.vmap on accelerators, the member steps unrolled into
+    # one program on CPU); fewer when K x the estimated bytes per member exceed
+    # stack_memory_fraction x the available memory (host RAM on CPU, free device
+    # memory on GPU/TPU); 1 = one cell after another.
+    stack = a.get("stack", "8")  # not an integer: left as given, the scan names it in its error
+    c.stack = int(stack) if stack.strip().isdigit() else stack
+    c.stack_memory_fraction = 0.5
+    c.stack_mode = "auto"  # "auto" | "vmap" | "unroll"
     c.victim.train_if_missing = False
     del c["budget"]
     return c
