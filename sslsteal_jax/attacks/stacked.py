@@ -26,9 +26,9 @@ optimizer state, activations of one step from the model's shapes) and
 from ``Device.memory_stats()`` elsewhere) size the largest K that fits
 (:func:`fit_stack_size`).
 
-Measured on the 2-core CPU of this project (shared, load average ~2.5;
-ResNet-10 width 16 surrogates, InfoNCE batch 256, ``examples`` protocol):
-see ``configs/budget_scan.py`` for the stack=1 vs stack=4 scan timings.
+Timings of a stack=1 vs stack=4 scan on this project's CPU are in the
+docstring of ``configs/budget_scan.py`` (no measurable gain on a loaded
+2-core CPU; identical per-cell metrics).
 """
 from __future__ import annotations
 
@@ -120,8 +120,7 @@ def train_surrogates_stacked(members: Sequence[tuple], workdir: str | None, *,
     check_stackable(setups, cfgs)
     k = len(setups)
     s0 = setups[0]
-    states = stack_trees([su.state.replace(step=jnp.asarray(su.state.step, jnp.int32))
-                          for su in setups])
+    states = stack_trees([su.state.replace(step=np.int32(su.state.step)) for su in setups])
     keys = jnp.stack([su.step_key for su in setups])
     meta = {"kind": "surrogate_stack", "members": [su.meta for su in setups]}
     ckpt_dir = os.path.join(workdir, "checkpoints") if workdir else None
