@@ -8,9 +8,20 @@ Scalar arguments (``configs/budget_scan.py:losses=infonce,examples=30000``):
   examples   training examples each surrogate sees under protocol=examples
   epochs     surrogate epochs over each budget under protocol=epochs
   probe_train_size  labelled train images for the probes (None = all 60,000)
+  stack      most cells trained in one compiled program (default 8; 1 = sequential)
 Lists are overridden with flags (comma separated, quoted):
   --config.budgets=250,1000,5000  --config.seeds=0,1
   --config.query_sources=fashion_mnist:train,mnist_subset  --config.losses=mse,infonce
+Stacking (``stack``): measured on this project's 2-core CPU, shared and loaded
+(load average 5-7), 4 budgets (256-2048) x infonce, protocol=examples with 1,536
+examples per cell (6 steps of batch 256), 1 CPU device, answers and reference rows
+cached: stack=1 trained the 4 cells in 42.5 s (scan wall 92 s), stack=4 (one
+unrolled program) in 40.6 s (wall 253 s, run second in the same process, before
+stack/unstack of member states moved to the host; a rerun in
+the other order gave 177 s / 401 s for stack=4 run first, paying the process's
+one-time eager compilations, and 73.6 s / 159 s for stack=1): no measurable gain on
+this CPU, as the step benchmark predicts (K=8 unroll 0.89x sequential), and
+identical per-cell metrics. On accelerators stacking uses jax.vmap.
 Query sources: ``fashion_mnist`` = the 5,000-image test pool (disjoint from
 everything the victim saw; budgets <= 5,000); ``fashion_mnist:train`` = the
 victim's own 60,000 training images (budgets up to 60,000); ``mnist_subset``
@@ -27,7 +38,8 @@ import quickstart  # noqa: E402
 
 
 def get_config(arg: str = ""):
-    a = parse_arg(arg, ("losses", "examples", "protocol", "epochs", "probe_train_size", "seed"))
+    a = parse_arg(arg, ("losses", "examples", "protocol", "epochs", "probe_train_size", "seed",
+                        "stack"))
     c = quickstart.get_config(f"seed={a.get('seed', 0)}")
     c.experiment = "budget_scan"
     c.budgets = "250,1000,2500,5000,10000,20000"
@@ -42,6 +54,17 @@ def get_config(arg: str = ""):
     # Probes on the first 20,000 labelled train images keep each cell's evaluation short;
     # victim and independent reference rows use the same probe data.
     c.probe_train_size = int(a.get("probe_train_size", 20000))
+    # Vmapped scans (experiments/budget_scan.py, attacks/stacked.py): cells with equal
+    # shapes and schedules (all budgets >= the batch size and all seeds of a loss under
+    # "examples"; the seeds of a budget under "epochs") train as up to `stack` members
+    # of one compiled program (jax.vmap on accelerators, the member steps unrolled into
+    # one program on CPU); fewer when K x the estimated bytes per member exceed
+    # stack_memory_fraction x the available memory (host RAM on CPU, free device
+    # memory on GPU/TPU); 1 = one cell after another.
+    stack = a.get("stack", "8")  # not an integer: left as given, the scan names it in its error
+    c.stack = int(stack) if stack.strip().isdigit() else stack
+    c.stack_memory_fraction = 0.5
+    c.stack_mode = "auto"  # "auto" | "vmap" | "unroll"
     c.victim.train_if_missing = False
     del c["budget"]
     return c

@@ -131,3 +131,179 @@ def test_cell_trained_with_other_settings_is_not_reused(scan, tiny_victim):
     cfg.steal.epochs = 4  # the cells in wd were trained for 3 epochs
     with pytest.raises(ValueError, match="another surrogate config"):
         budget_scan.run(cfg, wd)
+
+
+# --- vmapped scans: cells with equal shapes train as one compiled program ----------------
+
+
+def _model_item(ckpt_dir):
+    """The raw "model" item (params, batch_stats) of the latest orbax checkpoint."""
+    import orbax.checkpoint as ocp
+    from sslsteal_jax.training import checkpoint as ckpt
+    mngr = ckpt.manager(ckpt_dir)
+    return mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+        model=ocp.args.StandardRestore()))["model"]
+
+
+def _seed_workdir(src, dst):
+    """A new scan workdir that reuses the fixture's answer cache and reference rows
+    (no victim queries, no reference evaluation)."""
+    import shutil
+    os.makedirs(os.path.join(dst, "cells"))
+    shutil.copy(os.path.join(src, "answers_fashion_mnist.npz"), dst)
+    shutil.copy(os.path.join(src, "cells", "_reference.json"), os.path.join(dst, "cells"))
+
+
+STACK_CELLS = [budget_scan.cell_name("fashion_mnist", "infonce", 256, s) for s in (0, 1)]
+
+
+def stacked_config(victim, **overrides):
+    # budget 256, seeds 0 and 1, 3 epochs: both cells train 3 steps of batch 256, so
+    # they form one stacked group; cell (256, seed 0) is also in the sequential scan.
+    return scan_config(victim, budgets="256", seeds="0,1", stack=2, **overrides)
+
+
+@pytest.fixture(scope="module")
+def stacked_scan(scan, tiny_victim, tmp_path_factory):
+    wd = str(tmp_path_factory.mktemp("stacked"))
+    _seed_workdir(scan[0], wd)
+    return wd, budget_scan.run(stacked_config(tiny_victim), wd)
+
+
+def _group_dir(wd):
+    (d,) = [d for d in os.listdir(os.path.join(wd, "cells")) if d.startswith("stack_")]
+    return os.path.join(wd, "cells", d)
+
+
+def test_stacked_cell_equals_the_cell_trained_alone(scan, stacked_scan):
+    wd_seq, seq = scan
+    wd, res = stacked_scan
+    assert res["queries_charged_this_run"] == {"fashion_mnist": 0}
+    (group,) = res["stack"]["groups_trained_this_run"]
+    assert group["cells"] == STACK_CELLS and group["members"] == 2
+    assert 0 < group["member_bytes"] < group["available_bytes"]
+    cells = {c["seed"]: c for c in res["cells"]}
+    assert sorted(cells) == [0, 1] and all(c["stacked"] == 2 and c["steps"] == 3
+                                           for c in cells.values())
+    alone = next(c for c in seq["cells"] if c["budget"] == 256)
+    assert alone["stacked"] == 1
+    # member 0 of the stacked program has the parameters of the cell trained alone
+    stacked_vars = _model_item(os.path.join(_group_dir(wd), "checkpoints"))
+    alone_vars = _model_item(os.path.join(wd_seq, "cells", STACK_CELLS[0], "checkpoints"))
+    leaves_s, leaves_a = jax.tree.leaves(stacked_vars), jax.tree.leaves(alone_vars)
+    assert len(leaves_s) == len(leaves_a) > 0
+    for s, a in zip(leaves_s, leaves_a):
+        assert s.shape == (2, *a.shape)
+        np.testing.assert_allclose(s[0], a, rtol=1e-4, atol=1e-5)
+    # member 1 (seed 1) is its own surrogate, not a copy of member 0
+    assert not np.allclose(leaves_s[0][0], leaves_s[0][1])
+    for m in ("probe_full", "knn", "cosine_fidelity"):
+        assert cells[0][m] == pytest.approx(alone[m], abs=0.5 if m != "cosine_fidelity" else 1e-3)
+    assert cells[0]["cosine_fidelity"] != cells[1]["cosine_fidelity"]
+
+
+def test_stacked_group_resumes_and_finished_cells_are_skipped(stacked_scan, tiny_victim,
+                                                              monkeypatch):
+    wd, res = stacked_scan
+    before = {c["seed"]: c["cosine_fidelity"] for c in res["cells"]}
+    calls = []
+    real_stacked = budget_scan.train_surrogates_stacked
+
+    def counting_stacked(members, workdir, **kw):
+        out = real_stacked(members, workdir, **kw)
+        calls.append([s["resumed_from"] for _, _, s in out])
+        return out
+
+    def no_alone(*a, **k):
+        raise AssertionError("a cell of the stacked group was retrained alone")
+
+    monkeypatch.setattr(budget_scan, "train_surrogates_stacked", counting_stacked)
+    monkeypatch.setattr(budget_scan, "train_surrogate", no_alone)
+    # finished cells: nothing is trained
+    again = budget_scan.run(stacked_config(tiny_victim, overwrite=True), wd)
+    assert calls == [] and again["stack"]["groups_trained_this_run"] == []
+    # both rows lost (e.g. killed before evaluation): the group resumes from its
+    # checkpoint at the final step instead of retraining
+    for name in STACK_CELLS:
+        os.remove(os.path.join(wd, "cells", name + ".json"))
+    again = budget_scan.run(stacked_config(tiny_victim, overwrite=True), wd)
+    assert calls == [[3, 3]]
+    after = {c["seed"]: c["cosine_fidelity"] for c in again["cells"]}
+    assert after == pytest.approx(before, abs=1e-6)
+
+
+def test_memory_guard_falls_back_to_sequential(stacked_scan, tiny_victim, monkeypatch):
+    wd, _ = stacked_scan
+    for name in STACK_CELLS:
+        os.remove(os.path.join(wd, "cells", name + ".json"))
+    alone = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_alone(images, answers, cfg, workdir, **kw):
+        alone.append((len(images), cfg.seed))
+        raise Stop
+
+    def no_stacked(*a, **k):
+        raise AssertionError("stacked although the members do not fit in memory")
+
+    monkeypatch.setattr(budget_scan, "available_memory_bytes", lambda: 1)
+    monkeypatch.setattr(budget_scan, "train_surrogate", fake_alone)
+    monkeypatch.setattr(budget_scan, "train_surrogates_stacked", no_stacked)
+    with pytest.raises(Stop):
+        budget_scan.run(stacked_config(tiny_victim, overwrite=True), wd)
+    assert alone == [(256, 0)]
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("stack", 0, r"stack=0; allowed: an integer >= 1"),
+    ("stack", "four", r"stack='four'; allowed: an integer >= 1"),
+    ("stack", True, r"stack=True; allowed"),
+    ("stack_memory_fraction", 1.5, r"stack_memory_fraction=1.5; allowed: a number in \(0, 1\]"),
+    ("stack_mode", "pmap", r"stack_mode='pmap'; allowed: \['auto', 'vmap', 'unroll'\]")])
+def test_bad_stack_options_raise_before_any_work(tiny_victim, tmp_path, field, value, match):
+    cfg = scan_config(tiny_victim)
+    del cfg[field]  # then any type can be set, as in a hand-written config
+    cfg[field] = value
+    with pytest.raises(ValueError, match=match):
+        budget_scan.run(cfg, str(tmp_path / "w"))
+    assert not os.path.exists(tmp_path / "w")
+    # the config-file argument keeps a non-integer as given, so the scan names it
+    assert _config_module("budget_scan").get_config("stack=x").stack == "x"
+    assert _config_module("budget_scan").get_config("stack=3").stack == 3
+
+
+def test_fit_stack_size_and_stackable_checks(scan):
+    from sslsteal_jax.attacks import stacked
+    assert stacked.fit_stack_size(8, 100, 1000, 0.5) == 5
+    assert stacked.fit_stack_size(4, 100, 10 ** 6, 0.5) == 4
+    assert stacked.fit_stack_size(8, 10 ** 9, 1000, 0.5) == 1  # sequential
+    assert stacked.fit_stack_size(8, 100, None, 0.5) == 8  # unknown memory
+    with pytest.raises(ValueError, match="fraction=0"):
+        stacked.fit_stack_size(8, 100, 1000, 0)
+    with pytest.raises(ValueError, match="at least one member"):
+        stacked.train_surrogates_stacked([], None)
+    import ml_collections
+    from sslsteal_jax.attacks.direct import prepare_surrogate
+    # the scan's own cell config and cached answers (the eager model init is then warm)
+    wd, res = scan
+    with np.load(os.path.join(wd, "answers_fashion_mnist.npz")) as z:
+        x, a = z["images"][:512], z["answers"][:512]
+    base = next(c for c in res["cells"] if c["budget"] == 256)["surrogate_config"]
+
+    def cfg(**kw):
+        return ml_collections.ConfigDict(dict(base, **kw))
+
+    members = [(x[:256], a[:256], cfg(steps=3)), (x, a, cfg(seed=1, steps=3)),
+               (x[:256], a[:256], cfg(learning_rate=1e-2))]
+    setups = [prepare_surrogate(*m) for m in members]
+    # seed and budget may differ
+    stacked.check_stackable(setups[:2], [members[0][2], members[1][2]])
+    with pytest.raises(ValueError, match=r"member 1 differs .* \['learning_rate', 'steps'\]"):
+        stacked.check_stackable([setups[0], setups[2]], [members[0][2], members[2][2]])
+    # 3 epochs (no fixed step count) over budgets 256 and 512: 3 vs 6 steps of batch 256
+    longer = prepare_surrogate(x, a, cfg(seed=1))
+    with pytest.raises(ValueError, match="member 1 trains 6 steps of batch 256, member 0 3 steps"):
+        stacked.check_stackable([setups[2], longer], [cfg(), cfg(seed=1)])
+    assert stacked.estimate_member_bytes(setups[0]) > 4 * stacked._tree_bytes(setups[0].state.params)

@@ -20,6 +20,7 @@ the victim's parameters.
 from __future__ import annotations
 
 import os
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -85,6 +86,21 @@ def effective_batch_size(batch_size: int, n: int) -> int:
     if b < devices:
         raise ValueError(f"{n} answers cannot fill a batch over {devices} devices")
     return b
+
+
+def surrogate_schedule(cfg, n: int) -> tuple[int, int]:
+    """``(batch_size, total_steps)`` of a surrogate trained on ``n`` answers.
+
+    Batch size: :func:`effective_batch_size` of the loss's resolved batch
+    size. Steps: ``cfg.steps`` when set (an exact number of optimizer steps,
+    e.g. equal training examples for every budget of a scan), else
+    ``cfg.epochs`` full epochs of ``n // batch_size`` steps.
+
+    Raises:
+      ValueError: unknown loss, or fewer answers than devices.
+    """
+    bsz = effective_batch_size(resolve_hparams(cfg)["batch_size"], n)
+    return bsz, int(cfg.get("steps") or 0) or int(cfg.epochs) * (int(n) // bsz)
 
 
 def _batch_loss(loss, o, t, temperature, labels, pair=None):
@@ -169,6 +185,102 @@ def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None, *,
     return step
 
 
+class SurrogateSetup(NamedTuple):
+    """Everything :func:`train_surrogate` hands to ``training.loop.run_training``.
+
+    Fields: ``model`` (SurrogateModel), ``state`` (fresh TrainState: step 0,
+    parameters initialised with the first key of
+    ``jax.random.split(jax.random.key(cfg.seed))``), ``step_fn``
+    (:func:`make_steal_step`, not jitted), ``arrays`` (host arrays with
+    leading dimension N: uint8 images, float32 targets, [int32 labels],
+    [pair images, pair targets]), ``batch_size`` (int), ``total_steps``
+    (int), ``step_key`` (PRNG key; step s uses ``fold_in(step_key, s)``),
+    ``seed`` (int, data order), ``meta`` (checkpoint JSON), ``hparams``
+    (resolved batch size / learning rate / temperature), ``surrogate_views``
+    (int), ``desc`` (progress label).
+    """
+    model: SurrogateModel
+    state: TrainState
+    step_fn: Callable
+    arrays: list
+    batch_size: int
+    total_steps: int
+    step_key: jax.Array
+    seed: int
+    meta: dict
+    hparams: dict
+    surrogate_views: int
+    desc: str
+
+
+def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
+                      labels: np.ndarray | None = None, pair: tuple | None = None,
+                      target_head=None) -> SurrogateSetup:
+    """Build a surrogate's model, fresh train state, step and data without training.
+
+    Arguments as in :func:`train_surrogate`. Returns a :class:`SurrogateSetup`.
+    The init key and step key are ``jax.random.split(jax.random.key(cfg.seed))``;
+    the optimizer schedule spans ``total_steps`` with ``min(total // 20, 200)``
+    warm-up steps.
+
+    Raises:
+      ValueError: as :func:`train_surrogate`.
+    """
+    if len(images) != len(answers):
+        raise ValueError(f"{len(images)} images but {len(answers)} answers")
+    if answers.ndim != 2 or not np.isfinite(answers).all():
+        raise ValueError(f"answers must be finite float (N, D), got shape {answers.shape}")
+    hp = resolve_hparams(cfg)
+    if cfg.loss == "supcon" and labels is None:
+        raise ValueError("loss 'supcon' needs labels for the queried images (labels=...)")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    paired = cfg.loss == "symmetrized" and pair is not None
+    if paired and (len(pair[0]) != len(images) or np.shape(pair[1]) != answers.shape):
+        raise ValueError(f"pair arrays must match images {images.shape} and answers "
+                         f"{answers.shape}, got {np.shape(pair[0])} and {np.shape(pair[1])}")
+    n = len(images)
+    bsz, total = surrogate_schedule(cfg, n)
+    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem,
+                        cfg.model.get("dtype", "float32"))
+    out_dim = answers.shape[1]
+    adapter = None if enc.representation_dim == out_dim and cfg.loss != "xent" else out_dim
+    predictor = None
+    if cfg.loss == "symmetrized":
+        predictor = int(cfg.get("predictor_hidden") or max(out_dim // 4, 1))
+    model = SurrogateModel(enc, adapter, predictor)
+    key = jax.random.key(int(cfg.seed))
+    init_key, step_key = jax.random.split(key)
+    variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
+    tx = make_optimizer(cfg.optimizer, hp["learning_rate"], cfg.weight_decay, total,
+                        min(total // 20, 200))
+    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables["batch_stats"])
+    aug = augment_config(cfg.augment) if cfg.get("augment") else None
+    view_aug = augment_config(cfg.view_augment) if cfg.get("view_augment") else None
+    k_views = int(cfg.get("surrogate_views") or 0)
+    step_fn = make_steal_step(model, cfg.loss, hp["temperature"], aug,
+                              surrogate_views=k_views,
+                              view_weight=float(cfg.get("view_weight", 1.0)), view_aug=view_aug,
+                              target_head=target_head, with_labels=labels is not None,
+                              paired=paired)
+    targets = answers.astype(np.float32)
+    pair_targets = np.asarray(pair[1], np.float32) if paired else None
+    if target_head is not None:  # targets are constants: map them through the frozen head once
+        head = jax.jit(target_head)
+        targets = extract_features(head, targets)
+        pair_targets = extract_features(head, pair_targets) if paired else None
+    arrays = [images, targets]
+    if labels is not None:
+        arrays.append(np.asarray(labels, np.int32))
+    if paired:
+        arrays += [pair[0], pair_targets]
+    meta = {"kind": "surrogate", "config": cfg.to_dict(), "adapter_dim": adapter,
+            "predictor_hidden": predictor, "image_shape": list(images.shape[1:]), "queries": n}
+    return SurrogateSetup(model, state, step_fn, arrays, bsz, total, step_key, int(cfg.seed), meta,
+                          hp, k_views, f"steal[{cfg.loss}, {n} queries]")
+
+
 def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str | None,
                     progress: bool = True, *, labels: np.ndarray | None = None,
                     pair: tuple | None = None, target_head=None):
@@ -209,68 +321,19 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
     Raises:
       ValueError: unknown loss, mismatched ``images``/``answers``/``labels``/
         ``pair``, missing labels for "supcon", bad sizes.
+
+    The setup (model, initial state, step, data, keys) is
+    :func:`prepare_surrogate`; ``attacks.stacked.train_surrogates_stacked``
+    trains K such setups in one compiled program with identical per-member
+    results.
     """
-    if len(images) != len(answers):
-        raise ValueError(f"{len(images)} images but {len(answers)} answers")
-    if answers.ndim != 2 or not np.isfinite(answers).all():
-        raise ValueError(f"answers must be finite float (N, D), got shape {answers.shape}")
-    hp = resolve_hparams(cfg)
-    if cfg.loss == "supcon" and labels is None:
-        raise ValueError("loss 'supcon' needs labels for the queried images (labels=...)")
-    if labels is not None and len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    paired = cfg.loss == "symmetrized" and pair is not None
-    if paired and (len(pair[0]) != len(images) or np.shape(pair[1]) != answers.shape):
-        raise ValueError(f"pair arrays must match images {images.shape} and answers "
-                         f"{answers.shape}, got {np.shape(pair[0])} and {np.shape(pair[1])}")
-    n = len(images)
-    bsz = effective_batch_size(hp["batch_size"], n)
-    steps_per_epoch = n // bsz
-    # ``steps`` (optional) fixes the number of optimizer steps exactly, e.g. equal
-    # training examples for every budget of a scan; otherwise ``epochs`` full epochs.
-    total = int(cfg.get("steps") or 0) or int(cfg.epochs) * steps_per_epoch
-    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem,
-                        cfg.model.get("dtype", "float32"))
-    out_dim = answers.shape[1]
-    adapter = None if enc.representation_dim == out_dim and cfg.loss != "xent" else out_dim
-    predictor = None
-    if cfg.loss == "symmetrized":
-        predictor = int(cfg.get("predictor_hidden") or max(out_dim // 4, 1))
-    model = SurrogateModel(enc, adapter, predictor)
-    key = jax.random.key(int(cfg.seed))
-    init_key, step_key = jax.random.split(key)
-    variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
-    tx = make_optimizer(cfg.optimizer, hp["learning_rate"], cfg.weight_decay, total,
-                        min(total // 20, 200))
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables["batch_stats"])
-    aug = augment_config(cfg.augment) if cfg.get("augment") else None
-    view_aug = augment_config(cfg.view_augment) if cfg.get("view_augment") else None
-    k_views = int(cfg.get("surrogate_views") or 0)
-    step_fn = make_steal_step(model, cfg.loss, hp["temperature"], aug,
-                              surrogate_views=k_views,
-                              view_weight=float(cfg.get("view_weight", 1.0)), view_aug=view_aug,
-                              target_head=target_head, with_labels=labels is not None,
-                              paired=paired)
-    targets = answers.astype(np.float32)
-    pair_targets = np.asarray(pair[1], np.float32) if paired else None
-    if target_head is not None:  # targets are constants: map them through the frozen head once
-        head = jax.jit(target_head)
-        targets = extract_features(head, targets)
-        pair_targets = extract_features(head, pair_targets) if paired else None
-    arrays = [images, targets]
-    if labels is not None:
-        arrays.append(np.asarray(labels, np.int32))
-    if paired:
-        arrays += [pair[0], pair_targets]
-    meta = {"kind": "surrogate", "config": cfg.to_dict(), "adapter_dim": adapter,
-            "predictor_hidden": predictor, "image_shape": list(images.shape[1:]), "queries": n}
+    su = prepare_surrogate(images, answers, cfg, labels=labels, pair=pair,
+                           target_head=target_head)
     ckpt_dir = os.path.join(workdir, "checkpoints") if workdir else None
     log_path = os.path.join(workdir, "train_log.jsonl") if workdir else None
-    state, summary = run_training(state, step_fn, arrays, bsz, total,
-                                  step_key, int(cfg.seed), ckpt_dir, meta,
-                                  f"steal[{cfg.loss}, {n} queries]", log_path=log_path,
-                                  progress=progress)
-    summary = dict(summary, final_loss=summary["final_metrics"].get("loss"), hparams=hp,
-                   examples=n, surrogate_views=k_views)
-    return model, {"params": state.params, "batch_stats": state.batch_stats}, summary
+    state, summary = run_training(su.state, su.step_fn, su.arrays, su.batch_size, su.total_steps,
+                                  su.step_key, su.seed, ckpt_dir, su.meta, su.desc,
+                                  log_path=log_path, progress=progress)
+    summary = dict(summary, final_loss=summary["final_metrics"].get("loss"), hparams=su.hparams,
+                   examples=len(images), surrogate_views=su.surrogate_views)
+    return su.model, {"params": state.params, "batch_stats": state.batch_stats}, summary

@@ -20,6 +20,23 @@ of queries"; SPEC claims 1-4):
   ``<workdir>/cells/<cell>/``), and a later scan with more losses, budgets or
   seeds in the same workdir (``--config.overwrite=True``) reuses the cells it
   shares — a cell trained with other settings raises instead of being reused;
+* cells that share a compiled step (same source and loss, the same
+  surrogate config except the seed, equal batch size and step count: under
+  ``"examples"`` all budgets >= the batch size and all seeds of a loss, under
+  ``"epochs"`` the seeds of one budget) train as members of ONE compiled
+  program (``attacks.stacked.train_surrogates_stacked``), up to ``stack``
+  members at a time and fewer when the memory guard (estimated bytes per
+  member x K > ``stack_memory_fraction`` x available memory) says they do not
+  fit; ``stack=1`` (or a group of one) trains cells one after another with
+  ``train_surrogate`` as before. Each member is freshly initialised from its
+  own seed and trained on its own budget prefix with its own data order,
+  exactly as alone (equal to float tolerance). A stacked group checkpoints
+  its stacked state under ``<workdir>/cells/stack_<hash of its cell
+  names>/``; an interrupted group resumes from there when the same cells are
+  pending again with the same ``stack`` (another grouping trains them from
+  scratch); finished cells are never retrained. Rows of stacked cells carry
+  ``stacked`` = K and ``train_seconds`` = the group's training wall time / K
+  (``group_train_seconds`` holds the whole);
 * ``results.json``, ``results.csv`` and one PNG per query source (probe
   accuracy and cosine fidelity vs queries, one line per loss, victim and
   independent encoder as reference lines) are written at the end.
@@ -27,6 +44,7 @@ of queries"; SPEC claims 1-4):
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -36,15 +54,19 @@ import jax
 import numpy as np
 
 from sslsteal_jax.api import VictimAPI
-from sslsteal_jax.attacks.direct import effective_batch_size, resolve_hparams, train_surrogate
+from sslsteal_jax.attacks.direct import (effective_batch_size, prepare_surrogate,
+                                         resolve_hparams, surrogate_schedule, train_surrogate)
 from sslsteal_jax.attacks.query import collect_answers
+from sslsteal_jax.attacks.stacked import (available_memory_bytes, estimate_member_bytes,
+                                          fit_stack_size, train_surrogates_stacked)
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.experiments import common
 from sslsteal_jax.experiments.steal import _arch_name, get_victim, parse_losses
 from sslsteal_jax.models import SurrogateModel, build_encoder
 from sslsteal_jax.training.checkpoint import write_json_atomic
+from sslsteal_jax.training.vmap import MODES
 
-CSV_FIELDS = ("source", "loss", "budget", "seed", "steps", "epochs", "train_seconds",
+CSV_FIELDS = ("source", "loss", "budget", "seed", "steps", "epochs", "stacked", "train_seconds",
               "probe_full", "probe_100", "knn", "cosine_fidelity", "l2_fidelity")
 
 
@@ -62,6 +84,32 @@ def parse_int_list(spec, name: str, minimum: int = 0) -> list[int]:
     if not vals or vals[0] < minimum:
         raise ValueError(f"{name}={spec!r} must hold integers >= {minimum}")
     return vals
+
+
+def stack_options(cfg) -> tuple[int, float, str]:
+    """``(stack, stack_memory_fraction, stack_mode)`` of a scan config, validated.
+
+    ``stack``: most cells per compiled program (int >= 1; 1 = sequential;
+    missing = 1). ``stack_memory_fraction``: share of the available memory
+    the stacked members may fill (float in (0, 1]; missing = 0.5).
+    ``stack_mode``: "auto" | "vmap" | "unroll" (``training.vmap``; missing = "auto").
+
+    Raises:
+      ValueError: a value of the wrong type or range (names it and what is allowed).
+    """
+    stack = cfg.get("stack", 1)
+    if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
+        raise ValueError(f"stack={stack!r}; allowed: an integer >= 1 (the most scan cells "
+                         f"trained in one compiled program; 1 = one cell after another)")
+    frac = cfg.get("stack_memory_fraction", 0.5)
+    if (isinstance(frac, bool) or not isinstance(frac, (int, float, np.floating))
+            or not 0 < frac <= 1):
+        raise ValueError(f"stack_memory_fraction={frac!r}; allowed: a number in (0, 1] (share "
+                         f"of the available memory stacked surrogates may use)")
+    mode = cfg.get("stack_mode", "auto")
+    if mode not in MODES:
+        raise ValueError(f"stack_mode={mode!r}; allowed: {list(MODES)}")
+    return int(stack), float(frac), mode
 
 
 def parse_sources(spec: str, dataset: str) -> list[str]:
@@ -106,12 +154,15 @@ def run(cfg, workdir: str) -> dict:
     ``protocol`` ("examples" | "epochs"), ``examples_per_cell`` (training
     examples each surrogate sees under "examples"), ``steal``
     (surrogate config as in the main job), ``loss_overrides``, ``victim``,
-    ``eval``, ``probe_train_size``.
+    ``eval``, ``probe_train_size``, ``stack``, ``stack_memory_fraction``,
+    ``stack_mode`` (:func:`stack_options`).
     Raises:
-      ValueError: bad budgets/seeds/losses, or a budget above a source's pool
-        size (names the source and its size).
+      ValueError: bad budgets/seeds/losses/stack options, a budget above a
+        source's pool size (names the source and its size), or a finished
+        cell in ``workdir`` trained with another surrogate config.
     """
     t0 = time.time()
+    stack, stack_fraction, stack_mode = stack_options(cfg)
     budgets = parse_int_list(cfg.budgets, "budgets", 1)
     seeds = parse_int_list(cfg.seeds, "seeds", 0)
     loss_names = parse_losses(cfg.losses)
@@ -165,20 +216,34 @@ def run(cfg, workdir: str) -> dict:
         write_json_atomic(ref_path, reference)
 
     charged = {}
-    rows = []
+    rows, pending, cache = {}, [], {}
     for source in sources:
         data = datas[source]
-        images, answers, n_charged = _answers(api, source, data.query_pool, budgets[-1], workdir)
-        charged[source] = n_charged
+        images, answers, charged[source] = _answers(api, source, data.query_pool, budgets[-1],
+                                                    workdir)
+        cache[source] = (images, answers)
         for loss in loss_names:
             for budget in budgets:
                 for seed in seeds:
-                    rows.append(_cell(cfg, workdir, source, loss, budget, seed, images, answers,
-                                      model, data0, owner, key, ev, examples))
+                    cell = _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples)
+                    if cell["row"] is not None:
+                        rows[cell["name"]] = cell["row"]
+                    else:
+                        pending.append(cell)
+    order = [cell_name(s, l, b, sd) for s in sources for l in loss_names for b in budgets
+             for sd in seeds]
+    groups = []
+    for group in _group_cells(pending, cache, stack, stack_fraction):
+        groups.append({"cells": [c["name"] for c in group["cells"]], **group["memory"]})
+        rows.update(_train_group(group["cells"], cache, workdir, data0, owner, key, ev,
+                                 stack_mode))
+    rows = [rows[n] for n in order]
     t_end = time.time()
     results = {"experiment": "budget_scan", "budgets": budgets, "losses": loss_names,
                "sources": sources, "seeds": seeds, "protocol": protocol,
                "examples_per_cell": examples,
+               "stack": {"max_members": stack, "memory_fraction": stack_fraction,
+                         "mode": stack_mode, "groups_trained_this_run": groups},
                "reference": reference, "cells": rows,
                "queries_charged_this_run": charged, "victim_checkpoint": victim_source,
                "query_pools": {s: d.names["query_pool"] for s, d in datas.items()},
@@ -194,8 +259,13 @@ def run(cfg, workdir: str) -> dict:
     return results
 
 
-def _cell(cfg, workdir, source, loss, budget, seed, images, answers, model, data, owner, key, ev,
-          examples):
+def _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples) -> dict:
+    """One cell: its name, json path, surrogate config, batch size and step count,
+    and its finished row (None if it still has to be trained).
+
+    Raises:
+      ValueError: a finished row in ``workdir`` was trained with another config.
+    """
     name = cell_name(source, loss, budget, seed)
     path = os.path.join(workdir, "cells", name + ".json")
     scfg = cfg.steal.copy_and_resolve_references()
@@ -208,6 +278,7 @@ def _cell(cfg, workdir, source, loss, budget, seed, images, answers, model, data
         scfg.update(dict(cfg.loss_overrides[loss]))
     if examples is not None:
         scfg.steps = cell_steps(budget, int(resolve_hparams(scfg)["batch_size"]), examples)
+    row = None
     if os.path.exists(path):
         with open(path) as f:
             row = json.load(f)
@@ -216,19 +287,75 @@ def _cell(cfg, workdir, source, loss, budget, seed, images, answers, model, data
                 f"cell {name} in {workdir!r} was trained with another surrogate config "
                 f"({row.get('surrogate_config')}) than this scan asks for ({scfg.to_dict()}); "
                 f"use a fresh --workdir for a scan with other settings")
-        return row
+    bsz, steps = surrogate_schedule(scfg, budget)
+    return {"name": name, "path": path, "source": source, "loss": loss, "budget": int(budget),
+            "seed": int(seed), "cfg": scfg, "batch_size": bsz, "steps": steps, "row": row}
+
+
+def _group_cells(pending: list[dict], cache: dict, stack: int, fraction: float) -> list[dict]:
+    """Split pending cells into groups that train in one compiled program.
+
+    Cells group when source, surrogate config except ``seed``, batch size and
+    step count agree; each group is cut into chunks of at most K members,
+    K = ``fit_stack_size(stack, estimated bytes per member, available memory,
+    fraction)``. Returns ``[{"cells": [...], "memory": {...}}]`` in the order
+    of the first cell of each chunk.
+    """
+    by_key = {}
+    for c in pending:
+        shared = {k: v for k, v in c["cfg"].to_dict().items() if k != "seed"}
+        key = json.dumps([c["source"], shared, c["batch_size"], c["steps"]], sort_keys=True,
+                         default=str)
+        by_key.setdefault(key, []).append(c)
+    out = []
+    for cells in by_key.values():
+        k, memory = 1, {"members": 1}
+        if stack > 1 and len(cells) > 1:
+            images, answers = cache[cells[0]["source"]]
+            b = cells[0]["budget"]
+            per = estimate_member_bytes(prepare_surrogate(images[:b], answers[:b], cells[0]["cfg"]))
+            avail = available_memory_bytes()
+            k = fit_stack_size(min(stack, len(cells)), per, avail, fraction)
+            memory = {"members": k, "member_bytes": per, "available_bytes": avail}
+            if k < min(stack, len(cells)):
+                print(f"budget scan: {min(stack, len(cells))} stacked surrogates of ~"
+                      f"{per / 2 ** 20:.0f} MiB would exceed {fraction:g} of the "
+                      f"{(avail or 0) / 2 ** 20:.0f} MiB available; stacking {k} at a time")
+        out += [{"cells": cells[i:i + k], "memory": memory} for i in range(0, len(cells), k)]
+    return out
+
+
+def _train_group(cells, cache, workdir, data, owner, key, ev, mode) -> dict:
+    """Train one group (alone when it has one cell), evaluate each cell and write
+    its row atomically; returns ``{cell name: row}``."""
     t = time.time()
-    smod, svars, summ = train_surrogate(images[:budget], answers[:budget], scfg,
-                                        os.path.join(workdir, "cells", name))
+    if len(cells) == 1:
+        c = cells[0]
+        images, answers = cache[c["source"]]
+        trained = [train_surrogate(images[:c["budget"]], answers[:c["budget"]], c["cfg"],
+                                   os.path.join(workdir, "cells", c["name"]))]
+    else:
+        names = "|".join(c["name"] for c in cells)
+        gdir = os.path.join(workdir, "cells",
+                            "stack_" + hashlib.sha1(names.encode()).hexdigest()[:12])
+        os.makedirs(gdir, exist_ok=True)
+        write_json_atomic(os.path.join(gdir, "members.json"), [c["name"] for c in cells])
+        trained = train_surrogates_stacked(
+            [(cache[c["source"]][0][:c["budget"]], cache[c["source"]][1][:c["budget"]], c["cfg"])
+             for c in cells], gdir, mode=mode)
     train_s = time.time() - t
-    row = common.encoder_row(f"{loss} @ {budget}", smod, svars, data, key, owner, 0, 1, ev)
-    row.update(source=source, loss=loss, budget=int(budget), seed=int(seed),
-               steps=int(summ["steps"]),
-               epochs=int(summ["steps"]) * effective_batch_size(
-                   resolve_hparams(scfg)["batch_size"], budget) / int(budget),
-               train_seconds=train_s, surrogate_config=scfg.to_dict())
-    write_json_atomic(path, row)
-    return row
+    rows = {}
+    for c, (smod, svars, summ) in zip(cells, trained):
+        row = common.encoder_row(f"{c['loss']} @ {c['budget']}", smod, svars, data, key, owner,
+                                 0, 1, ev)
+        row.update(source=c["source"], loss=c["loss"], budget=c["budget"], seed=c["seed"],
+                   steps=int(summ["steps"]),
+                   epochs=int(summ["steps"]) * c["batch_size"] / c["budget"],
+                   stacked=len(cells), train_seconds=train_s / len(cells),
+                   group_train_seconds=train_s, surrogate_config=c["cfg"].to_dict())
+        write_json_atomic(c["path"], row)
+        rows[c["name"]] = row
+    return rows
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:

@@ -57,11 +57,11 @@ def restore_state(state: TrainState, ckpt_dir: str) -> tuple[TrainState, bool]:
                          opt_state=items["opt"]["opt_state"], step=items["opt"]["step"]), True
 
 
-def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarray],
-                 batch_size: int, total_steps: int, key: jax.Array, seed: int,
+def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
+                 batch_size: int, total_steps: int, key: jax.Array, seed,
                  ckpt_dir: str | None, meta: dict, desc: str,
                  checkpoint_every: int = 500, log_every: int = 50,
-                 log_path: str | None = None, progress: bool = True):
+                 log_path: str | None = None, progress: bool = True, members: int = 0):
     """Run ``step_fn`` for ``total_steps`` steps over shuffled batches of ``arrays``.
 
     Args:
@@ -81,16 +81,38 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
       meta: JSON metadata stored with each checkpoint.
       desc: progress-bar label.
       log_path: JSONL file receiving ``{"step", "epoch", <metrics>}`` every ``log_every`` steps.
+      members: 0 (one model, as above) or K >= 1 stacked models trained by
+        one compiled step (``training.vmap.make_vmapped_steal_step``): then
+        ``state`` has a leading axis K on every leaf, ``arrays`` is a
+        sequence of K per-member sequences of host arrays (member k's own
+        N_k examples; the j-th arrays of all members agree in trailing
+        shape and dtype), ``seed`` a sequence of K ints, ``key`` a key array
+        ``(K,)``. Member k's batch at step s is exactly the batch a
+        single-model run with ``(arrays[k], seed[k], key[k])`` would use
+        (indices ``epoch_batches(N_k, batch_size, seed[k], s)``, key
+        ``fold_in(key[k], s)``), stacked to ``(K, batch_size, ...)`` with the
+        batch axis split over "data". Metrics are per member (lists of K
+        floats in the log and ``final_metrics``); epochs in the log count
+        over the smallest member. Checkpoints hold the stacked state.
     Returns:
       ``(state, summary)`` with summary keys ``steps``, ``wall_seconds``,
-      ``examples_per_second``, ``final_metrics``, ``resumed_from``.
+      ``examples_per_second`` (all members together), ``final_metrics``,
+      ``resumed_from``.
     Raises:
-      ValueError: inconsistent array lengths or batch size.
+      ValueError: inconsistent array lengths, batch size, or member counts.
       KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint.
     """
-    n = len(arrays[0])
-    if any(len(a) != n for a in arrays):
-        raise ValueError(f"arrays have different lengths: {[len(a) for a in arrays]}")
+    k = int(members)
+    groups = [arrays] if not k else list(arrays)
+    seeds = [seed] if not k else [int(x) for x in seed]
+    if k and not (len(groups) == len(seeds) == k == int(np.shape(key)[0])):
+        raise ValueError(f"members={k} needs {k} array groups, seeds and keys, got "
+                         f"{len(groups)}, {len(seeds)} and key shape {np.shape(key)}")
+    sizes = [len(g[0]) for g in groups]
+    for g in groups:
+        if any(len(a) != len(g[0]) for a in g):
+            raise ValueError(f"arrays have different lengths: {[len(a) for a in g]}")
+    n = min(sizes)
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch_size={batch_size} must be in [1, number of examples={n}]")
     mesh = mesh_lib.data_mesh()
@@ -103,13 +125,23 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
     if ckpt_dir:
         state, resumed = restore_state(state, ckpt_dir)
         if resumed:
-            resumed_from = int(state.step)
+            resumed_from = _step_of(state)
             print(f"{desc}: resumed from checkpoint at step {resumed_from} of {total_steps}")
     state = mesh_lib.replicate(state, mesh)
     key = mesh_lib.replicate(key, mesh)
-    jstep = mesh_lib.compile_step(step_fn, mesh, len(arrays))
-    fold_in = mesh_lib.compile_fold_in(mesh)
+    jstep = mesh_lib.compile_step(step_fn, mesh, len(groups[0]), leading_axes=int(k > 0))
+    fold_in = mesh_lib.compile_fold_in(mesh, batched=k > 0)
     steps_per_epoch = n // batch_size
+
+    def host_batch(step):
+        parts = [[a[epoch_batches(len(g[0]), batch_size, sd, step)] for a in g]
+                 for g, sd in zip(groups, seeds)]
+        return parts[0] if not k else [np.stack(xs) for xs in zip(*parts)]
+
+    def host_metrics(ms):
+        out = {name: np.mean([np.asarray(m[name], np.float64) for m in ms], axis=0)
+               for name in ms[0]}
+        return {name: v.tolist() if k else float(v) for name, v in out.items()}
 
     def save(step):
         if mngr is not None:
@@ -120,24 +152,23 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
 
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     t0, acc, final = time.time(), [], {}
-    step = int(state.step)
+    step = _step_of(state)
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress or jax.process_index() != 0, unit="step",
                mininterval=2.0, leave=False)
     try:
         while step < total_steps:
-            idx = epoch_batches(n, batch_size, seed, step)
-            batch = mesh_lib.shard_batch([a[idx] for a in arrays], mesh)
+            batch = mesh_lib.shard_batch(host_batch(step), mesh, leading_axes=int(k > 0))
             state, m = jstep(state, *batch, fold_in(key, step))
             step += 1
             acc.append(m)
             if step % log_every == 0 or step == total_steps:
-                final = {k: float(np.mean([float(x[k]) for x in acc])) for k in acc[0]}
+                final = host_metrics(acc)
                 acc = []
                 if log_path and jax.process_index() == 0:  # one log line per step on a pod
                     with open(log_path, "a") as f:
                         f.write(json.dumps({"step": step, "epoch": step / steps_per_epoch,
                                             **final}) + "\n")
-                bar.set_postfix({k: f"{v:.4f}" for k, v in final.items()})
+                bar.set_postfix({name: f"{np.mean(v):.4f}" for name, v in final.items()})
             bar.update(1)
             if mngr is not None and step % checkpoint_every == 0 and step < total_steps:
                 save(step)
@@ -145,8 +176,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
             save(total_steps)
     except (KeyboardInterrupt, _Preempted):
         bar.close()
-        save(int(state.step))
-        print(f"{desc}: interrupted, checkpoint saved at step {int(state.step)}; rerun to resume")
+        save(_step_of(state))
+        print(f"{desc}: interrupted, checkpoint saved at step {_step_of(state)}; rerun to resume")
         raise KeyboardInterrupt
     finally:
         if old is not None:
@@ -154,8 +185,14 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence[np.ndarr
         bar.close()
     wall = time.time() - t0
     return state, {"steps": total_steps, "wall_seconds": wall, "resumed_from": resumed_from,
-                   "examples_per_second": batch_size * (total_steps - resumed_from) / max(wall, 1e-9),
+                   "examples_per_second": batch_size * max(k, 1) * (total_steps - resumed_from)
+                   / max(wall, 1e-9),
                    "final_metrics": final}
+
+
+def _step_of(state) -> int:
+    """Optimizer steps taken (the first member's of a stacked state: all members step together)."""
+    return int(np.asarray(state.step).reshape(-1)[0])
 
 
 def _main_thread() -> bool:

@@ -162,9 +162,15 @@ def compile_apply(apply_fn: Callable, mesh: Mesh):
     return jax.jit(apply_fn, in_shardings=(repl, batch_sharding(mesh)), out_shardings=repl)
 
 
-def compile_fold_in(mesh: Mesh):
-    """Jitted ``(key, step int) -> fold_in(key, step)`` whose output is replicated on the mesh."""
-    return jax.jit(jax.random.fold_in, out_shardings=replicated(mesh))
+def compile_fold_in(mesh: Mesh, batched: bool = False):
+    """Jitted ``(key, step int) -> fold_in(key, step)`` whose output is replicated on the mesh.
+
+    ``batched``: ``key`` is a key array ``(K,)`` (one per stacked member) and
+    each is folded with the same ``step``; the result ``(K,)`` equals K
+    separate ``fold_in(key[k], step)`` calls.
+    """
+    fn = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if batched else jax.random.fold_in
+    return jax.jit(fn, out_shardings=replicated(mesh))
 
 
 def initialize_distributed(env: dict | None = None) -> bool:

@@ -25,6 +25,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 MODES = ("auto", "vmap", "unroll")
@@ -74,8 +75,11 @@ def stack_trees(trees: Sequence):
     """Stack K pytrees of identical structure and shapes along a new leading axis.
 
     Works on TrainStates: static fields (``apply_fn``, ``tx``) are taken from
-    the first tree. Raises ValueError for an empty sequence or trees whose
-    leaves differ in number, shape or dtype.
+    the first tree. Stacks on the host (numpy arrays ``(K, ...)``; place them
+    with ``training.mesh.replicate``): eager ``jnp.stack`` would compile one
+    small program per distinct leaf shape, minutes on a busy CPU. Raises
+    ValueError for an empty sequence or trees whose leaves differ in number,
+    shape or dtype.
     """
     if not len(trees):
         raise ValueError("stack_trees needs at least one tree")
@@ -85,11 +89,14 @@ def stack_trees(trees: Sequence):
         raise ValueError("cannot stack trees whose leaves differ in number, shape or dtype "
                          "(members of a vmapped scan need equal architectures and output sizes)")
     return jax.tree.unflatten(jax.tree.structure(trees[0]),
-                              [jnp.stack(xs) for xs in zip(*leaves)])
+                              [np.stack([np.asarray(x) for x in xs]) for xs in zip(*leaves)])
 
 
 def unstack_tree(tree, k: int | None = None) -> list:
-    """Inverse of :func:`stack_trees`: the K member trees (``k`` defaults to the leading size)."""
-    leaves = jax.tree.leaves(tree)
+    """Inverse of :func:`stack_trees`: the K member trees (``k`` defaults to the
+    leading size), as host numpy arrays (one device-to-host copy of the tree,
+    then numpy slicing; no per-leaf device programs)."""
+    host = jax.device_get(tree)
+    leaves = jax.tree.leaves(host)
     k = int(leaves[0].shape[0]) if k is None else int(k)
-    return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(k)]
+    return [jax.tree.map(lambda x, i=i: x[i], host) for i in range(k)]
