@@ -30,7 +30,6 @@ victim's own 60,000 training images (budgets up to 60,000); ``mnist_subset``
 import os
 import sys
 
-import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402

@@ -2,7 +2,6 @@
 fresh surrogates per budget, accounting, resume, and InfoNCE improving with
 the budget (SPEC claim 3)."""
 import importlib.util
-import json
 import os
 
 import jax

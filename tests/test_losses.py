@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sslsteal_jax import losses
 from sslsteal_jax.losses import (STEALING_LOSSES, infonce_loss, mse_loss, nt_xent,
                                  soft_nearest_neighbor, softnn_loss, stealing_loss,
                                  wasserstein_loss)

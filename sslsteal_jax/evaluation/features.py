@@ -5,7 +5,6 @@ evaluation (SPEC section 4): encoders are always applied with ``train=False``.
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
