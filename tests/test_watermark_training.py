@@ -97,6 +97,7 @@ def test_verify_experiment_end_to_end(trained, tmp_path):
                      "independent (random init, seed 1002)"]
     assert res["watermark_trials"] == 64 and res["watermark_classes"] == 4
     assert res["watermark_null"]["groups"] == {n: "independent" for n in names[1:]}
+    assert res["splits"]["di_control"] == "fashion_mnist/train[64:128]"
     counts = {n: (d["watermark"]["correct"], d["watermark"]["total"])
               for n, d in res["details"].items()}
     for r in res["rows"]:
@@ -107,6 +108,8 @@ def test_verify_experiment_end_to_end(trained, tmp_path):
         det = res["details"][r["name"]]
         assert det["watermark"]["total"] == 64
         assert (det["dataset_inference"]["n_fit"], det["dataset_inference"]["n_private"]) == (32, 32)
+        assert 0.0 <= r["di_control_p_value"] <= 1.0
+        assert det["dataset_inference"]["control"]["n_fit"] == 32
         # leave-one-out "max" null: the strongest other independent encoder
         others = [counts[n] for n in names[1:] if n != r["name"]]
         best = max(others, key=lambda ct: ct[0])

@@ -16,7 +16,10 @@ and a randomly initialised one) and any extra suspect checkpoints, run
   the binomial p-value against chance are reported next to it;
 * dataset inference (Dziedzic et al., NeurIPS 2022): Gaussian-mixture
   log-likelihood of held-out private training images vs public images under
-  the suspect's representations, one-sided Welch t-test;
+  the suspect's representations, one-sided Welch t-test; plus a control
+  (``di.control``): the same test with non-member train images (the ones
+  right after the private set) in place of the private set, which must not
+  flag (a calibration check on every suspect);
 
 and write ``results.json`` / ``results.csv`` (p-values, watermark accuracy,
 decisions at ``alpha``) atomically into a fresh work directory.
@@ -24,12 +27,15 @@ decisions at ``alpha``) atomically into a fresh work directory.
 Splits (Fashion-MNIST by default): private data = the victim's train split;
 watermark images = the slices stored in the watermarked victim's checkpoint
 config (training: first ``train_images``; verification: last
-``verify_images``); DI fit / held-out private halves = disjoint random subsets
-of the train split, or of its first ``di.private_size`` images (permutation
-from the config seed); DI public images = the
-probe-test hold-out (last test images: nobody trains on them); attacker's query
-pool = the first test images; the independent SimCLR encoder trains on the
-query pool (public, same distribution, never the private data).
+``verify_images``); DI private set = the first ``di.private_size`` train
+images (``auto``: the victim checkpoint's ``victim_train_size``, i.e. exactly
+the images it trained on; all of them if unset); DI fit / held-out private
+halves = disjoint random subsets of it (permutation from the config seed); DI
+control = the train images right after it (never trained on); DI public
+images = the probe-test hold-out (last test images: nobody trains on them);
+attacker's query pool = the first test images; the independent SimCLR
+encoders train on the query pool (public, same distribution, never the
+private data).
 """
 from __future__ import annotations
 
@@ -55,7 +61,8 @@ from sslsteal_jax.verification import (dataset_inference, fit_linear_map, rotati
 from sslsteal_jax.verification.watermark import null_test, owner_logits_fn
 
 COLUMNS = ["kind", "budget", "wm_accuracy", "wm_p_chance", "wm_p_value", "watermarked",
-           "wm_p_ancestor", "di_ll_gap", "di_t_statistic", "di_p_value", "di_stolen"]
+           "wm_p_ancestor", "di_ll_gap", "di_t_statistic", "di_p_value", "di_stolen",
+           "di_control_p_value"]
 # Null groups of the watermark test: encoders not derived from the watermarked victim.
 NULL_INDEPENDENT, NULL_ANCESTOR = "independent", "ancestor"
 
@@ -359,6 +366,12 @@ def run(cfg, workdir: str) -> dict:
                   public=data.probe_test_x[:n_pub],
                   pool=f"{data.names['victim_train']}[:{len(pool)}]", n_fit=n_fit,
                   n_private=n_priv)
+        # Control: the same test with a "private" set the victim never trained on (the next
+        # train images after the private set); it must not flag anything (calibration).
+        lo, hi = len(pool), len(pool) + n_fit + n_priv
+        if cfg.di.get("control", True) and hi <= len(private):
+            di.update(control_fit=private[lo:lo + n_fit], control_private=private[lo + n_fit:hi],
+                      control_pool=f"{data.names['victim_train']}[{lo}:{hi}]")
     t_setup = time.time()
 
     # ---- suspects --------------------------------------------------------------------------
@@ -403,6 +416,11 @@ def run(cfg, workdir: str) -> dict:
                         cfg.di.covariance, float(cfg.di.alpha))
             row.update(di_ll_gap=r["ll_gap"], di_t_statistic=r["t_statistic"],
                        di_p_value=r["p_value"], di_stolen=r["stolen"])
+            if "control_fit" in di:
+                rc = di_test(s, di["control_fit"], di["control_private"], di["public"], k_gmm,
+                             int(cfg.di.components), cfg.di.covariance, float(cfg.di.alpha))
+                row.update(di_control_p_value=rc["p_value"])
+                r = dict(r, control=rc)
             d["dataset_inference"] = r
         rows.append(row)
         details[s.name] = d
@@ -414,7 +432,8 @@ def run(cfg, workdir: str) -> dict:
         "splits": dict(data.names, watermark_verify=wm and wm["verify_images"],
                        di_fit=f"{di['n_fit']} random images of {di['pool']}" if di else None,
                        di_private=f"{di['n_private']} other images of {di['pool']}" if di else None,
-                       di_public=f"{data.names['probe_test']}[:{cfg.di.n_public}]" if di else None),
+                       di_public=f"{data.names['probe_test']}[:{cfg.di.n_public}]" if di else None,
+                       di_control=di.get("control_pool") if di else None),
         "watermark_classes": wm and wm["classes"], "watermark_trials": wm and int(len(wm["y"])),
         "watermark_null": wm and {"method": cfg.watermark.get("null_method", "max"),
                                   "decision": "wm_p_value (vs independent encoders) < alpha",
@@ -435,5 +454,5 @@ def _format_row(r: dict) -> str:
         return "-" if v is None else format(v, fmt)
     return (f"{r['name']:<40} wm acc {f(r.get('wm_accuracy'), '.3f')} p(chance) "
             f"{f(r.get('wm_p_chance'), '.1e')} p(indep) {f(r.get('wm_p_value'), '.1e')} p(ancestor) "
-            f"{f(r.get('wm_p_ancestor'), '.1e')}"
-            f"  | DI gap {f(r.get('di_ll_gap'), '+.2f')} p {f(r.get('di_p_value'), '.2e')}")
+            f"{f(r.get('wm_p_ancestor'), '.1e')}  | DI gap {f(r.get('di_ll_gap'), '+.2f')} p "
+            f"{f(r.get('di_p_value'), '.1e')} control p {f(r.get('di_control_p_value'), '.1e')}")
