@@ -2,9 +2,9 @@
 
 Usage: ``--config=configs/victim_simclr.py:dataset=fashion_mnist,arch=resnet10,width=16,epochs=22``
 (any subset of the arguments). Further overrides: ``--config.learning_rate=...``.
-``train_size=N``: train on the first N train images only (a small private set, e.g. the
-memorising dataset-inference victim ``victims/fashion_mnist_resnet10_w8_private1024``:
-``width=8,epochs=160,train_size=1024``); default: the whole train split.
+``train_size=N``: train on the first N train images only (a small private set for
+dataset inference, e.g. ``width=8,epochs=160,train_size=1024``; configs/verify.py then
+takes exactly these N images as the private set); default: the whole train split.
 """
 import os
 import sys

@@ -236,6 +236,9 @@ def test_di_private_size_and_ancestor_path():
     meta = {"config": {"victim_train_size": 2048, "init_from": None}}
     assert di_private_size("auto", meta, 60000) == 2048
     assert di_private_size(None, {"config": {}}, 60000) == 60000
+    # warm-started (e.g. the watermarked victim): the ancestor's data are unknown -> all
+    assert di_private_size("auto", {"config": {"victim_train_size": 10240,
+                                               "init_from": "/x/ckpt"}}, 60000) == 60000
     assert di_private_size("all", meta, 60000) == 60000
     assert di_private_size("300", meta, 60000) == 300
     with pytest.raises(ValueError, match=r"di.private_size=0 must be in \(0, 60000\]"):

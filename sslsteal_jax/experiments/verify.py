@@ -294,14 +294,17 @@ def di_private_size(spec, victim_meta: dict, n_train: int) -> int:
 
     Args:
       spec: ``"auto"`` / None (the victim checkpoint's ``victim_train_size``: the
-        first N train images it was trained on; the whole split if unset),
+        first N train images it was trained on; the whole split if unset or if
+        the victim was warm-started (``init_from``): its ancestor's training
+        images are not recorded, and the shipped ancestor used them all),
         ``"all"``, or a positive int.
       victim_meta: the victim checkpoint's metadata; n_train: train-split size.
     Raises:
       ValueError: not in ``(0, n_train]`` or an unknown string.
     """
     if spec in (None, "auto"):
-        spec = (victim_meta.get("config") or {}).get("victim_train_size") or n_train
+        vcfg = victim_meta.get("config") or {}
+        spec = n_train if vcfg.get("init_from") else (vcfg.get("victim_train_size") or n_train)
     elif spec == "all":
         spec = n_train
     try:
@@ -376,7 +379,7 @@ def run(cfg, workdir: str) -> dict:
 
     # ---- suspects --------------------------------------------------------------------------
     suspects = [Suspect("victim", "victim", victim.module, victim.variables, 0, 0, {"source": vpath})]
-    anc = ancestor_path(cfg.get("ancestor", ""), victim.meta)
+    anc = ancestor_path(cfg.get("ancestor", ""), victim.meta) if wm is not None else None
     if anc:
         a = suspect_from_checkpoint("ancestor (never watermarked)", anc, "ancestor")
         a.null_group = NULL_ANCESTOR
