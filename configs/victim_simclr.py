@@ -2,6 +2,9 @@
 
 Usage: ``--config=configs/victim_simclr.py:dataset=fashion_mnist,arch=resnet10,width=16,epochs=22``
 (any subset of the arguments). Further overrides: ``--config.learning_rate=...``.
+``train_size=N``: train on the first N train images only (a small private set for
+dataset inference, e.g. ``width=8,epochs=160,train_size=1024``; configs/verify.py then
+takes exactly these N images as the private set); default: the whole train split.
 """
 import os
 import sys
@@ -12,7 +15,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402
 
 ARGS = ("dataset", "arch", "width", "stem", "epochs", "batch_size", "lr", "temperature", "seed",
-        "head_hidden", "head_out")
+        "head_hidden", "head_out", "train_size")
 
 
 def get_config(arg: str = ""):
@@ -39,6 +42,10 @@ def get_config(arg: str = ""):
     c.log_every_steps = 50
     c.overwrite = False
     c.victim_train_size = ml_collections.config_dict.placeholder(int)  # None = whole train split
+    if a.get("train_size"):
+        c.victim_train_size = int(a["train_size"])
+        if c.victim_train_size < c.batch_size:
+            raise ValueError(f"train_size={c.victim_train_size} must be >= batch_size={c.batch_size}")
     c.probe_train_size = ml_collections.config_dict.placeholder(int)
     # Warm restart from a SimCLR checkpoint (fresh optimizer and schedule).
     c.init_from = ml_collections.config_dict.placeholder(str)

@@ -1,5 +1,8 @@
 """Owner-side verification statistics (watermark, dataset inference) on constructed
 encoders and data with known answers."""
+import os
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,10 +10,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sslsteal_jax.experiments.verify import Suspect, parse_budgets, parse_suspects, watermark_test
+from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.experiments.verify import (Suspect, ancestor_path, di_private_size,
+                                             parse_budgets, parse_suspects, watermark_null_pvalues,
+                                             watermark_test)
 from sslsteal_jax.verification import (binomial_pvalue, dataset_inference, fit_gmm, fit_linear_map,
-                                       l2_normalize, rotate_images, rotation_task, verify_watermark,
-                                       watermark_input)
+                                       fisher_pvalue, l2_normalize, null_test, rotate_images,
+                                       rotation_task, verify_watermark, watermark_input)
 
 
 class CornerEncoder(nn.Module):
@@ -86,11 +92,11 @@ def test_watermark_exact_encoder_is_flagged_constant_is_not():
     exact = Suspect("exact", "surrogate", CornerEncoder(), {}, 1)
     r = watermark_test(corner_logits, 4, exact, x, y, 4, 0.01)
     assert r["accuracy"] == 1.0 and r["correct"] == 24 and not r["linear_map"]
-    assert r["p_value"] == pytest.approx(0.25 ** 24, rel=1e-9) and r["watermarked"]
+    assert r["p_value"] == pytest.approx(0.25 ** 24, rel=1e-9) and r["above_chance"]
     const = Suspect("constant", "independent", ConstantEncoder(), {}, 0)
     r = watermark_test(corner_logits, 4, const, x, y, 4, 0.01)
     # constant logits -> always class 0 -> exactly one rotation in four is right
-    assert r["accuracy"] == 0.25 and not r["watermarked"]
+    assert r["accuracy"] == 0.25 and not r["above_chance"]
     assert r["p_value"] == pytest.approx(stats.binomtest(6, 24, 0.25, alternative="greater").pvalue)
     assert r["p_value"] > 0.5
 
@@ -173,3 +179,96 @@ def test_parse_helpers():
     assert parse_suspects("a=x/ckpt, b=y") == [("a", "x/ckpt"), ("b", "y")]
     with pytest.raises(ValueError, match="not name=path"):
         parse_suspects("oops")
+
+
+def test_fisher_pvalue_hand_case_and_scipy():
+    # table [[3, 0], [0, 3]]: P(X >= 3) for the hypergeometric X ~ HG(6, 3, 3) = 1 / C(6, 3)
+    assert fisher_pvalue(3, 3, 0, 3) == pytest.approx(1 / 20, rel=1e-12)
+    ref = stats.fisher_exact([[1100, 2900], [1040, 2960]], alternative="greater")[1]
+    assert fisher_pvalue(1100, 4000, 1040, 4000) == pytest.approx(ref, rel=1e-12)
+    # the suspect no better than the null: no evidence
+    assert fisher_pvalue(1000, 4000, 1000, 4000) > 0.5
+    assert fisher_pvalue(900, 4000, 1000, 4000) > 0.99
+    with pytest.raises(ValueError, match="null: need total >= 1"):
+        fisher_pvalue(1, 10, 5, 0)
+    with pytest.raises(ValueError, match="suspect: need total >= 1 and 0 <= correct <= total"):
+        fisher_pvalue(11, 10, 5, 10)
+
+
+def test_null_test_max_is_conservative_and_pooled_sums():
+    nulls = [(1000, 4000), (1040, 4000), (1001, 4000)]  # 25.0 %, 26.0 %, 25.0 %
+    # the suspect at 27.5 %: clear against the pooled null, weaker against the strongest one
+    mx = null_test(1100, 4000, nulls, "max")
+    pooled = null_test(1100, 4000, nulls, "pooled")
+    assert (mx["null_correct"], mx["null_total"], mx["n_null"]) == (1040, 4000, 3)
+    assert (pooled["null_correct"], pooled["null_total"]) == (3041, 12000)
+    assert mx["p_value"] == pytest.approx(fisher_pvalue(1100, 4000, 1040, 4000), rel=1e-12)
+    assert pooled["p_value"] == pytest.approx(fisher_pvalue(1100, 4000, 3041, 12000), rel=1e-12)
+    assert pooled["p_value"] < 0.01 < mx["p_value"]
+    assert mx["null_accuracy"] == pytest.approx(0.26)
+    # the "above chance" binomial test flags this suspect although the null encoders are higher still
+    assert binomial_pvalue(1040, 4000, 0.25) < 0.1
+    with pytest.raises(ValueError, match=r"unknown null method 'mean'; allowed: \['max', 'pooled'\]"):
+        null_test(1, 2, nulls, "mean")
+    with pytest.raises(ValueError, match="null_counts is empty"):
+        null_test(1, 2, [])
+    with pytest.raises(ValueError, match="null counts must satisfy"):
+        null_test(1, 2, [(3, 2)])
+
+
+def test_watermark_null_pvalues_leave_one_out():
+    counts = {"victim": (3000, 4000), "sur": (1300, 4000), "ind1": (1000, 4000),
+              "ind2": (1040, 4000), "anc": (1400, 4000)}
+    groups = {"victim": None, "sur": None, "ind1": "independent", "ind2": "independent",
+              "anc": "ancestor"}
+    out = watermark_null_pvalues(counts, groups, "max")
+    assert out["sur"]["independent"]["null_correct"] == 1040
+    assert out["sur"]["independent"]["p_value"] < 1e-6       # stolen-like vs independents
+    assert out["sur"]["ancestor"]["p_value"] > 0.9           # but not above the ancestor
+    assert out["victim"]["ancestor"]["p_value"] < 1e-100
+    # a reference is tested against the others only; alone in its group -> None
+    assert out["ind2"]["independent"]["null_correct"] == 1000
+    assert out["ind1"]["independent"]["null_correct"] == 1040
+    assert out["anc"]["ancestor"] is None
+
+
+def test_di_private_size_and_ancestor_path():
+    meta = {"config": {"victim_train_size": 2048, "init_from": None}}
+    assert di_private_size("auto", meta, 60000) == 2048
+    assert di_private_size(None, {"config": {}}, 60000) == 60000
+    # warm-started (e.g. the watermarked victim): the ancestor's data are unknown -> all
+    assert di_private_size("auto", {"config": {"victim_train_size": 10240,
+                                               "init_from": "/x/ckpt"}}, 60000) == 60000
+    assert di_private_size("all", meta, 60000) == 60000
+    assert di_private_size("300", meta, 60000) == 300
+    with pytest.raises(ValueError, match=r"di.private_size=0 must be in \(0, 60000\]"):
+        di_private_size(0, meta, 60000)
+    with pytest.raises(ValueError, match="'auto', 'all' or a positive integer"):
+        di_private_size("half", meta, 60000)
+    assert ancestor_path("auto", meta) is None and ancestor_path("", meta) is None
+    shipped = os.path.join(REPO_ROOT, "victims/fashion_mnist_resnet10_w16/checkpoints")
+    moved = {"config": {"init_from": "/elsewhere/repo/victims/fashion_mnist_resnet10_w16/checkpoints"}}
+    assert ancestor_path("auto", moved) == shipped
+    assert ancestor_path("auto", {"config": {"init_from": shipped}}) == shipped
+    with pytest.raises(FileNotFoundError, match="pass ancestor=<checkpoint path>"):
+        ancestor_path("auto", {"config": {"init_from": "/nowhere/ckpt_zz"}})
+    assert ancestor_path("/y/ckpt", meta) == "/y/ckpt"
+
+
+
+def test_verify_and_victim_config_errors():
+    sys.path.insert(0, os.path.join(REPO_ROOT, "configs"))
+    import verify as verify_config
+    import victim_simclr as victim_config
+    c = verify_config.get_config("seeds=2,null_method=pooled,di_private=2048,ancestor=")
+    assert (c.independent.seeds, c.watermark.null_method, c.di.private_size, c.ancestor) == (
+        2, "pooled", "2048", "")
+    assert c.di.n_fit is None and c.di.n_private is None
+    with pytest.raises(ValueError, match="null_method='mean'"):
+        verify_config.get_config("null_method=mean")
+    with pytest.raises(ValueError, match="seeds=0 must be >= 1"):
+        verify_config.get_config("seeds=0")
+    assert victim_config.get_config("train_size=2048").victim_train_size == 2048
+    assert victim_config.get_config("").victim_train_size is None
+    with pytest.raises(ValueError, match="train_size=100 must be >= batch_size=256"):
+        victim_config.get_config("train_size=100")

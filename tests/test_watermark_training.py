@@ -16,6 +16,7 @@ from sslsteal_jax.experiments import verify
 from sslsteal_jax.experiments.common import REPO_ROOT, WorkdirExistsError
 from sslsteal_jax.models.watermark import WatermarkedSimCLR
 from sslsteal_jax.training.encoders import load_model
+from sslsteal_jax.verification import fisher_pvalue
 from sslsteal_jax.training.watermark import (_merge_warm_start, build_watermarked,
                                              train_watermark_victim, watermark_slices)
 
@@ -84,22 +85,35 @@ def test_warm_start_merge_rejects_other_models():
 
 def test_verify_experiment_end_to_end(trained, tmp_path):
     wd, *_ = trained
-    cfg = verify_config.get_config("budgets=,simclr_epochs=0")
+    cfg = verify_config.get_config("budgets=,simclr_epochs=0,seeds=2")
     cfg.victim_checkpoint = os.path.join(wd, "checkpoints")
     cfg.probe_test_size = 1000
     cfg.watermark.align_images = 50
-    cfg.di.update(dict(n_fit=300, n_private=100, n_public=100, components=2))
+    cfg.di.update(dict(n_public=100, components=2))  # private set auto: the victim's 64 images
     out = str(tmp_path / "verify")
     res = verify.run(cfg, out)
     names = [r["name"] for r in res["rows"]]
-    assert names == ["victim", "independent (random init)"]
+    assert names == ["victim", "independent (random init, seed 1001)",
+                     "independent (random init, seed 1002)"]
     assert res["watermark_trials"] == 64 and res["watermark_classes"] == 4
+    assert res["watermark_null"]["groups"] == {n: "independent" for n in names[1:]}
+    assert res["splits"]["di_control"] == "fashion_mnist/train[64:128]"
+    counts = {n: (d["watermark"]["correct"], d["watermark"]["total"])
+              for n, d in res["details"].items()}
     for r in res["rows"]:
         assert 0.0 <= r["wm_p_value"] <= 1.0 and 0.0 <= r["di_p_value"] <= 1.0
         assert r["di_stolen"] == (r["di_p_value"] < 0.01)
         assert r["watermarked"] == (r["wm_p_value"] < 0.01)
+        assert 0.0 <= r["wm_p_chance"] <= 1.0 and r["wm_p_ancestor"] is None  # no init_from
         det = res["details"][r["name"]]
-        assert det["watermark"]["total"] == 64 and det["dataset_inference"]["n_fit"] == 300
+        assert det["watermark"]["total"] == 64
+        assert (det["dataset_inference"]["n_fit"], det["dataset_inference"]["n_private"]) == (32, 32)
+        assert 0.0 <= r["di_control_p_value"] <= 1.0
+        assert det["dataset_inference"]["control"]["n_fit"] == 32
+        # leave-one-out "max" null: the strongest other independent encoder
+        others = [counts[n] for n in names[1:] if n != r["name"]]
+        best = max(others, key=lambda ct: ct[0])
+        assert r["wm_p_value"] == pytest.approx(fisher_pvalue(*counts[r["name"]], *best))
     with open(os.path.join(out, "results.csv")) as f:
         rows = list(csv.DictReader(f))
     assert [r["name"] for r in rows] == names and "di_p_value" in rows[0]

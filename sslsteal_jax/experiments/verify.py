@@ -7,10 +7,19 @@ and a randomly initialised one) and any extra suspect checkpoints, run
 
 * the watermark test (Dziedzic et al., ICML 2022, Section 5): accuracy of the
   owner's secret rotation MLP on the frozen suspect's representations of
-  held-out watermark images, one-sided binomial test against chance;
+  held-out watermark images; the ownership decision is a one-sided Fisher
+  exact test against an empirical null -- the watermark accuracy of
+  independently trained encoders (several seeds, leave-one-out for the
+  references themselves) -- because the MLP reads rotations above chance from
+  unwatermarked encoders too; the p-value against the victim's never-watermarked
+  ancestor (a harder null: same training, same coordinates, no watermark) and
+  the binomial p-value against chance are reported next to it;
 * dataset inference (Dziedzic et al., NeurIPS 2022): Gaussian-mixture
   log-likelihood of held-out private training images vs public images under
-  the suspect's representations, one-sided Welch t-test;
+  the suspect's representations, one-sided Welch t-test; plus a control
+  (``di.control``): the same test with non-member train images (the ones
+  right after the private set) in place of the private set, which must not
+  flag (a calibration check on every suspect);
 
 and write ``results.json`` / ``results.csv`` (p-values, watermark accuracy,
 decisions at ``alpha``) atomically into a fresh work directory.
@@ -18,12 +27,15 @@ decisions at ``alpha``) atomically into a fresh work directory.
 Splits (Fashion-MNIST by default): private data = the victim's train split;
 watermark images = the slices stored in the watermarked victim's checkpoint
 config (training: first ``train_images``; verification: last
-``verify_images``); DI fit / held-out private halves = disjoint random subsets
-of the train split, or of its first ``di.private_size`` images (permutation
-from the config seed); DI public images = the
-probe-test hold-out (last test images: nobody trains on them); attacker's query
-pool = the first test images; the independent SimCLR encoder trains on the
-query pool (public, same distribution, never the private data).
+``verify_images``); DI private set = the first ``di.private_size`` train
+images (``auto``: the victim checkpoint's ``victim_train_size``, i.e. exactly
+the images it trained on; all of them if unset); DI fit / held-out private
+halves = disjoint random subsets of it (permutation from the config seed); DI
+control = the train images right after it (never trained on); DI public
+images = the probe-test hold-out (last test images: nobody trains on them);
+attacker's query pool = the first test images; the independent SimCLR
+encoders train on the query pool (public, same distribution, never the
+private data).
 """
 from __future__ import annotations
 
@@ -46,10 +58,13 @@ from sslsteal_jax.training.simclr import train_simclr
 from sslsteal_jax.training.watermark import watermark_slices
 from sslsteal_jax.verification import (dataset_inference, fit_linear_map, rotation_task,
                                        verify_watermark)
-from sslsteal_jax.verification.watermark import owner_logits_fn
+from sslsteal_jax.verification.watermark import null_test, owner_logits_fn
 
-COLUMNS = ["kind", "budget", "wm_accuracy", "wm_p_value", "watermarked", "di_ll_gap",
-           "di_t_statistic", "di_p_value", "di_stolen"]
+COLUMNS = ["kind", "budget", "wm_accuracy", "wm_p_chance", "wm_p_value", "watermarked",
+           "wm_p_ancestor", "di_ll_gap", "di_t_statistic", "di_p_value", "di_stolen",
+           "di_control_p_value"]
+# Null groups of the watermark test: encoders not derived from the watermarked victim.
+NULL_INDEPENDENT, NULL_ANCESTOR = "independent", "ancestor"
 
 
 @dataclasses.dataclass
@@ -61,7 +76,9 @@ class Suspect:
     output of the module in the victim's representation space (the surrogate's
     adapter output, else the representation), used by the watermark test;
     rep_index: the representation used by dataset inference; info: extra
-    JSON-able facts (budget, loss, source path, ...).
+    JSON-able facts (budget, loss, source path, ...); null_group: None, or the
+    watermark null group it belongs to (``NULL_INDEPENDENT`` /
+    ``NULL_ANCESTOR``).
     """
 
     name: str
@@ -71,6 +88,7 @@ class Suspect:
     victim_space_index: int = 0
     rep_index: int = 0
     info: dict = dataclasses.field(default_factory=dict)
+    null_group: str | None = None
 
 
 def suspect_from_checkpoint(name: str, path: str, kind: str = "checkpoint") -> Suspect:
@@ -182,30 +200,120 @@ def _steal(cfg, workdir, api, data, victim_module) -> list[Suspect]:
 
 
 def _independents(cfg, workdir, data, victim) -> list[Suspect]:
-    """Independent encoders of the victim's architecture: SimCLR trained briefly on
-    the public query pool from another seed (if ``independent.simclr_epochs`` > 0)
-    and a random initialisation."""
+    """Independent encoders of the victim's architecture, for each of
+    ``independent.seeds`` seeds (``independent.seed``, ``+1``, ...): SimCLR
+    trained briefly on the public query pool (if ``independent.simclr_epochs``
+    > 0; never on the private data) and a random initialisation (if
+    ``independent.random_init``). All form the watermark test's independent null."""
     out = []
     icfg = cfg.independent
     model_cfg = dict(victim.meta["config"]["model"])
-    if int(icfg.simclr_epochs) > 0:
-        tcfg = icfg.train.copy_and_resolve_references()
-        tcfg.model.update({k: model_cfg[k] for k in ("arch", "width", "stem", "head_hidden", "head_out")})
-        tcfg.epochs, tcfg.seed = int(icfg.simclr_epochs), int(icfg.seed)
-        t = time.time()
-        mod, var, summ = train_simclr(tcfg, os.path.join(workdir, "independent_simclr"),
-                                      data.query_pool)
-        out.append(Suspect(f"independent SimCLR ({tcfg.epochs} ep, seed {tcfg.seed})",
-                           "independent", mod, var, 0, 0,
-                           {"train_images": data.names["query_pool"], "epochs": tcfg.epochs,
-                            "train_seconds": time.time() - t, "final_loss": summ["final_loss"]}))
-    if icfg.random_init:
-        plain = {k: model_cfg[k] for k in ("arch", "width", "stem", "head_hidden", "head_out")}
-        mod = build_model("simclr", plain)
-        var = mod.init(jax.random.key(int(icfg.seed) + 1000), data.probe_test_x[:2] / 255.0)
-        out.append(Suspect("independent (random init)", "independent", mod, var, 0, 0,
-                           {"init_seed": int(icfg.seed) + 1000}))
+    plain = {k: model_cfg[k] for k in ("arch", "width", "stem", "head_hidden", "head_out")}
+    n_seeds = int(icfg.get("seeds", 1))
+    if n_seeds < 1:
+        raise ValueError(f"independent.seeds={n_seeds} must be >= 1")
+    for seed in range(int(icfg.seed), int(icfg.seed) + n_seeds):
+        if int(icfg.simclr_epochs) > 0:
+            tcfg = icfg.train.copy_and_resolve_references()
+            tcfg.model.update(plain)
+            tcfg.epochs, tcfg.seed = int(icfg.simclr_epochs), seed
+            t = time.time()
+            mod, var, summ = train_simclr(tcfg, os.path.join(workdir, f"independent_simclr_s{seed}"),
+                                          data.query_pool)
+            out.append(Suspect(f"independent SimCLR ({tcfg.epochs} ep, seed {seed})",
+                               "independent", mod, var, 0, 0,
+                               {"train_images": data.names["query_pool"], "epochs": tcfg.epochs,
+                                "seed": seed, "train_seconds": time.time() - t,
+                                "final_loss": summ["final_loss"]}, NULL_INDEPENDENT))
+        if icfg.random_init:
+            mod = build_model("simclr", plain)
+            var = mod.init(jax.random.key(seed + 1000), data.probe_test_x[:2] / 255.0)
+            out.append(Suspect(f"independent (random init, seed {seed + 1000})", "independent",
+                               mod, var, 0, 0, {"init_seed": seed + 1000}, NULL_INDEPENDENT))
     return out
+
+
+def ancestor_path(spec: str | None, victim_meta: dict) -> str | None:
+    """Checkpoint of the victim's never-watermarked ancestor (the harder watermark null).
+
+    Args:
+      spec: ``"auto"`` (the victim's ``init_from``, i.e. the SimCLR checkpoint
+        the watermark fine-tuning started from, if any), ``""`` / None (no
+        ancestor), or a checkpoint path.
+      victim_meta: the victim checkpoint's metadata (``load_model(...).meta``).
+    Returns:
+      the resolved path or None. A recorded absolute ``init_from`` from another
+      checkout (the repository moved) is re-rooted: the longest trailing part
+      of it that exists under the repository root is used.
+    Raises:
+      FileNotFoundError: ``auto`` and the recorded ``init_from`` exists nowhere
+        (pass ``ancestor=<path>`` or ``ancestor=``).
+    """
+    if spec != "auto":
+        return common.resolve_path(spec) if spec else None
+    rec = (victim_meta.get("config") or {}).get("init_from")
+    if not rec:
+        return None
+    if os.path.exists(rec):
+        return os.path.abspath(rec)
+    parts = os.path.normpath(rec).split(os.sep)
+    for i in range(1, len(parts)):
+        cand = os.path.join(common.REPO_ROOT, *parts[i:])
+        if parts[i:] and os.path.exists(cand):
+            return cand
+    raise FileNotFoundError(f"the victim's ancestor (init_from={rec!r}) was not found; pass "
+                            "ancestor=<checkpoint path> or ancestor= (none) to configs/verify.py")
+
+
+def watermark_null_pvalues(counts: dict, groups: dict, method: str) -> dict:
+    """p-values of every suspect against each watermark null group (leave-one-out).
+
+    Args:
+      counts: suspect name -> ``(correct, total)`` watermark counts.
+      groups: suspect name -> null group name or None.
+      method: ``verification.watermark.null_test`` method.
+    Returns:
+      suspect name -> {group: ``null_test`` dict, or None when the group has no
+      member other than the suspect itself}.
+    """
+    members = {}
+    for name, g in groups.items():
+        if g is not None:
+            members.setdefault(g, []).append(name)
+    out = {}
+    for name, (c, t) in counts.items():
+        out[name] = {}
+        for g, names in members.items():
+            ref = [counts[m] for m in names if m != name]
+            out[name][g] = null_test(c, t, ref, method) if ref else None
+    return out
+
+
+def di_private_size(spec, victim_meta: dict, n_train: int) -> int:
+    """Number of leading train-split images that form the victim's private set.
+
+    Args:
+      spec: ``"auto"`` / None (the victim checkpoint's ``victim_train_size``: the
+        first N train images it was trained on; the whole split if unset or if
+        the victim was warm-started (``init_from``): its ancestor's training
+        images are not recorded, and the shipped ancestor used them all),
+        ``"all"``, or a positive int.
+      victim_meta: the victim checkpoint's metadata; n_train: train-split size.
+    Raises:
+      ValueError: not in ``(0, n_train]`` or an unknown string.
+    """
+    if spec in (None, "auto"):
+        vcfg = victim_meta.get("config") or {}
+        spec = n_train if vcfg.get("init_from") else (vcfg.get("victim_train_size") or n_train)
+    elif spec == "all":
+        spec = n_train
+    try:
+        size = int(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"di.private_size={spec!r} must be 'auto', 'all' or a positive integer")
+    if not 0 < size <= n_train:
+        raise ValueError(f"di.private_size={size} must be in (0, {n_train}]")
+    return size
 
 
 def run(cfg, workdir: str) -> dict:
@@ -246,8 +354,12 @@ def run(cfg, workdir: str) -> dict:
                   verify_images=f"{data.names['victim_train']}[{ver.start}:{ver.stop}]")
     di = None
     if cfg.di.enabled:
-        n_fit, n_priv, n_pub = int(cfg.di.n_fit), int(cfg.di.n_private), int(cfg.di.n_public)
-        pool = private[:cfg.di.get("private_size") or len(private)]
+        pool = private[:di_private_size(cfg.di.get("private_size", "auto"), victim.meta,
+                                        len(private))]
+        n_fit = int(cfg.di.n_fit) if cfg.di.get("n_fit") else min(10000, len(pool) // 2)
+        n_priv = (int(cfg.di.n_private) if cfg.di.get("n_private")
+                  else min(5000, len(pool) - n_fit))
+        n_pub = int(cfg.di.n_public)
         if n_fit + n_priv > len(pool) or n_pub > len(data.probe_test_x):
             raise ValueError(f"di.n_fit + di.n_private = {n_fit + n_priv} must be <= {len(pool)} "
                              f"(private pool) and di.n_public = {n_pub} <= {len(data.probe_test_x)}")
@@ -255,11 +367,23 @@ def run(cfg, workdir: str) -> dict:
         di = dict(fit=pool[np.sort(perm[:n_fit])],
                   private=pool[np.sort(perm[n_fit:n_fit + n_priv])],
                   public=data.probe_test_x[:n_pub],
-                  pool=f"{data.names['victim_train']}[:{len(pool)}]")
+                  pool=f"{data.names['victim_train']}[:{len(pool)}]", n_fit=n_fit,
+                  n_private=n_priv)
+        # Control: the same test with a "private" set the victim never trained on (the next
+        # train images after the private set); it must not flag anything (calibration).
+        lo, hi = len(pool), len(pool) + n_fit + n_priv
+        if cfg.di.get("control", True) and hi <= len(private):
+            di.update(control_fit=private[lo:lo + n_fit], control_private=private[lo + n_fit:hi],
+                      control_pool=f"{data.names['victim_train']}[{lo}:{hi}]")
     t_setup = time.time()
 
     # ---- suspects --------------------------------------------------------------------------
     suspects = [Suspect("victim", "victim", victim.module, victim.variables, 0, 0, {"source": vpath})]
+    anc = ancestor_path(cfg.get("ancestor", ""), victim.meta) if wm is not None else None
+    if anc:
+        a = suspect_from_checkpoint("ancestor (never watermarked)", anc, "ancestor")
+        a.null_group = NULL_ANCESTOR
+        suspects.append(a)
     for name, path in parse_suspects(cfg.suspects):
         suspects.append(suspect_from_checkpoint(name, common.resolve_path(path)))
     api = VictimAPI(victim.module, victim.variables, data.probe_test_x.shape[1:])
@@ -270,19 +394,36 @@ def run(cfg, workdir: str) -> dict:
 
     # ---- verification ----------------------------------------------------------------------
     rows, details = [], {}
+    wm_res = {}
+    if wm is not None:
+        for s in suspects:
+            wm_res[s.name] = watermark_test(wm["logits"], victim_dim, s, wm["x"], wm["y"],
+                                            wm["classes"], float(cfg.watermark.alpha),
+                                            wm["align_x"], victim_apply)
+        nulls = watermark_null_pvalues({n: (r["correct"], r["total"]) for n, r in wm_res.items()},
+                                       {s.name: s.null_group for s in suspects},
+                                       cfg.watermark.get("null_method", "max"))
     for s in suspects:
         row = {"name": s.name, "kind": s.kind, "budget": s.info.get("budget")}
         d = {"info": s.info}
         if wm is not None:
-            r = watermark_test(wm["logits"], victim_dim, s, wm["x"], wm["y"], wm["classes"],
-                               float(cfg.watermark.alpha), wm["align_x"], victim_apply)
-            row.update(wm_accuracy=r["accuracy"], wm_p_value=r["p_value"], watermarked=r["watermarked"])
-            d["watermark"] = r
+            r, nl = wm_res[s.name], nulls[s.name]
+            ind, anc_t = nl.get(NULL_INDEPENDENT), nl.get(NULL_ANCESTOR)
+            p_ind = ind and ind["p_value"]
+            row.update(wm_accuracy=r["accuracy"], wm_p_chance=r["p_value"], wm_p_value=p_ind,
+                       watermarked=None if p_ind is None else bool(p_ind < float(cfg.watermark.alpha)),
+                       wm_p_ancestor=anc_t and anc_t["p_value"])
+            d["watermark"] = dict(r, null_tests=nl)
         if di is not None:
             r = di_test(s, di["fit"], di["private"], di["public"], k_gmm, int(cfg.di.components),
                         cfg.di.covariance, float(cfg.di.alpha))
             row.update(di_ll_gap=r["ll_gap"], di_t_statistic=r["t_statistic"],
                        di_p_value=r["p_value"], di_stolen=r["stolen"])
+            if "control_fit" in di:
+                rc = di_test(s, di["control_fit"], di["control_private"], di["public"], k_gmm,
+                             int(cfg.di.components), cfg.di.covariance, float(cfg.di.alpha))
+                row.update(di_control_p_value=rc["p_value"])
+                r = dict(r, control=rc)
             d["dataset_inference"] = r
         rows.append(row)
         details[s.name] = d
@@ -292,10 +433,15 @@ def run(cfg, workdir: str) -> dict:
     results = {
         "experiment": "verify", "victim_checkpoint": vpath, "rows": rows, "details": details,
         "splits": dict(data.names, watermark_verify=wm and wm["verify_images"],
-                       di_fit=f"{cfg.di.n_fit} random images of {di['pool']}" if di else None,
-                       di_private=f"{cfg.di.n_private} other images of {di['pool']}" if di else None,
-                       di_public=f"{data.names['probe_test']}[:{cfg.di.n_public}]" if di else None),
+                       di_fit=f"{di['n_fit']} random images of {di['pool']}" if di else None,
+                       di_private=f"{di['n_private']} other images of {di['pool']}" if di else None,
+                       di_public=f"{data.names['probe_test']}[:{cfg.di.n_public}]" if di else None,
+                       di_control=di.get("control_pool") if di else None),
         "watermark_classes": wm and wm["classes"], "watermark_trials": wm and int(len(wm["y"])),
+        "watermark_null": wm and {"method": cfg.watermark.get("null_method", "max"),
+                                  "decision": "wm_p_value (vs independent encoders) < alpha",
+                                  "groups": {s.name: s.null_group for s in suspects
+                                             if s.null_group}},
         "timing_seconds": {"setup": t_setup - t0, "steal": t_steal - t_setup,
                            "independent": t_indep - t_steal, "verify": t_verify - t_indep,
                            "total": t_verify - t0},
@@ -309,5 +455,7 @@ def run(cfg, workdir: str) -> dict:
 def _format_row(r: dict) -> str:
     def f(v, fmt):
         return "-" if v is None else format(v, fmt)
-    return (f"{r['name']:<40} wm acc {f(r.get('wm_accuracy'), '.3f')} p {f(r.get('wm_p_value'), '.2e')}"
-            f"  | DI gap {f(r.get('di_ll_gap'), '+.2f')} p {f(r.get('di_p_value'), '.2e')}")
+    return (f"{r['name']:<40} wm acc {f(r.get('wm_accuracy'), '.3f')} p(chance) "
+            f"{f(r.get('wm_p_chance'), '.1e')} p(indep) {f(r.get('wm_p_value'), '.1e')} p(ancestor) "
+            f"{f(r.get('wm_p_ancestor'), '.1e')}  | DI gap {f(r.get('di_ll_gap'), '+.2f')} p "
+            f"{f(r.get('di_p_value'), '.1e')} control p {f(r.get('di_control_p_value'), '.1e')}")

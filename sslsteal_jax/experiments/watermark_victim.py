@@ -63,7 +63,8 @@ def run(cfg, workdir: str) -> dict:
         w = watermark_test(logits, dim, s, wm_x, wm_y, classes, float(cfg.watermark.alpha))
         row = common.encoder_row(s.name, s.module, s.variables, data, key,
                                  cfg_eval=common.eval_kwargs(cfg))
-        row.update(wm_accuracy=w["accuracy"], wm_p_value=w["p_value"], watermarked=w["watermarked"])
+        row.update(wm_accuracy=w["accuracy"], wm_p_value=w["p_value"],
+                   wm_above_chance=w["above_chance"])
         rows.append(row)
     print(format_table(rows, f"watermarked victim on {cfg.dataset}"))
     for r in rows:
@@ -75,5 +76,5 @@ def run(cfg, workdir: str) -> dict:
                "simclr_train_images": f"{data.names['victim_train']}[:{n}]",
                "splits": data.names, "config": cfg.to_dict()}
     common.write_results(workdir, results, rows, [*EVAL_COLUMNS, "wm_accuracy", "wm_p_value",
-                                                  "watermarked"])
+                                                  "wm_above_chance"])
     return results
