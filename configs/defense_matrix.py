@@ -104,7 +104,7 @@ def get_config(arg: str = ""):
         loss=a.get("loss", "infonce"), epochs=int(a.get("epochs", 3 if tiny else 10)),
         batch_size=64, learning_rate=None, temperature=None, weight_decay=1e-4,
         optimizer="adam", seed=c.seed, augment=None,
-        model=ml_collections.ConfigDict(dict(arch="", width=0, stem=""))))
+        model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))
     c.loss_overrides = ml_collections.ConfigDict({
         "infonce": {"learning_rate": 1e-3, "temperature": 0.1},
         "softnn": {"temperature": 10.0},

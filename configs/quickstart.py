@@ -60,7 +60,7 @@ def get_config(arg: str = ""):
     c.steal = ml_collections.ConfigDict(dict(
         loss="infonce", epochs=int(a.get("epochs", 30)), batch_size=None, learning_rate=None,
         temperature=None, weight_decay=1e-4, optimizer="adam", seed=c.seed, augment=None,
-        model=ml_collections.ConfigDict(dict(arch="", width=0, stem=""))))
+        model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))
     # Per-loss settings adapted to this scale (see README "Main job").
     c.loss_overrides = ml_collections.ConfigDict({
         "infonce": {"learning_rate": 1e-3, "temperature": 0.1},
