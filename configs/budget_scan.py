@@ -3,7 +3,8 @@
 Usage:
   python -m sslsteal_jax.main --config=configs/budget_scan.py --workdir=runs/budget_scan
 Scalar arguments (``configs/budget_scan.py:losses=infonce,examples=30000``):
-  losses     infonce | mse | softnn | wasserstein | all (one loss, or all)
+  losses     any stealing loss (mse infonce softnn wasserstein cosine barlow symmetrized
+             supcon softce), '+'-separated list, all (the paper's four), extra, every
   protocol   examples (default: equal training examples per cell) | epochs (the paper's)
   examples   training examples each surrogate sees under protocol=examples
   epochs     surrogate epochs over each budget under protocol=epochs
@@ -40,15 +41,15 @@ def get_config(arg: str = ""):
     c.budgets = "250,1000,2500,5000,10000,20000"
     c.query_sources = "fashion_mnist:train"
     c.seeds = "0"
-    c.losses = a.get("losses", "all")
+    c.losses = a.get("losses", "all").replace("+", ",")
     # "examples": every cell sees examples_per_cell training examples (equal attacker
     # compute); "epochs": steal.epochs epochs over every budget (the paper's protocol).
     c.protocol = a.get("protocol", "examples")
-    c.examples_per_cell = int(a.get("examples", 60000))
-    c.steal.epochs = int(a.get("epochs", 30))
+    c.examples_per_cell = a.int("examples", 60000, minimum=1)
+    c.steal.epochs = a.int("epochs", 30, minimum=1)
     # Probes on the first 20,000 labelled train images keep each cell's evaluation short;
     # victim and independent reference rows use the same probe data.
-    c.probe_train_size = int(a.get("probe_train_size", 20000))
+    c.probe_train_size = a.int("probe_train_size", 20000)
     # Vmapped scans (experiments/budget_scan.py, attacks/stacked.py): cells with equal
     # shapes and schedules (all budgets >= the batch size and all seeds of a loss under
     # "examples"; the seeds of a budget under "epochs") train as up to `stack` members

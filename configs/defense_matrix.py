@@ -16,19 +16,12 @@ Every cell trains one surrogate; a finished cell is never recomputed (the
 matrix resumes from ``<workdir>/cells.json``; a workdir made with other
 settings is refused). Strength templates use ``{s}``.
 
-Time on this machine (2 CPU cores, nothing else running), estimated from
-component costs measured in CPU seconds while the CPU was shared (wall time
-under sharing was ~8x longer and meaningless): a surrogate step (batch 64,
-ResNet-10 w16) 0.19 CPU s (0.3 s wall alone, 310 steps for 2,000 queries x 10
-epochs); a forward pass 0.6 CPU s per 1,000 images (a cell sends ~16,000:
-attacker, two legitimate users, surrogate evaluation on 5,000 + 5,000); the
-tiny-scale cell 18-21 CPU s. So a default direct-attack cell takes about
-``CELL_SECONDS`` s (averaging cells train on 500 distinct images, sybil cells
-on 1,500: cheaper), the once-per-run parts (victim / independent rows,
-detector, B4B curves) about ``ONCE_SECONDS`` s; the 15 default cells take at
-most ``expected_seconds(get_config())`` = 2,000 s (33 min), about 30 min
-with the cheaper cells. Each finished cell's wall and CPU seconds are in
-``cells.json`` / ``results.csv``.
+Time on this machine (2 CPU cores, measured): the 15 default cells ran in 620 s
+(10.3 min) in session 3; direct-attack cells take 39-47 s, averaging cells 17 s,
+sybil cells 30-32 s. ``expected_seconds`` gives a conservative upper estimate
+(``CELL_SECONDS`` per cell, built from component costs before the full run was
+measured). Each finished cell's wall and CPU seconds are in ``cells.json`` /
+``results.csv``.
 """
 import os
 import sys
@@ -50,8 +43,8 @@ SHIPPED_VICTIM = "victims/fashion_mnist_resnet10_w16/checkpoints"
 # queries; at 2,000 it would never add noise.
 B4B = "b4b:beta={s}"
 
-# Wall seconds on this CPU (2 cores, alone) with the default settings (budget 2000,
-# 10 epochs), estimated from measured component costs: see the module docstring.
+# Conservative upper estimate of wall seconds per cell on this CPU (2 cores, alone) with
+# the default settings (budget 2000, 10 epochs); measured: 39-47 s (module docstring).
 CELL_SECONDS = 125.0
 ONCE_SECONDS = 120.0
 
@@ -95,13 +88,13 @@ def get_config(arg: str = ""):
     c.dataset = "fashion_mnist"
     c.probe_test_size = 5000
     c.probe_train_size = 2000 if tiny else 5000  # attacker's probe: first N labelled train images
-    c.budget = int(a.get("budget", 500 if tiny else 2000))
-    c.seed = int(a.get("seed", 0))
+    c.budget = a.int("budget", 500 if tiny else 2000)
+    c.seed = a.int("seed", 0)
     c.api_seed = 0
     c.overwrite = False
     c.victim = ml_collections.ConfigDict(dict(checkpoint=SHIPPED_VICTIM))
     c.steal = ml_collections.ConfigDict(dict(
-        loss=a.get("loss", "infonce"), epochs=int(a.get("epochs", 3 if tiny else 10)),
+        loss=a.get("loss", "infonce"), epochs=a.int("epochs", 3 if tiny else 10, minimum=1),
         batch_size=64, learning_rate=None, temperature=None, weight_decay=1e-4,
         optimizer="adam", seed=c.seed, augment=None,
         model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))

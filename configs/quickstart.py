@@ -40,25 +40,31 @@ def get_config(arg: str = ""):
     c.probe_test_size = 5000
     c.probe_train_size = ml_collections.config_dict.placeholder(int)  # None = the whole labelled train split
     c.victim_train_size = ml_collections.config_dict.placeholder(int)  # only used when the victim is trained here
-    c.budget = int(a.get("budget", 5000))
+    c.budget = a.int("budget", 5000)
     c.losses = a.get("losses", "infonce").replace("+", ",")
     c.api_output = a.get("api_output", "representation")
+    if c.api_output not in ("representation", "projection"):
+        raise ValueError(f"api_output={c.api_output!r}; allowed: 'representation' or 'projection'")
     c.strategies = a.get("strategies", "direct").replace("+", ",")
-    c.views = int(a.get("views", 2))
-    c.surrogate_views = int(a.get("surrogate_views", 1))
+    c.views = a.int("views", 2, minimum=1)
+    c.surrogate_views = a.int("surrogate_views", 1, minimum=0)
     c.view_augment = ml_collections.config_dict.placeholder(dict)  # None = SimCLR AugmentConfig()
     # Head recreation: the attacker's head g' (SimCLR's 2-layer head) fitted with NT-Xent.
     c.head = ml_collections.ConfigDict(dict(hidden=512, out=128, epochs=100, batch_size=256,
                                             learning_rate=1e-3, temperature=0.1))
-    c.seed = int(a.get("seed", 0))
+    c.seed = a.int("seed", 0)
     c.overwrite = False
     c.victim = ml_collections.ConfigDict()
     c.victim.checkpoint = SHIPPED_VICTIM
-    c.victim.train_from_scratch = a.get("victim", "shipped") == "scratch"
+    victim = a.get("victim", "shipped")
+    if victim not in ("shipped", "scratch"):
+        raise ValueError(f"victim={victim!r}; allowed: 'shipped' (the shipped checkpoint) or "
+                         "'scratch' (train it into <workdir>/victim first)")
+    c.victim.train_from_scratch = victim == "scratch"
     c.victim.train_if_missing = True
     c.victim.train = victim_simclr.get_config("")
     c.steal = ml_collections.ConfigDict(dict(
-        loss="infonce", epochs=int(a.get("epochs", 30)), batch_size=None, learning_rate=None,
+        loss="infonce", epochs=a.int("epochs", 30, minimum=1), batch_size=None, learning_rate=None,
         temperature=None, weight_decay=1e-4, optimizer="adam", seed=c.seed, augment=None,
         model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))
     # Per-loss settings adapted to this scale (see README "Main job").

@@ -50,17 +50,17 @@ def get_config(arg: str = ""):
     c.experiment = "verify"
     c.dataset = "fashion_mnist"
     c.probe_test_size = 5000
-    c.seed = int(a.get("seed", 0))
+    c.seed = a.int("seed", 0)
     c.overwrite = False
     c.victim_checkpoint = a.get("victim", WATERMARKED_VICTIM)
     c.suspects = a.get("suspects", "").replace("+", ",")
     c.ancestor = a.get("ancestor", "auto")
     c.watermark = ml_collections.ConfigDict(dict(
-        enabled=bool(int(a.get("watermark", 1))), alpha=0.01,
+        enabled=bool(a.int("watermark", 1)), alpha=0.01,
         null_method=a.get("null_method", "max"),
         align_images=1000))  # public images for the linear map (only for other representation sizes)
     c.di = ml_collections.ConfigDict(dict(
-        enabled=bool(int(a.get("di", 1))),
+        enabled=bool(a.int("di", 1)),
         n_fit=ml_collections.config_dict.placeholder(int),  # None = min(10000, private // 2)
         n_private=ml_collections.config_dict.placeholder(int),  # None = min(5000, the rest)
         n_public=5000, components=10, covariance="diag", alpha=0.01,
@@ -69,11 +69,11 @@ def get_config(arg: str = ""):
     c.attack = ml_collections.ConfigDict(dict(
         budgets=a.get("budgets", "500+2000+5000").replace("+", ","),
         losses=a.get("losses", "infonce").replace("+", ","),
-        samples=int(a.get("samples", 40000)),
+        samples=a.int("samples", 40000),
         steal=qs.steal, loss_overrides=qs.loss_overrides))
     c.independent = ml_collections.ConfigDict(dict(
-        simclr_epochs=int(a.get("simclr_epochs", 4)), seed=c.seed + 1, random_init=True,
-        seeds=int(a.get("seeds", 3)),
+        simclr_epochs=a.int("simclr_epochs", 4), seed=c.seed + 1, random_init=True,
+        seeds=a.int("seeds", 3),
         train=victim_simclr.get_config(f"seed={c.seed + 1}")))
     if c.watermark.null_method not in NULL_METHODS:
         raise ValueError(f"null_method={c.watermark.null_method!r}; allowed: {list(NULL_METHODS)}")

@@ -24,20 +24,20 @@ def get_config(arg: str = ""):
     c.experiment = "train_victim"
     c.dataset = a.get("dataset", "fashion_mnist")
     c.model = ml_collections.ConfigDict(dict(
-        arch=a.get("arch", "resnet10"), width=int(a.get("width", 16)), stem=a.get("stem", "cifar"),
-        head_hidden=int(a.get("head_hidden", 512)), head_out=int(a.get("head_out", 128)),
+        arch=a.get("arch", "resnet10"), width=a.int("width", 16), stem=a.get("stem", "cifar"),
+        head_hidden=a.int("head_hidden", 512), head_out=a.int("head_out", 128),
         dtype="float32"))
     c.augment = ml_collections.ConfigDict(dict(
         crop_scale=(0.2, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=0.5, jitter_p=0.8,
         jitter_strength=0.5, gray_p=0.2, blur_p=0.0, blur_sigma=(0.1, 2.0)))
-    c.temperature = float(a.get("temperature", 0.2))
-    c.batch_size = int(a.get("batch_size", 256))
-    c.epochs = int(a.get("epochs", 22))
+    c.temperature = a.float("temperature", 0.2)
+    c.batch_size = a.int("batch_size", 256)
+    c.epochs = a.int("epochs", 22)
     c.optimizer = "adam"
-    c.learning_rate = float(a.get("lr", 1e-3))
+    c.learning_rate = a.float("lr", 1e-3)
     c.weight_decay = 1e-4
     c.warmup_epochs = 1.0
-    c.seed = int(a.get("seed", 0))
+    c.seed = a.int("seed", 0)
     c.checkpoint_every_steps = 500
     c.log_every_steps = 50
     c.overwrite = False

@@ -31,16 +31,16 @@ def get_config(arg: str = ""):
                                  f"seed={a.get('seed', 0)}")
     c.experiment = "watermark_victim"
     c.init_from = a.get("init_from", SHIPPED_VICTIM) or None
-    c.victim_train_size = int(a.get("train_size", 10240))
+    c.victim_train_size = a.int("train_size", 10240)
     c.probe_train_size = 10000  # utility check of victim vs ancestor
     c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60, select_probe=True))
     c.warmup_epochs = 0.25
     c.checkpoint_every_steps = 50
     c.log_every_steps = 10
     c.model.watermark_hidden = 256
-    c.model.watermark_classes = int(a.get("classes", 4))
+    c.model.watermark_classes = a.int("classes", 4)
     c.watermark = ml_collections.ConfigDict(dict(
-        lam=float(a.get("lam", 1.0)), batch_size=64, train_images=10000, verify_images=1000,
+        lam=a.float("lam", 1.0), batch_size=64, train_images=10000, verify_images=1000,
         alpha=0.01,
         augment=dict(crop_scale=(0.5, 1.0), crop_ratio=(3 / 4, 4 / 3), flip=0.5, jitter_p=0.8,
                      jitter_strength=0.5, gray_p=0.0, blur_p=0.0, blur_sigma=(0.1, 2.0))))

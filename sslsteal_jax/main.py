@@ -43,6 +43,8 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("both --config and --workdir are required")
+    if not _WORKDIR.value.strip():
+        raise app.UsageError("--workdir is empty; give a directory, e.g. --workdir=runs/quickstart")
     from sslsteal_jax.training.mesh import initialize_distributed
     initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
     try:

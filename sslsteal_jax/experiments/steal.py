@@ -39,7 +39,7 @@ from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.report import format_table, plot_results
 from sslsteal_jax.experiments import common, train_victim
 from sslsteal_jax.losses import ALL_LOSSES, EXTRA_LOSSES, STEALING_LOSSES
-from sslsteal_jax.models import SurrogateModel
+from sslsteal_jax.models import compute_dtype, SurrogateModel
 from sslsteal_jax.training.encoders import load_model
 from sslsteal_jax.training.simclr import augment_config
 
@@ -103,6 +103,7 @@ def run(cfg, workdir: str) -> dict:
     t0 = time.time()
     losses = parse_losses(cfg.losses)
     strategies = parse_strategies(cfg.get("strategies") or "direct")
+    compute_dtype(cfg.steal.model.get("dtype", "float32"))  # a bad dtype fails before any query
     data = experiment_data(cfg.dataset, cfg.get("query_dataset"), cfg.probe_test_size,
                            with_victim_train=bool(cfg.victim.train_from_scratch or not os.path.isdir(
                                common.resolve_path(cfg.victim.checkpoint) or "")),
