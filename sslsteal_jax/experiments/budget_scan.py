@@ -58,7 +58,8 @@ from sslsteal_jax.attacks.direct import (effective_batch_size, prepare_surrogate
                                          resolve_hparams, surrogate_schedule, train_surrogate)
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.attacks.stacked import (available_memory_bytes, estimate_member_bytes,
-                                          fit_stack_size, train_surrogates_stacked)
+                                          fit_stack_size, shared_config,
+                                          train_surrogates_stacked)
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.experiments import common
 from sslsteal_jax.experiments.steal import _arch_name, get_victim, parse_losses
@@ -303,9 +304,8 @@ def _group_cells(pending: list[dict], cache: dict, stack: int, fraction: float) 
     """
     by_key = {}
     for c in pending:
-        shared = {k: v for k, v in c["cfg"].to_dict().items() if k != "seed"}
-        key = json.dumps([c["source"], shared, c["batch_size"], c["steps"]], sort_keys=True,
-                         default=str)
+        key = json.dumps([c["source"], shared_config(c["cfg"]), c["batch_size"], c["steps"]],
+                         sort_keys=True, default=str)
         by_key.setdefault(key, []).append(c)
     out = []
     for cells in by_key.values():
