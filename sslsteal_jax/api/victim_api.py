@@ -65,7 +65,8 @@ class VictimAPI:
       image_shape: ``(H, W, C)`` accepted per query image.
       output: "representation" (backbone ``h``, default) or "projection" (``g(h)``).
       default_budget: budget of users not registered explicitly (None = unlimited).
-      batch_size: images per forward pass (answers do not depend on it).
+      batch_size: images per forward pass (None: ``evaluation.features.default_batch_size``,
+        128 on CPU; answers do not depend on it beyond float rounding).
       defenses: None (answers returned as computed) or a defense-chain spec
         (``defenses.chain.parse_spec``: e.g. ``"gaussian:scale=0.1+round:decimals=2"``,
         ``"similarity:threshold=0.8"``, ``"b4b"``, or a list of dicts).
@@ -81,7 +82,7 @@ class VictimAPI:
     """
 
     def __init__(self, model, variables, image_shape, output: str = "representation",
-                 default_budget: int | None = None, batch_size: int = 1000, defenses=None,
+                 default_budget: int | None = None, batch_size: int | None = None, defenses=None,
                  seed: int = 0, defense_reference=None):
         if output not in OUTPUTS:
             raise ValueError(f"unknown API output {output!r}; allowed: {list(OUTPUTS)}")
@@ -89,7 +90,7 @@ class VictimAPI:
         self.image_shape = tuple(image_shape)
         self.output = output
         self.default_budget = default_budget
-        self.batch_size = int(batch_size)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self._accounts: dict[str, Account] = {}
         index = 0 if output == "representation" else 1
 

@@ -17,7 +17,9 @@ def make_apply(module, variables, output_index: int | None = None, mesh=None):
 
     ``output_index`` selects one element when the module returns a tuple (e.g.
     0 = representation, 1 = projection head / adapter output of the SimCLR and
-    surrogate wrappers); None returns the module's output as is.
+    surrogate wrappers); a tuple of indices returns those elements
+    concatenated along the feature axis (one forward pass for several
+    outputs); None returns the module's output as is.
 
     The function is compiled for the ("data",) mesh (``training.mesh``; default
     all devices): variables replicated and passed as an argument (not baked
@@ -31,6 +33,8 @@ def make_apply(module, variables, output_index: int | None = None, mesh=None):
         if x.dtype == jnp.uint8:
             x = x.astype(jnp.float32) / 255.0
         out = module.apply(v, x, train=False)
+        if isinstance(output_index, (tuple, list)):
+            return jnp.concatenate([out[i] for i in output_index], axis=-1)
         return out if output_index is None else out[output_index]
 
     jitted = mesh_lib.compile_apply(_apply, mesh)
@@ -45,7 +49,28 @@ def make_apply(module, variables, output_index: int | None = None, mesh=None):
     return apply
 
 
-def extract_features(apply_fn, images: np.ndarray, batch_size: int = 1000,
+# Images per inference call on CPU (whole batch, all devices together). Measured
+# on the 2-core dev machine, ResNet-10 width 16 on 28x28 Fashion-MNIST, one
+# device: 96-128 images per call run at 3,500-3,800 img/s, 1,000 at 2,700-2,800
+# (the activations of a small batch stay in cache). Accelerators want large
+# calls: 1,024 images per device.
+CPU_INFERENCE_BATCH = 128
+ACCELERATOR_INFERENCE_BATCH_PER_DEVICE = 1024
+
+
+def default_batch_size(mesh=None) -> int:
+    """Default images per :func:`extract_features` call for ``mesh`` (default all devices).
+
+    ``CPU_INFERENCE_BATCH`` on CPU, ``ACCELERATOR_INFERENCE_BATCH_PER_DEVICE`` x
+    devices on GPU / TPU; always a multiple of the mesh's device count.
+    """
+    mesh = mesh_lib.data_mesh() if mesh is None else mesh
+    if mesh.devices.flat[0].platform == "cpu":
+        return mesh_lib.padded_size(CPU_INFERENCE_BATCH, mesh)
+    return ACCELERATOR_INFERENCE_BATCH_PER_DEVICE * mesh_lib.num_devices(mesh)
+
+
+def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None,
                      desc: str | None = None) -> np.ndarray:
     """Apply ``apply_fn`` over ``images`` in batches, data-parallel over all devices.
 
@@ -56,16 +81,19 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int = 1000,
     Args:
       apply_fn: jitted function ``(B,H,W,C) -> (B,D)`` (e.g. from ``make_apply``).
       images: uint8 ``(N,H,W,C)`` in [0,255] or float32 in [0,1].
-      batch_size: images per call (rounded up to a multiple of the device count).
+      batch_size: images per call (rounded up to a multiple of the device
+        count); None: :func:`default_batch_size` of the mesh. Outputs do not
+        depend on it beyond float rounding.
       desc: progress-bar label (None: no bar).
     Returns:
       float32 numpy ``(N, D)``.
     Raises:
       ValueError: ``batch_size`` < 1.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     mesh = getattr(apply_fn, "mesh", None) or mesh_lib.data_mesh()
+    batch_size = default_batch_size(mesh) if batch_size is None else batch_size
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     n = len(images)
     size = mesh_lib.padded_size(min(int(batch_size), max(n, 1)), mesh)
     out = []

@@ -7,10 +7,14 @@ Reported as top-1 accuracy in percent on a disjoint labelled test split.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from sslsteal_jax.evaluation.parallel import run_concurrently
 
 
 def few_labels_subset(labels: np.ndarray, per_class: int, key: jax.Array) -> np.ndarray:
@@ -171,7 +175,7 @@ DEFAULT_PROBE_GRID = ((60, 2e-3, 1e-4), (100, 5e-3, 1e-3))
 
 def selected_linear_probe(train_x, train_y, test_x, test_y, key: jax.Array,
                           grid=DEFAULT_PROBE_GRID, val_fraction: float = 0.1,
-                          return_predictions: bool = False) -> tuple:
+                          return_predictions: bool = False, max_workers: int | None = None) -> tuple:
     """Linear probe whose optimisation settings are chosen on a validation split.
 
     Each ``(epochs, learning_rate, weight_decay)`` in ``grid`` is trained on the
@@ -179,7 +183,9 @@ def selected_linear_probe(train_x, train_y, test_x, test_y, key: jax.Array,
     the best setting (ties: the earlier one) is retrained on all training
     features and scored on the test split, so the test set never influences the
     choice (standard linear-evaluation practice, e.g. SimCLR, Chen et al. 2020,
-    Appendix B.5). Every encoder gets its own best setting.
+    Appendix B.5). Every encoder gets its own best setting. The grid's fits
+    run concurrently (``evaluation.parallel.run_concurrently`` with
+    ``max_workers``; the result does not depend on it).
 
     Returns:
       ``(test accuracy in percent, {"epochs", "learning_rate", "weight_decay",
@@ -194,11 +200,13 @@ def selected_linear_probe(train_x, train_y, test_x, test_y, key: jax.Array,
         raise ValueError(f"val_fraction={val_fraction} must be in (0, 0.5]")
     train_x = np.asarray(train_x)
     cut = int(round(len(train_x) * (1.0 - val_fraction)))
+    vals = run_concurrently([
+        functools.partial(linear_probe, train_x[:cut], train_y[:cut], train_x[cut:],
+                          train_y[cut:], jax.random.fold_in(key, i), epochs=int(epochs),
+                          learning_rate=lr, weight_decay=wd)
+        for i, (epochs, lr, wd) in enumerate(grid)], max_workers=max_workers)
     best, best_val = None, -1.0
-    for i, (epochs, lr, wd) in enumerate(grid):
-        val = linear_probe(train_x[:cut], train_y[:cut], train_x[cut:], train_y[cut:],
-                           jax.random.fold_in(key, i), epochs=int(epochs), learning_rate=lr,
-                           weight_decay=wd)
+    for (epochs, lr, wd), val in zip(grid, vals):
         if val > best_val:
             best, best_val = (int(epochs), lr, wd), val
     out = linear_probe(train_x, train_y, test_x, test_y, key, epochs=best[0],

@@ -6,10 +6,13 @@ Each encoder is reported with: linear-probe accuracy with full labels and with
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
 from sslsteal_jax.evaluation import fidelity as fid
+from sslsteal_jax.evaluation.parallel import run_concurrently
 from sslsteal_jax.evaluation.probe import (few_labels_subset, knn_accuracy, linear_probe,
                                            selected_linear_probe)
 
@@ -41,24 +44,35 @@ def evaluate_features(name, train_feats, test_feats, data, key, victim_test_out=
     Returns:
       dict with ``name``, the keys of ``COLUMNS`` (fidelity None when N/A),
       ``probe_full_settings`` and, with ``reference_predictions``, ``agreement``.
+
+    The full-label probe, the few-label probe and kNN run concurrently
+    (``evaluation.parallel.run_concurrently``; ``$SSLSTEAL_EVAL_WORKERS=1``
+    runs them in order, with the same numbers).
     """
     k1, k2, k3 = jax.random.split(key, 3)
     sub = few_labels_subset(data.probe_train_y, per_class, k2)
     want = reference_predictions is not None
-    if select_probe:
-        full, settings, *pred = selected_linear_probe(train_feats, data.probe_train_y, test_feats,
-                                                      data.probe_test_y, k1,
-                                                      return_predictions=want)
-    else:
+
+    def full_probe():
+        if select_probe:
+            full, settings, *pred = selected_linear_probe(
+                train_feats, data.probe_train_y, test_feats, data.probe_test_y, k1,
+                return_predictions=want)
+            return full, settings, pred
         out = linear_probe(train_feats, data.probe_train_y, test_feats, data.probe_test_y, k1,
                            epochs=probe_epochs, return_predictions=want)
         full, pred = (out[0], [out[1]]) if want else (out, [])
-        settings = {"epochs": probe_epochs, "learning_rate": 2e-3, "weight_decay": 1e-4}
+        return full, {"epochs": probe_epochs, "learning_rate": 2e-3, "weight_decay": 1e-4}, pred
+
+    # Independent jobs, run side by side (evaluation.parallel; numbers do not depend on it).
+    (full, settings, pred), probe_few, knn = run_concurrently([
+        full_probe,
+        functools.partial(linear_probe, train_feats[sub], data.probe_train_y[sub], test_feats,
+                          data.probe_test_y, k3, epochs=max(probe_epochs, 200)),
+        functools.partial(knn_accuracy, train_feats, data.probe_train_y, test_feats,
+                          data.probe_test_y)])
     row = {"name": name, "probe_full": full, "probe_full_settings": settings,
-           "probe_100": linear_probe(train_feats[sub], data.probe_train_y[sub], test_feats,
-                                     data.probe_test_y, k3, epochs=max(probe_epochs, 200)),
-           "knn": knn_accuracy(train_feats, data.probe_train_y, test_feats, data.probe_test_y),
-           "cosine_fidelity": None, "l2_fidelity": None}
+           "probe_100": probe_few, "knn": knn, "cosine_fidelity": None, "l2_fidelity": None}
     if want:
         row["agreement"] = float(100.0 * np.mean(pred[0] == np.asarray(reference_predictions)))
     if victim_test_out is not None and test_out is not None:

