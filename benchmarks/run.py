@@ -5,7 +5,8 @@
 Measures, on the ("data",) mesh over all devices (the code path training uses):
 
 * ``victim_inference``: the representation API's forward pass (BatchNorm in
-  inference mode) of the shipped victim (ResNet-10 width 16, Fashion-MNIST);
+  inference mode) of the shipped victim (ResNet-10 width 16, Fashion-MNIST),
+  at each ``--inference-batches`` size (the library default per call and 1,000);
 * ``simclr_step``: one victim SimCLR training step (2 augmented views, NT-Xent);
 * ``steal_step/<arch>/<loss>``: one surrogate training step of direct
   extraction, side by side with the same step in PyTorch (``torch_ref.py``),
@@ -151,7 +152,7 @@ def _timed(timer, steps, repeats):
     return float(np.median([timer.run(steps) for _ in range(repeats)]))
 
 
-def bench_inference(args, mesh, peak, rng):
+def bench_inference(args, mesh, peak, rng, batch: int):
     from sslsteal_jax.training.encoders import load_model
     ckpt = os.path.join(_ROOT, "victims/fashion_mnist_resnet10_w16/checkpoints")
     if os.path.isdir(ckpt):
@@ -163,7 +164,7 @@ def bench_inference(args, mesh, peak, rng):
         variables = module.init(jax.random.key(0), jnp.zeros((2, *shape)))
         src = "random init (checkpoint not found)"
     apply = make_apply(module, variables, output_index=0, mesh=mesh)
-    b = mesh_lib.padded_size(args.inference_batch, mesh)
+    b = mesh_lib.padded_size(batch, mesh)
     (x,) = mesh_lib.shard_batch([rng.integers(0, 256, (b, *shape), dtype=np.uint8)], mesh)
     flops = compiled_flops(apply.jitted, apply.variables, x)
     timer = StepTimer(lambda s, x: (s, apply(x)), None, (x,))
@@ -307,7 +308,9 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3, help="steps per timed block")
     p.add_argument("--repeats", type=int, default=3, help="timed blocks (median reported)")
     p.add_argument("--batch", type=int, default=256, help="batch of the SimCLR and steal steps")
-    p.add_argument("--inference-batch", type=int, default=1000)
+    p.add_argument("--inference-batches", default="default,1000",
+                   help="comma list of victim-inference batch sizes; 'default' = "
+                        "evaluation.features.default_batch_size (128 on CPU)")
     p.add_argument("--k", type=int, default=8, help="surrogates in the vmapped step")
     p.add_argument("--vmap-batch", type=int, default=64, help="batch per vmapped surrogate (mse reference: 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -334,7 +337,10 @@ def main(argv=None):
             json.dump(res, f, indent=2)
 
     if "inference" in only:
-        add(bench_inference(args, mesh, peak, rng))
+        from sslsteal_jax.evaluation.features import default_batch_size
+        for spec in args.inference_batches.split(","):
+            b = default_batch_size(mesh) if spec.strip() == "default" else int(spec)
+            add(bench_inference(args, mesh, peak, rng, b))
     if "simclr" in only:
         add(bench_simclr(args, mesh, peak, rng))
     if "steal" in only:

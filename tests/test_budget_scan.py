@@ -306,3 +306,7 @@ def test_fit_stack_size_and_stackable_checks(scan):
     with pytest.raises(ValueError, match="member 1 trains 6 steps of batch 256, member 0 3 steps"):
         stacked.check_stackable([setups[2], longer], [cfg(), cfg(seed=1)])
     assert stacked.estimate_member_bytes(setups[0]) > 4 * stacked._tree_bytes(setups[0].state.params)
+    # the scan's memory guard estimates from shapes only (no model init): same bytes
+    shapes = prepare_surrogate(*members[0], abstract=True)
+    assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(shapes.state))
+    assert stacked.estimate_member_bytes(shapes) == stacked.estimate_member_bytes(setups[0])

@@ -215,10 +215,13 @@ class SurrogateSetup(NamedTuple):
 
 def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
                       labels: np.ndarray | None = None, pair: tuple | None = None,
-                      target_head=None) -> SurrogateSetup:
+                      target_head=None, abstract: bool = False) -> SurrogateSetup:
     """Build a surrogate's model, fresh train state, step and data without training.
 
     Arguments as in :func:`train_surrogate`. Returns a :class:`SurrogateSetup`.
+    ``abstract``: the state's leaves are ``jax.ShapeDtypeStruct`` (shapes
+    only, from ``jax.eval_shape``: nothing is initialised), for memory
+    estimates (``attacks.stacked.estimate_member_bytes``).
     The init key and step key are ``jax.random.split(jax.random.key(cfg.seed))``;
     the optimizer schedule spans ``total_steps`` with ``min(total // 20, 200)``
     warm-up steps.
@@ -251,11 +254,15 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
     model = SurrogateModel(enc, adapter, predictor)
     key = jax.random.key(int(cfg.seed))
     init_key, step_key = jax.random.split(key)
-    variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
     tx = make_optimizer(cfg.optimizer, hp["learning_rate"], cfg.weight_decay, total,
                         min(total // 20, 200))
-    state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables["batch_stats"])
+
+    def init_state():
+        variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
+        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                 batch_stats=variables["batch_stats"])
+
+    state = jax.eval_shape(init_state) if abstract else init_state()
     aug = augment_config(cfg.augment) if cfg.get("augment") else None
     view_aug = augment_config(cfg.view_augment) if cfg.get("view_augment") else None
     k_views = int(cfg.get("surrogate_views") or 0)

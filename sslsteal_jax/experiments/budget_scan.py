@@ -43,7 +43,6 @@ of queries"; SPEC claims 1-4):
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -250,7 +249,7 @@ def run(cfg, workdir: str) -> dict:
                "query_pools": {s: d.names["query_pool"] for s, d in datas.items()},
                "wall_seconds": t_end - t0, "config": cfg.to_dict()}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
-    _write_csv(os.path.join(workdir, "results.csv"), rows)
+    common.write_csv_atomic(os.path.join(workdir, "results.csv"), rows, CSV_FIELDS)
     for source in sources:
         plot_scan([r for r in rows if r["source"] == source], reference,
                   os.path.join(workdir, f"scan_{source.replace(':', '-')}.png"),
@@ -313,7 +312,8 @@ def _group_cells(pending: list[dict], cache: dict, stack: int, fraction: float) 
         if stack > 1 and len(cells) > 1:
             images, answers = cache[cells[0]["source"]]
             b = cells[0]["budget"]
-            per = estimate_member_bytes(prepare_surrogate(images[:b], answers[:b], cells[0]["cfg"]))
+            per = estimate_member_bytes(prepare_surrogate(images[:b], answers[:b], cells[0]["cfg"],
+                                                          abstract=True))
             avail = available_memory_bytes()
             k = fit_stack_size(min(stack, len(cells)), per, avail, fraction)
             memory = {"members": k, "member_bytes": per, "available_bytes": avail}
@@ -356,16 +356,6 @@ def _train_group(cells, cache, workdir, data, owner, key, ev, mode) -> dict:
         write_json_atomic(c["path"], row)
         rows[c["name"]] = row
     return rows
-
-
-def _write_csv(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_FIELDS))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in CSV_FIELDS})
-    os.replace(tmp, path)
 
 
 def aggregate(rows: list[dict], metric: str) -> dict:

@@ -41,7 +41,6 @@ Dubinski et al., "Bucks for Buckets", NeurIPS 2023, Sections 3-5.
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import time
@@ -320,13 +319,7 @@ def run(cfg, workdir: str) -> dict:
                "total_seconds_this_invocation": time.time() - t0,
                "seconds_per_phase_this_invocation": phases, "config": cfg.to_dict()}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
-    tmp = os.path.join(workdir, "results.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in CSV_COLUMNS})
-    os.replace(tmp, os.path.join(workdir, "results.csv"))
+    common.write_csv_atomic(os.path.join(workdir, "results.csv"), rows, CSV_COLUMNS)
     plot_tradeoff(rows, results["reference"], os.path.join(workdir, "tradeoff.png"),
                   f"{cfg.dataset}: {cfg.budget} attacker queries per cell")
     plot_coverage(done["b4b_coverage"], os.path.join(workdir, "b4b_coverage.png"),
