@@ -38,6 +38,9 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+from sslsteal_jax.host_devices import configure_cpu_devices  # noqa: E402
+
+configure_cpu_devices()  # what `python -m sslsteal_jax.main` does: one XLA CPU device per core
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -247,7 +247,7 @@ def run(cfg, workdir: str) -> dict:
                "reference": reference, "cells": rows,
                "queries_charged_this_run": charged, "victim_checkpoint": victim_source,
                "query_pools": {s: d.names["query_pool"] for s, d in datas.items()},
-               "wall_seconds": t_end - t0, "config": cfg.to_dict()}
+               "wall_seconds": t_end - t0, "environment": common.run_environment(), "config": cfg.to_dict()}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     common.write_csv_atomic(os.path.join(workdir, "results.csv"), rows, CSV_FIELDS)
     for source in sources:

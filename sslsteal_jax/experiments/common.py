@@ -135,6 +135,15 @@ def evaluate_rows(jobs) -> list[dict]:
     return run_concurrently(list(jobs), max_workers=workers)
 
 
+def run_environment() -> dict:
+    """What the numbers of a run depend on besides its config and seed:
+    ``{"jax": version, "platform": "cpu" | "gpu" | "tpu", "devices": int}``
+    (data-parallel device count: float summation order, hence the last digits,
+    depends on it; see ``sslsteal_jax.host_devices``)."""
+    return {"jax": jax.__version__, "platform": jax.devices()[0].platform,
+            "devices": jax.device_count()}
+
+
 def eval_kwargs(cfg) -> dict:
     """Keyword arguments of ``evaluate_features`` from a config's ``eval`` block."""
     return dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs),

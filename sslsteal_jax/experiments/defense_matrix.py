@@ -317,7 +317,7 @@ def run(cfg, workdir: str) -> dict:
                "detector": done["detector"], "b4b_coverage": done["b4b_coverage"],
                "victim_checkpoint": vpath, "splits": data.names,
                "total_seconds_this_invocation": time.time() - t0,
-               "seconds_per_phase_this_invocation": phases, "config": cfg.to_dict()}
+               "seconds_per_phase_this_invocation": phases, "environment": common.run_environment(), "config": cfg.to_dict()}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     common.write_csv_atomic(os.path.join(workdir, "results.csv"), rows, CSV_COLUMNS)
     plot_tradeoff(rows, results["reference"], os.path.join(workdir, "tradeoff.png"),

@@ -55,7 +55,7 @@ def run(cfg, workdir: str) -> dict:
     rows = common.evaluate_rows(jobs)
     print(format_table(rows, f"evaluation on {cfg.dataset}"))
     results = {"experiment": "evaluate", "rows": rows, "checkpoints": paths,
-               "splits": data.names, "config": cfg.to_dict()}
+               "splits": data.names, "environment": common.run_environment(), "config": cfg.to_dict()}
     common.write_results(workdir, results, rows)
     plot_results(rows, os.path.join(workdir, "results.png"), f"evaluation on {cfg.dataset}")
     return results

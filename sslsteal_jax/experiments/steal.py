@@ -239,7 +239,7 @@ def run(cfg, workdir: str) -> dict:
         "timing_seconds": {"victim": t_victim - t0, "query": t_query - t_victim,
                            "steal": t_steal - t_query, "evaluate": t_eval - t_steal,
                            "total": t_eval - t0},
-        "config": cfg.to_dict()}
+        "environment": common.run_environment(), "config": cfg.to_dict()}
     if head_summary is not None:
         results["head_recreation"] = head_summary
     if victim_clf is not None:

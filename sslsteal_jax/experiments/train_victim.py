@@ -41,6 +41,6 @@ def run(cfg, workdir: str) -> dict:
         functools.partial(common.raw_pixels_row, data, key)])
     print(format_table(rows, f"victim SimCLR on {cfg.dataset}"))
     results = {"experiment": "train_victim", "training": summary, "rows": rows,
-               "splits": data.names, "config": cfg.to_dict()}
+               "splits": data.names, "environment": common.run_environment(), "config": cfg.to_dict()}
     common.write_results(workdir, results, rows)
     return results

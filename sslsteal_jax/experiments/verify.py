@@ -445,7 +445,7 @@ def run(cfg, workdir: str) -> dict:
         "timing_seconds": {"setup": t_setup - t0, "steal": t_steal - t_setup,
                            "independent": t_indep - t_steal, "verify": t_verify - t_indep,
                            "total": t_verify - t0},
-        "config": cfg.to_dict()}
+        "environment": common.run_environment(), "config": cfg.to_dict()}
     common.write_results(workdir, results, rows, COLUMNS)
     print(f"wrote {os.path.join(workdir, 'results.json')} and results.csv "
           f"(total {t_verify - t0:.0f} s)")

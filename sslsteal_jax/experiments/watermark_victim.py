@@ -74,7 +74,7 @@ def run(cfg, workdir: str) -> dict:
                "watermark_train_images": f"{data.names['victim_train']}[{tr.start}:{tr.stop}]",
                "watermark_verify_images": f"{data.names['victim_train']}[{ver.start}:{ver.stop}]",
                "simclr_train_images": f"{data.names['victim_train']}[:{n}]",
-               "splits": data.names, "config": cfg.to_dict()}
+               "splits": data.names, "environment": common.run_environment(), "config": cfg.to_dict()}
     common.write_results(workdir, results, rows, [*EVAL_COLUMNS, "wm_accuracy", "wm_p_value",
                                                   "wm_above_chance"])
     return results

@@ -1,0 +1,44 @@
+"""host_devices.configure_cpu_devices: the XLA_FLAGS entry it adds, and when it leaves them alone."""
+import pytest
+
+from sslsteal_jax.host_devices import DEVICE_COUNT_FLAG, configure_cpu_devices
+
+
+def test_one_device_per_core_capped(monkeypatch):
+    import sslsteal_jax.host_devices as hd
+    monkeypatch.setattr(hd, "_backends_initialised", lambda: False)
+    env = {"XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    assert configure_cpu_devices(env, cores=2) == 2
+    assert env["XLA_FLAGS"] == f"--xla_cpu_enable_fast_math=false {DEVICE_COUNT_FLAG}=2"
+    env = {}
+    assert configure_cpu_devices(env, cores=64) == 8 and env["XLA_FLAGS"] == f"{DEVICE_COUNT_FLAG}=8"
+    env = {"SSLSTEAL_CPU_DEVICES": "3"}
+    assert configure_cpu_devices(env, cores=2) == 3 and env["XLA_FLAGS"].endswith("=3")
+
+
+@pytest.mark.parametrize("env", [
+    {"SSLSTEAL_CPU_DEVICES": "1"},                                # explicitly one device
+    {"XLA_FLAGS": f"{DEVICE_COUNT_FLAG}=8"},                      # the user's own count wins
+    {"SSLSTEAL_DISTRIBUTED": "1"},                                # multi-host run
+])
+def test_left_alone(env, monkeypatch):
+    import sslsteal_jax.host_devices as hd
+    monkeypatch.setattr(hd, "_backends_initialised", lambda: False)
+    before = dict(env)
+    assert configure_cpu_devices(env, cores=4) is None
+    assert env == before
+    assert configure_cpu_devices({}, cores=1) is None
+
+
+def test_too_late_once_jax_started():
+    import jax
+    jax.devices()  # the test process's backend is up (8 forced devices from conftest)
+    env = {}
+    assert configure_cpu_devices(env, cores=2) is None and env == {}
+
+
+def test_bad_value_named():
+    with pytest.raises(ValueError, match="SSLSTEAL_CPU_DEVICES='0'"):
+        configure_cpu_devices({"SSLSTEAL_CPU_DEVICES": "0"}, cores=2)
+    with pytest.raises(ValueError, match="SSLSTEAL_CPU_DEVICES='two'"):
+        configure_cpu_devices({"SSLSTEAL_CPU_DEVICES": "two"}, cores=2)
