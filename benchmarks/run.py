@@ -110,11 +110,19 @@ def peak_flops_per_device(dtype: str, override: float | None = None) -> tuple[fl
 
 
 def compiled_flops(jitted, *args) -> float:
-    """FLOPs of one call of ``jitted(*args)`` from XLA's cost analysis (whole program, all devices)."""
-    cost = jitted.lower(*args).compile().cost_analysis()
+    """FLOPs of one call of ``jitted(*args)`` on all devices together, from XLA's cost analysis.
+
+    For a program partitioned over N devices (SPMD) XLA reports the FLOPs of
+    one device's partition, so the figure is multiplied by the number of
+    devices the compiled program runs on (1 device: unchanged).
+    """
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
         cost = cost[0]
-    return float(cost.get("flops", float("nan")))
+    leaves = jax.tree.leaves(compiled.input_shardings)
+    n = len(leaves[0].device_set) if leaves else 1
+    return float(cost.get("flops", float("nan"))) * n
 
 
 def _block(tree):

@@ -7,10 +7,10 @@ data-parallel step over them (``training.mesh``: the batch split over
 devices, BatchNorm statistics and InfoNCE / NT-Xent negatives taken over the
 global batch through all-reduces) computes the same step with a smaller
 working set per core. Measured on the 2-core dev machine
-(``benchmarks/results/cpu.json``): the ResNet-10 w16 InfoNCE steal step at
-batch 256 runs 1.25x faster on 2 devices than on 1 (702 -> 881 img/s),
-ResNet-18 w16 MSE 1.2x (380 -> 461), victim inference 1.25x; 4 devices on
-2 cores gain nothing more.
+(``benchmarks/results/cpu.json`` vs ``cpu_1device.json``): the ResNet-10
+w16 InfoNCE steal step at batch 256 runs 1.17x faster on 2 devices than on 1
+(745 -> 873 img/s), ResNet-18 w16 MSE 1.28x (385 -> 494), SimCLR 1.29x,
+victim inference 1.16x; 4 devices on 2 cores gain nothing more.
 
 This module must not import jax: the device count is an ``XLA_FLAGS`` entry
 read when JAX initialises its CPU backend, so :func:`configure_cpu_devices`
