@@ -45,8 +45,10 @@ def main(argv):
         raise app.UsageError("both --config and --workdir are required")
     if not _WORKDIR.value.strip():
         raise app.UsageError("--workdir is empty; give a directory, e.g. --workdir=runs/quickstart")
+    from sslsteal_jax.evaluation.parallel import default_workers
     from sslsteal_jax.host_devices import configure_cpu_devices
     configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; see host_devices.py)
+    default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
     from sslsteal_jax.training.mesh import initialize_distributed
     initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
     try:

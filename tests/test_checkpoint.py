@@ -147,3 +147,49 @@ def test_prepare_workdir(tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(wd, "results.json"))
     with open(os.path.join(wd, "results.1234567890.json")) as f:
         assert json.load(f) == {"old": 1}
+
+
+def test_hard_kill_loses_little_and_log_has_no_duplicates(run_a, images, tmp_path, monkeypatch):
+    """A crash that skips the Ctrl-C save (e.g. an XLA abort) loses at most
+    ``checkpoint_seconds`` of work, and the rerun drops log lines written after
+    the last checkpoint instead of appending them twice."""
+    import functools
+    _, want, _ = run_a
+    real = loop.epoch_batches
+
+    def crash_at(at):
+        def batches(n, batch_size, seed, step):
+            if step == at:
+                raise RuntimeError("simulated abort")  # not KeyboardInterrupt: no save
+            return real(n, batch_size, seed, step)
+        return batches
+
+    # 1. time-based checkpoints (after every step here): a crash before batch 6 keeps step 6
+    wd = str(tmp_path / "timed")
+    monkeypatch.setattr(simclr, "run_training",
+                        functools.partial(loop.run_training, checkpoint_seconds=1e-9))
+    monkeypatch.setattr(loop, "epoch_batches", crash_at(6))
+    with pytest.raises(RuntimeError, match="simulated abort"):
+        train_simclr(_cfg(), wd, images, progress=False)
+    assert read_meta(os.path.join(wd, "checkpoints"))["step"] == 6
+    monkeypatch.undo()
+
+    # 2. step checkpoints every 8, log every 4: crash at 14 leaves log lines 4, 8, 12 and
+    # a checkpoint at 8; the rerun resumes at 8, drops line 12 and writes it again once
+    wd = str(tmp_path / "log")
+    cfg = _cfg()
+    cfg.checkpoint_every_steps = 8
+    monkeypatch.setattr(simclr, "run_training",
+                        functools.partial(loop.run_training, checkpoint_seconds=0))
+    monkeypatch.setattr(loop, "epoch_batches", crash_at(14))
+    with pytest.raises(RuntimeError):
+        train_simclr(cfg, wd, images, progress=False)
+    monkeypatch.setattr(loop, "epoch_batches", real)
+    with open(os.path.join(wd, "train_log.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [4, 8, 12]
+    _, got, _ = train_simclr(cfg, wd, images, progress=False)
+    with open(os.path.join(wd, "train_log.jsonl")) as f:
+        assert [json.loads(line)["step"] for line in f] == [4, 8, 12, 16]
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+        jax.device_get(got), want)

@@ -3,7 +3,8 @@
 One jitted step per batch; the data order is a deterministic function of
 (seed, epoch), step keys are ``fold_in(key, step)``, so a run resumed from a
 checkpoint produces the same numbers as an uninterrupted run. Checkpoints
-(orbax) are written every ``checkpoint_every`` steps, at the end, and when the
+(orbax) are written every ``checkpoint_every`` steps, every ``checkpoint_seconds``
+of wall time, at the end, and when the
 process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised).
 """
 from __future__ import annotations
@@ -61,7 +62,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
                  batch_size: int, total_steps: int, key: jax.Array, seed,
                  ckpt_dir: str | None, meta: dict, desc: str,
                  checkpoint_every: int = 500, log_every: int = 50,
-                 log_path: str | None = None, progress: bool = True, members: int = 0):
+                 log_path: str | None = None, progress: bool = True, members: int = 0,
+                 checkpoint_seconds: float = 120.0):
     """Run ``step_fn`` for ``total_steps`` steps over shuffled batches of ``arrays``.
 
     Args:
@@ -80,7 +82,12 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
       ckpt_dir: checkpoint directory or None (no checkpoints, no resume).
       meta: JSON metadata stored with each checkpoint.
       desc: progress-bar label.
-      log_path: JSONL file receiving ``{"step", "epoch", <metrics>}`` every ``log_every`` steps.
+      checkpoint_seconds: also checkpoint when this many seconds of wall time
+        have passed since the last checkpoint (a hard kill, e.g. an XLA abort
+        or the OOM killer, then loses at most this much work; 0 disables).
+      log_path: JSONL file receiving ``{"step", "epoch", <metrics>}`` every
+        ``log_every`` steps; on resume, lines past the restored step (written
+        after the last checkpoint of an interrupted run) are dropped first.
       members: 0 (one model, as above) or K >= 1 stacked models trained by
         one compiled step (``training.vmap.make_vmapped_steal_step``): then
         ``state`` has a leading axis K on every leaf, ``arrays`` is a
@@ -127,6 +134,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
         if resumed:
             resumed_from = _step_of(state)
             print(f"{desc}: resumed from checkpoint at step {resumed_from} of {total_steps}")
+    if log_path and jax.process_index() == 0:
+        _truncate_log(log_path, resumed_from)
     state = mesh_lib.replicate(state, mesh)
     key = mesh_lib.replicate(key, mesh)
     jstep = mesh_lib.compile_step(step_fn, mesh, len(groups[0]), leading_axes=int(k > 0))
@@ -152,6 +161,7 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
 
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
     t0, acc, final = time.time(), [], {}
+    last_save = t0
     step = _step_of(state)
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress or jax.process_index() != 0, unit="step",
                mininterval=2.0, leave=False)
@@ -170,8 +180,11 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
                                             **final}) + "\n")
                 bar.set_postfix({name: f"{np.mean(v):.4f}" for name, v in final.items()})
             bar.update(1)
-            if mngr is not None and step % checkpoint_every == 0 and step < total_steps:
+            due = step % checkpoint_every == 0 or (
+                checkpoint_seconds and time.time() - last_save >= checkpoint_seconds)
+            if mngr is not None and due and step < total_steps:
                 save(step)
+                last_save = time.time()
         if mngr is not None and (mngr.latest_step() or -1) < total_steps:
             save(total_steps)
     except (KeyboardInterrupt, _Preempted):
@@ -188,6 +201,20 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
                    "examples_per_second": batch_size * max(k, 1) * (total_steps - resumed_from)
                    / max(wall, 1e-9),
                    "final_metrics": final}
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Keep only the JSONL lines of ``path`` with ``"step" <= step`` (atomic rewrite)."""
+    import os
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip()]
+    keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        with open(path + ".tmp", "w") as f:
+            f.writelines(keep)
+        os.replace(path + ".tmp", path)
 
 
 def _step_of(state) -> int:
