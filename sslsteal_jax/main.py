@@ -47,12 +47,19 @@ def main(argv):
         raise app.UsageError("--workdir is empty; give a directory, e.g. --workdir=runs/quickstart")
     from sslsteal_jax.evaluation.parallel import default_workers
     from sslsteal_jax.host_devices import configure_cpu_devices
-    configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; see host_devices.py)
-    default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
+    try:
+        configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; host_devices.py)
+        default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
+    except ValueError as e:  # bad environment variable: a usage error, not a traceback
+        raise app.UsageError(str(e)) from None
     from sslsteal_jax.training.mesh import initialize_distributed
     initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
+    from sslsteal_jax.experiments.common import WorkdirExistsError
     try:
         run(_CONFIG.value, _WORKDIR.value)
+    except WorkdirExistsError as e:  # nothing was run or changed: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
     except KeyboardInterrupt:
         print("stopped; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)

@@ -10,9 +10,10 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(*args, cwd=ROOT):
+def _main(*args, cwd=ROOT, env=None):
     p = subprocess.run([sys.executable, "-m", "sslsteal_jax.main", *args], cwd=cwd,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=300,
+                       env=None if env is None else {**os.environ, **env})
     return p.returncode, p.stdout + p.stderr
 
 
@@ -58,3 +59,22 @@ def test_evaluate_nonexistent_checkpoint(tmp_path, which):
     rc, out = _main(*args, cwd=str(tmp_path))
     assert rc != 0
     assert f"FileNotFoundError: checkpoint directory {missing!r} does not exist" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("var,value", [("SSLSTEAL_CPU_DEVICES", "0"),
+                                       ("SSLSTEAL_EVAL_WORKERS", "two")])
+def test_bad_environment_variable_is_a_usage_error(tmp_path, var, value):
+    rc, out = _main("--config=configs/quickstart.py", f"--workdir={tmp_path / 'w'}",
+                    env={var: value})
+    assert rc != 0
+    assert f"{var}={value!r}; allowed: an integer >= 1" in out, out[-2000:]
+    assert "Traceback" not in out and not os.path.exists(tmp_path / "w")
+
+
+def test_finished_workdir_refused_in_one_line(tmp_path):
+    wd = tmp_path / "w"
+    wd.mkdir()
+    (wd / "results.json").write_text("{}")
+    rc, out = _main("--config=configs/quickstart.py", f"--workdir={wd}")
+    assert rc == 1
+    assert "already holds results.json" in out and "Traceback" not in out, out[-2000:]
