@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 from sslsteal_jax.attacks.direct import make_steal_step  # noqa: E402
 from sslsteal_jax.data.augment import AugmentConfig  # noqa: E402
-from sslsteal_jax.evaluation.features import make_apply  # noqa: E402
+from sslsteal_jax.evaluation.features import default_batch_size, make_apply  # noqa: E402
 from sslsteal_jax.models import SimCLRModel, SurrogateModel, build_encoder  # noqa: E402
 from sslsteal_jax.training import mesh as mesh_lib  # noqa: E402
 from sslsteal_jax.training.optim import make_optimizer  # noqa: E402
@@ -348,7 +348,6 @@ def main(argv=None):
             json.dump(res, f, indent=2)
 
     if "inference" in only:
-        from sslsteal_jax.evaluation.features import default_batch_size
         for spec in args.inference_batches.split(","):
             b = default_batch_size(mesh) if spec.strip() == "default" else int(spec)
             add(bench_inference(args, mesh, peak, rng, b))

@@ -1,13 +1,14 @@
 """Run independent evaluation jobs (probe fits, kNN) concurrently in threads.
 
-A linear probe on 64-dimensional features is a long chain of tiny XLA
-programs (a 512 x 64 x 10 matmul and an Adam update per step, about 0.5 ms of
-mostly per-op overhead): it keeps one CPU core busy and leaves the others
-idle. JAX releases the GIL while a compiled program runs, so independent fits
-started from separate threads run side by side. Measured on the 2-core dev
-machine: two 60-epoch probes on 54k x 64 random features (the main job's
-representations are 128-d) take 3.8 s concurrently vs 5.9 s one after the other, with bitwise-identical weights (each job's
-numbers depend only on its own inputs and PRNG key, never on scheduling).
+A linear probe is a long chain of tiny XLA programs (per step a 512 x D x 10
+matmul and an Adam update, about 0.5 ms of mostly per-op overhead at D = 64):
+it keeps one CPU core busy and leaves the others idle. JAX releases the GIL
+while a compiled program runs, so independent fits started from separate
+threads run side by side. Measured on the 2-core dev machine: two 60-epoch
+probes on 54k x 64 random features (the main job's representations are
+128-d) take 3.8 s concurrently vs 5.9 s one after the other, with
+bitwise-identical weights (each job's numbers depend only on its own inputs
+and PRNG key, never on scheduling).
 """
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
+from sslsteal_jax.host_devices import usable_cores
+
 # Threads used by ``run_concurrently`` when ``max_workers`` is None. Environment
 # override: SSLSTEAL_EVAL_WORKERS (1 = run jobs one after the other).
 DEFAULT_WORKERS = 2
 
 
 def default_workers() -> int:
-    """``$SSLSTEAL_EVAL_WORKERS`` if set, else ``min(DEFAULT_WORKERS, os.cpu_count())``.
+    """``$SSLSTEAL_EVAL_WORKERS`` if set, else ``min(DEFAULT_WORKERS, usable cores)``
+    (``host_devices.usable_cores``: the CPU affinity mask, as for the device count).
 
     Raises:
       ValueError: the environment variable is not an integer >= 1.
@@ -31,7 +35,7 @@ def default_workers() -> int:
         if not raw.isdigit() or int(raw) < 1:
             raise ValueError(f"SSLSTEAL_EVAL_WORKERS={raw!r}; allowed: an integer >= 1")
         return int(raw)
-    return max(1, min(DEFAULT_WORKERS, os.cpu_count() or 1))
+    return max(1, min(DEFAULT_WORKERS, usable_cores()))
 
 
 def run_concurrently(jobs: Sequence[Callable[[], object]], max_workers: int | None = None) -> list:

@@ -88,14 +88,15 @@ def encoder_row(name, module, variables, data, key, victim_test_out=None, output
     """
     rep = make_apply(module, variables, output_index)
     tr = extract_features(rep, data.probe_train_x, desc=f"features {name} (probe train)")
-    out = None
-    if fidelity_index is None or victim_test_out is None or fidelity_index == output_index:
-        te = extract_features(rep, data.probe_test_x)
-        out = te if fidelity_index is not None and victim_test_out is not None else None
-    else:  # one forward pass for the representation and the output compared with the victim
+    fidelity = fidelity_index is not None and victim_test_out is not None
+    if fidelity and fidelity_index != output_index:
+        # one forward pass for the representation and the output compared with the victim
         both = extract_features(make_apply(module, variables, (output_index, fidelity_index)),
                                 data.probe_test_x)
         te, out = both[:, :tr.shape[1]], both[:, tr.shape[1]:]
+    else:
+        te = extract_features(rep, data.probe_test_x)
+        out = te if fidelity else None
     if out is not None and out.shape != victim_test_out.shape:
         out = None
     return evaluate_features(name, tr, te, data, key, victim_test_out, out,

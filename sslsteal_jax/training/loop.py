@@ -10,6 +10,7 @@ process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from typing import Callable, Sequence
@@ -205,7 +206,6 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
 
 def _truncate_log(path: str, step: int) -> None:
     """Keep only the JSONL lines of ``path`` with ``"step" <= step`` (atomic rewrite)."""
-    import os
     if not os.path.exists(path):
         return
     with open(path) as f:
