@@ -5,6 +5,8 @@
 ``--config`` is an ml_collections config file (optionally ``file.py:args``);
 its ``experiment`` field selects the experiment (train_victim, steal,
 evaluate, budget_scan, defense_matrix, watermark_victim, verify). Any field can be overridden with ``--config.<field>=<value>``.
+``--watchdog_seconds`` (default 900, 0 = off) stops a run that makes no
+progress for that long with its Python stacks (``sslsteal_jax.watchdog``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,11 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
+_WATCHDOG = flags.DEFINE_float(
+    "watchdog_seconds", 900.0,
+    "Stop the run (exit status 3, Python stacks of all threads printed and saved in the workdir "
+    "as stalled.<time>.txt) when it makes no progress for this many seconds; 0 disables. "
+    "Rerunning the command resumes from the last checkpoint.")
 
 # config.experiment -> module sslsteal_jax.experiments.<name> (each defines run(cfg, workdir)).
 EXPERIMENTS = ("train_victim", "steal", "evaluate", "budget_scan", "defense_matrix",
@@ -55,7 +62,14 @@ def main(argv):
     from sslsteal_jax.training.mesh import initialize_distributed
     initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
     from sslsteal_jax.experiments.common import WorkdirExistsError
+    from sslsteal_jax.watchdog import Watchdog
+    if _WATCHDOG.value < 0:
+        raise app.UsageError(f"--watchdog_seconds={_WATCHDOG.value:g}; allowed: seconds > 0, or 0 "
+                             "to disable the watchdog")
+    dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None
     try:
+        if dog is not None:
+            dog.start()
         run(_CONFIG.value, _WORKDIR.value)
     except WorkdirExistsError as e:  # nothing was run or changed: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
@@ -63,6 +77,9 @@ def main(argv):
     except KeyboardInterrupt:
         print("stopped; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
+    finally:
+        if dog is not None:
+            dog.stop()
 
 
 if __name__ == "__main__":

@@ -28,3 +28,8 @@ os.environ["XLA_FLAGS"] = " ".join(
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: long end-to-end or stress test; the fast tier is `pytest -m 'not slow'`")

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sslsteal_jax import watchdog
 from sslsteal_jax.training import mesh as mesh_lib
 
 
@@ -89,6 +90,11 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
       float32 numpy ``(N, D)``.
     Raises:
       ValueError: ``batch_size`` < 1.
+
+    Safe to call from several threads at once: each batch's program is
+    dispatched and completed under ``training.mesh.COLLECTIVES`` when the mesh
+    spans several devices, so two threads' programs never wait for each other
+    at a collective.
     """
     mesh = getattr(apply_fn, "mesh", None) or mesh_lib.data_mesh()
     batch_size = default_batch_size(mesh) if batch_size is None else batch_size
@@ -103,7 +109,10 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
         if m < size:
             b = np.concatenate([b, np.zeros((size - m, *b.shape[1:]), b.dtype)])
         (xb,) = mesh_lib.shard_batch([b], mesh)
-        out.append(np.asarray(apply_fn(xb))[:m])
+        # under the collective guard: never in flight with another thread's
+        # multi-device program (training.mesh, concurrency rule)
+        out.append(np.asarray(mesh_lib.run_collective(apply_fn, xb, mesh=mesh))[:m])
+        watchdog.progress("feature extraction")
     return np.concatenate(out, axis=0).astype(np.float32)
 
 

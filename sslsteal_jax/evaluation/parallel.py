@@ -9,6 +9,14 @@ probes on 54k x 64 random features (the main job's representations are
 128-d) take 3.8 s concurrently vs 5.9 s one after the other, with
 bitwise-identical weights (each job's numbers depend only on its own inputs
 and PRNG key, never on scheduling).
+
+Concurrency rule (``training.mesh``): jobs may run single-device programs
+(probes, kNN) freely; programs that span several devices (feature
+extraction, API answers, training steps) go through
+``training.mesh.COLLECTIVES`` (``extract_features`` and the training loop
+do this themselves), so two jobs never wait for each other at a collective.
+A job that calls a multi-device jitted function directly must wrap the call
+in ``training.mesh.run_collective``.
 """
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
+from sslsteal_jax import watchdog
 from sslsteal_jax.host_devices import usable_cores
 
 # Threads used by ``run_concurrently`` when ``max_workers`` is None. Environment
@@ -56,8 +65,13 @@ def run_concurrently(jobs: Sequence[Callable[[], object]], max_workers: int | No
     workers = default_workers() if max_workers is None else int(max_workers)
     if workers < 1:
         raise ValueError(f"max_workers={max_workers}; allowed: an integer >= 1 or None")
+    def tracked(job):
+        out = job()
+        watchdog.progress("evaluation job")
+        return out
+
     if workers == 1 or len(jobs) <= 1:
-        return [job() for job in jobs]
+        return [tracked(job) for job in jobs]
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        futures = [pool.submit(job) for job in jobs]
+        futures = [pool.submit(tracked, job) for job in jobs]
     return [f.result() for f in futures]

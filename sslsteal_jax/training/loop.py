@@ -9,6 +9,7 @@ process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from sslsteal_jax import watchdog
 from sslsteal_jax.training import checkpoint as ckpt
 from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training.state import TrainState
@@ -166,11 +168,16 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
     step = _step_of(state)
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress or jax.process_index() != 0, unit="step",
                mininterval=2.0, leave=False)
+    # Multi-device steps hold the collective guard for the whole run (training.mesh,
+    # concurrency rule): no other thread's sharded program can interleave with them.
+    guard = mesh_lib.COLLECTIVES.hold() if mesh_lib.num_devices(mesh) > 1 else contextlib.nullcontext()
+    guard.__enter__()
     try:
         while step < total_steps:
             batch = mesh_lib.shard_batch(host_batch(step), mesh, leading_axes=int(k > 0))
             state, m = jstep(state, *batch, fold_in(key, step))
             step += 1
+            watchdog.progress(desc)
             acc.append(m)
             if step % log_every == 0 or step == total_steps:
                 final = host_metrics(acc)
@@ -194,6 +201,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
         print(f"{desc}: interrupted, checkpoint saved at step {_step_of(state)}; rerun to resume")
         raise KeyboardInterrupt
     finally:
+        _wait_quietly(state)  # nothing of ours still runs on a device when the guard is let go
+        guard.__exit__(None, None, None)
         if old is not None:
             signal.signal(signal.SIGTERM, old)
         bar.close()
@@ -215,6 +224,14 @@ def _truncate_log(path: str, step: int) -> None:
         with open(path + ".tmp", "w") as f:
             f.writelines(keep)
         os.replace(path + ".tmp", path)
+
+
+def _wait_quietly(tree) -> None:
+    """``jax.block_until_ready(tree)``, ignoring arrays already deleted (donated) by an
+    interrupted step: their successor is what the devices run."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_deleted():
+            leaf.block_until_ready()
 
 
 def _step_of(state) -> int:

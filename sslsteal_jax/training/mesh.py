@@ -17,11 +17,30 @@ devices and assembles the global array with
 ``jax.make_array_from_process_local_data``. Outputs that come back to the
 host (losses, features) are replicated, so every process can read them.
 
+Concurrency rule: a program that spans several devices may contain collectives
+(all-reduce, all-gather, all-to-all), and such programs must never be in
+flight from two threads at once. When two threads dispatch multi-device
+programs A and B concurrently, device 0 can start A while device 1 starts B;
+each then waits at its collective for a partner that is busy in the other
+program, and XLA:CPU hangs at the rendezvous (seen in the main job's
+concurrent evaluation: ``rendezvous.cc ... Expected 2 threads to join the
+rendezvous``). So every multi-device program runs under :data:`COLLECTIVES`
+(dispatch *and* completion): :func:`run_collective` for one call (used by
+``evaluation.features.extract_features``, hence by every inference path and
+the API), :meth:`CollectiveGuard.hold` around a sequence of calls (the
+training loop holds it for the whole run and blocks on the final state before
+letting go). Single-device programs (the linear probes and kNN that
+``evaluation.parallel.run_concurrently`` runs side by side) have no
+collectives and run freely, so they still overlap with one thread's feature
+extraction.
+
 Source: the data-parallel recipe of big_vision / the flax ImageNet example
 (``jax.sharding.Mesh`` + ``NamedSharding``, jit with shardings and donation).
 """
 from __future__ import annotations
 
+import contextlib
+import threading
 from typing import Callable, Sequence
 
 import jax
@@ -29,6 +48,73 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
+
+class CollectiveGuard:
+    """Process-wide lock under which multi-device programs are dispatched and completed.
+
+    Re-entrant: a thread that holds it (e.g. the training loop) may call
+    :meth:`call` again without blocking itself. See the module docstring for
+    why (cross-thread collective deadlock) and who uses it.
+    """
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Hold the guard for a sequence of multi-device calls from this thread.
+
+        The caller must block on the outputs of its last call
+        (``jax.block_until_ready``) before the block ends, so no program of
+        this thread is still running on a device when another thread may
+        dispatch (``training.loop.run_training`` does).
+        """
+        with self._lock:
+            self._local.depth = getattr(self._local, "depth", 0) + 1
+            try:
+                yield self
+            finally:
+                self._local.depth -= 1
+
+    def held(self) -> bool:
+        """Whether the calling thread holds the guard."""
+        return getattr(self._local, "depth", 0) > 0
+
+    def call(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` dispatched and completed under the guard.
+
+        Returns:
+          ``fn``'s output, ready (``jax.block_until_ready``) when this call
+          is not nested in an outer :meth:`hold` of the same thread (nested
+          calls leave the wait to the outer holder).
+        """
+        with self.hold():
+            out = fn(*args, **kwargs)
+            if self._local.depth == 1:
+                jax.block_until_ready(out)
+        return out
+
+
+# The one guard of this process (see the module docstring's concurrency rule).
+COLLECTIVES = CollectiveGuard()
+
+
+def run_collective(fn: Callable, *args, mesh: Mesh | None = None, **kwargs):
+    """Call a compiled program: under :data:`COLLECTIVES` when it spans several devices.
+
+    Args:
+      fn: a jitted function (e.g. from :func:`compile_apply`).
+      mesh: the mesh ``fn`` runs on (default :func:`data_mesh`); with one
+        device there are no collectives and ``fn`` runs without the lock.
+    Returns:
+      ``fn(*args, **kwargs)``; ready (blocked on) when the lock was taken here.
+    """
+    mesh = data_mesh() if mesh is None else mesh
+    if num_devices(mesh) == 1:
+        return fn(*args, **kwargs)
+    return COLLECTIVES.call(fn, *args, **kwargs)
 
 
 def data_mesh(devices=None) -> Mesh:

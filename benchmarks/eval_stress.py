@@ -1,0 +1,122 @@
+"""Back-to-back main-job evaluations on a busy machine: hangs, failures and wall time.
+
+    python benchmarks/eval_stress.py --runs 20 --busy 1 --out benchmarks/results/eval_stress.json
+
+Each run is a fresh process set up like ``python -m sslsteal_jax.main`` (one
+XLA CPU device per core, the CLI's collective timeouts) that evaluates the
+main job's four result rows on real Fashion-MNIST, two rows in flight
+(``experiments.common.evaluate_rows``): the shipped victim
+(``victims/fashion_mnist_resnet10_w16_ft6``, fidelity to itself), the
+stage-1 victim standing in for the surrogate (same architecture, fidelity to
+the victim), an independent random encoder and raw pixels; probe train = the
+first ``--probe-train`` train images, probe test = the last 5,000 test images.
+``--busy N`` keeps N extra processes spinning on the CPU throughout. A run
+that makes no progress for ``--watchdog`` seconds is stopped by the watchdog
+(exit status 3) and counted as a hang; ``--limit`` is a hard wall-clock cap.
+Writes ``{"runs": [{"rc", "seconds", "evaluation_seconds"}], "hangs", ...}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _spin():
+    while True:
+        pass
+
+
+def one_run(probe_train: int, watchdog_s: float) -> None:
+    """Child process: one main-job evaluation; prints one JSON line."""
+    from sslsteal_jax.host_devices import configure_cpu_devices
+    configure_cpu_devices()
+    sys.path.insert(0, _ROOT)
+    import functools
+
+    import jax
+
+    from sslsteal_jax.data.splits import experiment_data
+    from sslsteal_jax.evaluation.features import extract_features, make_apply
+    from sslsteal_jax.experiments import common
+    from sslsteal_jax.models import SurrogateModel
+    from sslsteal_jax.training.encoders import load_model
+    from sslsteal_jax.watchdog import Watchdog
+
+    with Watchdog(watchdog_s):
+        data = experiment_data("fashion_mnist", with_victim_train=False, probe_train_size=probe_train)
+        victim = load_model(os.path.join(_ROOT, "victims/fashion_mnist_resnet10_w16_ft6/checkpoints"))
+        stage1 = load_model(os.path.join(_ROOT, "victims/fashion_mnist_resnet10_w16/checkpoints"))
+        key = jax.random.key(0)
+        t0 = time.time()
+        owner = extract_features(make_apply(victim.module, victim.variables, 0), data.probe_test_x)
+        ev = dict(per_class=100, probe_epochs=60, select_probe=True)
+        rows = common.evaluate_rows([
+            functools.partial(common.encoder_row, "victim", victim.module, victim.variables, data,
+                              key, owner, 0, 0, ev),
+            functools.partial(common.encoder_row, "stage-1 victim", stage1.module,
+                              stage1.variables, data, key, owner, 0, 0, ev),
+            functools.partial(common.independent_row, SurrogateModel(victim.module.encoder), data,
+                              key, 0, owner, 1, ev),
+            functools.partial(common.raw_pixels_row, data, key, ev)])
+        print(json.dumps({"evaluation_seconds": time.time() - t0, "devices": jax.device_count(),
+                          "probe_full": [r["probe_full"] for r in rows]}), flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--busy", type=int, default=1, help="extra CPU-spinning processes")
+    ap.add_argument("--probe-train", type=int, default=10000)
+    ap.add_argument("--watchdog", type=float, default=300.0)
+    ap.add_argument("--limit", type=float, default=1200.0, help="hard seconds per run")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        return one_run(args.probe_train, args.watchdog)
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
+    for p in spinners:
+        p.start()
+    runs = []
+    try:
+        for i in range(args.runs):
+            t0 = time.time()
+            try:
+                proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one",
+                                       "--probe-train", str(args.probe_train), "--watchdog",
+                                       str(args.watchdog)], capture_output=True, text=True,
+                                      timeout=args.limit)
+                rc, out, err = proc.returncode, proc.stdout, proc.stderr
+            except subprocess.TimeoutExpired:
+                rc, out, err = "timeout", "", ""
+            rec = {"rc": rc, "seconds": round(time.time() - t0, 1)}
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            if lines:
+                rec.update(json.loads(lines[-1]))
+            if rc != 0:
+                rec["stderr_tail"] = err[-1500:]
+            runs.append(rec)
+            print(f"run {i + 1}/{args.runs}: {rec}", flush=True)
+    finally:
+        for p in spinners:
+            p.terminate()
+    summary = {"runs": runs, "hangs": sum(r["rc"] in (3, "timeout") for r in runs),
+               "failures": sum(r["rc"] != 0 for r in runs), "busy_processes": args.busy,
+               "probe_train": args.probe_train}
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
+    if args.out:
+        tmp = args.out + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=1)
+        os.replace(tmp, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The toolkit's concurrent device paths, as one workload (not a test module).
+
+Used in-process by ``tests/test_collectives.py`` (with a dispatch recorder)
+and as a subprocess stress script:
+
+    python tests/concurrency_workload.py --devices 2 --rounds 6 --timeout 20
+
+which sets ``XLA_FLAGS`` (device count, short collective timeouts) before JAX
+starts, runs the workload ``--rounds`` times and exits 0 (any deadlock hangs
+it or makes XLA abort it; the caller's wall-clock limit catches the hang).
+
+Paths covered (every place that runs device programs from several threads):
+  * the main job's evaluation: 4 result rows (victim with fidelity, surrogate
+    with fidelity, independent, raw pixels), two in flight
+    (``experiments.common.evaluate_rows``), each row's probes and kNN
+    concurrent (``evaluation.parallel.run_concurrently``);
+  * representation-API queries (``api.VictimAPI.query``) from two threads
+    while a third extracts features;
+  * a training run (``training.loop.run_training``) in one thread while
+    another thread extracts features.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def xla_flags(devices: int, timeout_s: int) -> str:
+    """XLA_FLAGS for ``devices`` host devices and collective timeouts of ``timeout_s`` s."""
+    return (f"--xla_force_host_platform_device_count={devices} "
+            f"--xla_cpu_collective_call_terminate_timeout_seconds={timeout_s} "
+            f"--xla_cpu_collective_call_warn_stuck_timeout_seconds={max(1, timeout_s // 4)} "
+            f"--xla_cpu_collective_timeout_seconds={timeout_s}")
+
+
+def small_data(n_train: int = 512, n_test: int = 256):
+    """Real Fashion-MNIST: ``n_train`` probe-train and ``n_test`` probe-test images."""
+    from sslsteal_jax.data.splits import experiment_data
+    return experiment_data("fashion_mnist", probe_test_size=n_test, with_victim_train=False,
+                           probe_train_size=n_train)
+
+
+def tiny_models(width: int = 4):
+    """A SimCLR victim and a surrogate (ResNet-10, ``width``) with their variables."""
+    import jax
+    from sslsteal_jax.models import SurrogateModel, build_encoder
+    from sslsteal_jax.training.encoders import build_model
+    victim = build_model("simclr", dict(arch="resnet10", width=width, head_hidden=16, head_out=8))
+    vvars = victim.init(jax.random.key(0), jax.numpy.zeros((2, 28, 28, 1)))
+    surrogate = SurrogateModel(build_encoder("resnet10", width), 8)
+    svars = surrogate.init(jax.random.key(1), jax.numpy.zeros((2, 28, 28, 1)))
+    return (victim, vvars), (surrogate, svars)
+
+
+def main_job_evaluation(data, victim, surrogate, key, probe_epochs: int = 3) -> list[dict]:
+    """The main job's 4-row evaluation (``experiments.steal``'s shape), small probes."""
+    from sslsteal_jax.evaluation.features import extract_features, make_apply
+    from sslsteal_jax.experiments import common
+    from sslsteal_jax.models import SurrogateModel
+    (vmod, vvars), (smod, svars) = victim, surrogate
+    ev = dict(per_class=10, probe_epochs=probe_epochs, select_probe=False)
+    owner = extract_features(make_apply(vmod, vvars, 1), data.probe_test_x)
+    return common.evaluate_rows([
+        functools.partial(common.encoder_row, "victim", vmod, vvars, data, key, owner, 0, 1, ev),
+        functools.partial(common.encoder_row, "surrogate", smod, svars, data, key, owner, 0, 1, ev),
+        functools.partial(common.independent_row, SurrogateModel(smod.encoder, 8), data, key, 0,
+                          owner, 1, ev),
+        functools.partial(common.raw_pixels_row, data, key, ev)])
+
+
+def api_and_features(data, victim, surrogate) -> None:
+    """Two threads query a ``VictimAPI`` (one account each) while a third extracts features."""
+    from sslsteal_jax.api.victim_api import VictimAPI
+    from sslsteal_jax.evaluation.features import extract_features, make_apply
+    from sslsteal_jax.evaluation.parallel import run_concurrently
+    (vmod, vvars), (smod, svars) = victim, surrogate
+    api = VictimAPI(vmod, vvars, (28, 28, 1), batch_size=32)
+    for user in ("a", "b"):
+        api.register(user, None)
+    x = data.probe_train_x[:256]
+    run_concurrently([functools.partial(api.query, "a", x), functools.partial(api.query, "b", x),
+                      functools.partial(extract_features, make_apply(smod, svars, 0), x)],
+                     max_workers=3)
+
+
+def training_and_features(data, surrogate, victim) -> None:
+    """A 6-step MSE training run in one thread, feature extraction in another."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from sslsteal_jax.evaluation.features import extract_features, make_apply
+    from sslsteal_jax.evaluation.parallel import run_concurrently
+    from sslsteal_jax.training.loop import run_training
+    from sslsteal_jax.training.state import TrainState
+    (smod, svars), (vmod, vvars) = surrogate, victim
+    x = data.probe_train_x[:256]
+    y = extract_features(make_apply(vmod, vvars, 1), x)
+    host = jax.tree_util.tree_map(np.asarray, svars)  # the run donates its state's buffers
+    state = TrainState.create(apply_fn=smod.apply, params=host["params"], tx=optax.adam(1e-3),
+                              batch_stats=host["batch_stats"])
+
+    def step(state, xb, yb, key):
+        def loss_fn(p):
+            (_, o), upd = smod.apply({"params": p, "batch_stats": state.batch_stats},
+                                     xb.astype(jnp.float32) / 255.0, train=True,
+                                     mutable=["batch_stats"])
+            return jnp.mean((o - yb) ** 2), upd
+        (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=g, batch_stats=upd["batch_stats"]), {"loss": loss}
+
+    train = functools.partial(run_training, state, step, [x, y], 64, 6, jax.random.key(0), 0,
+                              None, {}, "stress training", progress=False)
+    run_concurrently([train, functools.partial(extract_features, make_apply(vmod, vvars, 0), x)],
+                     max_workers=2)
+
+
+def run_all(rounds: int = 1, data=None, log=print) -> None:
+    """Every concurrent path, ``rounds`` times (new random keys each round)."""
+    import jax
+    data = small_data() if data is None else data
+    victim, surrogate = tiny_models()
+    t0 = time.time()
+    for r in range(rounds):
+        main_job_evaluation(data, victim, surrogate, jax.random.key(r))
+        api_and_features(data, victim, surrogate)
+        training_and_features(data, surrogate, victim)
+        log(f"round {r + 1}/{rounds} done at {time.time() - t0:.1f} s "
+            f"({threading.active_count()} threads)")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--devices", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--timeout", type=int, default=20, help="XLA collective timeouts (s)")
+    args = ap.parse_args()
+    os.environ["XLA_FLAGS"] = xla_flags(args.devices, args.timeout)
+    os.environ.setdefault("SSLSTEAL_EVAL_WORKERS", "2")
+    sys.path.insert(0, ROOT)
+    run_all(args.rounds, log=lambda m: print(m, flush=True))
+    print("ok", flush=True)
