@@ -1,4 +1,4 @@
-"""Query-budget scan against the shipped Fashion-MNIST victim (SPEC claims 1-4).
+"""Query-budget scan against the shipped Fashion-MNIST victim (docs/science.md claims 1-4).
 
 Usage:
   python -m sslsteal_jax.main --config=configs/budget_scan.py --workdir=runs/budget_scan

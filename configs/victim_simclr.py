@@ -1,4 +1,4 @@
-"""SimCLR victim training config (SPEC section 4, scaled to CPU).
+"""SimCLR victim training config (docs/science.md section 4, scaled to CPU).
 
 Usage: ``--config=configs/victim_simclr.py:dataset=fashion_mnist,arch=resnet10,width=16,epochs=22``
 (any subset of the arguments). Further overrides: ``--config.learning_rate=...``.

@@ -147,7 +147,7 @@ def soft_cross_entropy_loss(s, v, temperature: float = 1.0):
     """Cross-entropy of ``softmax(s / T)`` against the soft target ``softmax(v / T)``,
     mean over rows (nats). A corrected version of the reference code's "softce"
     stealing loss, which compared the surrogate with its own softmax and never
-    used the victim output (SPEC section 4; Dziedzic et al. ICML 2022 list a
+    used the victim output (docs/science.md section 4; Dziedzic et al. ICML 2022 list a
     soft cross-entropy among the stealing losses, Section 3).
 
     Args:
@@ -226,7 +226,7 @@ def supcon_stealing_loss(s, v, labels, temperature: float = 0.07):
 
 # The four losses of the ICML 2022 paper's main results ("all" in configs).
 STEALING_LOSSES = ("mse", "infonce", "softnn", "wasserstein")
-# Further objectives (SPEC section 2): cosine (StolenEncoder), Barlow Twins,
+# Further objectives (docs/science.md section 2): cosine (StolenEncoder), Barlow Twins,
 # SimSiam-symmetrized, supervised contrastive (needs labels), soft cross-entropy.
 EXTRA_LOSSES = ("cosine", "barlow", "symmetrized", "supcon", "softce")
 ALL_LOSSES = STEALING_LOSSES + EXTRA_LOSSES

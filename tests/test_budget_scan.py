@@ -1,6 +1,6 @@
 """Budget scan on real Fashion-MNIST at toy scale: one cache of victim answers,
 fresh surrogates per budget, accounting, resume, and InfoNCE improving with
-the budget (SPEC claim 3)."""
+the budget (docs/science.md claim 3)."""
 import importlib.util
 import os
 

@@ -1,6 +1,6 @@
 """Adaptive attacks against active defenses.
 
-* Averaging (Dziedzic et al., ICML 2022, Section 5; SPEC section 2 "adaptive
+* Averaging (Dziedzic et al., ICML 2022, Section 5; docs/science.md section 2 "adaptive
   attacks"): query every image ``n`` times and average the answers; against
   zero-mean noise of standard deviation ``sigma`` the average has standard
   deviation ``sigma / sqrt(n)``. Every repeat is a charged query, so a budget

@@ -8,7 +8,7 @@ image, fits its own head ``g'`` so that ``g'(h(x1))`` and ``g'(h(x2))`` agree
 under the contrastive NT-Xent loss (the objective the victim's ``g`` was
 trained with), then trains the surrogate *through* ``g'``: the stealing loss
 compares ``g'(f_s(x))`` with ``g'(h(x))`` (``g'`` frozen). The paper finds
-direct extraction on ``h`` as good or better (SPEC claim 5).
+direct extraction on ``h`` as good or better (docs/science.md claim 5).
 
 Query accounting: every view sent to the API is one charged query; a budget
 of B queries buys ``B / k`` images with k >= 2 views each. The head is fitted

@@ -1,6 +1,6 @@
 """Attacker-side querying: send the query pool to the API once and cache answers.
 
-Fixes the reference quirk of re-querying the victim every epoch (SPEC section
+Fixes the reference quirk of re-querying the victim every epoch (docs/science.md section
 4): the attacker pays for each distinct image once and every training epoch
 reuses the cached answers. Budgets are never overshot: the number of images
 sent is exactly the requested budget. ``collect_view_answers`` sends k

@@ -1,7 +1,7 @@
 """Local tensorflow-datasets builders for the image data that installs offline.
 
 Three ``tfds.core.GeneratorBasedBuilder`` classes turn the readers of
-:mod:`sslsteal_jax.data.raw` (SPEC section 5) into ordinary, versioned tfds
+:mod:`sslsteal_jax.data.raw` (docs/science.md section 5) into ordinary, versioned tfds
 datasets on disk:
 
 ==========================  ======================  ==========================

@@ -1,4 +1,4 @@
-"""Readers for the real image data that installs offline (SPEC section 5).
+"""Readers for the real image data that installs offline (docs/science.md section 5).
 
 Each reader returns ``(images, labels)``: images uint8 ``(N, H, W, C)``,
 labels int32 ``(N,)``. They are the *sources* the local tensorflow-datasets

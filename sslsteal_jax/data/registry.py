@@ -2,7 +2,7 @@
 
 Every dataset is read through tensorflow-datasets (tfds), without TensorFlow:
 
-* The offline datasets (SPEC section 5) -- ``fashion_mnist``, ``mnist_subset``,
+* The offline datasets (docs/science.md section 5) -- ``fashion_mnist``, ``mnist_subset``,
   ``digits`` -- are the local builders of :mod:`sslsteal_jax.data.builders`
   (``fashion_mnist`` maps to the builder ``fashion_mnist_offline``). The first
   call generates them in ArrayRecord format under the data dir; later calls,

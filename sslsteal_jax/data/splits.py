@@ -1,4 +1,4 @@
-"""Fixed, disjoint experiment splits (SPEC section 4, "linear probe" protocol).
+"""Fixed, disjoint experiment splits (docs/science.md section 4, "linear probe" protocol).
 
 Default for Fashion-MNIST: the victim trains on the 60,000-image train split;
 the attacker's query pool is the first 5,000 test images; the probe test set

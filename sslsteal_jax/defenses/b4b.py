@@ -35,7 +35,7 @@ specific; ``center=False`` gives plain SimHash through the origin.
 Source: Dubinski, Pawlak, Boenisch, Trzcinski, Dziedzic, "Bucks for Buckets
 (B4B): Active Defenses Against Stealing Encoders" (NeurIPS 2023), Section 3
 (coverage estimation with LSH; the cost function; per-user transformations);
-defaults ``T = 20, K = 12, lam = 1e-6, alpha = 0.8, beta = 80`` as in SPEC
+defaults ``T = 20, K = 12, lam = 1e-6, alpha = 0.8, beta = 80`` as in docs/science.md
 section 3. ``max_scale`` caps sigma so answers stay finite for any setting.
 
 Memory per user: ``T * 2**K`` bytes (bool occupancy; 80 KiB for the defaults)

@@ -8,7 +8,7 @@ Python numbers (validated by ``defenses.chain``).
 Source: Dziedzic et al., "On the Difficulty of Defending Self-Supervised
 Learning against Model Extraction" (ICML 2022), Section 5 ("Defenses":
 perturbing the returned representations with additive noise, and truncating
-their precision / sparsifying them); SPEC section 3.
+their precision / sparsifying them); docs/science.md section 3.
 """
 from __future__ import annotations
 

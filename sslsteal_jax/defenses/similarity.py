@@ -8,7 +8,7 @@ flagged query is answered with garbage instead of its representation.
 Source: Dziedzic et al., "On the Difficulty of Defending Self-Supervised
 Learning against Model Extraction" (ICML 2022), Section 5 (detecting
 augmented-view queries by the similarity of their head outputs; garbage
-answers ``N(1000, sigma^2)``); SPEC section 3. The reference compares queries
+answers ``N(1000, sigma^2)``); docs/science.md section 3. The reference compares queries
 only within one batch with a Python loop. Here every user keeps a ring buffer
 of its last ``M`` L2-normalised head outputs, and a batch is scored in one
 vectorised step: against the buffer, and against the earlier queries of the

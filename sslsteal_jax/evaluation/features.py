@@ -1,7 +1,7 @@
 """Batched, jitted feature extraction with BatchNorm in inference mode.
 
 Fixes the reference quirk of updating BatchNorm statistics during linear
-evaluation (SPEC section 4): encoders are always applied with ``train=False``.
+evaluation (docs/science.md section 4): encoders are always applied with ``train=False``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ images through the (defended) API, trains a linear probe on the answers, and
 classifies its test images from their answers, which also go through the API
 under the same account (same defense state, same secret transform). Its test
 accuracy is reported next to the attacker's stolen-encoder accuracy for every
-defense setting (SPEC section 3 "Utility for legitimate users"; Dziedzic et
+defense setting (docs/science.md section 3 "Utility for legitimate users"; Dziedzic et
 al., ICML 2022, Section 5: defenses that hurt the attacker hurt legitimate
 users too; Dubinski et al., NeurIPS 2023, Section 4: a B4B user with one task
 covers little of the representation space).

@@ -1,7 +1,7 @@
 """Query-budget scan: budgets x losses x query sources x seeds, one command.
 
 Protocol (Dziedzic et al., ICML 2022, Section 4 / Figure "accuracy vs number
-of queries"; SPEC claims 1-4):
+of queries"; docs/science.md claims 1-4):
 * per query source the attacker opens ONE API account with a budget equal to
   the largest scanned budget and queries that many pool images once; the
   answers are cached in ``<workdir>/answers_<source>.npz`` (the API is never

@@ -3,7 +3,7 @@
 A checkpoint written by this toolkit stores its model config in the JSON
 "meta" item, so any saved victim or surrogate can be rebuilt and evaluated
 without retraining. Restoring never ignores missing or extra keys (a quirk of
-the reference code, SPEC section 4).
+the reference code, docs/science.md section 4).
 """
 from __future__ import annotations
 

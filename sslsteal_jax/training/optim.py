@@ -1,7 +1,7 @@
 """Optimizers and learning-rate schedules (optax).
 
 Fixes the reference code's quirk of sizing the schedule in batches but stepping
-it per epoch (SPEC section 4): here schedules are functions of the optimizer
+it per epoch (docs/science.md section 4): here schedules are functions of the optimizer
 step and sized by the total number of steps.
 """
 from __future__ import annotations

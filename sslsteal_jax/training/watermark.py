@@ -5,7 +5,7 @@ Learning against Model Extraction" (ICML 2022), Section 5 (watermarking): the
 encoder and a small MLP on its representation are trained together on the
 SimCLR objective plus a secret task, ``loss = NT-Xent + lambda * CE(rotation)``,
 so both the encoder and the MLP are updated (the reference code never trains
-the MLP, a quirk not copied, SPEC section 4). The task follows the rotation
+the MLP, a quirk not copied, docs/science.md section 4). The task follows the rotation
 watermark of Jia et al. / Cao et al.: predict the rotation (0/90/180/270
 degrees, or the binary [0,180) vs [180,360) variant) of the owner's secret
 watermark images.

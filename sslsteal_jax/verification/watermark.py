@@ -11,7 +11,7 @@ is trained (jointly with the encoder, see ``training.watermark``).
 Task. Each watermark image is shown in the four rotations 0, 90, 180, 270
 degrees (``jnp.rot90``, exact: no interpolation). With ``num_classes=4`` the
 label is the rotation index (chance 1/4); with ``num_classes=2`` it is the
-binary task of SPEC section 3, "angle in [0, 180) vs [180, 360)", restricted to
+binary task of docs/science.md section 3, "angle in [0, 180) vs [180, 360)", restricted to
 multiples of 90 degrees (chance 1/2). Every image contributes all its
 rotations, so the classes are exactly balanced and chance is exactly
 ``1 / num_classes`` for a suspect that carries no watermark.
@@ -185,7 +185,7 @@ def null_test(correct: int, total: int, null_counts, method: str = "max") -> dic
     never-watermarked ancestor of our victim scores 35.6 % on a 25 %-chance
     task). The null accuracy must therefore be measured on reference encoders
     (independently trained ones; or the victim before watermarking, a harder
-    null), not assumed (SPEC section 3: "decide ownership with a statistical
+    null), not assumed (docs/science.md section 3: "decide ownership with a statistical
     test, not a raw threshold").
 
     Args:
