@@ -129,6 +129,12 @@ def evaluate_rows(jobs) -> list[dict]:
     already concurrent within a row): evaluation 134 s one row at a time,
     110 s with two rows in flight.
 
+    Concurrency rule (``training.mesh``): the rows' feature extractions are
+    multi-device programs and take turns under ``mesh.COLLECTIVES`` (two of
+    them in flight at once could deadlock at their all-gather); the probes
+    and kNN are single-device programs and overlap freely with the other
+    row's extraction.
+
     Raises:
       whatever a job raises (after the other rows in flight finish).
     """
