@@ -9,7 +9,8 @@ main job's four result rows on real Fashion-MNIST, two rows in flight
 (``victims/fashion_mnist_resnet10_w16_ft6``, fidelity to itself), the
 stage-1 victim standing in for the surrogate (same architecture, fidelity to
 the victim), an independent random encoder and raw pixels; probe train = the
-first ``--probe-train`` train images, probe test = the last 5,000 test images.
+first ``--probe-train`` train images, probe test = the last ``--probe-test``
+test images (the main job: 60,000 and 5,000).
 ``--busy N`` keeps N extra processes spinning on the CPU throughout. A run
 that makes no progress for ``--watchdog`` seconds is stopped by the watchdog
 (exit status 3) and counted as a hang; ``--limit`` is a hard wall-clock cap.
@@ -33,7 +34,7 @@ def _spin():
         pass
 
 
-def one_run(probe_train: int, watchdog_s: float) -> None:
+def one_run(probe_train: int, probe_test: int, watchdog_s: float) -> None:
     """Child process: one main-job evaluation; prints one JSON line."""
     from sslsteal_jax.host_devices import configure_cpu_devices
     configure_cpu_devices()
@@ -46,11 +47,12 @@ def one_run(probe_train: int, watchdog_s: float) -> None:
     from sslsteal_jax.evaluation.features import extract_features, make_apply
     from sslsteal_jax.experiments import common
     from sslsteal_jax.models import SurrogateModel
-    from sslsteal_jax.training.encoders import load_model
+    from sslsteal_jax.training.checkpoint import load_model
     from sslsteal_jax.watchdog import Watchdog
 
     with Watchdog(watchdog_s):
-        data = experiment_data("fashion_mnist", with_victim_train=False, probe_train_size=probe_train)
+        data = experiment_data("fashion_mnist", with_victim_train=False, probe_train_size=probe_train,
+                               probe_test_size=probe_test)
         victim = load_model(os.path.join(_ROOT, "victims/fashion_mnist_resnet10_w16_ft6/checkpoints"))
         stage1 = load_model(os.path.join(_ROOT, "victims/fashion_mnist_resnet10_w16/checkpoints"))
         key = jax.random.key(0)
@@ -74,13 +76,14 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--busy", type=int, default=1, help="extra CPU-spinning processes")
     ap.add_argument("--probe-train", type=int, default=10000)
+    ap.add_argument("--probe-test", type=int, default=5000)
     ap.add_argument("--watchdog", type=float, default=300.0)
     ap.add_argument("--limit", type=float, default=1200.0, help="hard seconds per run")
     ap.add_argument("--out", default=None)
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        return one_run(args.probe_train, args.watchdog)
+        return one_run(args.probe_train, args.probe_test, args.watchdog)
     spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
     for p in spinners:
         p.start()
@@ -90,7 +93,8 @@ def main():
             t0 = time.time()
             try:
                 proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--one",
-                                       "--probe-train", str(args.probe_train), "--watchdog",
+                                       "--probe-train", str(args.probe_train), "--probe-test",
+                                       str(args.probe_test), "--watchdog",
                                        str(args.watchdog)], capture_output=True, text=True,
                                       timeout=args.limit)
                 rc, out, err = proc.returncode, proc.stdout, proc.stderr
@@ -109,7 +113,7 @@ def main():
             p.terminate()
     summary = {"runs": runs, "hangs": sum(r["rc"] in (3, "timeout") for r in runs),
                "failures": sum(r["rc"] != 0 for r in runs), "busy_processes": args.busy,
-               "probe_train": args.probe_train}
+               "probe_train": args.probe_train, "probe_test": args.probe_test}
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}))
     if args.out:
         tmp = args.out + ".tmp"

@@ -45,13 +45,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sslsteal_jax.attacks.direct import make_steal_step  # noqa: E402
 from sslsteal_jax.data.augment import AugmentConfig  # noqa: E402
 from sslsteal_jax.evaluation.features import default_batch_size, make_apply  # noqa: E402
 from sslsteal_jax.models import SimCLRModel, SurrogateModel, build_encoder  # noqa: E402
+from sslsteal_jax.trainers.simclr import make_simclr_step  # noqa: E402
+from sslsteal_jax.trainers.surrogate import make_steal_step  # noqa: E402
 from sslsteal_jax.training import mesh as mesh_lib  # noqa: E402
 from sslsteal_jax.training.optim import make_optimizer  # noqa: E402
-from sslsteal_jax.training.simclr import make_simclr_step  # noqa: E402
 from sslsteal_jax.training.state import TrainState  # noqa: E402
 from sslsteal_jax.training.vmap import make_vmapped_steal_step, stack_trees  # noqa: E402
 
@@ -164,7 +164,7 @@ def _timed(timer, steps, repeats):
 
 
 def bench_inference(args, mesh, peak, rng, batch: int):
-    from sslsteal_jax.training.encoders import load_model
+    from sslsteal_jax.training.checkpoint import load_model
     ckpt = os.path.join(_ROOT, "victims/fashion_mnist_resnet10_w16/checkpoints")
     if os.path.isdir(ckpt):
         m = load_model(ckpt)

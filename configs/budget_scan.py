@@ -37,6 +37,12 @@ import quickstart  # noqa: E402
 
 
 def get_config(arg: str = ""):
+    """The budget scan's ConfigDict: the main job's (``configs/quickstart.py``, per-loss
+    settings included) plus the scan fields (arguments: module docstring).
+
+    Raises:
+      ValueError: unknown argument or bad value.
+    """
     a = parse_arg(arg, ("losses", "examples", "protocol", "epochs", "probe_train_size", "seed",
                         "stack"))
     c = quickstart.get_config(f"seed={a.get('seed', 0)}")
@@ -53,7 +59,7 @@ def get_config(arg: str = ""):
     # Probes on the first 20,000 labelled train images keep each cell's evaluation short;
     # victim and independent reference rows use the same probe data.
     c.probe_train_size = a.int("probe_train_size", 20000)
-    # Vmapped scans (experiments/budget_scan.py, attacks/stacked.py): cells with equal
+    # Vmapped scans (experiments/budget_scan.py, trainers/stacked.py): cells with equal
     # shapes and schedules (all budgets >= the batch size and all seeds of a loss under
     # "examples"; the seeds of a budget under "epochs") train as up to `stack` members
     # of one compiled program (jax.vmap on accelerators, the member steps unrolled into

@@ -28,6 +28,8 @@ import sys
 
 import ml_collections
 
+from sslsteal_jax import losses
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402
 
@@ -78,6 +80,12 @@ def expected_seconds(cfg) -> float:
 
 
 def get_config(arg: str = ""):
+    """The defense matrix's ConfigDict (arguments: module docstring); per-loss learning
+    rate and temperature as in the main job (``sslsteal_jax.losses``), batch 64.
+
+    Raises:
+      ValueError: unknown argument, scale or defense family.
+    """
     a = parse_arg(arg, ("budget", "epochs", "loss", "families", "scale", "seed"))
     scale = a.get("scale", "default")
     if scale not in ("default", "tiny"):
@@ -98,10 +106,9 @@ def get_config(arg: str = ""):
         batch_size=64, learning_rate=None, temperature=None, weight_decay=1e-4,
         optimizer="adam", seed=c.seed, augment=None,
         model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))
-    c.loss_overrides = ml_collections.ConfigDict({
-        "infonce": {"learning_rate": 1e-3, "temperature": 0.1},
-        "softnn": {"temperature": 10.0},
-    })
+    # Per-loss settings at this scale, as in the main job (LossSpec.scale_overrides);
+    # the batch size is fixed at 64 for every loss above (module docstring).
+    c.loss_overrides = ml_collections.ConfigDict(losses.scale_overrides())
     c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60, select_probe=False))
     # Legitimate users send `budget` queries each, like the attacker: budget - test_size
     # labelled train images, then test_size probe-test images. One 10-class user and one

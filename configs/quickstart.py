@@ -23,6 +23,8 @@ import sys
 
 import ml_collections
 
+from sslsteal_jax import losses
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402
 import victim_simclr  # noqa: E402
@@ -31,6 +33,13 @@ SHIPPED_VICTIM = "victims/fashion_mnist_resnet10_w16_ft6/checkpoints"
 
 
 def get_config(arg: str = ""):
+    """The main job's ConfigDict (arguments: module docstring). Per-loss batch size,
+    learning rate and temperature: ``sslsteal_jax.losses.LOSSES`` (``steal`` fields
+    left None) and its ``scale_overrides`` (``loss_overrides``).
+
+    Raises:
+      ValueError: unknown argument or bad value.
+    """
     a = parse_arg(arg, ("losses", "budget", "query_dataset", "victim", "epochs", "seed",
                         "strategies", "views", "surrogate_views", "api_output"))
     c = ml_collections.ConfigDict()
@@ -67,10 +76,9 @@ def get_config(arg: str = ""):
         loss="infonce", epochs=a.int("epochs", 30, minimum=1), batch_size=None, learning_rate=None,
         temperature=None, weight_decay=1e-4, optimizer="adam", seed=c.seed, augment=None,
         model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))
-    # Per-loss settings adapted to this scale (see README "Main job").
-    c.loss_overrides = ml_collections.ConfigDict({
-        "infonce": {"learning_rate": 1e-3, "temperature": 0.1},
-        "softnn": {"temperature": 10.0},
-    })
+    # Per-loss settings adapted to this scale (see README "Main job"): the registry's
+    # LossSpec.scale_overrides; batch_size / learning_rate / temperature left None above
+    # resolve to the loss's reference settings (sslsteal_jax.losses.LOSSES).
+    c.loss_overrides = ml_collections.ConfigDict(losses.scale_overrides())
     c.eval = ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60, select_probe=True))
     return c

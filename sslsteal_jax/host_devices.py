@@ -52,7 +52,7 @@ def usable_cores() -> int:
 def auto_device_count(cores: int) -> int:
     """Largest power of two <= ``min(cores, MAX_AUTO_DEVICES)`` (int >= 1): a power
     of two divides every batch size the configs use (64, 256, ...), so the
-    automatic split never changes a batch (``attacks.direct.effective_batch_size``
+    automatic split never changes a batch (``trainers.surrogate.effective_batch_size``
     rounds a batch down to a multiple of the device count otherwise)."""
     n = max(1, min(int(cores), MAX_AUTO_DEVICES))
     return 1 << (n.bit_length() - 1)
@@ -65,7 +65,7 @@ def configure_cpu_devices(env: dict | None = None, cores: int | None = None,
 
     N is ``$SSLSTEAL_CPU_DEVICES`` if set (any N >= 1; one that does not divide
     a batch size makes that batch a multiple of N, see
-    ``attacks.direct.effective_batch_size``), else :func:`auto_device_count` of
+    ``trainers.surrogate.effective_batch_size``), else :func:`auto_device_count` of
     the usable cores. Nothing is changed (returns None) when N <= 1, when
     ``XLA_FLAGS`` already sets the device count (the user's choice wins), on
     a multi-host run (``$SSLSTEAL_DISTRIBUTED`` true), when the installed

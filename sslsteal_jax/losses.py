@@ -5,9 +5,15 @@ of B queries, ``s`` float32 ``(B, D)`` = surrogate representations f_s(x),
 ``v`` float32 ``(B, D)`` = representations returned by the victim API
 (treated as constants: every stealing loss applies ``stop_gradient`` to ``v``).
 
-Every function returns a float32 scalar.
+Every function returns a float32 scalar. ``LOSSES`` (bottom) registers each
+stealing objective with its reference hyper-parameters and the extra inputs it
+needs; the trainers and configs read per-loss defaults from it only.
 """
 from __future__ import annotations
+
+import dataclasses
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -224,56 +230,190 @@ def supcon_stealing_loss(s, v, labels, temperature: float = 0.07):
     return supcon_loss(u, jnp.concatenate([labels, labels]), temperature)
 
 
-# The four losses of the ICML 2022 paper's main results ("all" in configs).
-STEALING_LOSSES = ("mse", "infonce", "softnn", "wasserstein")
-# Further objectives (docs/science.md section 2): cosine (StolenEncoder), Barlow Twins,
-# SimSiam-symmetrized, supervised contrastive (needs labels), soft cross-entropy.
-EXTRA_LOSSES = ("cosine", "barlow", "symmetrized", "supcon", "softce")
-ALL_LOSSES = STEALING_LOSSES + EXTRA_LOSSES
-# Reference temperatures used when ``temperature`` is None.
-DEFAULT_TEMPERATURES = {"infonce": 0.07, "softnn": 100.0, "supcon": 0.07, "softce": 1.0}
+def symmetrized_stealing_loss(s, v, pair):
+    """Registry form of :func:`symmetrized_loss`: ``symmetrized_loss(s, pair[0], v, pair[1])``.
+
+    Args:
+      s, v: float32 ``(B, D)`` predictor outputs and API answers of view 1.
+      pair: ``(p2, v2)``, float32 ``(B, D)`` each: predictor outputs and API
+        answers of view 2 (or of a surrogate-side view with ``v2 = v``).
+    Returns:
+      scalar float32 in [-1, 1].
+    """
+    return symmetrized_loss(s, pair[0], v, pair[1])
+
+
+# ---- the loss registry ------------------------------------------------------------------
+
+#: Extra inputs a loss can need beyond ``(s, v)`` (``LossSpec.needs``):
+#: "labels": int ``(B,)`` class labels of the queried images (owned by the attacker,
+#: not returned by the API), passed as ``labels=``; "pair": a second view of each
+#: example and its target, ``pair=(p2, v2)`` (a second queried view when bought, else a
+#: surrogate-side augmented view with the same answer); "predictor": the surrogate
+#: ends in a SimSiam predictor MLP (``models.SurrogateModel(predictor_hidden=...)``);
+#: "class_targets": the answers are class distributions ``(B, C)`` from the provider's
+#: classifier API and the surrogate always gets a linear head with C outputs.
+NEEDS = ("labels", "pair", "predictor", "class_targets")
+#: ``LossSpec.group``: "paper" = the four losses of the ICML 2022 main results ("all" in
+#: configs), "extra" = further objectives (docs/science.md section 2), "baseline" =
+#: the label / probability baselines' cross-entropy (used by attack strategies, not
+#: selectable as a stealing loss).
+GROUPS = ("paper", "extra", "baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+    """One stealing objective and its reference hyper-parameters.
+
+    Fields:
+      fn: the loss, called ``fn(s, v, **kw)`` with ``s`` float32 ``(B, D)``
+        surrogate outputs and ``v`` float32 ``(B, D)`` targets (API answers);
+        ``kw`` holds ``temperature=`` when ``temperature`` is not None,
+        ``labels=`` when "labels" is in ``needs`` and ``pair=`` when "pair" is
+        in ``needs``. Returns a float32 scalar.
+      batch_size: reference surrogate batch size (queried examples per
+        optimizer step).
+      learning_rate: reference Adam learning rate (peak of the warm-up +
+        cosine schedule; weight decay 1e-4 is a steal-config setting).
+      temperature: reference temperature (dimensionless; tau of the
+        contrastive losses, T of soft nearest neighbours and soft
+        cross-entropy), or None for losses without one.
+      needs: subset of :data:`NEEDS` (inputs beyond ``(s, v)``).
+      group: one of :data:`GROUPS`.
+      scale_overrides: settings replacing the reference ones at this
+        toolkit's CPU scale (Fashion-MNIST 28x28, ResNet-10 width 16,
+        2,000-20,000 queries, 30 epochs; README "Main job"); configs read
+        them through :func:`scale_overrides` into ``loss_overrides``.
+      source: paper and section of the loss and of its reference settings.
+
+    Sources of the reference settings: mse, wasserstein, infonce, softnn:
+    Dziedzic et al., ICML 2022, Section 4 (Adam, weight decay 1e-4; mse /
+    wasserstein batch 64 lr 1e-3; infonce batch 256 lr 3e-4 tau 0.07 (the
+    authors' code); softnn batch 256 lr 1e-3 T 100 (the authors' code)).
+    cosine: StolenEncoder's objective (Liu et al., CCS 2022) at the mse
+    setting. barlow, symmetrized, supcon: batch-statistics losses at the
+    contrastive batch size; supcon's tau is the reference code's 0.07.
+    softce: T = 1 (soft targets ``softmax(v / T)``). xent: the label /
+    probability baselines (Knockoff Nets, Orekondy et al., CVPR 2019),
+    trained like the per-sample losses.
+
+    Raises (on construction):
+      ValueError: unknown ``needs`` entry or ``group``, or a non-positive
+        batch size, learning rate or temperature.
+    """
+
+    fn: Callable
+    batch_size: int
+    learning_rate: float
+    temperature: float | None
+    needs: frozenset = frozenset()
+    group: str = "extra"
+    scale_overrides: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    source: str = ""
+
+    def __post_init__(self):
+        bad = sorted(set(self.needs) - set(NEEDS))
+        if bad:
+            raise ValueError(f"unknown LossSpec needs {bad}; allowed: {list(NEEDS)}")
+        if self.group not in GROUPS:
+            raise ValueError(f"unknown LossSpec group {self.group!r}; allowed: {list(GROUPS)}")
+        if self.batch_size < 1 or self.learning_rate <= 0 or (
+                self.temperature is not None and self.temperature <= 0):
+            raise ValueError(f"LossSpec needs batch_size >= 1, learning_rate > 0 and temperature "
+                             f"None or > 0, got {self.batch_size}, {self.learning_rate}, "
+                             f"{self.temperature}")
+        object.__setattr__(self, "needs", frozenset(self.needs))
+        object.__setattr__(self, "scale_overrides", MappingProxyType(dict(self.scale_overrides)))
+
+    def defaults(self) -> dict:
+        """``{"batch_size", "learning_rate", "temperature"}``: the reference settings
+        (what a steal config's None fields resolve to)."""
+        return {"batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "temperature": self.temperature}
+
+
+_ICML22 = "Dziedzic et al., ICML 2022, Section 3 (loss) and Section 4 (settings)"
+
+#: Every stealing objective by name: the single place of per-loss defaults.
+#: Adding a loss = one function above + one entry here + one test in tests/test_losses*.py.
+LOSSES: dict[str, LossSpec] = {
+    "mse": LossSpec(mse_loss, 64, 1e-3, None, group="paper", source=_ICML22),
+    "infonce": LossSpec(infonce_loss, 256, 3e-4, 0.07, group="paper", source=_ICML22,
+                        scale_overrides={"learning_rate": 1e-3, "temperature": 0.1}),
+    "softnn": LossSpec(softnn_loss, 256, 1e-3, 100.0, group="paper", source=_ICML22,
+                       scale_overrides={"temperature": 10.0}),
+    "wasserstein": LossSpec(wasserstein_loss, 64, 1e-3, None, group="paper", source=_ICML22),
+    "cosine": LossSpec(cosine_loss, 64, 1e-3, None,
+                       source="StolenEncoder, Liu et al., CCS 2022, Eq. 2; mse settings"),
+    "barlow": LossSpec(barlow_loss, 256, 1e-3, None,
+                       source="Barlow Twins, Zbontar et al., ICML 2021, Eq. 1"),
+    "symmetrized": LossSpec(symmetrized_stealing_loss, 256, 1e-3, None,
+                            needs=frozenset({"pair", "predictor"}),
+                            source="SimSiam, Chen & He, CVPR 2021, Eq. 1-2; ICML 2022 Section 3"),
+    "supcon": LossSpec(supcon_stealing_loss, 256, 3e-4, 0.07, needs=frozenset({"labels"}),
+                       source="SupCon, Khosla et al., NeurIPS 2020, Eq. 2; ICML 2022 code"),
+    "softce": LossSpec(soft_cross_entropy_loss, 64, 1e-3, 1.0,
+                       source="ICML 2022 Section 3, fixed as in docs/science.md section 4"),
+    "xent": LossSpec(probability_cross_entropy, 64, 1e-3, None, group="baseline",
+                     needs=frozenset({"class_targets"}),
+                     source="Knockoff Nets, Orekondy et al., CVPR 2019, Section 4"),
+}
+
+# Derived name lists (registry order).
+STEALING_LOSSES = tuple(n for n, s in LOSSES.items() if s.group == "paper")  # "all" in configs
+EXTRA_LOSSES = tuple(n for n, s in LOSSES.items() if s.group == "extra")     # "extra"
+ALL_LOSSES = STEALING_LOSSES + EXTRA_LOSSES                                  # "every"
+
+
+def get_spec(name: str) -> LossSpec:
+    """``LOSSES[name]``.
+
+    Raises:
+      ValueError: unknown ``name`` (lists the allowed names).
+    """
+    if name not in LOSSES:
+        raise ValueError(f"unknown stealing loss {name!r}; allowed: {list(LOSSES)}")
+    return LOSSES[name]
+
+
+def scale_overrides() -> dict[str, dict]:
+    """``{loss: {field: value}}`` of every loss with :attr:`LossSpec.scale_overrides`
+    (registry order): the ``loss_overrides`` of the CPU-scale configs
+    (``configs/quickstart.py``, ``configs/defense_matrix.py``)."""
+    return {n: dict(s.scale_overrides) for n, s in LOSSES.items() if s.scale_overrides}
 
 
 def stealing_loss(name: str, s, v, temperature: float | None = None, labels=None, pair=None):
-    """Dispatch a stealing loss by name.
+    """Evaluate the registered loss ``LOSSES[name]`` on one batch.
 
     Args:
-      name: one of ``ALL_LOSSES``.
+      name: a key of ``LOSSES`` (``ALL_LOSSES`` plus the "xent" baseline).
       s, v: float32 ``(B, D)`` surrogate outputs and victim answers (for
-        "symmetrized": predictor outputs and answers of view 1).
-      temperature: tau for infonce / supcon, T for softnn / softce; ignored
-        otherwise (None = the loss's reference default, ``DEFAULT_TEMPERATURES``).
-      labels: int ``(B,)`` class labels, required by "supcon" only.
+        "symmetrized": predictor outputs and answers of view 1; for "xent":
+        logits and target class distributions).
+      temperature: overrides the loss's reference temperature
+        (``LossSpec.temperature``; None = the reference); ignored by losses
+        without a temperature.
+      labels: int ``(B,)`` class labels, required by losses that need "labels".
       pair: ``(p2, v2)`` predictor outputs and answers of view 2, required by
-        "symmetrized" only.
+        losses that need "pair".
     Returns:
       scalar float32.
     Raises:
       ValueError: unknown ``name`` (lists the allowed names), or a missing
         ``labels`` / ``pair`` argument.
     """
-    if name not in ALL_LOSSES:
-        raise ValueError(f"unknown stealing loss {name!r}; allowed: {list(ALL_LOSSES)}")
-    t = DEFAULT_TEMPERATURES.get(name) if temperature is None else temperature
-    if name == "mse":
-        return mse_loss(s, v)
-    if name == "infonce":
-        return infonce_loss(s, v, t)
-    if name == "softnn":
-        return softnn_loss(s, v, t)
-    if name == "wasserstein":
-        return wasserstein_loss(s, v)
-    if name == "cosine":
-        return cosine_loss(s, v)
-    if name == "barlow":
-        return barlow_loss(s, v)
-    if name == "softce":
-        return soft_cross_entropy_loss(s, v, t)
-    if name == "supcon":
+    spec = get_spec(name)
+    kw = {}
+    if spec.temperature is not None:
+        kw["temperature"] = spec.temperature if temperature is None else temperature
+    if "labels" in spec.needs:
         if labels is None:
-            raise ValueError("the 'supcon' stealing loss needs labels=(B,) class labels")
-        return supcon_stealing_loss(s, v, labels, t)
-    if pair is None:
-        raise ValueError("the 'symmetrized' stealing loss needs pair=(p2, v2), the predictor "
-                         "outputs and answers of a second view")
-    return symmetrized_loss(s, pair[0], v, pair[1])
+            raise ValueError(f"the {name!r} stealing loss needs labels=(B,) class labels")
+        kw["labels"] = labels
+    if "pair" in spec.needs:
+        if pair is None:
+            raise ValueError(f"the {name!r} stealing loss needs pair=(p2, v2), the predictor "
+                             "outputs and answers of a second view")
+        kw["pair"] = pair
+    return spec.fn(s, v, **kw)

@@ -5,75 +5,298 @@
 ``--config`` is an ml_collections config file (optionally ``file.py:args``);
 its ``experiment`` field selects the experiment (train_victim, steal,
 evaluate, budget_scan, defense_matrix, watermark_victim, verify). Any field can be overridden with ``--config.<field>=<value>``.
+``--show_config`` prints a config's documentation and resolved fields and exits.
 ``--watchdog_seconds`` (default 900, 0 = off) stops a run that makes no
 progress for that long with its Python stacks (``sslsteal_jax.watchdog``).
+``--help`` (or no arguments) lists the configs in ``configs/`` and the flags.
+
+Exit status: 0 done, 1 a user mistake (one line ``error: ...`` on stderr: a
+config, flag, path or dataset name that is wrong; see
+``sslsteal_jax.errors.ConfigError``), 3 stalled (watchdog), 130 interrupted.
 """
 from __future__ import annotations
 
+import ast
+import difflib
 import importlib
+import os
+import re
 import sys
+import textwrap
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=False)
+from sslsteal_jax.errors import ConfigError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, CONFIG.py[:ARG=VALUE,...] (--help lists the files "
+    "in configs/); override any field with --config.FIELD=VALUE.", lock_config=False)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and results.")
 _WATCHDOG = flags.DEFINE_float(
     "watchdog_seconds", 900.0,
     "Stop the run (exit status 3, Python stacks of all threads printed and saved in the workdir "
     "as stalled.<time>.txt) when it makes no progress for this many seconds; 0 disables. "
     "Rerunning the command resumes from the last checkpoint.")
+_SHOW_CONFIG = flags.DEFINE_bool(
+    "show_config", False,
+    "Print the config file's documentation (its :arguments) and the resolved config fields "
+    "(after :arguments and --config.<field> overrides), then exit 0 without running anything; "
+    "--workdir is not needed.")
 
 # config.experiment -> module sslsteal_jax.experiments.<name> (each defines run(cfg, workdir)).
 EXPERIMENTS = ("train_victim", "steal", "evaluate", "budget_scan", "defense_matrix",
                "watermark_victim", "verify")
+
+#: The repository's config directory (listed by --help and in config-path errors).
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+_PROG = "python -m sslsteal_jax.main"
+_HELP_ARGS = re.compile(r"^--?(help|helpshort|helpfull)$|^-[h?]$")
+_CONFIG_ARG = re.compile(r"^--?config(=|$)")
+
+
+def _fail(message: str, status: int = 1):
+    """Print ``error: <message>`` as ONE line on stderr and exit with ``status``."""
+    print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    sys.exit(status)
+
+
+def _display(path: str) -> str:
+    """``path`` relative to the cwd when it lies below it, else absolute."""
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
+def _module_doc(path: str) -> str:
+    """A Python file's module docstring ('' when it has none or does not parse); no import."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return ast.get_docstring(ast.parse(f.read())) or ""
+    except (OSError, SyntaxError, ValueError):
+        return ""
+
+
+def _is_config_file(path: str) -> bool:
+    """True for a .py file that defines ``get_config`` (helpers such as common.py do not)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return "get_config" in f.read()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def available_configs(config_dir: str = CONFIG_DIR) -> list[tuple[str, str]]:
+    """The config files in ``config_dir``: ``[(path, description), ...]`` sorted by
+    name, the description being the first paragraph of the file's docstring on one
+    line; helpers (``common.py``, ``__init__.py``, any file without ``get_config``)
+    are left out. Paths are relative to the cwd when below it."""
+    try:
+        names = sorted(os.listdir(config_dir))
+    except OSError:
+        return []
+    out = []
+    for n in names:
+        p = os.path.join(config_dir, n)
+        if n.endswith(".py") and not n.startswith("_") and _is_config_file(p):
+            first_paragraph = _module_doc(p).strip().split("\n\n", 1)[0]
+            out.append((_display(p), " ".join(first_paragraph.split())))
+    return out
+
+
+def usage_text() -> str:
+    """The --help text: synopsis, every config in configs/ with its one-line description,
+    how to see a config's arguments and fields, then absl's flag help."""
+    configs = available_configs()
+    width = max([len(p) for p, _ in configs] + [20])
+    lines = [f"usage: {_PROG} --config=CONFIG.py[:ARG=VALUE,...] --workdir=DIR",
+             "       [--config.FIELD=VALUE ...] [--watchdog_seconds=S] [--show_config]", "",
+             *textwrap.wrap("Runs the experiment named by the config's `experiment` field "
+                            f"({', '.join(EXPERIMENTS)}).", 96), "",
+             f"configs ({_display(CONFIG_DIR)}/):" if configs else
+             f"configs: none found in {CONFIG_DIR}"]
+    for p, d in configs:
+        lines += textwrap.wrap(d, 96, initial_indent=f"  {p:<{width}}  ",
+                               subsequent_indent=" " * (width + 4),
+                               break_on_hyphens=False) or [f"  {p}"]
+    example = configs[0][0] if configs else "configs/quickstart.py"
+    for p, _ in configs:
+        if os.path.basename(p) == "quickstart.py":
+            example = p
+    lines += ["",
+              "A config's arguments (CONFIG.py:ARG=VALUE) and fields (--config.FIELD=VALUE), "
+              "without running it:",
+              f"  {_PROG} --config={example} --show_config",
+              "Exit status: 0 done, 1 a user mistake (one line 'error: ...'), 3 stalled "
+              "(watchdog), 130 interrupted (rerun the command to resume).", "",
+              "flags:", flags.FLAGS.main_module_help()]
+    return "\n".join(lines)
+
+
+def _config_value(args) -> str | None:
+    """The value of the last ``--config``/``--config=`` argument in ``args`` (None if absent)."""
+    value = None
+    for i, a in enumerate(args):
+        if a == "--":
+            break
+        if _CONFIG_ARG.match(a):
+            if "=" in a:
+                value = a.split("=", 1)[1]
+            elif i + 1 < len(args):
+                value = args[i + 1]
+            else:
+                value = ""
+    return value
+
+
+def check_config_path(value: str) -> None:
+    """Validate ``--config``'s file part before ml_collections loads it.
+
+    Raises:
+      ConfigError: empty, missing, or not a config file (no ``get_config``); the
+        message lists the configs in configs/ (and the closest name).
+    """
+    path = value.split(":", 1)[0]
+    configs = available_configs()
+    listing = ", ".join(p for p, _ in configs) or f"none found in {CONFIG_DIR}"
+    if not path:
+        raise ConfigError(f"--config is empty; available configs: {listing}")
+    if os.path.isfile(path) and _is_config_file(path):
+        return
+    close = difflib.get_close_matches(os.path.basename(path),
+                                      [os.path.basename(p) for p, _ in configs], n=1)
+    hint = ""
+    if close:
+        hint = f" (did you mean {next(p for p, _ in configs if os.path.basename(p) == close[0])}?)"
+    problem = (f"{path!r} is not a config file (it defines no get_config())"
+               if os.path.isfile(path) else f"config file {path!r} does not exist")
+    raise ConfigError(f"{problem}{hint}; available configs: {listing}")
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of ``e``'s __cause__/__context__ chain."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def parse_flags(argv):
+    """absl ``flags_parser``: help, config-path checks and flag errors as one line.
+
+    ``--help``/``-h``/``--helpshort``/``--helpfull`` print :func:`usage_text` on
+    stdout and exit 0; no arguments prints it on stderr and exits 1. A missing
+    config file, a ``ValueError`` raised by a config's ``get_config`` (a bad
+    ``:argument``) and any other flag error print one ``error:`` line and exit 1.
+    Returns the arguments absl did not consume (program name first).
+    """
+    args = argv[1:]
+    if not args:
+        print(usage_text(), file=sys.stderr)
+        _fail(f"no arguments; give --config and --workdir (see {_PROG} --help)")
+    head = args[:args.index("--")] if "--" in args else args  # "--" ends the flags
+    if any(_HELP_ARGS.match(a) for a in head):
+        text = usage_text()
+        if any(a.endswith("helpfull") for a in head):
+            text += "\n\nall flags:\n" + flags.FLAGS.get_help()
+        print(text)
+        sys.exit(0)
+    value = _config_value(args)
+    try:
+        if value is not None:
+            check_config_path(value)
+        return flags.FLAGS(argv)
+    except ConfigError as e:
+        _fail(str(e))
+    except (AttributeError, KeyError) as e:  # --config.FIELD=... names no field of the config
+        key = str(e).strip("\"'")
+        bad = [a.split("=", 1)[0].lstrip("-") for a in head
+               if re.match(r"^--?(no)?config\.", a) and key in a.split("=", 1)[0].split(".")]
+        if not bad:
+            raise
+        _fail(f"--{bad[0]}: {value} has no field {bad[0].split('.', 1)[1]!r}; list its fields "
+              f"with {_PROG} --config={value} --show_config")
+    except flags.Error as e:
+        root = _root_cause(e)
+        if root is not e and isinstance(root, ValueError) and str(e).startswith("flag --config="):
+            # get_config(...) rejected its arguments (ml_collections wraps the error with a
+            # traceback; the original ValueError has the message).
+            _fail(f"--config={value}: {root}")
+        if root is not e and not isinstance(root, ValueError):
+            raise  # a bug in a config file: keep the traceback
+        _fail(f"{str(e).strip().splitlines()[0]} (see {_PROG} --help)")
 
 
 def run(cfg, workdir: str):
     """Dispatch ``cfg.experiment``; returns the experiment's results dict.
 
     Raises:
-      ValueError: unknown experiment name.
+      ConfigError: unknown experiment name (or a user mistake the experiment finds).
     """
     if cfg.experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {cfg.experiment!r}; allowed: {list(EXPERIMENTS)}")
+        raise ConfigError(f"unknown experiment {cfg.experiment!r}; allowed: {list(EXPERIMENTS)}")
     exp = importlib.import_module(f"sslsteal_jax.experiments.{cfg.experiment}")
     return exp.run(cfg, workdir)
 
 
+def show_config(value: str, cfg) -> None:
+    """Print the config file's docstring (its usage and :arguments) and the resolved fields."""
+    path = value.split(":", 1)[0]
+    doc = _module_doc(path)
+    print(f"# {path}" + (f" (arguments: {value.split(':', 1)[1]})" if ":" in value else ""))
+    if doc:
+        print(doc.rstrip() + "\n")
+    print("# resolved fields (override any with --config.<field>=<value>):")
+    print(str(cfg).rstrip())  # ConfigDict.__str__: YAML, one field per line
+
+
 def main(argv):
     """absl entry point: validate flags, run the experiment; exit 130 after Ctrl-C/SIGTERM
-    (the checkpoint is saved, rerunning the command resumes)."""
+    (the checkpoint is saved, rerunning the command resumes). User mistakes
+    (:class:`ConfigError`, a finished workdir, bad flags or environment variables)
+    print one ``error:`` line and exit 1."""
     logging.set_verbosity(logging.WARNING)  # silence orbax's per-checkpoint INFO lines
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if _CONFIG.value is None or _WORKDIR.value is None:
-        raise app.UsageError("both --config and --workdir are required")
+        _fail(f"unexpected arguments: {argv[1:]}; flags take the form --name=value "
+              f"(see {_PROG} --help)")
+    if _CONFIG.value is None:
+        _fail(f"--config is required, e.g. --config=configs/quickstart.py (see {_PROG} --help)")
+    if _SHOW_CONFIG.value:
+        show_config(config_flags.get_config_filename(flags.FLAGS["config"]), _CONFIG.value)
+        return
+    if _WORKDIR.value is None:
+        _fail("both --config and --workdir are required, e.g. --workdir=runs/quickstart "
+              f"(see {_PROG} --help)")
     if not _WORKDIR.value.strip():
-        raise app.UsageError("--workdir is empty; give a directory, e.g. --workdir=runs/quickstart")
+        _fail("--workdir is empty; give a directory, e.g. --workdir=runs/quickstart")
+    if _WATCHDOG.value < 0:
+        _fail(f"--watchdog_seconds={_WATCHDOG.value:g}; allowed: seconds > 0, or 0 "
+              "to disable the watchdog")
+    if _CONFIG.value.get("experiment") not in EXPERIMENTS:
+        _fail(f"config field experiment={_CONFIG.value.get('experiment')!r}; allowed: "
+              f"{list(EXPERIMENTS)}")
     from sslsteal_jax.evaluation.parallel import default_workers
     from sslsteal_jax.host_devices import configure_cpu_devices
     try:
         configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; host_devices.py)
         default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
     except ValueError as e:  # bad environment variable: a usage error, not a traceback
-        raise app.UsageError(str(e)) from None
+        _fail(str(e))
     from sslsteal_jax.training.mesh import initialize_distributed
     initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
     from sslsteal_jax.experiments.common import WorkdirExistsError
     from sslsteal_jax.watchdog import Watchdog
-    if _WATCHDOG.value < 0:
-        raise app.UsageError(f"--watchdog_seconds={_WATCHDOG.value:g}; allowed: seconds > 0, or 0 "
-                             "to disable the watchdog")
     dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None
     try:
         if dog is not None:
             dog.start()
         run(_CONFIG.value, _WORKDIR.value)
-    except WorkdirExistsError as e:  # nothing was run or changed: one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
+        _fail(str(e))
     except KeyboardInterrupt:
         print("stopped; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
@@ -83,4 +306,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

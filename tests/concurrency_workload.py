@@ -49,8 +49,7 @@ def small_data(n_train: int = 512, n_test: int = 256):
 def tiny_models(width: int = 4):
     """A SimCLR victim and a surrogate (ResNet-10, ``width``) with their variables."""
     import jax
-    from sslsteal_jax.models import SurrogateModel, build_encoder
-    from sslsteal_jax.training.encoders import build_model
+    from sslsteal_jax.models import SurrogateModel, build_encoder, build_model
     victim = build_model("simclr", dict(arch="resnet10", width=width, head_hidden=16, head_out=8))
     vvars = victim.init(jax.random.key(0), jax.numpy.zeros((2, 28, 28, 1)))
     surrogate = SurrogateModel(build_encoder("resnet10", width), 8)
@@ -115,8 +114,9 @@ def training_and_features(data, surrogate, victim) -> None:
         (loss, upd), g = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         return state.apply_gradients(grads=g, batch_stats=upd["batch_stats"]), {"loss": loss}
 
-    train = functools.partial(run_training, state, step, [x, y], 64, 6, jax.random.key(0), 0,
-                              None, {}, "stress training", progress=False)
+    train = functools.partial(run_training, state, step, [x, y], batch_size=64, total_steps=6,
+                              key=jax.random.key(0), seed=0, ckpt_dir=None, meta={},
+                              desc="stress training", progress=False)
     run_concurrently([train, functools.partial(extract_features, make_apply(vmod, vvars, 0), x)],
                      max_workers=2)
 

@@ -14,7 +14,7 @@ import pytest
 
 from sslsteal_jax.api import BudgetExceededError, QueryValidationError, VictimAPI
 from sslsteal_jax.attacks.query import collect_answers
-from sslsteal_jax.training.simclr import build_simclr
+from sslsteal_jax.models import build_simclr
 
 SHAPE = (28, 28, 1)
 WIDTH = 4

@@ -15,14 +15,13 @@ from sslsteal_jax import losses
 from sslsteal_jax.api import BudgetExceededError, VictimAPI
 from sslsteal_jax.api.classifier_api import ClassifierAPI
 from sslsteal_jax.attacks import strategies as st
-from sslsteal_jax.attacks.direct import make_steal_step
 from sslsteal_jax.attacks.head_recreation import fit_projection_head
 from sslsteal_jax.attacks.query import augmented_views, collect_view_answers
 from sslsteal_jax.data.augment import AugmentConfig
 from sslsteal_jax.evaluation.probe import probe_logits
-from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.models import SurrogateModel, build_encoder, build_simclr
+from sslsteal_jax.trainers.surrogate import make_steal_step
 from sslsteal_jax.training.optim import make_optimizer
-from sslsteal_jax.training.simclr import build_simclr
 from sslsteal_jax.training.state import TrainState
 
 SHAPE = (28, 28, 1)

@@ -19,10 +19,10 @@ import pytest
 
 from sslsteal_jax import losses
 from sslsteal_jax.api import VictimAPI
-from sslsteal_jax.attacks.direct import train_surrogate
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.attacks.strategies import query_pool_labels
 from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.trainers.surrogate import train_surrogate
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.fidelity import cosine_fidelity
 from sslsteal_jax.experiments import common, steal

@@ -274,7 +274,7 @@ def test_bad_stack_options_raise_before_any_work(tiny_victim, tmp_path, field, v
 
 
 def test_fit_stack_size_and_stackable_checks(scan):
-    from sslsteal_jax.attacks import stacked
+    from sslsteal_jax.trainers import stacked
     assert stacked.fit_stack_size(8, 100, 1000, 0.5) == 5
     assert stacked.fit_stack_size(4, 100, 10 ** 6, 0.5) == 4
     assert stacked.fit_stack_size(8, 10 ** 9, 1000, 0.5) == 1  # sequential
@@ -284,7 +284,7 @@ def test_fit_stack_size_and_stackable_checks(scan):
     with pytest.raises(ValueError, match="at least one member"):
         stacked.train_surrogates_stacked([], None)
     import ml_collections
-    from sslsteal_jax.attacks.direct import prepare_surrogate
+    from sslsteal_jax.trainers.surrogate import prepare_surrogate
     # the scan's own cell config and cached answers (the eager model init is then warm)
     wd, res = scan
     with np.load(os.path.join(wd, "answers_fashion_mnist.npz")) as z:

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from sslsteal_jax.experiments.common import WorkdirExistsError, prepare_workdir
-from sslsteal_jax.training import loop, simclr
-from sslsteal_jax.training.checkpoint import CheckpointMismatchError, read_meta
-from sslsteal_jax.training.encoders import load_model
-from sslsteal_jax.training.simclr import train_simclr
+from sslsteal_jax.trainers import simclr
+from sslsteal_jax.trainers.simclr import train_simclr
+from sslsteal_jax.training import loop
+from sslsteal_jax.training.checkpoint import CheckpointMismatchError, load_model, read_meta
 
 N, BATCH, EPOCHS, EVERY = 256, 32, 2, 4
 TOTAL = EPOCHS * (N // BATCH)  # 16
@@ -193,3 +193,121 @@ def test_hard_kill_loses_little_and_log_has_no_duplicates(run_a, images, tmp_pat
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
         jax.device_get(got), want)
+
+
+# ---- final metrics after a resume (the checkpoint's metrics window) --------------------
+
+def test_resume_reports_the_uninterrupted_final_loss(run_a, images, tmp_path, monkeypatch,
+                                                     capsys):
+    """``final_loss`` (results.json's ``final_loss``) is the mean over the last log
+    window (steps 13-16 here). A crash after step 14 (checkpoint after every step)
+    resumes at 14: the window's steps 13-14 come from the checkpoint's metadata, so the
+    resumed run reports the uninterrupted run's value, not the mean of steps 15-16."""
+    import functools
+    _, _, want = run_a
+    real = loop.epoch_batches
+
+    def crash_at_14(n, batch_size, seed, step):
+        if step == 14:
+            raise RuntimeError("simulated abort")  # no interrupt save: hard kill
+        return real(n, batch_size, seed, step)
+
+    wd = str(tmp_path / "crash14")
+    monkeypatch.setattr(simclr, "run_training",
+                        functools.partial(loop.run_training, checkpoint_seconds=1e-9))
+    monkeypatch.setattr(loop, "epoch_batches", crash_at_14)
+    with pytest.raises(RuntimeError):
+        train_simclr(_cfg(), wd, images, progress=False)
+    window = read_meta(os.path.join(wd, "checkpoints"))[loop.METRICS_WINDOW_KEY]
+    assert window["logged_at"] == 12 and len(window["pending"]) == 2
+    monkeypatch.setattr(loop, "epoch_batches", real)
+    _, _, got = train_simclr(_cfg(), wd, images, progress=False)
+    assert f"resumed from checkpoint at step 14 of {TOTAL}" in capsys.readouterr().out
+    assert got["final_loss"] == want["final_loss"]
+
+
+def test_rerun_of_a_finished_run_reports_its_final_loss(run_a, images, tmp_path):
+    """Killed after the last checkpoint (before the results were written): the rerun
+    resumes at the last step, trains nothing and still reports the run's final loss."""
+    import shutil
+    wd = str(tmp_path / "finished")
+    shutil.copytree(run_a[0], wd)
+    _, got_vars, got = train_simclr(_cfg(), wd, images, progress=False)
+    assert got["final_loss"] == run_a[2]["final_loss"] and np.isfinite(got["final_loss"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(got_vars), run_a[1])
+
+
+def _tiny_run(ckpt_dir, log_path, members=0, **kw):
+    """A linear model trained by ``run_training`` (8 batches of 8 per epoch, 16 steps,
+    log every 8, checkpoint every 4): ``(state, summary)``."""
+    import jax.numpy as jnp
+    import optax
+    from sslsteal_jax.training.state import TrainState
+    from sslsteal_jax.training.vmap import make_vmapped_steal_step, stack_trees
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 3)).astype(np.float32)
+
+    def step(state, xb, key):
+        def loss_fn(w):
+            noise = 0.01 * jax.random.normal(key, (xb.shape[0],))
+            return jnp.mean((xb @ w["w"] - 1.0 + noise) ** 2)
+        loss, g = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=g), {"loss": loss, "w0": state.params["w"][0]}
+
+    state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(3)}, tx=optax.sgd(0.05),
+                              batch_stats={"m": jnp.zeros(1)})
+    if members:
+        state = stack_trees([state.replace(step=np.int32(0))] * members)
+        step = make_vmapped_steal_step(step, "vmap")
+        arrays, key, seed = [[x]] * members, jax.random.split(jax.random.key(0), members), [0, 1]
+    else:
+        arrays, key, seed = [x], jax.random.key(0), 0
+    return loop.run_training(state, step, arrays, batch_size=8, total_steps=16, key=key,
+                             seed=seed, ckpt_dir=ckpt_dir, meta={"kind": "test"}, desc="tiny",
+                             checkpoint_every=4, log_every=8, log_path=log_path,
+                             progress=False, members=members, checkpoint_seconds=0, **kw)
+
+
+@pytest.mark.parametrize("members", [0, 2])
+@pytest.mark.parametrize("kill", ["crash_14", "ctrl_c_10", "finished"])
+def test_loop_final_metrics_survive_resume(tmp_path, monkeypatch, members, kill):
+    """Windows are steps 1-8 and 9-16. ``crash_14``: hard kill, resume from the step-12
+    checkpoint (steps 9-12 restored from its metadata); ``ctrl_c_10``: interrupt save
+    at step 10; ``finished``: rerun of a complete run. Final metrics and the log equal
+    the uninterrupted run's."""
+    _, want = _tiny_run(str(tmp_path / "a" / "ckpt"), str(tmp_path / "a" / "log.jsonl"),
+                        members)
+    real = loop.epoch_batches
+    at, exc = {"crash_14": (14, RuntimeError), "ctrl_c_10": (10, KeyboardInterrupt),
+               "finished": (None, None)}[kill]
+
+    def killing(n, batch_size, seed, step):
+        if step == at:
+            raise exc
+        return real(n, batch_size, seed, step)
+
+    wd = tmp_path / "b"
+    if at is not None:
+        monkeypatch.setattr(loop, "epoch_batches", killing)
+        with pytest.raises(exc):
+            _tiny_run(str(wd / "ckpt"), str(wd / "log.jsonl"), members)
+        monkeypatch.setattr(loop, "epoch_batches", real)
+    else:
+        _tiny_run(str(wd / "ckpt"), str(wd / "log.jsonl"), members)
+    _, got = _tiny_run(str(wd / "ckpt"), str(wd / "log.jsonl"), members)
+    assert got["resumed_from"] == {"crash_14": 12, "ctrl_c_10": 10, "finished": 16}[kill]
+    assert got["final_metrics"] == want["final_metrics"] and got["final_metrics"]
+    with open(tmp_path / "a" / "log.jsonl") as fa, open(wd / "log.jsonl") as fb:
+        assert fb.read() == fa.read()
+
+
+def test_checkpoint_without_metrics_window_resumes_as_before(capsys):
+    """A checkpoint written before metrics windows existed: resume with an empty window."""
+    assert loop._restored_window({"step": 12}, 12, "x") == (12, [], {})
+    assert "holds no metrics window" in capsys.readouterr().out
+    assert loop._restored_window(None, 0, "x") == (0, [], {})
+    win = {"logged_at": 8, "pending": [{"loss": 1.0}] * 3, "last": {"loss": 2.0}}
+    assert loop._restored_window({loop.METRICS_WINDOW_KEY: win}, 11, "x") == (
+        8, [{"loss": 1.0}] * 3, {"loss": 2.0})
+    assert loop._restored_window({loop.METRICS_WINDOW_KEY: win}, 12, "x") == (12, [], {})

@@ -260,3 +260,26 @@ def test_works_without_tensorflow(tmp_path):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name,hint", [("fashion_mnst", "fashion_mnist"), ("Digts", "digits"),
+                                       ("no_such_dataset_xyz", None)])
+def test_unknown_dataset_is_a_one_line_config_error(name, hint, tmp_path):
+    """A misspelt name is a user mistake (ConfigError, one line for the CLI) that names
+    the closest offline dataset, not tfds's catalogue; nothing is prepared."""
+    from sslsteal_jax.errors import ConfigError
+    with pytest.raises(ConfigError) as e:
+        registry.load_split(name, "train", data_dir=str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 600, msg
+    assert msg.startswith(f"unknown dataset {name!r}" + (f" (did you mean {hint!r}?):" if hint
+                                                          else ":")), msg
+    assert "tensorflow-datasets" in msg and "abstract_reasoning" not in msg
+    _assert_offline_hint(msg)
+    assert isinstance(e.value, ValueError) and not os.listdir(tmp_path)
+
+
+def test_empty_dataset_name_is_a_config_error():
+    from sslsteal_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match="dataset name must be a non-empty string, got ''"):
+        registry.load_split("", "train")

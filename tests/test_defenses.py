@@ -10,7 +10,7 @@ import pytest
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.defenses import DefenseChain, parse_spec
 from sslsteal_jax.defenses import perturb
-from sslsteal_jax.training.simclr import build_simclr
+from sslsteal_jax.models import build_simclr
 
 KEY = jax.random.key(0)
 

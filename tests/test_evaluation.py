@@ -1,5 +1,6 @@
 """Evaluation statistics against their definitions on constructed cases."""
 import math
+import os
 
 import jax
 import numpy as np
@@ -84,3 +85,55 @@ def test_selected_probe_picks_setting_on_validation():
     assert acc >= 99.0
     with pytest.raises(ValueError, match="val_fraction=0.9"):
         selected_linear_probe(x, y, x, y, jax.random.key(0), grid, val_fraction=0.9)
+
+
+def _png_size(path):
+    """(width, height) from a PNG's IHDR chunk; asserts the PNG signature."""
+    import struct
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", head
+    return struct.unpack(">II", head[16:24])
+
+
+def test_plot_results_png(tmp_path, monkeypatch):
+    """results.png: a valid PNG of sensible size written atomically; accuracy axis 0-100
+    with a value on every bar (one decimal), a kNN bar per encoder, fidelity values,
+    and the title as the figure's suptitle."""
+    import matplotlib.figure
+    from sslsteal_jax.evaluation.report import plot_results
+    figs = []
+    real_savefig = matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig",
+                        lambda self, *a, **k: (figs.append(self), real_savefig(self, *a, **k))[1])
+    rows = [dict(name="victim", probe_full=86.42, probe_100=79.06, knn=84.31,
+                 cosine_fidelity=1.0, l2_fidelity=0.0),
+            dict(name="surrogate infonce", probe_full=83.94, probe_100=75.26, knn=80.12,
+                 cosine_fidelity=0.912, l2_fidelity=0.3),
+            dict(name="raw pixels", probe_full=84.1, probe_100=68.3, knn=85.5,
+                 cosine_fidelity=None, l2_fidelity=None)]
+    path = str(tmp_path / "results.png")
+    title = "fashion_mnist: victim fashion_mnist_resnet10_w16_ft6, 5000 queries"
+    plot_results(rows, path, title)
+    w, h = _png_size(path)
+    assert 1000 <= w <= 4000 and 400 <= h <= 1500, (w, h)
+    assert 10_000 < os.path.getsize(path) < 2_000_000
+    assert os.listdir(tmp_path) == ["results.png"]  # no temporary file left
+    (fig,) = figs
+    acc, fid = fig.axes[:2]
+    assert acc.get_ylim() == (0.0, 100.0)
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == [
+        "linear probe, full labels", "linear probe, 100 labels/class", "kNN"]
+    labels = sorted(t.get_text() for t in acc.texts)
+    assert labels == sorted(f"{r[k]:.1f}" for r in rows for k in ("probe_full", "probe_100", "knn"))
+    assert sorted(t.get_text() for t in fid.texts) == ["0.91", "1.00"]
+    assert fig._suptitle is not None and fig._suptitle.get_text() == title
+    assert acc.get_title() == ""  # the title is not squeezed into the left panel
+
+
+def test_plot_results_without_fidelity(tmp_path):
+    from sslsteal_jax.evaluation.report import plot_results
+    path = str(tmp_path / "r.png")
+    plot_results([dict(name="raw pixels", probe_full=84.1, probe_100=68.3, knn=85.5,
+                       cosine_fidelity=None, l2_fidelity=None)], path, "victim SimCLR")
+    assert _png_size(path)[0] >= 1000

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslsteal_jax import losses as losses_mod
 from sslsteal_jax.losses import (STEALING_LOSSES, infonce_loss, mse_loss, nt_xent,
                                  soft_nearest_neighbor, softnn_loss, stealing_loss,
                                  wasserstein_loss)
@@ -346,3 +347,139 @@ def test_unknown_stealing_loss_raises_with_allowed_names():
     assert "cosine_typo" in msg
     for name in STEALING_LOSSES:
         assert name in msg
+
+
+# ----------------------------------------------------------------------------
+# The loss registry (losses.LOSSES)
+# ----------------------------------------------------------------------------
+
+# The per-loss settings before the registry existed (attacks/direct.py LOSS_DEFAULTS and
+# the loss_overrides copied into configs/quickstart.py and configs/defense_matrix.py),
+# pinned here so the registry keeps every old number.
+_OLD_DEFAULTS = {
+    "mse": (64, 1e-3, None), "wasserstein": (64, 1e-3, None), "infonce": (256, 3e-4, 0.07),
+    "softnn": (256, 1e-3, 100.0), "cosine": (64, 1e-3, None), "barlow": (256, 1e-3, None),
+    "symmetrized": (256, 1e-3, None), "supcon": (256, 3e-4, 0.07), "softce": (64, 1e-3, 1.0),
+    "xent": (64, 1e-3, None),
+}
+_OLD_OVERRIDES = {"infonce": {"learning_rate": 1e-3, "temperature": 0.1},
+                  "softnn": {"temperature": 10.0}}
+
+# One dedicated test per registered loss (adding a loss = function + registry entry + test).
+_PER_LOSS_TEST = {
+    "mse": "test_losses.py::test_mse_hand_computed",
+    "infonce": "test_losses.py::test_infonce_closed_form_at_optimum_and_beats_random",
+    "softnn": "test_losses.py::test_softnn_loss_matches_loop_reference",
+    "wasserstein": "test_losses.py::test_wasserstein_known_1d_histograms",
+    "cosine": "test_losses_extra.py::test_cosine_loss_hand_computed",
+    "barlow": "test_losses_extra.py::test_barlow_loss_hand_computed",
+    "symmetrized": "test_losses_extra.py::test_symmetrized_hand_computed",
+    "supcon": "test_losses_extra.py::test_supcon_stealing_hand_computed",
+    "softce": "test_losses_extra.py::test_soft_cross_entropy_hand_computed",
+    "xent": "test_losses_extra.py::test_probability_cross_entropy_and_softce_default",
+}
+
+
+def _registry_kwargs(spec, s, v):
+    """The keyword arguments ``stealing_loss`` passes to ``spec.fn`` for a batch (s, v)."""
+    kw = {}
+    if spec.temperature is not None:
+        kw["temperature"] = spec.temperature
+    if "labels" in spec.needs:
+        kw["labels"] = jnp.array([0, 1, 0, 1])
+    if "pair" in spec.needs:
+        kw["pair"] = (s[::-1], v[::-1])
+    return kw
+
+
+@pytest.mark.parametrize("name", sorted(losses_mod.LOSSES))
+def test_registry_fn_runs_on_tiny_batch(name):
+    spec = losses_mod.LOSSES[name]
+    rng = np.random.default_rng(5)
+    s = jnp.asarray(rng.uniform(0.1, 1.0, size=(4, 3)), jnp.float32)
+    v = jnp.asarray(rng.uniform(0.1, 1.0, size=(4, 3)), jnp.float32)
+    if "class_targets" in spec.needs:
+        v = v / jnp.sum(v, axis=1, keepdims=True)  # class distributions
+    kw = _registry_kwargs(spec, s, v)
+    out = spec.fn(s, v, **kw)
+    assert out.shape == () and out.dtype == jnp.float32 and np.isfinite(float(out))
+    # the dispatcher passes exactly these arguments
+    got = stealing_loss(name, s, v, labels=kw.get("labels"), pair=kw.get("pair"))
+    assert float(got) == float(out)
+    jitted = jax.jit(lambda a, b: stealing_loss(name, a, b, labels=kw.get("labels"),
+                                                pair=kw.get("pair")))(s, v)
+    np.testing.assert_allclose(float(jitted), float(out), rtol=1e-5, atol=1e-6)
+
+
+def test_registry_defaults_are_the_old_numbers():
+    assert set(losses_mod.LOSSES) == set(_OLD_DEFAULTS)
+    for name, (bsz, lr, tau) in _OLD_DEFAULTS.items():
+        spec = losses_mod.LOSSES[name]
+        assert spec.defaults() == {"batch_size": bsz, "learning_rate": lr, "temperature": tau}
+    assert losses_mod.scale_overrides() == _OLD_OVERRIDES
+    assert list(losses_mod.scale_overrides()) == list(_OLD_OVERRIDES)  # config key order
+
+
+def test_registry_derived_names_and_needs():
+    assert STEALING_LOSSES == ("mse", "infonce", "softnn", "wasserstein")
+    assert losses_mod.EXTRA_LOSSES == ("cosine", "barlow", "symmetrized", "supcon", "softce")
+    assert losses_mod.ALL_LOSSES == STEALING_LOSSES + losses_mod.EXTRA_LOSSES
+    assert "xent" not in losses_mod.ALL_LOSSES  # a baseline, not a selectable stealing loss
+    needs = {n: set(s.needs) for n, s in losses_mod.LOSSES.items() if s.needs}
+    assert needs == {"supcon": {"labels"}, "symmetrized": {"pair", "predictor"},
+                     "xent": {"class_targets"}}
+    for name, spec in losses_mod.LOSSES.items():
+        assert spec.source and spec.fn.__doc__, name
+
+
+def test_every_registered_loss_has_its_own_test():
+    import os
+    assert set(_PER_LOSS_TEST) == set(losses_mod.LOSSES)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name, ref in _PER_LOSS_TEST.items():
+        path, test = ref.split("::")
+        with open(os.path.join(here, path)) as f:
+            assert f"def {test}(" in f.read(), (name, ref)
+
+
+def test_lossspec_validation():
+    with pytest.raises(ValueError, match="needs"):
+        losses_mod.LossSpec(mse_loss, 64, 1e-3, None, needs=frozenset({"bogus"}))
+    with pytest.raises(ValueError, match="group"):
+        losses_mod.LossSpec(mse_loss, 64, 1e-3, None, group="bogus")
+    with pytest.raises(ValueError, match="batch_size >= 1"):
+        losses_mod.LossSpec(mse_loss, 0, 1e-3, None)
+    spec = losses_mod.LossSpec(mse_loss, 8, 1e-3, None, scale_overrides={"batch_size": 4})
+    with pytest.raises(TypeError):
+        spec.scale_overrides["batch_size"] = 2  # read-only
+    with pytest.raises(Exception):
+        spec.batch_size = 2  # frozen
+
+
+def _config(name, arg=""):
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                        f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+@pytest.mark.parametrize("config, fixed_batch", [("quickstart", None), ("budget_scan", None),
+                                                 ("defense_matrix", 64), ("verify", None)])
+def test_configs_resolve_to_the_old_numbers(config, fixed_batch):
+    """What each experiment trains a surrogate with: ``cfg.steal`` (``cfg.attack.steal``
+    for verify) + ``loss_overrides[loss]``, None fields from the registry."""
+    from sslsteal_jax.trainers.surrogate import resolve_hparams
+    cfg = _config(config)
+    base = cfg.attack if config == "verify" else cfg
+    for name, (bsz, lr, tau) in _OLD_DEFAULTS.items():
+        scfg = base.steal.copy_and_resolve_references()
+        scfg.loss = name
+        if name in base.get("loss_overrides", {}):
+            scfg.update(dict(base.loss_overrides[name]))
+        want = dict({"batch_size": fixed_batch or bsz, "learning_rate": lr, "temperature": tau},
+                    **_OLD_OVERRIDES.get(name, {}))
+        assert resolve_hparams(scfg) == want, (config, name)

@@ -5,10 +5,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslsteal_jax.attacks.direct import make_steal_step
-from sslsteal_jax.models import SurrogateModel, build_encoder, compute_dtype
+from sslsteal_jax.models import SurrogateModel, build_encoder, build_simclr, compute_dtype
+from sslsteal_jax.trainers.surrogate import make_steal_step
 from sslsteal_jax.training.optim import make_optimizer
-from sslsteal_jax.training.simclr import build_simclr
 from sslsteal_jax.training.state import TrainState
 
 

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from sslsteal_jax import losses
-from sslsteal_jax.attacks.direct import make_steal_step
 from sslsteal_jax.data.augment import AugmentConfig
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.models import SimCLRModel, SurrogateModel, build_encoder
+from sslsteal_jax.trainers.simclr import make_simclr_step
+from sslsteal_jax.trainers.surrogate import make_steal_step
 from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training.optim import make_optimizer
-from sslsteal_jax.training.simclr import make_simclr_step
 from sslsteal_jax.training.state import TrainState
 from sslsteal_jax.training.vmap import make_vmapped_steal_step, stack_trees, unstack_tree
 

@@ -14,9 +14,9 @@ from sslsteal_jax.experiments.common import REPO_ROOT
 from sslsteal_jax.experiments.verify import (Suspect, ancestor_path, di_private_size,
                                              parse_budgets, parse_suspects, watermark_null_pvalues,
                                              watermark_test)
+from sslsteal_jax.models.watermark import rotate_images, rotation_task, watermark_input
 from sslsteal_jax.verification import (binomial_pvalue, dataset_inference, fit_gmm, fit_linear_map,
-                                       fisher_pvalue, l2_normalize, null_test, rotate_images,
-                                       rotation_task, verify_watermark, watermark_input)
+                                       fisher_pvalue, l2_normalize, null_test, verify_watermark)
 
 
 class CornerEncoder(nn.Module):

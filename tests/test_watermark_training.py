@@ -14,11 +14,12 @@ from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.data.registry import load_split
 from sslsteal_jax.experiments import verify
 from sslsteal_jax.experiments.common import REPO_ROOT, WorkdirExistsError
+from sslsteal_jax.models import build_watermarked
 from sslsteal_jax.models.watermark import WatermarkedSimCLR
-from sslsteal_jax.training.encoders import load_model
+from sslsteal_jax.trainers.watermark import (_merge_warm_start, train_watermark_victim,
+                                             watermark_slices)
+from sslsteal_jax.training.checkpoint import load_model
 from sslsteal_jax.verification import fisher_pvalue
-from sslsteal_jax.training.watermark import (_merge_warm_start, build_watermarked,
-                                             train_watermark_victim, watermark_slices)
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "configs"))
 import verify as verify_config  # noqa: E402

@@ -26,6 +26,7 @@ import numpy as np
 from sslsteal_jax.defenses.chain import DefenseChain, needs_reference, parse_spec, user_key
 from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.training import mesh as mesh_lib
+from sslsteal_jax.training.checkpoint import load_model
 
 OUTPUTS = ("representation", "projection")
 
@@ -132,10 +133,9 @@ class VictimAPI:
         """Build the API from a SimCLR victim checkpoint directory.
 
         Raises:
-          FileNotFoundError / CheckpointMismatchError: see ``training.encoders.load_model``.
+          FileNotFoundError / CheckpointMismatchError: see ``training.checkpoint.load_model``.
           ValueError: the checkpoint is not a SimCLR victim.
         """
-        from sslsteal_jax.training.encoders import load_model
         loaded = load_model(ckpt_dir, model_override)
         if loaded.kind != "simclr":
             raise ValueError(f"{ckpt_dir} holds a {loaded.kind!r} checkpoint, the API needs a "

@@ -30,10 +30,13 @@ also cached in-process, keyed by (name, split, data dir); see
 """
 from __future__ import annotations
 
+import difflib
 import os
 import threading
 
 import numpy as np
+
+from sslsteal_jax.errors import ConfigError
 
 OFFLINE_DATASETS = ("fashion_mnist", "mnist_subset", "digits")
 
@@ -149,6 +152,17 @@ def _load_offline(short: str, split: str, data_dir: str):
     return builders.read_split_arrays(builder, split)
 
 
+def unknown_dataset_error(name: str) -> ConfigError:
+    """The one-line error for a dataset name that neither this package nor
+    tensorflow-datasets knows (suggests the closest offline name)."""
+    close = difflib.get_close_matches(name.lower(), list(OFFLINE_BUILDER_NAMES), n=1, cutoff=0.8)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(
+        f"unknown dataset {name!r}{hint}: not an offline dataset, and tensorflow-datasets, where "
+        "other names go (it needs internet access or data already prepared under the data "
+        f"dir), has no dataset of that name. {INSTALL_HINT}")
+
+
 def _load_online(name: str, split: str, data_dir: str | None, download: bool):
     import tensorflow_datasets as tfds
     from sslsteal_jax.data import builders
@@ -163,7 +177,9 @@ def _load_online(name: str, split: str, data_dir: str | None, download: bool):
 
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    except Exception as e:  # DatasetNotFoundError, bad config, ...
+    except tfds.core.registered.DatasetNotFoundError as e:  # a misspelt or unknown name
+        raise unknown_dataset_error(name) from e
+    except Exception as e:  # bad config, ...
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise unavailable(f"tfds.builder failed ({type(e).__name__}: {first_line})") from e
     if not builder.is_prepared():
@@ -216,13 +232,16 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
       may modify them); repeated calls are served from an in-process cache.
 
     Raises:
+      ConfigError (a ValueError): an empty name, or a name that is neither an
+        offline dataset nor known to tensorflow-datasets (one line: the name,
+        the offline datasets, where other names go).
       ValueError: unknown split (the message names it and the allowed splits);
         a dataset that cannot be found or prepared (the message names it,
         lists the offline datasets and how to install their sources); data
         that is not uint8 images with integer labels.
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"dataset name must be a non-empty string, got {name!r}. {INSTALL_HINT}")
+        raise ConfigError(f"dataset name must be a non-empty string, got {name!r}. {INSTALL_HINT}")
     short = _canonical_offline(name)
     if short is not None:
         _check_split(short, split, OFFLINE_SPLITS[short])

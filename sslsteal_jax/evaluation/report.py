@@ -94,29 +94,88 @@ def format_table(rows, title: str = "") -> str:
     return "\n".join(lines)
 
 
+#: (row key, legend label) of the accuracy bars drawn per encoder by ``plot_results``.
+PLOT_ACCURACIES = (("probe_full", "linear probe, full labels"),
+                   ("probe_100", "linear probe, 100 labels/class"),
+                   ("knn", "kNN"))
+
+
+def _bar_values(ax, xs, values, top: float, fmt: str, rotate: bool) -> None:
+    """Write each bar's value at its end: above a positive bar (inside it, in white, when
+    the bar reaches the last 12 % of the axis ``top``, so the label stays within the
+    axes), below a negative one."""
+    pad = 0.01 * top
+    for x, v in zip(xs, values):
+        inside = v > 0.88 * top
+        y, va = (v - pad, "top") if inside or v < 0 else (v + pad, "bottom")
+        ax.text(x, y, format(v, fmt), ha="center", va=va, fontsize=7,
+                rotation=90 if rotate else 0, color="white" if inside else "black")
+
+
 def plot_results(rows, path: str, title: str) -> None:
-    """Bar chart of probe accuracies (full / 100 per class) and cosine fidelity; PNG, atomic."""
+    """Write a PNG bar chart of result rows to ``path`` (atomically: a temporary file,
+    then ``os.replace``).
+
+    Left panel: per encoder, linear-probe accuracy with full labels, with 100
+    labels per class, and kNN accuracy (percent, axis 0-100, each bar labelled
+    with its value to one decimal). Right panel: mean cosine fidelity to the
+    victim's API output for the rows that have one (labelled to two decimals;
+    a note instead when no row has fidelity). ``title`` is the figure's suptitle.
+
+    Args:
+      rows: dicts with ``name`` and the keys of ``COLUMNS`` (accuracies in
+        percent, fidelity in [-1, 1]; None = not measured, no bar drawn).
+      path: output ``.png`` path (its directory must exist).
+      title: figure title (wrapped at ~110 characters).
+    """
     import os
+    import textwrap
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    names = [r["name"] for r in rows]
-    x = np.arange(len(rows))
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [2, 1]})
-    a1.bar(x - 0.2, [r["probe_full"] for r in rows], 0.4, label="linear probe, full labels")
-    a1.bar(x + 0.2, [r["probe_100"] for r in rows], 0.4, label="linear probe, 100 labels/class")
-    a1.set_xticks(x, names, rotation=20, ha="right")
+    n = len(rows)
+    crowded = n > 5  # vertical value labels and slanted names when the bars get narrow
+    # Tick labels wrapped on several lines (long names would push the panels apart).
+    wrap = lambda name: "\n".join(textwrap.wrap(name, 16 if crowded else 20,
+                                                break_long_words=True, break_on_hyphens=False))
+    names = [wrap(r["name"]) for r in rows]
+    tick = dict(rotation=30, ha="right") if crowded else dict(rotation=0, ha="center")
+    x = np.arange(n)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(max(12.0, 5.0 + 1.5 * n), 5.2),
+                                 gridspec_kw={"width_ratios": [2, 1]}, layout="constrained")
+    width = 0.8 / len(PLOT_ACCURACIES)
+    for i, (key, label) in enumerate(PLOT_ACCURACIES):
+        have = [(xi + (i - (len(PLOT_ACCURACIES) - 1) / 2) * width, r[key])
+                for xi, r in zip(x, rows) if r.get(key) is not None]
+        xs, vals = [h[0] for h in have], [float(h[1]) for h in have]
+        a1.bar(xs, vals, width, label=label, color=f"C{i}")
+        _bar_values(a1, xs, vals, 100.0, ".1f", crowded)
+    a1.set_xticks(x, names, fontsize=8, **tick)
     a1.set_ylabel("test accuracy (%)")
-    lo = min(min(r["probe_full"], r["probe_100"]) for r in rows)
-    a1.set_ylim(max(0, lo - 10), 104)
-    a1.legend(loc="upper center", ncol=2, fontsize=8)
-    a1.set_title(title)
-    fr = [r for r in rows if r["cosine_fidelity"] is not None]
-    a2.bar(range(len(fr)), [r["cosine_fidelity"] for r in fr], color="tab:green")
-    a2.set_xticks(range(len(fr)), [r["name"] for r in fr], rotation=20, ha="right")
+    a1.set_ylim(0, 100)
+    a1.set_yticks(np.arange(0, 101, 10))
+    a1.grid(axis="y", alpha=0.3)
+    a1.set_axisbelow(True)
+    a1.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(PLOT_ACCURACIES),
+              fontsize=8, frameon=False)
+    fr = [r for r in rows if r.get("cosine_fidelity") is not None]
+    if fr:
+        vals = [float(r["cosine_fidelity"]) for r in fr]
+        a2.bar(range(len(fr)), vals, 0.6, color="tab:purple")
+        _bar_values(a2, range(len(fr)), vals, 1.0, ".2f", False)
+        a2.set_xticks(range(len(fr)), [wrap(r["name"]) for r in fr], fontsize=8,
+                      **(dict(rotation=30, ha="right") if len(fr) > 3 or crowded else tick))
+        a2.set_ylim(min(0.0, min(vals) - 0.12), 1.0)
+        a2.grid(axis="y", alpha=0.3)
+        a2.set_axisbelow(True)
+    else:
+        a2.set_xticks([])
+        a2.set_yticks([])
+        a2.text(0.5, 0.5, "no fidelity reference", ha="center", va="center",
+                transform=a2.transAxes)
     a2.set_ylabel("mean cosine fidelity to victim")
-    a2.set_ylim(0, 1)
-    fig.tight_layout()
+    a2.set_title("fidelity to the victim's API output", fontsize=9)
+    fig.suptitle("\n".join(textwrap.wrap(title, 110)) or " ", fontsize=11)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)

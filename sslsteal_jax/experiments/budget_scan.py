@@ -24,7 +24,7 @@ of queries"; docs/science.md claims 1-4):
   surrogate config except the seed, equal batch size and step count: under
   ``"examples"`` all budgets >= the batch size and all seeds of a loss, under
   ``"epochs"`` the seeds of one budget) train as members of ONE compiled
-  program (``attacks.stacked.train_surrogates_stacked``), up to ``stack``
+  program (``trainers.stacked.train_surrogates_stacked``), up to ``stack``
   members at a time and fewer when the memory guard (estimated bytes per
   member x K > ``stack_memory_fraction`` x available memory) says they do not
   fit; ``stack=1`` (or a group of one) trains cells one after another with
@@ -53,16 +53,17 @@ import jax
 import numpy as np
 
 from sslsteal_jax.api import VictimAPI
-from sslsteal_jax.attacks.direct import (effective_batch_size, prepare_surrogate,
-                                         resolve_hparams, surrogate_schedule, train_surrogate)
 from sslsteal_jax.attacks.query import collect_answers
-from sslsteal_jax.attacks.stacked import (available_memory_bytes, estimate_member_bytes,
-                                          fit_stack_size, shared_config,
-                                          train_surrogates_stacked)
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.experiments import common
-from sslsteal_jax.experiments.steal import _arch_name, get_victim, parse_losses
-from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.experiments.steal import get_victim, parse_losses
+from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
+from sslsteal_jax.trainers.stacked import (available_memory_bytes, estimate_member_bytes,
+                                           fit_stack_size, shared_config,
+                                           train_surrogates_stacked)
+from sslsteal_jax.trainers.surrogate import (effective_batch_size, prepare_surrogate,
+                                             resolve_hparams, surrogate_schedule,
+                                             train_surrogate)
 from sslsteal_jax.training.checkpoint import write_json_atomic
 from sslsteal_jax.training.vmap import MODES
 
@@ -203,7 +204,7 @@ def run(cfg, workdir: str) -> dict:
             reference = json.load(f)
     else:
         enc = model.encoder
-        arch = dict(arch=cfg.steal.model.arch or _arch_name(enc),
+        arch = dict(arch=cfg.steal.model.arch or arch_name(enc),
                     width=cfg.steal.model.width or enc.width, stem=cfg.steal.model.stem or enc.stem)
         senc = build_encoder(arch["arch"], arch["width"], arch["stem"])
         smod = SurrogateModel(senc, None if senc.representation_dim == api.output_dim
@@ -271,7 +272,7 @@ def _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples) -> dic
     scfg = cfg.steal.copy_and_resolve_references()
     scfg.loss, scfg.seed = loss, int(seed)
     enc = model.encoder
-    scfg.model.arch = scfg.model.arch or _arch_name(enc)
+    scfg.model.arch = scfg.model.arch or arch_name(enc)
     scfg.model.width = scfg.model.width or enc.width
     scfg.model.stem = scfg.model.stem or enc.stem
     if loss in cfg.get("loss_overrides", {}):

@@ -5,7 +5,7 @@ For every defense family, strength and attack (``configs/defense_matrix.py``):
    (``direct``: the first ``budget`` pool images once; ``averaging:repeats=n``:
    ``budget // n`` images n times each; ``sybil:accounts=k,shared=s``: k accounts
    merged by a linear map, ``budget`` queries in total);
-2. a surrogate is trained on the answers (``attacks.direct.train_surrogate``) and
+2. a surrogate is trained on the answers (``trainers.surrogate.train_surrogate``) and
    evaluated like every encoder of the toolkit (linear probe, kNN);
 3. two legitimate users query their own labelled train and test images through
    the same defended API and train a linear probe on the answers
@@ -50,7 +50,6 @@ import numpy as np
 
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.attacks import adaptive
-from sslsteal_jax.attacks.direct import train_surrogate
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.registry import load_split
 from sslsteal_jax.data.splits import experiment_data
@@ -58,11 +57,10 @@ from sslsteal_jax.evaluation.detection import detector_report
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.legit_user import coverage_curve, legit_user_accuracy, task_subset
 from sslsteal_jax.experiments import common
-from sslsteal_jax.experiments.steal import _arch_name
-from sslsteal_jax.models import SurrogateModel
-from sslsteal_jax.training.checkpoint import write_json_atomic
-from sslsteal_jax.training.encoders import load_model
-from sslsteal_jax.training.simclr import augment_config
+from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
+from sslsteal_jax.trainers.simclr import augment_config
+from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.training.checkpoint import load_model, write_json_atomic
 
 ATTACKS = ("direct", "averaging", "sybil")
 CSV_COLUMNS = ("cell", "family", "strength", "defense", "attack", "queries_charged",
@@ -216,7 +214,7 @@ def run(cfg, workdir: str) -> dict:
     # ---- reference rows --------------------------------------------------------------
     vcfg = model.encoder
     smodel_cfg = cfg.steal.copy_and_resolve_references()
-    smodel_cfg.model.arch = smodel_cfg.model.arch or _arch_name(vcfg)
+    smodel_cfg.model.arch = smodel_cfg.model.arch or arch_name(vcfg)
     smodel_cfg.model.width = smodel_cfg.model.width or vcfg.width
     smodel_cfg.model.stem = smodel_cfg.model.stem or vcfg.stem
     if smodel_cfg.loss in cfg.get("loss_overrides", {}):
@@ -225,7 +223,6 @@ def run(cfg, workdir: str) -> dict:
         save("reference/victim", common.encoder_row("victim", model, variables, data, key,
                                                     cfg_eval=ev))
     if "reference/independent" not in done:
-        from sslsteal_jax.models import build_encoder
         enc = build_encoder(smodel_cfg.model.arch, smodel_cfg.model.width, smodel_cfg.model.stem)
         save("reference/independent", common.independent_row(SurrogateModel(enc), data, key,
                                                               cfg.seed, cfg_eval=ev))

@@ -16,20 +16,22 @@ import jax
 
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.report import format_table, plot_results
 from sslsteal_jax.experiments import common
-from sslsteal_jax.training.encoders import build_model, load_model
+from sslsteal_jax.models import build_model
+from sslsteal_jax.training.checkpoint import load_model
 
 
 def run(cfg, workdir: str) -> dict:
     """Evaluate ``cfg.checkpoints`` (comma-separated checkpoint dirs); returns results."""
     paths = [common.resolve_path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
     if not paths:
-        raise ValueError("config.checkpoints is empty; give one or more checkpoint directories "
-                         "separated by commas")
+        raise ConfigError("config.checkpoints is empty; give one or more checkpoint directories "
+                          "separated by commas")
     missing = [p for p in paths if not os.path.isdir(p)]
     if missing:
-        raise FileNotFoundError(f"checkpoint directory {missing[0]!r} does not exist")
+        raise ConfigError(f"checkpoint directory {missing[0]!r} does not exist")
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
     key = jax.random.key(int(cfg.seed))
@@ -53,9 +55,10 @@ def run(cfg, workdir: str) -> dict:
     jobs.append(functools.partial(common.independent_row, ind, data, key, cfg.seed, owner, 0, ev))
     jobs.append(functools.partial(common.raw_pixels_row, data, key, ev))
     rows = common.evaluate_rows(jobs)
-    print(format_table(rows, f"evaluation on {cfg.dataset}"))
+    title = f"evaluation on {cfg.dataset}, fidelity to {cfg.victim_checkpoint or 'none'}"
+    print(format_table(rows, title))
     results = {"experiment": "evaluate", "rows": rows, "checkpoints": paths,
                "splits": data.names, "environment": common.run_environment(), "config": cfg.to_dict()}
     common.write_results(workdir, results, rows)
-    plot_results(rows, os.path.join(workdir, "results.png"), f"evaluation on {cfg.dataset}")
+    plot_results(rows, os.path.join(workdir, "results.png"), title)
     return results

@@ -30,19 +30,20 @@ import numpy as np
 
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.api.classifier_api import ClassifierAPI
-from sslsteal_jax.attacks.direct import train_surrogate
 from sslsteal_jax.attacks.head_recreation import fit_projection_head
 from sslsteal_jax.attacks.query import collect_answers, collect_view_answers
 from sslsteal_jax.attacks.strategies import (LABEL_STRATEGIES, parse_strategies, partner_index,
                                              plan_queries, query_pool_labels)
 from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.report import format_table, plot_results
 from sslsteal_jax.experiments import common, train_victim
 from sslsteal_jax.losses import ALL_LOSSES, EXTRA_LOSSES, STEALING_LOSSES
-from sslsteal_jax.models import compute_dtype, SurrogateModel
-from sslsteal_jax.training.encoders import load_model
-from sslsteal_jax.training.simclr import augment_config
+from sslsteal_jax.models import arch_name, compute_dtype, SurrogateModel
+from sslsteal_jax.trainers.simclr import augment_config
+from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.training.checkpoint import load_model
 
 # Salts folded into the run's PRNG key (one stream per purpose).
 _VIEW_SALT, _HEAD_SALT, _CLASSIFIER_SALT = 101, 102, 103
@@ -61,8 +62,8 @@ def parse_losses(spec: str) -> list[str]:
              else [s.strip() for s in spec.split(",") if s.strip()])
     bad = [n for n in names if n not in ALL_LOSSES]
     if bad or not names:
-        raise ValueError(f"unknown stealing loss(es) {bad or spec!r}; allowed: "
-                         f"{list(ALL_LOSSES)} or 'all' (the paper's four), 'extra', 'every'")
+        raise ConfigError(f"unknown stealing loss(es) {bad or spec!r}; allowed: "
+                          f"{list(ALL_LOSSES)} or 'all' (the paper's four), 'extra', 'every'")
     return names
 
 
@@ -111,8 +112,8 @@ def run(cfg, workdir: str) -> dict:
                            victim_train_size=cfg.get("victim_train_size"),
                            probe_train_size=cfg.get("probe_train_size"))
     if not 1 <= cfg.budget <= len(data.query_pool):
-        raise ValueError(f"query budget {cfg.budget} must be between 1 and the query pool size "
-                         f"{len(data.query_pool)} ({data.names['query_pool']})")
+        raise ConfigError(f"query budget {cfg.budget} must be between 1 and the query pool size "
+                          f"{len(data.query_pool)} ({data.names['query_pool']})")
     plans = {s: plan_queries(s, cfg.budget, int(cfg.get("views") or 2), len(data.query_pool))
              for s in strategies}
     pool_labels = (query_pool_labels(data.names["query_pool"]) if "supcon" in losses else None)
@@ -268,7 +269,7 @@ def _steal_cfg(cfg, loss: str, victim_encoder):
     architecture defaulting to the victim's and ``cfg.loss_overrides[loss]`` applied."""
     scfg = cfg.steal.copy_and_resolve_references()
     scfg.loss = loss
-    scfg.model.arch = scfg.model.arch or _arch_name(victim_encoder)
+    scfg.model.arch = scfg.model.arch or arch_name(victim_encoder)
     scfg.model.width = scfg.model.width or victim_encoder.width
     scfg.model.stem = scfg.model.stem or victim_encoder.stem
     if loss in cfg.get("loss_overrides", {}):
@@ -322,11 +323,3 @@ def _buy(plan, api, data, cfg, workdir: str, key) -> dict:
     return {"images": q_images, "answers": answers,
             "info": {"queries_charged": charged, "from_cache": from_cache, "account": user,
                      "images": plan.images, "views": plan.views, "cache": os.path.basename(cache)}}
-
-
-def _arch_name(encoder) -> str:
-    from sslsteal_jax.models import ARCHITECTURES
-    for name, (stages, block) in ARCHITECTURES.items():
-        if tuple(stages) == tuple(encoder.stage_sizes) and block is encoder.block_cls:
-            return name
-    raise ValueError("victim encoder matches no known architecture")

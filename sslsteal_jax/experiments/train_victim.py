@@ -14,9 +14,9 @@ import jax
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.evaluation.report import format_table
 from sslsteal_jax.experiments import common
+from sslsteal_jax.models import build_model
+from sslsteal_jax.trainers.simclr import train_simclr
 from sslsteal_jax.training.checkpoint import write_json_atomic
-from sslsteal_jax.training.encoders import build_model
-from sslsteal_jax.training.simclr import train_simclr
 
 
 def train(cfg, workdir: str, data=None):

@@ -48,16 +48,17 @@ import jax
 import numpy as np
 
 from sslsteal_jax.api import VictimAPI
-from sslsteal_jax.attacks.direct import train_surrogate
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.experiments import common
-from sslsteal_jax.training.encoders import build_model, load_model
-from sslsteal_jax.training.simclr import train_simclr
-from sslsteal_jax.training.watermark import watermark_slices
-from sslsteal_jax.verification import (dataset_inference, fit_linear_map, rotation_task,
-                                       verify_watermark)
+from sslsteal_jax.models import arch_name, build_model
+from sslsteal_jax.models.watermark import rotation_task
+from sslsteal_jax.trainers.simclr import train_simclr
+from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.trainers.watermark import watermark_slices
+from sslsteal_jax.training.checkpoint import load_model
+from sslsteal_jax.verification import dataset_inference, fit_linear_map, verify_watermark
 from sslsteal_jax.verification.watermark import null_test, owner_logits_fn
 
 COLUMNS = ["kind", "budget", "wm_accuracy", "wm_p_chance", "wm_p_value", "watermarked",
@@ -174,7 +175,6 @@ def _steal(cfg, workdir, api, data, victim_module) -> list[Suspect]:
     """Surrogates stolen at every (loss, budget) of ``cfg.attack`` (resumable)."""
     out = []
     enc = victim_module.encoder
-    from sslsteal_jax.experiments.steal import _arch_name
     for loss in [s.strip() for s in cfg.attack.losses.split(",") if s.strip()]:
         for budget in parse_budgets(cfg.attack.budgets):
             if budget > len(data.query_pool):
@@ -185,7 +185,7 @@ def _steal(cfg, workdir, api, data, victim_module) -> list[Suspect]:
             q, answers = collect_answers(api, user, data.query_pool, budget, progress=False)
             scfg = cfg.attack.steal.copy_and_resolve_references()
             scfg.loss = loss
-            scfg.model.arch, scfg.model.width, scfg.model.stem = _arch_name(enc), enc.width, enc.stem
+            scfg.model.arch, scfg.model.width, scfg.model.stem = arch_name(enc), enc.width, enc.stem
             if loss in cfg.attack.get("loss_overrides", {}):
                 scfg.update(dict(cfg.attack.loss_overrides[loss]))
             scfg.epochs = max(1, math.ceil(int(cfg.attack.samples) / budget))

@@ -3,7 +3,7 @@
 Warm-starts from ``cfg.init_from`` (normally the shipped victim) and fine-tunes
 encoder, projection head and the secret watermark MLP jointly on
 ``NT-Xent + lambda * CE(rotation)`` (Dziedzic et al., ICML 2022, Section 5; see
-``training.watermark``). Writes ``<workdir>/checkpoints`` (a "simclr"
+``trainers.watermark``). Writes ``<workdir>/checkpoints`` (a "simclr"
 checkpoint: served by ``VictimAPI.from_checkpoint``, stolen by the steal
 experiment, verified by the verify experiment), ``train_log.jsonl``,
 ``config.json`` and ``results.json``/``results.csv``: the watermark accuracy
@@ -23,10 +23,9 @@ from sslsteal_jax.evaluation.report import COLUMNS as EVAL_COLUMNS
 from sslsteal_jax.evaluation.report import format_table
 from sslsteal_jax.experiments import common
 from sslsteal_jax.experiments.verify import Suspect, watermark_test
-from sslsteal_jax.training.checkpoint import write_json_atomic
-from sslsteal_jax.training.encoders import load_model
-from sslsteal_jax.training.watermark import train_watermark_victim, watermark_slices
-from sslsteal_jax.verification import rotation_task
+from sslsteal_jax.models.watermark import rotation_task
+from sslsteal_jax.trainers.watermark import train_watermark_victim, watermark_slices
+from sslsteal_jax.training.checkpoint import load_model, write_json_atomic
 from sslsteal_jax.verification.watermark import owner_logits_fn
 
 
@@ -34,7 +33,7 @@ def run(cfg, workdir: str) -> dict:
     """Train (or resume) the watermarked victim, then evaluate it; returns the results dict.
 
     Raises:
-      ValueError: bad watermark slices / sizes (see ``training.watermark``).
+      ValueError: bad watermark slices / sizes (see ``trainers.watermark``).
       WorkdirExistsError: ``workdir`` already holds results and overwrite is False.
     """
     common.prepare_workdir(workdir, cfg.get("overwrite", False))

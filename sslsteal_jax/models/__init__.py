@@ -1,4 +1,12 @@
-"""Encoders (ResNet family), projection heads, and the SimCLR model wrapper."""
+"""Encoders (ResNet family), projection heads, the model wrappers and their builders.
+
+Builders turn model configs into (uninitialised) flax modules:
+``build_encoder`` (ResNet), ``arch_name`` (its inverse: the architecture name
+of a built encoder), ``build_simclr`` (victim), ``build_watermarked``
+(victim with the secret watermark MLP, ``models.watermark``) and
+``build_model`` (any checkpoint kind, from the model config stored with a
+checkpoint; ``training.checkpoint.load_model`` uses it).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -9,9 +17,12 @@ import jax.numpy as jnp
 
 from sslsteal_jax.models.heads import MLPHead, Predictor, ProjectionHead
 from sslsteal_jax.models.resnet import ARCHITECTURES, BasicBlock, Bottleneck, ResNet
+from sslsteal_jax.models.watermark import WatermarkedSimCLR
 
 __all__ = ["ARCHITECTURES", "ResNet", "BasicBlock", "Bottleneck", "MLPHead", "ProjectionHead", "Predictor",
-           "SimCLRModel", "SurrogateModel", "build_encoder", "compute_dtype", "init_encoder", "representation_dim"]
+           "SimCLRModel", "SurrogateModel", "WatermarkedSimCLR", "arch_name", "build_encoder",
+           "build_model", "build_simclr", "build_watermarked", "compute_dtype", "init_encoder",
+           "representation_dim"]
 
 
 def build_encoder(arch: str, width: int = 64, stem: str = "cifar",
@@ -37,6 +48,23 @@ def build_encoder(arch: str, width: int = 64, stem: str = "cifar",
     stages, block = ARCHITECTURES[arch]
     return ResNet(stage_sizes=stages, block_cls=block, width=int(width), stem=stem,
                   dtype=compute_dtype(dtype))
+
+
+def arch_name(encoder: ResNet) -> str:
+    """Name in ``ARCHITECTURES`` of a built encoder (the inverse of ``build_encoder``'s
+    ``arch``): the entry with the encoder's stage sizes and block class.
+
+    Args:
+      encoder: a ``ResNet`` (e.g. ``model.encoder`` of a loaded victim).
+    Returns:
+      e.g. "resnet10".
+    Raises:
+      ValueError: no architecture has these stages and block.
+    """
+    for name, (stages, block) in ARCHITECTURES.items():
+        if tuple(stages) == tuple(encoder.stage_sizes) and block is encoder.block_cls:
+            return name
+    raise ValueError("victim encoder matches no known architecture")
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -123,3 +151,56 @@ class SurrogateModel(nn.Module):
         if self.predictor_hidden:
             o = Predictor(int(self.predictor_hidden), o.shape[-1], name="predictor")(o)
         return h, o
+
+
+def build_simclr(model_cfg) -> SimCLRModel:
+    """SimCLR model from a ConfigDict with arch, width, stem, head_hidden, head_out and
+    optional dtype ("float32" default, or "bfloat16": bf16 compute, float32
+    parameters and optimizer state).
+
+    Raises:
+      ValueError: unknown architecture, stem or dtype (see ``build_encoder``).
+    """
+    enc = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem,
+                        model_cfg.get("dtype", "float32"))
+    return SimCLRModel(enc, int(model_cfg.head_hidden), int(model_cfg.head_out))
+
+
+def build_watermarked(model_cfg) -> WatermarkedSimCLR:
+    """``WatermarkedSimCLR`` from a model config with arch, width, stem,
+    head_hidden, head_out, watermark_hidden, watermark_classes (float32).
+
+    Raises:
+      ValueError: unknown architecture, or ``watermark_classes`` not 2 or 4.
+    """
+    classes = int(model_cfg["watermark_classes"])
+    if classes not in (2, 4):
+        raise ValueError(f"watermark_classes={classes} is not allowed; allowed: 2, 4")
+    enc = build_encoder(model_cfg["arch"], model_cfg["width"], model_cfg.get("stem", "cifar"))
+    return WatermarkedSimCLR(enc, int(model_cfg["head_hidden"]), int(model_cfg["head_out"]),
+                             int(model_cfg["watermark_hidden"]), classes)
+
+
+def build_model(kind: str, model_cfg: dict):
+    """Rebuild the flax module of a checkpoint.
+
+    Args:
+      kind: "simclr" (victim: encoder + projection head) or "surrogate".
+      model_cfg: dict with arch, width, stem (+ head_hidden, head_out for
+        simclr, and watermark_hidden, watermark_classes for a watermarked
+        victim, see ``models.watermark``; adapter_dim and optional
+        predictor_hidden for surrogate).
+    Returns:
+      ``SimCLRModel``, ``WatermarkedSimCLR`` or ``SurrogateModel``.
+    Raises:
+      ValueError: unknown kind or architecture.
+    """
+    enc = build_encoder(model_cfg["arch"], model_cfg["width"], model_cfg.get("stem", "cifar"),
+                        model_cfg.get("dtype", "float32"))
+    if kind == "simclr" and model_cfg.get("watermark_classes"):
+        return build_watermarked(model_cfg)
+    if kind == "simclr":
+        return SimCLRModel(enc, int(model_cfg["head_hidden"]), int(model_cfg["head_out"]))
+    if kind == "surrogate":
+        return SurrogateModel(enc, model_cfg.get("adapter_dim"), model_cfg.get("predictor_hidden"))
+    raise ValueError(f"unknown checkpoint kind {kind!r}; allowed: 'simclr', 'surrogate'")

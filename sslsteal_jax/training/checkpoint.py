@@ -1,12 +1,23 @@
-"""Orbax checkpoints with resume, strict structure checks and clear errors."""
+"""Orbax checkpoints with resume, strict structure checks and clear errors.
+
+A checkpoint written by this toolkit stores its model config in the JSON
+"meta" item, so any saved victim or surrogate can be rebuilt
+(``models.build_model``) and evaluated without retraining (``load_model``).
+Restoring never ignores missing or extra keys (a quirk of the reference code,
+docs/science.md section 4).
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+
+from sslsteal_jax.models import build_model
 
 
 class CheckpointMismatchError(ValueError):
@@ -117,3 +128,61 @@ def write_json_atomic(path: str, obj) -> None:
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=float)
     os.replace(tmp, path)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model restored from a checkpoint.
+
+    kind: "simclr" or "surrogate"; module: flax module whose call returns
+    ``(representation, head_or_adapter_output)``; variables: ``{'params',
+    'batch_stats'}``; meta: the checkpoint's JSON metadata; image_shape: (H,W,C).
+    Representations of a loaded model ``m``:
+    ``evaluation.features.make_apply(m.module, m.variables, output_index=0)``.
+    """
+
+    kind: str
+    module: object
+    variables: dict
+    meta: dict
+    image_shape: tuple
+
+
+def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | None = None) -> LoadedModel:
+    """Load a victim or surrogate checkpoint written by this toolkit.
+
+    Args:
+      ckpt_dir: directory holding orbax step folders (``<workdir>/checkpoints``).
+      model_override: keys replacing the stored model config (e.g. to assert
+        an expected architecture); a mismatch with the stored arrays raises.
+      step: checkpoint step (default latest).
+    Returns:
+      :class:`LoadedModel` (module rebuilt with ``models.build_model``).
+    Raises:
+      FileNotFoundError: no checkpoint in ``ckpt_dir``.
+      CheckpointMismatchError: the stored arrays do not fit the (overridden)
+        architecture.
+    """
+    if not os.path.isdir(ckpt_dir):
+        raise FileNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
+    meta = read_meta(ckpt_dir, step)
+    kind = meta.get("kind")
+    model_cfg = dict(meta["config"]["model"])
+    if kind == "surrogate":
+        model_cfg["adapter_dim"] = meta.get("adapter_dim")
+        model_cfg["predictor_hidden"] = meta.get("predictor_hidden")
+    if model_override:
+        model_cfg.update({k: v for k, v in model_override.items() if v is not None})
+    module = build_model(kind, model_cfg)
+    image_shape = tuple(meta["image_shape"])
+    target = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((2, *image_shape))))
+    try:
+        items, meta = restore(manager(ckpt_dir), {"model": {
+            "params": target["params"], "batch_stats": target["batch_stats"]}}, step)
+    except CheckpointMismatchError as e:
+        stored = {k: meta["config"]["model"].get(k) for k in ("arch", "width", "stem")}
+        asked = {k: model_cfg.get(k) for k in ("arch", "width", "stem")}
+        raise CheckpointMismatchError(
+            f"the checkpoint holds a {kind} model with {stored}, but {asked} was requested. "
+            f"{e}") from None
+    return LoadedModel(kind, module, items["model"], meta, image_shape)

@@ -6,6 +6,9 @@ checkpoint produces the same numbers as an uninterrupted run. Checkpoints
 (orbax) are written every ``checkpoint_every`` steps, every ``checkpoint_seconds``
 of wall time, at the end, and when the
 process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised).
+Each checkpoint's JSON metadata also holds the metrics window
+(``METRICS_WINDOW_KEY``: the last logged means and the per-step metrics since),
+so the final metrics of a resumed run equal an uninterrupted run's.
 """
 from __future__ import annotations
 
@@ -31,6 +34,13 @@ class _Preempted(Exception):
     pass
 
 
+#: Key of the checkpoint metadata holding the loop's metrics window:
+#: ``{"logged_at": step of the last log line, "pending": per-step metrics of the
+#: steps after it (host floats, or lists of K floats for stacked members),
+#: "last": the means written at ``logged_at``}``.
+METRICS_WINDOW_KEY = "metrics_window"
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, step: int):
     """Indices of the batch used at optimizer ``step``: a fresh permutation of
     ``range(n)`` per epoch (numpy PCG64 seeded by ``(seed, epoch)``), the last
@@ -48,26 +58,50 @@ def _items(state: TrainState) -> dict:
             "opt": {"opt_state": state.opt_state, "step": jnp.asarray(state.step, jnp.int32)}}
 
 
-def restore_state(state: TrainState, ckpt_dir: str) -> tuple[TrainState, bool]:
+def restore_state(state: TrainState, ckpt_dir: str) -> tuple[TrainState, bool, dict | None]:
     """Restore ``state`` from the latest checkpoint in ``ckpt_dir`` if one exists.
 
-    Returns ``(state, resumed)``. Raises ``CheckpointMismatchError`` if the
-    checkpoint belongs to another model."""
+    Returns ``(state, resumed, meta)``: ``meta`` is the checkpoint's JSON
+    metadata (None when nothing was resumed). Raises ``CheckpointMismatchError``
+    if the checkpoint belongs to another model."""
     mngr = ckpt.manager(ckpt_dir)
     if mngr.latest_step() is None:
-        return state, False
-    items, _ = ckpt.restore(mngr, _items(state))
+        return state, False, None
+    items, meta = ckpt.restore(mngr, _items(state))
     return state.replace(params=items["model"]["params"], batch_stats=items["model"]["batch_stats"],
-                         opt_state=items["opt"]["opt_state"], step=items["opt"]["step"]), True
+                         opt_state=items["opt"]["opt_state"], step=items["opt"]["step"]), True, meta
 
 
-def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
+def _host_metrics_list(ms) -> list[dict]:
+    """Per-step metrics as JSON-able host values (float32 -> Python float is exact)."""
+    return [{name: np.asarray(v).tolist() for name, v in m.items()} for m in ms]
+
+
+def _restored_window(meta: dict | None, step: int, desc: str) -> tuple[int, list, dict]:
+    """``(logged_at, pending, last)`` of a checkpoint's metrics window at ``step``.
+
+    A checkpoint without a window (written before windows existed) or with one
+    that does not end at ``step`` gives ``(step, [], {})``: the final metrics
+    then cover only the steps run after the resume (a message says so).
+    """
+    win = (meta or {}).get(METRICS_WINDOW_KEY)
+    if win and int(win["logged_at"]) + len(win["pending"]) == step:
+        return int(win["logged_at"]), list(win["pending"]), dict(win["last"])
+    if meta is not None:
+        print(f"{desc}: the checkpoint at step {step} holds no metrics window; final metrics "
+              "cover the steps after the resume only")
+    return step, [], {}
+
+
+def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
                  batch_size: int, total_steps: int, key: jax.Array, seed,
                  ckpt_dir: str | None, meta: dict, desc: str,
                  checkpoint_every: int = 500, log_every: int = 50,
                  log_path: str | None = None, progress: bool = True, members: int = 0,
                  checkpoint_seconds: float = 120.0):
     """Run ``step_fn`` for ``total_steps`` steps over shuffled batches of ``arrays``.
+
+    Everything after ``arrays`` is keyword-only.
 
     Args:
       state: initial TrainState (overwritten by the checkpoint in ``ckpt_dir`` if any).
@@ -83,7 +117,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
       total_steps: optimizer steps to reach.
       key: PRNG key; step s uses ``fold_in(key, s)``.
       ckpt_dir: checkpoint directory or None (no checkpoints, no resume).
-      meta: JSON metadata stored with each checkpoint.
+      meta: JSON metadata stored with each checkpoint (the loop adds ``step``
+        and ``METRICS_WINDOW_KEY``).
       desc: progress-bar label.
       checkpoint_seconds: also checkpoint when this many seconds of wall time
         have passed since the last checkpoint (a hard kill, e.g. an XLA abort
@@ -106,8 +141,10 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
         over the smallest member. Checkpoints hold the stacked state.
     Returns:
       ``(state, summary)`` with summary keys ``steps``, ``wall_seconds``,
-      ``examples_per_second`` (all members together), ``final_metrics``,
-      ``resumed_from``.
+      ``examples_per_second`` (all members together), ``final_metrics``
+      (means over the last log window: the steps after the last multiple of
+      ``log_every`` below ``total_steps``; after a resume, also of a run that
+      was already finished, equal to an uninterrupted run's), ``resumed_from``.
     Raises:
       ValueError: inconsistent array lengths, batch size, or member counts.
       KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint.
@@ -132,13 +169,17 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
     # A fresh TrainState's step is a weak-typed Python int, a restored one a strict
     # int32 array: make them alike so a resumed run reuses the same compiled step.
     state = state.replace(step=jnp.asarray(state.step, jnp.int32))
+    ckpt_meta = None
     if ckpt_dir:
-        state, resumed = restore_state(state, ckpt_dir)
+        state, resumed, ckpt_meta = restore_state(state, ckpt_dir)
         if resumed:
             resumed_from = _step_of(state)
             print(f"{desc}: resumed from checkpoint at step {resumed_from} of {total_steps}")
     if log_path and jax.process_index() == 0:
         _truncate_log(log_path, resumed_from)
+    # Metrics window: per-step metrics since the last log line (acc) and the means
+    # written there (final); restored with the state so a resume continues it.
+    logged_at, acc, final = _restored_window(ckpt_meta, resumed_from, desc)
     state = mesh_lib.replicate(state, mesh)
     key = mesh_lib.replicate(key, mesh)
     jstep = mesh_lib.compile_step(step_fn, mesh, len(groups[0]), leading_axes=int(k > 0))
@@ -155,15 +196,29 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
                for name in ms[0]}
         return {name: v.tolist() if k else float(v) for name, v in out.items()}
 
+    def log_line(step):
+        if log_path and jax.process_index() == 0:  # one log line per step on a pod
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step, "epoch": step / steps_per_epoch,
+                                    **final}) + "\n")
+
+    if acc and (resumed_from % log_every == 0 or resumed_from == total_steps):
+        # Interrupted between a step and its log line: write the line now.
+        final, acc, logged_at = host_metrics(acc), [], resumed_from
+        log_line(resumed_from)
+
     def save(step):
         if mngr is not None:
-            ckpt.save(mngr, step, _items(state), dict(meta, step=int(step)))
+            window = {"logged_at": int(logged_at), "pending": _host_metrics_list(acc),
+                      "last": final}
+            ckpt.save(mngr, step, _items(state),
+                      dict(meta, step=int(step), **{METRICS_WINDOW_KEY: window}))
 
     def on_term(signum, frame):
         raise _Preempted()
 
     old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
-    t0, acc, final = time.time(), [], {}
+    t0 = time.time()
     last_save = t0
     step = _step_of(state)
     bar = tqdm(total=total_steps, initial=step, desc=desc, disable=not progress or jax.process_index() != 0, unit="step",
@@ -176,16 +231,13 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence,
         while step < total_steps:
             batch = mesh_lib.shard_batch(host_batch(step), mesh, leading_axes=int(k > 0))
             state, m = jstep(state, *batch, fold_in(key, step))
+            acc.append(m)  # right after the step: the window always matches the state
             step += 1
             watchdog.progress(desc)
-            acc.append(m)
             if step % log_every == 0 or step == total_steps:
                 final = host_metrics(acc)
-                acc = []
-                if log_path and jax.process_index() == 0:  # one log line per step on a pod
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps({"step": step, "epoch": step / steps_per_epoch,
-                                            **final}) + "\n")
+                acc, logged_at = [], step
+                log_line(step)
                 bar.set_postfix({name: f"{np.mean(v):.4f}" for name, v in final.items()})
             bar.update(1)
             due = step % checkpoint_every == 0 or (

@@ -36,8 +36,8 @@ def make_vmapped_steal_step(step_fn: Callable, mode: str = "auto") -> Callable:
 
     Args:
       step_fn: ``step(state, *batch, key) -> (state, metrics)`` as returned by
-        ``attacks.direct.make_steal_step`` (batch = images uint8 ``(B,H,W,C)``,
-        answers float32 ``(B,D)``) or ``training.simclr.make_simclr_step``.
+        ``trainers.surrogate.make_steal_step`` (batch = images uint8 ``(B,H,W,C)``,
+        answers float32 ``(B,D)``) or ``trainers.simclr.make_simclr_step``.
       mode: "vmap" (``jax.vmap``: the K members' convolutions become one
         grouped convolution; the accelerator choice), "unroll" (the K member
         steps traced one after another into the same compiled program, which

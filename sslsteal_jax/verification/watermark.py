@@ -6,14 +6,13 @@ victim is trained jointly with a secret rotation-prediction task on its
 representation; a suspect is judged by its accuracy on that task), in the style
 of the entangled watermarks of Jia et al. (USENIX Security 2021) and the
 rotation watermark of Cao et al. Unlike the reference code, the watermark MLP
-is trained (jointly with the encoder, see ``training.watermark``).
+is trained (jointly with the encoder, see ``trainers.watermark``).
 
-Task. Each watermark image is shown in the four rotations 0, 90, 180, 270
-degrees (``jnp.rot90``, exact: no interpolation). With ``num_classes=4`` the
-label is the rotation index (chance 1/4); with ``num_classes=2`` it is the
-binary task of docs/science.md section 3, "angle in [0, 180) vs [180, 360)", restricted to
-multiples of 90 degrees (chance 1/2). Every image contributes all its
-rotations, so the classes are exactly balanced and chance is exactly
+Task (defined with the watermarked model in ``models.watermark``: ``rotation_task``,
+``watermark_input``). Each watermark image is shown in the four rotations 0,
+90, 180, 270 degrees; the label is the rotation index (``num_classes=4``) or
+"angle in [0, 180) vs [180, 360)" (``num_classes=2``). Every image contributes
+all its rotations, so the classes are exactly balanced and chance is exactly
 ``1 / num_classes`` for a suspect that carries no watermark.
 
 Verification never trains anything on the suspect: the suspect is frozen, its
@@ -32,74 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-ALLOWED_CLASSES = (2, 4)
-
-
-def rotate_images(images, k):
-    """Rotate each image counter-clockwise by ``90 * k[i]`` degrees.
-
-    Args:
-      images: ``(N, H, W, C)`` array (any dtype), square images ``H == W``.
-      k: int ``(N,)`` rotation indices in {0, 1, 2, 3}.
-    Returns:
-      ``(N, H, W, C)`` jax array of the same dtype.
-    Raises:
-      ValueError: non-square images, wrong rank, or ``k`` of the wrong shape.
-    """
-    images = jnp.asarray(images)
-    k = jnp.asarray(k, jnp.int32)
-    if images.ndim != 4 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"images must be square (N, H, W, C) with H == W, got {images.shape}")
-    if k.shape != images.shape[:1]:
-        raise ValueError(f"k must have shape ({images.shape[0]},), got {k.shape}")
-    rots = jnp.stack([jnp.rot90(images, r, axes=(1, 2)) for r in range(4)])  # (4, N, H, W, C)
-    return jnp.take_along_axis(rots, (k % 4)[None, :, None, None, None], axis=0)[0]
-
-
-def rotation_labels(k, num_classes: int = 4):
-    """Watermark labels of rotation indices ``k`` (int ``(N,)`` in {0..3}).
-
-    ``num_classes=4``: the rotation index; ``num_classes=2``: ``k // 2``
-    (0 for 0 and 90 degrees, 1 for 180 and 270). Returns int32 ``(N,)``.
-    Raises:
-      ValueError: ``num_classes`` not in ``ALLOWED_CLASSES``.
-    """
-    if num_classes not in ALLOWED_CLASSES:
-        raise ValueError(f"num_classes={num_classes!r} is not allowed; allowed: {ALLOWED_CLASSES}")
-    k = jnp.asarray(k, jnp.int32) % 4
-    return k if num_classes == 4 else k // 2
-
-
-def rotation_task(images, num_classes: int = 4):
-    """All four rotations of every image with their watermark labels.
-
-    Args:
-      images: ``(N, H, W, C)`` square images.
-      num_classes: 4 (rotation index) or 2 (binary, see ``rotation_labels``).
-    Returns:
-      ``(rotated (4N, H, W, C) numpy array of the input dtype, labels int32 (4N,))``,
-      rotation-major order: rows ``r*N:(r+1)*N`` are rotated by ``90*r`` degrees.
-    Raises:
-      ValueError: see ``rotate_images`` / ``rotation_labels``.
-    """
-    n = len(images)
-    k = jnp.repeat(jnp.arange(4, dtype=jnp.int32), n)
-    rotated = rotate_images(jnp.concatenate([jnp.asarray(images)] * 4), k)
-    return np.asarray(rotated), np.asarray(rotation_labels(k, num_classes))
-
-
-def watermark_input(h):
-    """Scale-free input of the watermark MLP: ``sqrt(D) * h / ||h||`` per row.
-
-    Args:
-      h: float ``(B, D)`` representations.
-    Returns:
-      float32 ``(B, D)`` rows of Euclidean norm ``sqrt(D)`` (zero rows stay zero).
-    """
-    h = jnp.asarray(h, jnp.float32)
-    norm = jnp.linalg.norm(h, axis=-1, keepdims=True)
-    return jnp.sqrt(h.shape[-1]) * h / jnp.maximum(norm, 1e-12)
-
+from sslsteal_jax.models.watermark import ALLOWED_CLASSES
 
 def fit_linear_map(src, dst, ridge: float = 1e-3):
     """Least-squares affine map ``src @ W + b ~= dst`` (ridge-regularised, bias not penalised).

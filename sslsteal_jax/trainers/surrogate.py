@@ -1,14 +1,16 @@
-"""Direct extraction: train a freshly initialised surrogate encoder on the API's answers.
+"""Surrogate trainer (direct extraction): train a freshly initialised surrogate
+encoder on the API's answers.
 
 Source: Dziedzic et al., "On the Difficulty of Defending Self-Supervised
 Learning against Model Extraction" (ICML 2022), Section 3 ("direct
 extraction": the surrogate's representation of each queried image is trained
 to match the victim's returned representation under a stealing loss) and
-Section 4 (hyper-parameters: Adam, weight decay 1e-4; mse / wasserstein batch
-64 lr 1e-3; infonce batch 256 lr 3e-4; softnn batch 256 lr 1e-3).
+Section 4 (hyper-parameters: Adam, weight decay 1e-4; per-loss batch size,
+learning rate and temperature: ``losses.LOSSES``).
 
 Variants share this one training function (``attacks.strategies`` decides
-what was bought): surrogate-side augmented views (StolenEncoder, Liu et al.
+what was bought; the loss's ``LossSpec.needs`` decides which extra inputs the
+step takes): surrogate-side augmented views (StolenEncoder, Liu et al.
 CCS 2022), cross-view targets for the SimSiam-style "symmetrized" loss,
 training through a recreated projection head (``attacks.head_recreation``),
 class labels for the "supcon" baseline, and class-distribution answers for the
@@ -30,44 +32,25 @@ from sslsteal_jax import losses
 from sslsteal_jax.data.augment import AugmentConfig, augment_batch
 from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.trainers.simclr import augment_config
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
-from sslsteal_jax.training.simclr import augment_config
 from sslsteal_jax.training.state import TrainState
-
-# Per-loss defaults, used when a config leaves batch_size / learning_rate /
-# temperature None. mse, wasserstein, infonce, softnn: the paper's reference
-# settings (ICML 2022, Section 4). cosine: StolenEncoder's objective (Liu et al.
-# CCS 2022) at the mse setting. barlow, symmetrized, supcon: batch-statistics
-# losses at the contrastive batch size; supcon's tau is the reference code's
-# 0.07. softce: T = 1 (the soft targets ``softmax(v / T)``). xent: the label /
-# probability baselines (Knockoff Nets, Orekondy et al. CVPR 2019), trained
-# like the per-sample losses. Configs adapt these to a scale
-# (``configs/quickstart.py: loss_overrides``).
-LOSS_DEFAULTS = {
-    "mse": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
-    "wasserstein": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
-    "infonce": {"batch_size": 256, "learning_rate": 3e-4, "temperature": 0.07},
-    "softnn": {"batch_size": 256, "learning_rate": 1e-3, "temperature": 100.0},
-    "cosine": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
-    "barlow": {"batch_size": 256, "learning_rate": 1e-3, "temperature": None},
-    "symmetrized": {"batch_size": 256, "learning_rate": 1e-3, "temperature": None},
-    "supcon": {"batch_size": 256, "learning_rate": 3e-4, "temperature": 0.07},
-    "softce": {"batch_size": 64, "learning_rate": 1e-3, "temperature": 1.0},
-    "xent": {"batch_size": 64, "learning_rate": 1e-3, "temperature": None},
-}
-
 
 def resolve_hparams(cfg) -> dict:
     """Fill ``batch_size``, ``learning_rate``, ``temperature`` left None in the
-    steal config with the loss's defaults (``LOSS_DEFAULTS``).
+    steal config with the loss's reference settings (``losses.LOSSES[cfg.loss]``,
+    :meth:`losses.LossSpec.defaults`).
 
+    Returns:
+      ``{"batch_size", "learning_rate", "temperature"}`` (temperature None for
+      losses without one, unless the config sets it).
     Raises:
       ValueError: unknown loss name (lists the allowed ones).
     """
-    if cfg.loss not in LOSS_DEFAULTS:
-        raise ValueError(f"unknown stealing loss {cfg.loss!r}; allowed: {sorted(LOSS_DEFAULTS)}")
-    d = dict(LOSS_DEFAULTS[cfg.loss])
+    if cfg.loss not in losses.LOSSES:
+        raise ValueError(f"unknown stealing loss {cfg.loss!r}; allowed: {sorted(losses.LOSSES)}")
+    d = losses.LOSSES[cfg.loss].defaults()
     for k in d:
         if cfg.get(k) is not None:
             d[k] = cfg.get(k)
@@ -103,12 +86,6 @@ def surrogate_schedule(cfg, n: int) -> tuple[int, int]:
     return bsz, int(cfg.get("steps") or 0) or int(cfg.epochs) * (int(n) // bsz)
 
 
-def _batch_loss(loss, o, t, temperature, labels, pair=None):
-    if loss == "xent":
-        return losses.probability_cross_entropy(o, t)
-    return losses.stealing_loss(loss, o, t, temperature, labels=labels, pair=pair)
-
-
 def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None, *,
                     surrogate_views: int = 0, view_weight: float = 1.0, view_aug=None,
                     target_head=None, with_labels: bool = False, paired: bool = False):
@@ -127,17 +104,24 @@ def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None, *,
     with the same answer as target (StolenEncoder, Liu et al. CCS 2022, Eq. 3:
     loss on the clean image plus ``view_weight`` x the mean loss on the views;
     no query is charged for them). All groups go through the encoder as one
-    batch. The "symmetrized" loss (``losses.symmetrized_loss``) pairs group 0
-    with each further group (the other queried view when ``paired``, else one
-    surrogate-side view) and averages; every other loss is
-    ``L(o_0, v) + view_weight * mean_j L(o_j, v)``.
+    batch. A loss that needs a "pair" (``losses.LOSSES``: "symmetrized",
+    ``losses.symmetrized_loss``) pairs group 0 with each further group (the
+    other queried view when ``paired``, else one surrogate-side view) and
+    averages; every other loss is ``L(o_0, v) + view_weight * mean_j L(o_j, v)``.
 
     ``target_head``: a frozen function ``(B, D) -> (B, D')`` (the recreated
     projection head) applied to the surrogate outputs before the loss.
+
+    Raises:
+      ValueError: unknown ``loss`` or negative ``surrogate_views``.
     """
     if surrogate_views < 0:
         raise ValueError(f"surrogate_views={surrogate_views} must be >= 0")
+    needs_pair = "pair" in losses.get_spec(loss).needs
     view_aug = view_aug or AugmentConfig()
+
+    def batch_loss(o, t, labels, pair=None):
+        return losses.stealing_loss(loss, o, t, temperature, labels=labels, pair=pair)
 
     def loss_fn(params, batch_stats, xs, ts, labels):
         b = xs[0].shape[0]
@@ -147,16 +131,14 @@ def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None, *,
         if target_head is not None:
             o = target_head(o)
         os_ = [o[i * b:(i + 1) * b] for i in range(len(xs))]
-        if loss == "symmetrized":
-            val = jnp.mean(jnp.stack([_batch_loss(loss, os_[0], ts[0], temperature, labels,
-                                                  pair=(os_[j], ts[j]))
+        if needs_pair:
+            val = jnp.mean(jnp.stack([batch_loss(os_[0], ts[0], labels, pair=(os_[j], ts[j]))
                                       for j in range(1, len(xs))]))
         else:
-            val = _batch_loss(loss, os_[0], ts[0], temperature, labels)
+            val = batch_loss(os_[0], ts[0], labels)
             if len(xs) > 1:
                 val = val + view_weight * jnp.mean(jnp.stack(
-                    [_batch_loss(loss, os_[j], ts[j], temperature, labels)
-                     for j in range(1, len(xs))]))
+                    [batch_loss(os_[j], ts[j], labels) for j in range(1, len(xs))]))
         return val, upd["batch_stats"]
 
     def step(state, images, answers, *rest):
@@ -174,7 +156,7 @@ def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None, *,
         elif paired:
             xs.append(extra[0].astype(jnp.float32) / 255.0)
             ts.append(extra[1])
-        elif loss == "symmetrized":
+        elif needs_pair:
             xs.append(augment_batch(jax.random.fold_in(key, 1), images.astype(jnp.float32) / 255.0,
                                     view_aug))
             ts.append(answers)
@@ -221,7 +203,7 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
     Arguments as in :func:`train_surrogate`. Returns a :class:`SurrogateSetup`.
     ``abstract``: the state's leaves are ``jax.ShapeDtypeStruct`` (shapes
     only, from ``jax.eval_shape``: nothing is initialised), for memory
-    estimates (``attacks.stacked.estimate_member_bytes``).
+    estimates (``trainers.stacked.estimate_member_bytes``).
     The init key and step key are ``jax.random.split(jax.random.key(cfg.seed))``;
     the optimizer schedule spans ``total_steps`` with ``min(total // 20, 200)``
     warm-up steps.
@@ -234,11 +216,12 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
     if answers.ndim != 2 or not np.isfinite(answers).all():
         raise ValueError(f"answers must be finite float (N, D), got shape {answers.shape}")
     hp = resolve_hparams(cfg)
-    if cfg.loss == "supcon" and labels is None:
-        raise ValueError("loss 'supcon' needs labels for the queried images (labels=...)")
+    needs = losses.LOSSES[cfg.loss].needs
+    if "labels" in needs and labels is None:
+        raise ValueError(f"loss {cfg.loss!r} needs labels for the queried images (labels=...)")
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    paired = cfg.loss == "symmetrized" and pair is not None
+    paired = "pair" in needs and pair is not None
     if paired and (len(pair[0]) != len(images) or np.shape(pair[1]) != answers.shape):
         raise ValueError(f"pair arrays must match images {images.shape} and answers "
                          f"{answers.shape}, got {np.shape(pair[0])} and {np.shape(pair[1])}")
@@ -247,9 +230,10 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
     enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem,
                         cfg.model.get("dtype", "float32"))
     out_dim = answers.shape[1]
-    adapter = None if enc.representation_dim == out_dim and cfg.loss != "xent" else out_dim
+    adapter = (None if enc.representation_dim == out_dim and "class_targets" not in needs
+               else out_dim)
     predictor = None
-    if cfg.loss == "symmetrized":
+    if "predictor" in needs:
         predictor = int(cfg.get("predictor_hidden") or max(out_dim // 4, 1))
     model = SurrogateModel(enc, adapter, predictor)
     key = jax.random.key(int(cfg.seed))
@@ -301,10 +285,10 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
         image was paid for once; epochs reuse the cache). For ``loss="xent"``
         (label baselines) rows are class distributions (one-hot or
         probabilities) and the surrogate's linear head outputs D logits.
-      cfg: ConfigDict with ``loss`` (one of ``LOSS_DEFAULTS``), ``model``
+      cfg: ConfigDict with ``loss`` (a key of ``losses.LOSSES``), ``model``
         (arch, width, stem, optional dtype "float32" | "bfloat16"), ``epochs``
         (or an exact number of optimizer ``steps``), ``batch_size``, ``learning_rate``,
-        ``temperature`` (None = loss default), ``weight_decay``,
+        ``temperature`` (None = the loss's ``losses.LOSSES`` default), ``weight_decay``,
         ``optimizer``, ``seed``, ``augment`` (None or augmentation dict for
         surrogate-side views of group 0). Optional: ``surrogate_views`` (k
         StolenEncoder views per image, default 0), ``view_weight`` (default
@@ -330,7 +314,7 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
         ``pair``, missing labels for "supcon", bad sizes.
 
     The setup (model, initial state, step, data, keys) is
-    :func:`prepare_surrogate`; ``attacks.stacked.train_surrogates_stacked``
+    :func:`prepare_surrogate`; ``trainers.stacked.train_surrogates_stacked``
     trains K such setups in one compiled program with identical per-member
     results.
     """
@@ -338,8 +322,9 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
                            target_head=target_head)
     ckpt_dir = os.path.join(workdir, "checkpoints") if workdir else None
     log_path = os.path.join(workdir, "train_log.jsonl") if workdir else None
-    state, summary = run_training(su.state, su.step_fn, su.arrays, su.batch_size, su.total_steps,
-                                  su.step_key, su.seed, ckpt_dir, su.meta, su.desc,
+    state, summary = run_training(su.state, su.step_fn, su.arrays, batch_size=su.batch_size,
+                                  total_steps=su.total_steps, key=su.step_key, seed=su.seed,
+                                  ckpt_dir=ckpt_dir, meta=su.meta, desc=su.desc,
                                   log_path=log_path, progress=progress)
     summary = dict(summary, final_loss=summary["final_metrics"].get("loss"), hparams=su.hparams,
                    examples=len(images), surrogate_views=su.surrogate_views)

@@ -15,23 +15,19 @@ import numpy as np
 
 from sslsteal_jax import losses
 from sslsteal_jax.data.augment import AugmentConfig, augment_batch
-from sslsteal_jax.models import SimCLRModel, build_encoder
+from sslsteal_jax.models import SimCLRModel, build_simclr
+from sslsteal_jax.training.checkpoint import load_model
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
 from sslsteal_jax.training.state import TrainState
 
 
-def build_simclr(model_cfg) -> SimCLRModel:
-    """SimCLR model from a config with arch, width, stem, head_hidden, head_out and
-    optional dtype ("float32" default, or "bfloat16": bf16 compute, float32
-    parameters and optimizer state). Raises ValueError on unknown values."""
-    enc = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem,
-                        model_cfg.get("dtype", "float32"))
-    return SimCLRModel(enc, int(model_cfg.head_hidden), int(model_cfg.head_out))
-
-
 def augment_config(cfg) -> AugmentConfig:
-    """AugmentConfig from a ConfigDict / dict of the same field names."""
+    """AugmentConfig from a ConfigDict / dict of the same field names (lists become tuples).
+
+    Raises:
+      TypeError: a field name AugmentConfig does not have.
+    """
     d = dict(cfg)
     return AugmentConfig(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in d.items()})
 
@@ -104,16 +100,17 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
     init_key, _, aug_key = jax.random.split(key, 3)
     variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
     if cfg.get("init_from"):
-        variables = _warm_start(cfg.init_from, dict(cfg.model), images.shape[1:])
+        variables = warm_start_variables(cfg.init_from, dict(cfg.model), images.shape[1:])
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                               batch_stats=variables["batch_stats"])
     meta = {"kind": "simclr", "config": cfg.to_dict(), "image_shape": list(images.shape[1:])}
     step_fn = make_simclr_step(model, augment_config(cfg.augment), cfg.temperature)
     state, summary = run_training(
-        state, step_fn, [images], bsz, total, aug_key, int(cfg.seed),
-        os.path.join(workdir, "checkpoints"), meta, "SimCLR victim",
-        int(cfg.checkpoint_every_steps), int(cfg.log_every_steps),
-        os.path.join(workdir, "train_log.jsonl"), progress)
+        state, step_fn, [images], batch_size=bsz, total_steps=total, key=aug_key,
+        seed=int(cfg.seed), ckpt_dir=os.path.join(workdir, "checkpoints"), meta=meta,
+        desc="SimCLR victim", checkpoint_every=int(cfg.checkpoint_every_steps),
+        log_every=int(cfg.log_every_steps), log_path=os.path.join(workdir, "train_log.jsonl"),
+        progress=progress)
     summary = {"steps": total, "epochs": int(cfg.epochs),
                "final_loss": summary["final_metrics"].get("loss", float("nan")),
                "images_per_second": 2 * summary["examples_per_second"],
@@ -121,16 +118,21 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
     return model, {"params": state.params, "batch_stats": state.batch_stats}, summary
 
 
-def _warm_start(ckpt_dir: str, model_cfg: dict, image_shape) -> dict:
-    """Variables ``{'params', 'batch_stats'}`` of the SimCLR checkpoint in ``ckpt_dir``.
+def warm_start_variables(ckpt_dir: str, model_cfg: dict, image_shape) -> dict:
+    """Variables ``{'params', 'batch_stats'}`` of the SimCLR checkpoint in ``ckpt_dir``
+    (the ``init_from`` of a victim config), loaded with ``model_cfg``'s arch, width,
+    stem, head_hidden and head_out.
 
+    Args:
+      ckpt_dir: a SimCLR checkpoint directory.
+      model_cfg: dict of the run's model config.
+      image_shape: ``(H, W, C)`` of the run's images.
     Raises:
       ValueError: the checkpoint is not a SimCLR model or was trained on
         another image shape.
+      FileNotFoundError: no checkpoint in ``ckpt_dir``.
       CheckpointMismatchError: its arrays do not fit ``model_cfg``.
     """
-    from sslsteal_jax.training.encoders import load_model  # avoid an import cycle
-
     loaded = load_model(ckpt_dir, {k: model_cfg.get(k) for k in
                                    ("arch", "width", "stem", "head_hidden", "head_out")})
     if loaded.kind != "simclr":

@@ -26,28 +26,12 @@ import optax
 
 from sslsteal_jax import losses
 from sslsteal_jax.data.augment import augment_batch
-from sslsteal_jax.models import build_encoder
-from sslsteal_jax.models.watermark import WatermarkedSimCLR
+from sslsteal_jax.models import build_watermarked
+from sslsteal_jax.models.watermark import WatermarkedSimCLR, rotate_images, rotation_labels
+from sslsteal_jax.trainers.simclr import augment_config, warm_start_variables
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
-from sslsteal_jax.training.simclr import _warm_start, augment_config
 from sslsteal_jax.training.state import TrainState
-from sslsteal_jax.verification.watermark import rotate_images, rotation_labels
-
-
-def build_watermarked(model_cfg) -> WatermarkedSimCLR:
-    """``WatermarkedSimCLR`` from a model config with arch, width, stem,
-    head_hidden, head_out, watermark_hidden, watermark_classes (float32).
-
-    Raises:
-      ValueError: unknown architecture, or ``watermark_classes`` not 2 or 4.
-    """
-    classes = int(model_cfg["watermark_classes"])
-    if classes not in (2, 4):
-        raise ValueError(f"watermark_classes={classes} is not allowed; allowed: 2, 4")
-    enc = build_encoder(model_cfg["arch"], model_cfg["width"], model_cfg.get("stem", "cifar"))
-    return WatermarkedSimCLR(enc, int(model_cfg["head_hidden"]), int(model_cfg["head_out"]),
-                             int(model_cfg["watermark_hidden"]), classes)
 
 
 def make_watermark_step(model: WatermarkedSimCLR, aug, temperature: float, lam: float,
@@ -131,7 +115,7 @@ def train_watermark_victim(cfg, workdir: str, images: np.ndarray, wm_images: np.
         ``watermark`` with ``lam`` (weight of the rotation CE), ``batch_size``
         (watermark images per step, <= ``batch_size``) and ``augment``
         (None or an augmentation dict applied before rotating); optional
-        ``init_from`` (warm start of encoder + head, see ``training.simclr``).
+        ``init_from`` (warm start of encoder + head, see ``trainers.simclr``).
       workdir: ``checkpoints/`` (kind "simclr", loadable by ``load_model``
         and ``VictimAPI.from_checkpoint``) and ``train_log.jsonl`` go here; a
         run found there is resumed.
@@ -139,7 +123,7 @@ def train_watermark_victim(cfg, workdir: str, images: np.ndarray, wm_images: np.
       wm_images: uint8 ``(N_w, H, W, C)`` secret watermark training images
         (square).
     Returns:
-      ``(model, variables, summary)`` like ``training.simclr.train_simclr``;
+      ``(model, variables, summary)`` like ``trainers.simclr.train_simclr``;
       summary adds ``final_wm_acc`` and ``final_nt_xent``.
     Raises:
       ValueError: bad image arrays, batch sizes, or ``init_from`` content.
@@ -159,8 +143,9 @@ def train_watermark_victim(cfg, workdir: str, images: np.ndarray, wm_images: np.
     init_key, _, aug_key = jax.random.split(jax.random.key(int(cfg.seed)), 3)
     variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
     if cfg.get("init_from"):
-        variables = _merge_warm_start(variables, _warm_start(cfg.init_from, dict(cfg.model),
-                                                             images.shape[1:]))
+        variables = _merge_warm_start(variables, warm_start_variables(cfg.init_from,
+                                                                      dict(cfg.model),
+                                                                      images.shape[1:]))
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                               batch_stats=variables["batch_stats"])
     wm_aug = augment_config(cfg.watermark.augment) if cfg.watermark.get("augment") else None
@@ -172,10 +157,11 @@ def train_watermark_victim(cfg, workdir: str, images: np.ndarray, wm_images: np.
     meta = {"kind": "simclr", "config": cfg.to_dict(), "image_shape": list(images.shape[1:]),
             "watermark": True}
     state, summary = run_training(
-        state, step_fn, [images, wm_tiled], bsz, total, aug_key, int(cfg.seed),
-        os.path.join(workdir, "checkpoints"), meta, "watermarked SimCLR victim",
-        int(cfg.checkpoint_every_steps), int(cfg.log_every_steps),
-        os.path.join(workdir, "train_log.jsonl"), progress)
+        state, step_fn, [images, wm_tiled], batch_size=bsz, total_steps=total, key=aug_key,
+        seed=int(cfg.seed), ckpt_dir=os.path.join(workdir, "checkpoints"), meta=meta,
+        desc="watermarked SimCLR victim", checkpoint_every=int(cfg.checkpoint_every_steps),
+        log_every=int(cfg.log_every_steps), log_path=os.path.join(workdir, "train_log.jsonl"),
+        progress=progress)
     fm = summary["final_metrics"]
     summary = {"steps": total, "epochs": int(cfg.epochs), "final_loss": fm.get("loss", float("nan")),
                "final_nt_xent": fm.get("nt_xent"), "final_wm_acc": fm.get("wm_acc"),

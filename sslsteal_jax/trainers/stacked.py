@@ -3,7 +3,7 @@
 A budget scan trains many small surrogates that differ only in their seed
 and in how many of the cached victim answers they see (their budget
 prefix). :func:`train_surrogates_stacked` builds each member exactly as
-``attacks.direct.train_surrogate`` would (``attacks.direct.prepare_surrogate``:
+``trainers.surrogate.train_surrogate`` would (``trainers.surrogate.prepare_surrogate``:
 fresh initialisation from ``key(seed)``, data order ``epoch_batches(N_k,
 batch, seed, step)``, step key ``fold_in(step_key, step)``), stacks the K
 train states along a leading axis and trains them with one compiled step
@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslsteal_jax.attacks.direct import SurrogateSetup, prepare_surrogate
+from sslsteal_jax import losses
+from sslsteal_jax.trainers.surrogate import SurrogateSetup, prepare_surrogate
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.vmap import make_vmapped_steal_step, stack_trees, unstack_tree
 
@@ -91,7 +92,7 @@ def train_surrogates_stacked(members: Sequence[tuple], workdir: str | None, *,
 
     Args:
       members: K tuples ``(images, answers, cfg)`` as for
-        ``attacks.direct.train_surrogate``: uint8 ``(N_k, H, W, C)`` queried
+        ``trainers.surrogate.train_surrogate``: uint8 ``(N_k, H, W, C)`` queried
         images, float32 ``(N_k, D)`` answers (e.g. the first ``budget_k``
         rows of one shared cache), and the surrogate ConfigDict. Configs may
         differ only in ``seed``; ``N_k`` may differ as long as batch size and
@@ -130,8 +131,9 @@ def train_surrogates_stacked(members: Sequence[tuple], workdir: str | None, *,
     sizes = [len(su.arrays[0]) for su in setups]
     state, summary = run_training(
         states, make_vmapped_steal_step(s0.step_fn, mode), [su.arrays for su in setups],
-        s0.batch_size, s0.total_steps, keys, [su.seed for su in setups], ckpt_dir, meta,
-        f"steal[{cfgs[0].loss}, {k} stacked, {min(sizes)}-{max(sizes)} queries]",
+        batch_size=s0.batch_size, total_steps=s0.total_steps, key=keys,
+        seed=[su.seed for su in setups], ckpt_dir=ckpt_dir, meta=meta,
+        desc=f"steal[{cfgs[0].loss}, {k} stacked, {min(sizes)}-{max(sizes)} queries]",
         log_path=log_path, progress=progress, members=k)
     losses = summary["final_metrics"].get("loss") or [None] * k
     out = []
@@ -158,7 +160,7 @@ def estimate_member_bytes(setup: SurrogateSetup, num_devices: int | None = None)
     nothing is computed). An estimate, not XLA's exact buffer assignment.
 
     Args:
-      setup: a member from ``attacks.direct.prepare_surrogate``.
+      setup: a member from ``trainers.surrogate.prepare_surrogate``.
       num_devices: devices the batch is split over (default ``jax.device_count()``).
     Returns:
       int bytes.
@@ -169,7 +171,9 @@ def estimate_member_bytes(setup: SurrogateSetup, num_devices: int | None = None)
     grad_bytes = _tree_bytes(st.params)
     b = setup.batch_size
     batch_bytes = sum(int(np.prod(a.shape[1:])) * a.dtype.itemsize for a in setup.arrays) * b
-    groups = 1 + setup.surrogate_views + int(setup.meta["config"].get("loss") == "symmetrized")
+    # Pair-loss steps add one surrogate-side (or second queried) view group.
+    pair_group = "pair" in losses.LOSSES[setup.meta["config"]["loss"]].needs
+    groups = 1 + setup.surrogate_views + int(pair_group)
     x = jax.ShapeDtypeStruct((groups * b, *setup.arrays[0].shape[1:]), jnp.float32)
 
     def fwd(params, batch_stats, x):
