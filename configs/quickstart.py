@@ -49,7 +49,7 @@ def get_config(arg: str = ""):
     c.probe_test_size = 5000
     c.probe_train_size = ml_collections.config_dict.placeholder(int)  # None = the whole labelled train split
     c.victim_train_size = ml_collections.config_dict.placeholder(int)  # only used when the victim is trained here
-    c.budget = a.int("budget", 5000)
+    c.budget = a.int("budget", 5000, minimum=1)
     c.losses = a.get("losses", "infonce").replace("+", ",")
     c.api_output = a.get("api_output", "representation")
     if c.api_output not in ("representation", "projection"):

@@ -24,12 +24,20 @@ from sslsteal_jax.training.checkpoint import load_model
 
 
 def run(cfg, workdir: str) -> dict:
-    """Evaluate ``cfg.checkpoints`` (comma-separated checkpoint dirs); returns results."""
+    """Evaluate ``cfg.checkpoints`` (comma-separated checkpoint dirs); returns results.
+
+    Raises:
+      ConfigError (a ValueError): ``checkpoints`` empty, or a directory of
+        ``checkpoints`` or ``victim_checkpoint`` that does not exist (checked before
+        the workdir is made or any data is loaded); a checkpoint that does not
+        match ``expect_model`` or is corrupt (``training.checkpoint``).
+    """
     paths = [common.resolve_path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
     if not paths:
         raise ConfigError("config.checkpoints is empty; give one or more checkpoint directories "
                           "separated by commas")
-    missing = [p for p in paths if not os.path.isdir(p)]
+    victim_path = common.resolve_path(cfg.victim_checkpoint) if cfg.victim_checkpoint else None
+    missing = [p for p in paths + [victim_path] if p is not None and not os.path.isdir(p)]
     if missing:
         raise ConfigError(f"checkpoint directory {missing[0]!r} does not exist")
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
@@ -37,9 +45,8 @@ def run(cfg, workdir: str) -> dict:
     key = jax.random.key(int(cfg.seed))
     ev = common.eval_kwargs(cfg)
     owner = None
-    if cfg.victim_checkpoint:
-        api = VictimAPI.from_checkpoint(common.resolve_path(cfg.victim_checkpoint),
-                                        output=cfg.api_output)
+    if victim_path:
+        api = VictimAPI.from_checkpoint(victim_path, output=cfg.api_output)
         owner = api.query("owner", data.probe_test_x)
     override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
     jobs, first = [], None

@@ -72,17 +72,19 @@ def get_victim(cfg, workdir: str, data):
 
     Returns ``(model, variables, source)``.
     Raises:
-      FileNotFoundError: checkpoint missing and ``cfg.victim.train_if_missing`` False.
+      ConfigError (a ValueError): checkpoint missing and ``cfg.victim.train_if_missing``
+        False, or a checkpoint that is not a SimCLR victim.
     """
     path = common.resolve_path(cfg.victim.checkpoint)
     if path and os.path.isdir(path) and not cfg.victim.train_from_scratch:
         loaded = load_model(path, dict(cfg.victim.expect_model) if cfg.victim.get("expect_model") else None)
         if loaded.kind != "simclr":
-            raise ValueError(f"victim checkpoint {path} is a {loaded.kind!r} checkpoint, expected 'simclr'")
+            raise ConfigError(f"victim checkpoint {path} is a {loaded.kind!r} checkpoint, "
+                              "expected 'simclr'")
         return loaded.module, loaded.variables, path
     if not (cfg.victim.train_from_scratch or cfg.victim.train_if_missing):
-        raise FileNotFoundError(f"victim checkpoint {cfg.victim.checkpoint!r} not found and "
-                                f"victim.train_if_missing is False")
+        raise ConfigError(f"victim checkpoint {cfg.victim.checkpoint!r} not found and "
+                          f"victim.train_if_missing is False")
     vdir = os.path.join(workdir, "victim")
     model, variables, _ = train_victim.train(cfg.victim.train, vdir, data)
     return model, variables, vdir
@@ -99,13 +101,17 @@ def run(cfg, workdir: str) -> dict:
     ``head`` (head recreation: hidden, out, epochs, batch_size,
     learning_rate, temperature).
     Raises:
-      ValueError: bad loss / strategy names or a budget the pool or the
-        strategy's views cannot fill (before anything is trained or written).
+      ConfigError (a ValueError): bad loss / strategy names / dtype or a budget below 1
+        (before any data is loaded), a budget the pool or the strategy's views cannot
+        fill (before anything is trained or written).
     """
     t0 = time.time()
     losses = parse_losses(cfg.losses)
     strategies = parse_strategies(cfg.get("strategies") or "direct")
     compute_dtype(cfg.steal.model.get("dtype", "float32"))  # a bad dtype fails before any query
+    if cfg.budget < 1:  # the upper bound (the pool size) is checked once the data is loaded
+        raise ConfigError(f"query budget {cfg.budget} must be >= 1 (and at most the query "
+                          f"pool size)")
     data = experiment_data(cfg.dataset, cfg.get("query_dataset"), cfg.probe_test_size,
                            with_victim_train=bool(cfg.victim.train_from_scratch or not os.path.isdir(
                                common.resolve_path(cfg.victim.checkpoint) or "")),
