@@ -40,18 +40,20 @@ def run(cfg, workdir: str) -> dict:
     missing = [p for p in paths + [victim_path] if p is not None and not os.path.isdir(p)]
     if missing:
         raise ConfigError(f"checkpoint directory {missing[0]!r} does not exist")
+    # Every checkpoint is read before the workdir is made or data loaded: a mismatch or a
+    # corrupt file fails in seconds, in one line.
+    override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
+    models = [load_model(p, override) for p in paths]
+    api = VictimAPI.from_checkpoint(victim_path, output=cfg.api_output) if victim_path else None
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
     key = jax.random.key(int(cfg.seed))
     ev = common.eval_kwargs(cfg)
     owner = None
-    if victim_path:
-        api = VictimAPI.from_checkpoint(victim_path, output=cfg.api_output)
+    if api is not None:
         owner = api.query("owner", data.probe_test_x)
-    override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
     jobs, first = [], None
-    for p in paths:
-        m = load_model(p, override)
+    for p, m in zip(paths, models):
         first = first or m
         fid_index = 1 if (m.kind == "surrogate" or cfg.api_output == "projection") else 0
         name = f"{m.kind}: {os.path.basename(os.path.dirname(p.rstrip('/')))}"
