@@ -63,8 +63,8 @@ from sslsteal_jax.trainers.stacked import (available_memory_bytes, estimate_memb
                                            fit_stack_size, shared_config,
                                            train_surrogates_stacked)
 from sslsteal_jax.trainers.surrogate import (effective_batch_size, prepare_surrogate,
-                                             resolve_hparams, surrogate_schedule,
-                                             train_surrogate)
+                                             resolve_hparams, steal_config,
+                                             surrogate_schedule, train_surrogate)
 from sslsteal_jax.training.checkpoint import write_json_atomic
 from sslsteal_jax.training.vmap import MODES
 
@@ -271,14 +271,7 @@ def _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples) -> dic
     """
     name = cell_name(source, loss, budget, seed)
     path = os.path.join(workdir, "cells", name + ".json")
-    scfg = cfg.steal.copy_and_resolve_references()
-    scfg.loss, scfg.seed = loss, int(seed)
-    enc = model.encoder
-    scfg.model.arch = scfg.model.arch or arch_name(enc)
-    scfg.model.width = scfg.model.width or enc.width
-    scfg.model.stem = scfg.model.stem or enc.stem
-    if loss in cfg.get("loss_overrides", {}):
-        scfg.update(dict(cfg.loss_overrides[loss]))
+    scfg = steal_config(cfg.steal, loss, model.encoder, cfg.get("loss_overrides", {}), seed)
     if examples is not None:
         scfg.steps = cell_steps(budget, int(resolve_hparams(scfg)["batch_size"]), examples)
     row = None

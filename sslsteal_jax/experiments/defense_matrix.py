@@ -58,9 +58,9 @@ from sslsteal_jax.evaluation.detection import detector_report
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.legit_user import coverage_curve, legit_user_accuracy, task_subset
 from sslsteal_jax.experiments import common
-from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
+from sslsteal_jax.models import SurrogateModel, build_encoder
 from sslsteal_jax.trainers.simclr import augment_config
-from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.trainers.surrogate import steal_config, train_surrogate
 from sslsteal_jax.training.checkpoint import load_model, write_json_atomic
 
 ATTACKS = ("direct", "averaging", "sybil")
@@ -249,12 +249,7 @@ def run(cfg, workdir: str) -> dict:
 
     # ---- reference rows --------------------------------------------------------------
     vcfg = model.encoder
-    smodel_cfg = cfg.steal.copy_and_resolve_references()
-    smodel_cfg.model.arch = smodel_cfg.model.arch or arch_name(vcfg)
-    smodel_cfg.model.width = smodel_cfg.model.width or vcfg.width
-    smodel_cfg.model.stem = smodel_cfg.model.stem or vcfg.stem
-    if smodel_cfg.loss in cfg.get("loss_overrides", {}):
-        smodel_cfg.update(dict(cfg.loss_overrides[smodel_cfg.loss]))
+    smodel_cfg = steal_config(cfg.steal, cfg.steal.loss, vcfg, cfg.get("loss_overrides", {}))
     if "reference/victim" not in done:
         save("reference/victim", common.encoder_row("victim", model, variables, data, key,
                                                     cfg_eval=ev))

@@ -40,9 +40,9 @@ from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.report import format_table, plot_results
 from sslsteal_jax.experiments import common, train_victim
 from sslsteal_jax.losses import ALL_LOSSES, EXTRA_LOSSES, STEALING_LOSSES
-from sslsteal_jax.models import arch_name, compute_dtype, SurrogateModel
+from sslsteal_jax.models import compute_dtype, SurrogateModel
 from sslsteal_jax.trainers.simclr import augment_config
-from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.trainers.surrogate import steal_config, train_surrogate
 from sslsteal_jax.training.checkpoint import load_model
 
 # Salts folded into the run's PRNG key (one stream per purpose).
@@ -273,14 +273,7 @@ def format_classifier_table(rows, victim_clf: dict) -> str:
 def _steal_cfg(cfg, loss: str, victim_encoder):
     """The surrogate-training config of ``loss``: ``cfg.steal`` with the
     architecture defaulting to the victim's and ``cfg.loss_overrides[loss]`` applied."""
-    scfg = cfg.steal.copy_and_resolve_references()
-    scfg.loss = loss
-    scfg.model.arch = scfg.model.arch or arch_name(victim_encoder)
-    scfg.model.width = scfg.model.width or victim_encoder.width
-    scfg.model.stem = scfg.model.stem or victim_encoder.stem
-    if loss in cfg.get("loss_overrides", {}):
-        scfg.update(dict(cfg.loss_overrides[loss]))
-    return scfg
+    return steal_config(cfg.steal, loss, victim_encoder, cfg.get("loss_overrides", {}))
 
 
 def _buy(plan, api, data, cfg, workdir: str, key) -> dict:
