@@ -96,7 +96,7 @@ def get_config(arg: str = ""):
     c.dataset = "fashion_mnist"
     c.probe_test_size = 5000
     c.probe_train_size = 2000 if tiny else 5000  # attacker's probe: first N labelled train images
-    c.budget = a.int("budget", 500 if tiny else 2000)
+    c.budget = a.int("budget", 500 if tiny else 2000, minimum=1)
     c.seed = a.int("seed", 0)
     c.api_seed = 0
     c.overwrite = False

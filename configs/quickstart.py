@@ -24,6 +24,7 @@ import sys
 import ml_collections
 
 from sslsteal_jax import losses
+from sslsteal_jax.defaults import default_steal_block
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402
@@ -49,7 +50,7 @@ def get_config(arg: str = ""):
     c.probe_test_size = 5000
     c.probe_train_size = ml_collections.config_dict.placeholder(int)  # None = the whole labelled train split
     c.victim_train_size = ml_collections.config_dict.placeholder(int)  # only used when the victim is trained here
-    c.budget = a.int("budget", 5000)
+    c.budget = a.int("budget", 5000, minimum=1)
     c.losses = a.get("losses", "infonce").replace("+", ",")
     c.api_output = a.get("api_output", "representation")
     if c.api_output not in ("representation", "projection"):
@@ -72,10 +73,9 @@ def get_config(arg: str = ""):
     c.victim.train_from_scratch = victim == "scratch"
     c.victim.train_if_missing = True
     c.victim.train = victim_simclr.get_config("")
-    c.steal = ml_collections.ConfigDict(dict(
-        loss="infonce", epochs=a.int("epochs", 30, minimum=1), batch_size=None, learning_rate=None,
-        temperature=None, weight_decay=1e-4, optimizer="adam", seed=c.seed, augment=None,
-        model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))
+    # The surrogate-training block (one definition, shared with the Python API's
+    # sslsteal_jax.surrogate_config): trainers.surrogate.default_steal_block.
+    c.steal = default_steal_block(a.int("epochs", 30, minimum=1), c.seed)
     # Per-loss settings adapted to this scale (see README "Main job"): the registry's
     # LossSpec.scale_overrides; batch_size / learning_rate / temperature left None above
     # resolve to the loss's reference settings (sslsteal_jax.losses.LOSSES).

@@ -5,10 +5,28 @@ reference of ``configs/evaluate.py``: the shipped Fashion-MNIST ResNet-10
 (width 16) after stage-2 fine-tuning (``victims/fashion_mnist_resnet10_w16_ft6``,
 see its README.md). Paths are relative to the repository root
 (``experiments.common.resolve_path`` tries the cwd first, then the root).
+``default_steal_block`` is the main job's surrogate-training block. This module
+imports only ml_collections, so config files stay quick to load.
 """
+import ml_collections
 
 #: Directory of the shipped default victim (run directory: config.json, results, README).
 DEFAULT_VICTIM = "victims/fashion_mnist_resnet10_w16_ft6"
 
 #: Its checkpoint directory, the value config fields such as ``victim_checkpoint`` take.
 DEFAULT_VICTIM_CHECKPOINT = DEFAULT_VICTIM + "/checkpoints"
+
+
+def default_steal_block(epochs: int = 30, seed: int = 0) -> ml_collections.ConfigDict:
+    """The main job's ``steal`` block (``configs/quickstart.py``; one definition).
+
+    Fields: ``loss`` ("infonce"), ``epochs``, ``batch_size`` / ``learning_rate`` /
+    ``temperature`` (None: the loss's reference settings, ``losses.LOSSES``),
+    ``weight_decay`` 1e-4, ``optimizer`` "adam", ``seed``, ``augment`` None,
+    ``model`` (``arch`` "", ``width`` 0, ``stem`` "": the victim's; ``dtype``
+    "float32"). Source of the settings: Dziedzic et al., ICML 2022, Section 4.
+    """
+    return ml_collections.ConfigDict(dict(
+        loss="infonce", epochs=epochs, batch_size=None, learning_rate=None,
+        temperature=None, weight_decay=1e-4, optimizer="adam", seed=seed, augment=None,
+        model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))

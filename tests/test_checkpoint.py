@@ -19,7 +19,9 @@ from sslsteal_jax.experiments.common import WorkdirExistsError, prepare_workdir
 from sslsteal_jax.trainers import simclr
 from sslsteal_jax.trainers.simclr import train_simclr
 from sslsteal_jax.training import loop
-from sslsteal_jax.training.checkpoint import CheckpointMismatchError, load_model, read_meta
+from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.training.checkpoint import (CheckpointCorruptError, CheckpointMismatchError,
+                                             load_model, read_meta)
 
 N, BATCH, EPOCHS, EVERY = 256, 32, 2, 4
 TOTAL = EPOCHS * (N // BATCH)  # 16
@@ -311,3 +313,88 @@ def test_checkpoint_without_metrics_window_resumes_as_before(capsys):
     assert loop._restored_window({loop.METRICS_WINDOW_KEY: win}, 11, "x") == (
         8, [{"loss": 1.0}] * 3, {"loss": 2.0})
     assert loop._restored_window({loop.METRICS_WINDOW_KEY: win}, 12, "x") == (12, [], {})
+
+
+# --- clearer checkpoint errors: watermarked victims, corrupt files -----------------------
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WATERMARKED = os.path.join(REPO, "victims", "fashion_mnist_resnet10_w16_watermark", "checkpoints")
+SHIPPED = os.path.join(REPO, "victims", "fashion_mnist_resnet10_w16_ft6", "checkpoints")
+
+
+def test_watermarked_victim_loaded_as_plain_simclr_names_the_extra_arrays():
+    """Overriding watermark_classes=0 builds a plain SimCLR model; the error names the
+    watermark arrays the checkpoint holds and says how to load it (not another width)."""
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_model(WATERMARKED, {"watermark_classes": 0})
+    msg = str(info.value)
+    assert ("the checkpoint holds arrays the model does not have: params/watermark/dense1/bias, "
+            "params/watermark/dense1/kernel, params/watermark/dense2/bias, "
+            "params/watermark/dense2/kernel; it is a watermarked victim (watermark_classes=4): "
+            "load it without overriding watermark_classes") in msg, msg
+    assert "architecture or width" not in msg and "{'arch'" not in msg, msg  # no width hint
+    assert info.value.extra == ["params/watermark/dense1/bias", "params/watermark/dense1/kernel",
+                                "params/watermark/dense2/bias", "params/watermark/dense2/kernel"]
+    assert info.value.missing == [] and info.value.shape_mismatches == []
+    assert isinstance(info.value, ConfigError)
+    assert load_model(WATERMARKED).module.watermark_classes == 4  # without the override it loads
+
+
+def _copy_shipped(tmp_path):
+    import shutil
+    dst = str(tmp_path / "ckpt")
+    shutil.copytree(SHIPPED, dst)
+    step = os.path.join(dst, os.listdir(dst)[0])
+    data_dir = os.path.join(step, "model", "ocdbt.process_0", "d")
+    biggest = max(os.listdir(data_dir), key=lambda f: os.path.getsize(os.path.join(data_dir, f)))
+    return dst, step, os.path.join(data_dir, biggest)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero_bytes", "delete"])
+def test_corrupt_array_data_raises_checkpoint_corrupt_error(tmp_path, damage):
+    dst, step, data_file = _copy_shipped(tmp_path)
+    if damage == "truncate":
+        os.truncate(data_file, 1000)
+    elif damage == "zero_bytes":
+        with open(data_file, "r+b") as f:
+            f.seek(5000)
+            f.write(bytes(100))
+    else:
+        os.remove(data_file)
+    with pytest.raises(CheckpointCorruptError) as info:
+        load_model(dst)
+    msg = str(info.value)
+    assert msg.startswith(f"checkpoint {dst} (step {os.path.basename(step)}) is corrupt or "
+                          "incomplete: cannot read array params."), msg
+    assert f" in {os.path.join(step, 'model')} (" in msg and "\n" not in msg, msg
+    assert "tensorstore_spec" not in msg and len(msg) < 600, msg
+    assert "copy the checkpoint again from its source or retrain it" in msg
+    assert isinstance(info.value, ConfigError) and info.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("rel", ["model/d", "model/_METADATA", "meta/metadata"])
+def test_missing_checkpoint_file_is_named(tmp_path, rel):
+    dst, step, _ = _copy_shipped(tmp_path)
+    path = os.path.join(step, rel)
+    if os.path.isdir(path):  # the single file in model/d
+        path = os.path.join(path, os.listdir(path)[0])
+    os.remove(path)
+    with pytest.raises(CheckpointCorruptError, match="is corrupt or incomplete") as info:
+        load_model(dst)
+    assert path in str(info.value), str(info.value)
+
+
+def test_cli_evaluate_corrupt_checkpoint_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    dst, step, data_file = _copy_shipped(tmp_path)
+    os.truncate(data_file, 1000)
+    p = subprocess.run([sys.executable, "-m", "sslsteal_jax.main", "--config=configs/evaluate.py",
+                        f"--workdir={tmp_path / 'w'}", f"--config.checkpoints={dst}"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": REPO})
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr[-3000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        f"error: checkpoint {dst} (step {os.path.basename(step)}) is corrupt or incomplete: "
+        "cannot read array params."), p.stderr[-3000:]
+    assert not os.path.exists(tmp_path / "w")  # found before the workdir is made

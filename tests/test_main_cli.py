@@ -90,13 +90,93 @@ def test_unknown_config_field(tmp_path):
     assert rc == 1
 
 
-@pytest.mark.parametrize("how", ["argument", "override"])
-def test_negative_budget(tmp_path, how):
+@pytest.mark.parametrize("how,expected", [
+    ("argument", "error: --config=configs/quickstart.py:budget=-5: config argument "
+                 "budget='-5' must be >= 1"),
+    ("override", "error: query budget -5 must be >= 1 (and at most the query pool size)")])
+def test_negative_budget(tmp_path, how, expected):
     args = (["--config=configs/quickstart.py:budget=-5"] if how == "argument"
             else ["--config=configs/quickstart.py", "--config.budget=-5"])
     rc, _, err = _run(*args, f"--workdir={tmp_path / 'w'}")
-    _assert_one_error_line(rc, err, "error: query budget -5 must be between 1 and the query pool "
-                           "size 5000 (fashion_mnist/test[:5000])")
+    _assert_one_error_line(rc, err, expected)
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_negative_budget_fails_before_data_loading(tmp_path):
+    """The budget >= 1 check comes before the query dataset is loaded: with an unknown query
+    dataset as well, the budget is what is reported."""
+    rc, _, err = _run("--config=configs/quickstart.py", "--config.budget=0",
+                      "--config.query_dataset=no_such_set", f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, "error: query budget 0 must be >= 1 (and at most the query "
+                           "pool size)")
+
+
+def test_budget_above_pool(tmp_path):
+    rc, _, err = _run("--config=configs/quickstart.py", "--config.budget=5001",
+                      f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, "error: query budget 5001 must be between 1 and the query "
+                           "pool size 5000 (fashion_mnist/test[:5000])")
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_unknown_split(tmp_path):
+    rc, _, err = _run("--config=configs/quickstart.py", "--config.query_dataset=fashion_mnist:tset",
+                      f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(
+        rc, err, "error: unknown split 'tset' for dataset 'fashion_mnist' (unknown: ['tset']); "
+        "allowed splits: ['test', 'train'] (tfds slices such as 'train[:1000]' are accepted too)")
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_unknown_strategy(tmp_path):
+    rc, _, err = _run("--config=configs/quickstart.py:strategies=direct+bogus",
+                      f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(
+        rc, err, "error: unknown query strategy(ies) ['bogus']; allowed: ['direct', "
+        "'stolenencoder', 'augmented_queries', 'head_recreation', 'labels', 'probabilities'] "
+        "or 'all'")
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_budget_not_a_multiple_of_views(tmp_path):
+    rc, _, err = _run("--config=configs/quickstart.py:strategies=augmented_queries,views=3,"
+                      "budget=100", f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(
+        rc, err, "error: query budget 100 must be a positive multiple of views=3 for strategy "
+        "'augmented_queries' (each augmented view is one query)")
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_unknown_dtype(tmp_path):
+    rc, _, err = _run("--config=configs/quickstart.py", "--config.steal.model.dtype=float16",
+                      f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, "error: unknown compute dtype 'float16'; allowed: "
+                           "['bfloat16', 'float32']")
+    assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.budgets=250,x", "error: budgets='250,x' must be a comma-separated list of "
+                               "integers"),
+    ("--config.stack_mode=fast", "error: stack_mode='fast'; allowed: ['auto', 'vmap', 'unroll']"),
+    ("--config.victim.checkpoint=no/such/victim", "error: budget scan needs a trained victim "
+                                                  "checkpoint; 'no/such/victim' does not exist")])
+def test_budget_scan_bad_settings(tmp_path, override, expected):
+    rc, _, err = _run("--config=configs/budget_scan.py", override, f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, expected)
+    assert not os.path.exists(tmp_path / "w")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("--config.budget=0", "error: budget 0 must be >= 1 (and at most the query pool size)"),
+    ("--config.legit.test_size=0", "error: legit.test_size=0 must be in [1, budget=2000): the "
+                                   "legitimate users send budget queries, train + test"),
+    ("--config.b4b_reference=0", "error: b4b_reference=0 must be >= 1 (and at most half the "
+                                 "fashion_mnist train split)")])
+def test_defense_matrix_bad_settings(tmp_path, override, expected):
+    rc, _, err = _run("--config=configs/defense_matrix.py", override,
+                      f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, expected)
     assert not os.path.exists(tmp_path / "w")
 
 
@@ -128,10 +208,6 @@ def test_evaluate_nonexistent_checkpoint(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sslsteal_jax/experiments/evaluate.py checks only config.checkpoints up front; a missing "
-    "victim_checkpoint fails after the workdir is made and the data loaded, with a "
-    "FileNotFoundError traceback from training/checkpoint.py load_model"))
 def test_evaluate_nonexistent_victim_checkpoint(tmp_path):
     missing = str(tmp_path / "no_such_victim" / "checkpoints")
     rc, _, err = _run("--config=configs/evaluate.py", f"--workdir={tmp_path / 'w'}",

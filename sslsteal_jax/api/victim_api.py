@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.defenses.chain import DefenseChain, needs_reference, parse_spec, user_key
 from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.training import mesh as mesh_lib
@@ -133,12 +134,13 @@ class VictimAPI:
         """Build the API from a SimCLR victim checkpoint directory.
 
         Raises:
-          FileNotFoundError / CheckpointMismatchError: see ``training.checkpoint.load_model``.
-          ValueError: the checkpoint is not a SimCLR victim.
+          FileNotFoundError / CheckpointMismatchError / CheckpointCorruptError: see
+            ``training.checkpoint.load_model``.
+          ConfigError (a ValueError): the checkpoint is not a SimCLR victim.
         """
         loaded = load_model(ckpt_dir, model_override)
         if loaded.kind != "simclr":
-            raise ValueError(f"{ckpt_dir} holds a {loaded.kind!r} checkpoint, the API needs a "
+            raise ConfigError(f"{ckpt_dir} holds a {loaded.kind!r} checkpoint, the API needs a "
                              f"'simclr' victim")
         return cls(loaded.module, loaded.variables, loaded.image_shape, **kwargs)
 

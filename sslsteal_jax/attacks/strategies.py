@@ -33,6 +33,7 @@ import re
 import numpy as np
 
 from sslsteal_jax.data.registry import load_split
+from sslsteal_jax.errors import ConfigError
 
 STRATEGIES = ("direct", "stolenencoder", "augmented_queries", "head_recreation", "labels",
               "probabilities")
@@ -58,14 +59,14 @@ def parse_strategies(spec: str) -> list[str]:
     """``"direct"`` / ``"direct,head_recreation"`` / ``"all"`` -> list of names.
 
     Raises:
-      ValueError: unknown or empty names (lists the allowed ones).
+      ConfigError (a ValueError): unknown or empty names (lists the allowed ones).
     """
     names = list(STRATEGIES) if spec == "all" else [s.strip() for s in (spec or "").split(",")
                                                     if s.strip()]
     bad = [n for n in names if n not in STRATEGIES]
     if bad or not names:
-        raise ValueError(f"unknown query strategy(ies) {bad or spec!r}; allowed: "
-                         f"{list(STRATEGIES)} or 'all'")
+        raise ConfigError(f"unknown query strategy(ies) {bad or spec!r}; allowed: "
+                          f"{list(STRATEGIES)} or 'all'")
     return list(dict.fromkeys(names))
 
 
@@ -79,28 +80,28 @@ def plan_queries(strategy: str, budget: int, views: int, pool_size: int) -> Quer
         head_recreation: k >= 2; ignored by the other strategies).
       pool_size: images in the attacker's query pool.
     Raises:
-      ValueError: unknown strategy, budget not a multiple of k, too few views
-        for head recreation, or a budget the pool cannot fill (names the values).
+      ConfigError (a ValueError): unknown strategy, budget not a multiple of k, too few
+        views for head recreation, or a budget the pool cannot fill (names the values).
     """
     if strategy not in STRATEGIES:
-        raise ValueError(f"unknown query strategy {strategy!r}; allowed: {list(STRATEGIES)}")
+        raise ConfigError(f"unknown query strategy {strategy!r}; allowed: {list(STRATEGIES)}")
     budget = int(budget)
     if strategy in ("augmented_queries", "head_recreation"):
         k = int(views)
         if k < (2 if strategy == "head_recreation" else 1):
-            raise ValueError(f"strategy {strategy!r} needs views >= "
-                             f"{2 if strategy == 'head_recreation' else 1}, got views={views}")
+            raise ConfigError(f"strategy {strategy!r} needs views >= "
+                              f"{2 if strategy == 'head_recreation' else 1}, got views={views}")
         if budget < k or budget % k:
-            raise ValueError(f"query budget {budget} must be a positive multiple of views={k} "
-                             f"for strategy {strategy!r} (each augmented view is one query)")
+            raise ConfigError(f"query budget {budget} must be a positive multiple of views={k} "
+                              f"for strategy {strategy!r} (each augmented view is one query)")
         plan = QueryPlan(strategy, f"views{k}", budget // k, k, budget, "representation")
     elif strategy in LABEL_STRATEGIES:
         plan = QueryPlan(strategy, strategy, budget, 1, budget, "classifier")
     else:
         plan = QueryPlan(strategy, "clean", budget, 1, budget, "representation")
     if not 1 <= plan.images <= pool_size:
-        raise ValueError(f"query budget {budget} ({strategy}: {plan.images} images x {plan.views} "
-                         f"views) must fit the query pool size {pool_size}")
+        raise ConfigError(f"query budget {budget} ({strategy}: {plan.images} images x {plan.views} "
+                          f"views) must fit the query pool size {pool_size}")
     return plan
 
 

@@ -102,12 +102,12 @@ def _split_parts(split: str) -> list[str]:
 def _check_split(name: str, split: str, allowed) -> None:
     allowed = sorted(allowed)
     if not isinstance(split, str) or not split:
-        raise ValueError(f"split {split!r} for dataset {name!r} must be a non-empty string; "
-                         f"allowed splits: {allowed}")
+        raise ConfigError(f"split {split!r} for dataset {name!r} must be a non-empty string; "
+                          f"allowed splits: {allowed}")
     bad = [p for p in _split_parts(split) if p not in allowed]
     if bad:
-        raise ValueError(f"unknown split {split!r} for dataset {name!r} "
-                         f"(unknown: {bad}); allowed splits: {allowed} "
+        raise ConfigError(f"unknown split {split!r} for dataset {name!r} "
+                          f"(unknown: {bad}); allowed splits: {allowed} "
                          "(tfds slices such as 'train[:1000]' are accepted too)")
 
 
@@ -167,8 +167,8 @@ def _load_online(name: str, split: str, data_dir: str | None, download: bool):
     import tensorflow_datasets as tfds
     from sslsteal_jax.data import builders
 
-    def unavailable(reason: str) -> ValueError:
-        return ValueError(
+    def unavailable(reason: str) -> ConfigError:
+        return ConfigError(
             f"dataset {name!r} is not available: {reason}. Online, any tensorflow-datasets "
             "image dataset works by name once tfds can prepare it (catalogue builders need "
             "TensorFlow and 'pip install importlib_resources' to generate) or when it is "
@@ -234,11 +234,12 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
     Raises:
       ConfigError (a ValueError): an empty name, or a name that is neither an
         offline dataset nor known to tensorflow-datasets (one line: the name,
-        the offline datasets, where other names go).
-      ValueError: unknown split (the message names it and the allowed splits);
-        a dataset that cannot be found or prepared (the message names it,
-        lists the offline datasets and how to install their sources); data
-        that is not uint8 images with integer labels.
+        the offline datasets, where other names go); an unknown split (names
+        it and the allowed splits); an online dataset that cannot be found or
+        prepared (names it, lists the offline datasets and how to install
+        their sources).
+      ValueError: data that is not uint8 images with integer labels, or an
+        offline dataset whose source files are missing.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"dataset name must be a non-empty string, got {name!r}. {INSTALL_HINT}")

@@ -13,6 +13,7 @@ import dataclasses
 import numpy as np
 
 from sslsteal_jax.data.registry import load_split
+from sslsteal_jax.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -63,16 +64,18 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
       victim_train_size / probe_train_size: None = the whole train split, or
         the first N train images (small configs and tests).
     Raises:
-      ValueError: unknown dataset, or ``probe_test_size`` not smaller than the test split.
+      ConfigError (a ValueError): unknown dataset or split, a ``probe_train_size`` /
+        ``victim_train_size`` outside (0, train size], or ``probe_test_size`` not
+        smaller than the test split.
     """
     train_x, train_y = load_split(dataset, "train")
     for name, size in (("victim_train_size", victim_train_size),
                        ("probe_train_size", probe_train_size)):
         if size is not None and not 0 < size <= len(train_x):
-            raise ValueError(f"{name}={size} must be in (0, {len(train_x)}]")
+            raise ConfigError(f"{name}={size} must be in (0, {len(train_x)}]")
     test_x, test_y = load_split(dataset, "test")
     if not 0 < probe_test_size < len(test_x):
-        raise ValueError(f"probe_test_size={probe_test_size} must be in (0, {len(test_x)})")
+        raise ConfigError(f"probe_test_size={probe_test_size} must be in (0, {len(test_x)})")
     cut = len(test_x) - probe_test_size
     names = {"victim_train": f"{dataset}/train", "probe_train": f"{dataset}/train",
              "probe_test": f"{dataset}/test[{cut}:]"}

@@ -55,6 +55,7 @@ import numpy as np
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.experiments import common
 from sslsteal_jax.experiments.steal import get_victim, parse_losses
 from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
@@ -62,8 +63,8 @@ from sslsteal_jax.trainers.stacked import (available_memory_bytes, estimate_memb
                                            fit_stack_size, shared_config,
                                            train_surrogates_stacked)
 from sslsteal_jax.trainers.surrogate import (effective_batch_size, prepare_surrogate,
-                                             resolve_hparams, surrogate_schedule,
-                                             train_surrogate)
+                                             resolve_hparams, steal_config,
+                                             surrogate_schedule, train_surrogate)
 from sslsteal_jax.training.checkpoint import write_json_atomic
 from sslsteal_jax.training.vmap import MODES
 
@@ -75,15 +76,15 @@ def parse_int_list(spec, name: str, minimum: int = 0) -> list[int]:
     """``"250,1000"`` / ``[250, 1000]`` -> sorted unique ints.
 
     Raises:
-      ValueError: empty list, non-integer, or a value below ``minimum`` (names it).
+      ConfigError (a ValueError): empty list, non-integer, or a value below ``minimum`` (names it).
     """
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     try:
         vals = sorted({int(str(v).strip()) for v in items if str(v).strip()})
     except ValueError:
-        raise ValueError(f"{name}={spec!r} must be a comma-separated list of integers") from None
+        raise ConfigError(f"{name}={spec!r} must be a comma-separated list of integers") from None
     if not vals or vals[0] < minimum:
-        raise ValueError(f"{name}={spec!r} must hold integers >= {minimum}")
+        raise ConfigError(f"{name}={spec!r} must hold integers >= {minimum}")
     return vals
 
 
@@ -96,20 +97,20 @@ def stack_options(cfg) -> tuple[int, float, str]:
     ``stack_mode``: "auto" | "vmap" | "unroll" (``training.vmap``; missing = "auto").
 
     Raises:
-      ValueError: a value of the wrong type or range (names it and what is allowed).
+      ConfigError (a ValueError): a value of the wrong type or range (names it and what is allowed).
     """
     stack = cfg.get("stack", 1)
     if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
-        raise ValueError(f"stack={stack!r}; allowed: an integer >= 1 (the most scan cells "
-                         f"trained in one compiled program; 1 = one cell after another)")
+        raise ConfigError(f"stack={stack!r}; allowed: an integer >= 1 (the most scan cells "
+                          f"trained in one compiled program; 1 = one cell after another)")
     frac = cfg.get("stack_memory_fraction", 0.5)
     if (isinstance(frac, bool) or not isinstance(frac, (int, float, np.floating))
             or not 0 < frac <= 1):
-        raise ValueError(f"stack_memory_fraction={frac!r}; allowed: a number in (0, 1] (share "
-                         f"of the available memory stacked surrogates may use)")
+        raise ConfigError(f"stack_memory_fraction={frac!r}; allowed: a number in (0, 1] (share "
+                          f"of the available memory stacked surrogates may use)")
     mode = cfg.get("stack_mode", "auto")
     if mode not in MODES:
-        raise ValueError(f"stack_mode={mode!r}; allowed: {list(MODES)}")
+        raise ConfigError(f"stack_mode={mode!r}; allowed: {list(MODES)}")
     return int(stack), float(frac), mode
 
 
@@ -158,9 +159,10 @@ def run(cfg, workdir: str) -> dict:
     ``eval``, ``probe_train_size``, ``stack``, ``stack_memory_fraction``,
     ``stack_mode`` (:func:`stack_options`).
     Raises:
-      ValueError: bad budgets/seeds/losses/stack options, a budget above a
-        source's pool size (names the source and its size), or a finished
-        cell in ``workdir`` trained with another surrogate config.
+      ConfigError (a ValueError): bad budgets/seeds/losses/stack options or a missing
+        victim checkpoint (before any data is loaded), a budget above a source's
+        pool size (names the source and its size), or a finished cell in
+        ``workdir`` trained with another surrogate config.
     """
     t0 = time.time()
     stack, stack_fraction, stack_mode = stack_options(cfg)
@@ -170,22 +172,22 @@ def run(cfg, workdir: str) -> dict:
     sources = parse_sources(cfg.query_sources, cfg.dataset)
     protocol = cfg.get("protocol", "examples")
     if protocol not in ("examples", "epochs"):
-        raise ValueError(f"protocol={protocol!r}; allowed: 'examples' (equal training examples "
-                         f"per cell) or 'epochs' (steal.epochs epochs over every budget)")
+        raise ConfigError(f"protocol={protocol!r}; allowed: 'examples' (equal training examples "
+                          f"per cell) or 'epochs' (steal.epochs epochs over every budget)")
     examples = int(cfg.examples_per_cell) if protocol == "examples" else None
     if protocol == "examples" and examples < 1:
-        raise ValueError(f"examples_per_cell={examples} must be >= 1")
+        raise ConfigError(f"examples_per_cell={examples} must be >= 1")
+    if not os.path.isdir(common.resolve_path(cfg.victim.checkpoint) or ""):
+        raise ConfigError(f"budget scan needs a trained victim checkpoint; "
+                          f"{cfg.victim.checkpoint!r} does not exist")
     datas = {s: experiment_data(cfg.dataset, s, cfg.probe_test_size, with_victim_train=False,
                                 probe_train_size=cfg.get("probe_train_size")) for s in sources}
     for s, d in datas.items():
         if budgets[-1] > len(d.query_pool):
-            raise ValueError(f"budget {budgets[-1]} exceeds the query pool of source {s!r} "
-                             f"({d.names['query_pool']}: {len(d.query_pool)} images); lower the "
-                             f"budgets" + ("" if s == f"{cfg.dataset}:train" else
+            raise ConfigError(f"budget {budgets[-1]} exceeds the query pool of source {s!r} "
+                              f"({d.names['query_pool']}: {len(d.query_pool)} images); lower the "
+                              f"budgets" + ("" if s == f"{cfg.dataset}:train" else
                                            f" or use a larger source (e.g. '{cfg.dataset}:train')"))
-    if not os.path.isdir(common.resolve_path(cfg.victim.checkpoint) or ""):
-        raise FileNotFoundError(f"budget scan needs a trained victim checkpoint; "
-                                f"{cfg.victim.checkpoint!r} does not exist")
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
@@ -269,14 +271,7 @@ def _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples) -> dic
     """
     name = cell_name(source, loss, budget, seed)
     path = os.path.join(workdir, "cells", name + ".json")
-    scfg = cfg.steal.copy_and_resolve_references()
-    scfg.loss, scfg.seed = loss, int(seed)
-    enc = model.encoder
-    scfg.model.arch = scfg.model.arch or arch_name(enc)
-    scfg.model.width = scfg.model.width or enc.width
-    scfg.model.stem = scfg.model.stem or enc.stem
-    if loss in cfg.get("loss_overrides", {}):
-        scfg.update(dict(cfg.loss_overrides[loss]))
+    scfg = steal_config(cfg.steal, loss, model.encoder, cfg.get("loss_overrides", {}), seed)
     if examples is not None:
         scfg.steps = cell_steps(budget, int(resolve_hparams(scfg)["batch_size"]), examples)
     row = None
@@ -284,7 +279,7 @@ def _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples) -> dic
         with open(path) as f:
             row = json.load(f)
         if row.get("surrogate_config") != scfg.to_dict():
-            raise ValueError(
+            raise ConfigError(
                 f"cell {name} in {workdir!r} was trained with another surrogate config "
                 f"({row.get('surrogate_config')}) than this scan asks for ({scfg.to_dict()}); "
                 f"use a fresh --workdir for a scan with other settings")

@@ -103,6 +103,36 @@ def encoder_row(name, module, variables, data, key, victim_test_out=None, output
                              **(cfg_eval or {}))
 
 
+def evaluate_encoder(module, variables, data, key, victim_outputs=None, output_index=0,
+                     fidelity_index=None, *, name: str = "encoder", per_class: int = 100,
+                     probe_epochs: int = 60, select_probe: bool = True) -> dict:
+    """Evaluate one encoder as the experiments' report rows do (Python API; a thin
+    wrapper over :func:`encoder_row` with the ``eval`` block's settings as keywords).
+
+    Args:
+      module, variables: a flax module whose call returns a tuple ``(representation,
+        ...)`` (a victim's ``SimCLRModel``, a ``SurrogateModel``) and its
+        ``{'params', 'batch_stats'}``.
+      data: ``data.splits.ExperimentData`` (probe train / test images and labels).
+      key: PRNG key (probe initialisation and order, few-label subset).
+      victim_outputs: float32 ``(N_test, D)`` the victim API's answers on
+        ``data.probe_test_x`` (e.g. ``api.query("owner", data.probe_test_x)``), for
+        fidelity; None skips fidelity.
+      output_index: which output is the representation probed (0).
+      fidelity_index: which output is compared with ``victim_outputs`` (1 for a
+        surrogate: its output in the API's space; None skips fidelity).
+      per_class, probe_epochs, select_probe: as ``evaluation.report.evaluate_features``.
+    Returns:
+      the report row: ``name``, ``probe_full`` / ``probe_100`` / ``knn`` (accuracy in
+      percent), ``cosine_fidelity`` / ``l2_fidelity`` (None without fidelity), and
+      ``probe_full_settings``.
+    """
+    return encoder_row(name, module, variables, data, key, victim_outputs, output_index,
+                       fidelity_index, dict(per_class=int(per_class),
+                                            probe_epochs=int(probe_epochs),
+                                            select_probe=bool(select_probe)))
+
+
 def independent_row(module, data, key, seed: int, victim_test_out=None, fidelity_index=None,
                     cfg_eval=None):
     """Metrics of ``module`` freshly initialised with PRNG key ``seed + 1000``: the

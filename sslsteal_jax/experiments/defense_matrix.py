@@ -53,13 +53,14 @@ from sslsteal_jax.attacks import adaptive
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.registry import load_split
 from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.detection import detector_report
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.legit_user import coverage_curve, legit_user_accuracy, task_subset
 from sslsteal_jax.experiments import common
-from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
+from sslsteal_jax.models import SurrogateModel, build_encoder
 from sslsteal_jax.trainers.simclr import augment_config
-from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.trainers.surrogate import steal_config, train_surrogate
 from sslsteal_jax.training.checkpoint import load_model, write_json_atomic
 
 ATTACKS = ("direct", "averaging", "sybil")
@@ -76,19 +77,24 @@ def parse_attack(spec: str) -> tuple[str, dict]:
     """``"direct"`` / ``"averaging:repeats=4"`` / ``"sybil:accounts=2,shared=500"`` -> (name, params).
 
     Raises:
-      ValueError: unknown attack or parameter (lists the allowed ones).
+      ConfigError (a ValueError): unknown attack or parameter (lists the allowed ones), or a
+        parameter value that is not an integer.
     """
     name, _, rest = spec.partition(":")
     allowed = {"direct": {}, "averaging": {"repeats": 4},
                "sybil": {"accounts": 2, "shared": 500}}
     if name not in allowed:
-        raise ValueError(f"unknown attack {name!r}; allowed: {list(ATTACKS)}")
+        raise ConfigError(f"unknown attack {name!r} in {spec!r}; allowed: {list(ATTACKS)}")
     params = dict(allowed[name])
     for kv in filter(None, rest.split(",")):
         k, _, v = kv.partition("=")
         if k not in params:
-            raise ValueError(f"unknown parameter {k!r} of attack {name!r}; allowed: {sorted(params)}")
-        params[k] = int(v)
+            raise ConfigError(f"unknown parameter {k!r} of attack {name!r} in {spec!r}; allowed: "
+                              f"{sorted(params)}")
+        try:
+            params[k] = int(v)
+        except ValueError:
+            raise ConfigError(f"attack {spec!r}: {k}={v!r} is not an integer") from None
     return name, params
 
 
@@ -96,7 +102,7 @@ def attacker_answers(api, attack: str, pool: np.ndarray, budget: int):
     """Run one attack against ``api``; returns ``(images, answers, info)``.
 
     Raises:
-      ValueError: bad attack spec or a budget too small for it.
+      ConfigError (a ValueError): bad attack spec or a budget too small for it.
     """
     name, p = parse_attack(attack)
     if name == "direct":
@@ -106,15 +112,15 @@ def attacker_answers(api, attack: str, pool: np.ndarray, budget: int):
     if name == "averaging":
         n = budget // p["repeats"]
         if n < 1:
-            raise ValueError(f"budget {budget} < repeats {p['repeats']}")
+            raise ConfigError(f"attack {attack!r}: budget {budget} < repeats {p['repeats']}")
         api.register("attacker", budget)
         return pool[:n], adaptive.averaged_answers(api, "attacker", pool[:n], p["repeats"]), {
             "users": ["attacker"]}
     users = [f"sybil{i}" for i in range(p["accounts"])]
     n = budget - (p["accounts"] - 1) * p["shared"]
     if n <= p["shared"]:
-        raise ValueError(f"budget {budget} too small for {p['accounts']} accounts sharing "
-                         f"{p['shared']} images")
+        raise ConfigError(f"attack {attack!r}: budget {budget} too small for {p['accounts']} accounts sharing "
+                          f"{p['shared']} images")
     for u in users:
         api.register(u, budget)
     x, y, info = adaptive.sybil_answers(api, users, pool[:n], p["shared"])
@@ -138,12 +144,12 @@ def legit_data(cfg, train_x, train_y, test_x, test_y) -> dict:
     the first ``legit.test_size`` probe-test images; the single-task user the first
     ones of ``legit.single_task_classes``.
     Raises:
-      ValueError: ``legit.test_size`` not in [1, budget) (names both), or too few
-        images of the single task.
+      ConfigError (a ValueError): ``legit.test_size`` not in [1, budget) (names both).
+      ValueError: too few images of the single task.
     """
     n_test = int(cfg.legit.test_size)
     if not 1 <= n_test < int(cfg.budget):
-        raise ValueError(f"legit.test_size={n_test} must be in [1, budget={cfg.budget}): the "
+        raise ConfigError(f"legit.test_size={n_test} must be in [1, budget={cfg.budget}): the "
                          f"legitimate users send budget queries, train + test")
     n_train = int(cfg.budget) - n_test
     out = {}
@@ -169,9 +175,38 @@ def _cells(cfg):
                 yield f"{fam['name']}/{s}/{attack}", fam["name"], s, spec, attack
 
 
+def check_config(cfg) -> None:
+    """Validate the user settings that need no data, before anything is loaded or written:
+    every attack spec of ``cfg.families`` (:func:`parse_attack`), ``budget >= 1``,
+    ``legit.test_size`` in [1, budget) and ``b4b_reference >= 1`` (the upper bounds that
+    depend on the data are checked in :func:`run`).
+
+    Raises:
+      ConfigError (a ValueError): the first bad value (named, with what is allowed).
+    """
+    for fam in cfg.families:
+        for attack in fam["attacks"]:
+            parse_attack(attack)
+    if int(cfg.budget) < 1:
+        raise ConfigError(f"budget {cfg.budget} must be >= 1 (and at most the query pool size)")
+    n_test = int(cfg.legit.test_size)
+    if not 1 <= n_test < int(cfg.budget):
+        raise ConfigError(f"legit.test_size={n_test} must be in [1, budget={cfg.budget}): the "
+                          f"legitimate users send budget queries, train + test")
+    if int(cfg.b4b_reference) < 1:
+        raise ConfigError(f"b4b_reference={cfg.b4b_reference} must be >= 1 (and at most half "
+                          f"the {cfg.dataset} train split)")
+
+
 def run(cfg, workdir: str) -> dict:
-    """Run (or resume) the defense matrix; returns the results dict (also written to ``workdir``)."""
+    """Run (or resume) the defense matrix; returns the results dict (also written to ``workdir``).
+
+    Raises:
+      ConfigError (a ValueError): a bad setting (:func:`check_config`, before the workdir
+        is made or data loaded), or a workdir holding cells of another configuration.
+    """
     t0 = time.time()
+    check_config(cfg)
     cells_path = os.path.join(workdir, "cells.json")
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     if cfg.get("overwrite", False) and os.path.exists(cells_path):  # recompute, keep old cells
@@ -180,18 +215,19 @@ def run(cfg, workdir: str) -> dict:
     fingerprint = _fingerprint(cfg)
     old = done.get("_config")
     if old is None and done:
-        raise ValueError(f"{cells_path} was written by an older version (no configuration "
-                         f"record; its legitimate users sent other query counts); use another "
-                         f"--workdir or --config.overwrite=True")
+        raise ConfigError(f"{cells_path} was written by an older version (no configuration "
+                          f"record; its legitimate users sent other query counts); use another "
+                          f"--workdir or --config.overwrite=True")
     if old is not None and old != fingerprint:
         diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        raise ValueError(f"{cells_path} holds cells of a different configuration (differs in "
-                         f"{diff}); use another --workdir or --config.overwrite=True")
+        raise ConfigError(f"{cells_path} holds cells of a different configuration (differs in "
+                          f"{diff}); use another --workdir or --config.overwrite=True")
     done["_config"] = fingerprint
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False,
                            probe_train_size=cfg.get("probe_train_size"))
     if not 1 <= cfg.budget <= len(data.query_pool):
-        raise ValueError(f"budget {cfg.budget} must be in [1, {len(data.query_pool)}]")
+        raise ConfigError(f"budget {cfg.budget} must be in [1, {len(data.query_pool)}] (the "
+                          f"query pool {data.names['query_pool']})")
     phases: dict = {}
     tp = [time.time(), time.process_time()]
 
@@ -213,12 +249,7 @@ def run(cfg, workdir: str) -> dict:
 
     # ---- reference rows --------------------------------------------------------------
     vcfg = model.encoder
-    smodel_cfg = cfg.steal.copy_and_resolve_references()
-    smodel_cfg.model.arch = smodel_cfg.model.arch or arch_name(vcfg)
-    smodel_cfg.model.width = smodel_cfg.model.width or vcfg.width
-    smodel_cfg.model.stem = smodel_cfg.model.stem or vcfg.stem
-    if smodel_cfg.loss in cfg.get("loss_overrides", {}):
-        smodel_cfg.update(dict(cfg.loss_overrides[smodel_cfg.loss]))
+    smodel_cfg = steal_config(cfg.steal, cfg.steal.loss, vcfg, cfg.get("loss_overrides", {}))
     if "reference/victim" not in done:
         save("reference/victim", common.encoder_row("victim", model, variables, data, key,
                                                     cfg_eval=ev))
@@ -243,7 +274,8 @@ def run(cfg, workdir: str) -> dict:
     tx, ty = load_split(cfg.dataset, "train")  # legitimate users' and provider's own images
     n_ref = int(cfg.b4b_reference)
     if not 1 <= n_ref <= len(tx) // 2:
-        raise ValueError(f"b4b_reference={n_ref} must be in [1, {len(tx) // 2}]")
+        raise ConfigError(f"b4b_reference={n_ref} must be in [1, {len(tx) // 2}] (half the "
+                          f"{cfg.dataset} train split)")
     reference = tx[-n_ref:]
 
     def make_api(spec):

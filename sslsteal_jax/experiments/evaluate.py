@@ -24,27 +24,36 @@ from sslsteal_jax.training.checkpoint import load_model
 
 
 def run(cfg, workdir: str) -> dict:
-    """Evaluate ``cfg.checkpoints`` (comma-separated checkpoint dirs); returns results."""
+    """Evaluate ``cfg.checkpoints`` (comma-separated checkpoint dirs); returns results.
+
+    Raises:
+      ConfigError (a ValueError): ``checkpoints`` empty, or a directory of
+        ``checkpoints`` or ``victim_checkpoint`` that does not exist (checked before
+        the workdir is made or any data is loaded); a checkpoint that does not
+        match ``expect_model`` or is corrupt (``training.checkpoint``).
+    """
     paths = [common.resolve_path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
     if not paths:
         raise ConfigError("config.checkpoints is empty; give one or more checkpoint directories "
                           "separated by commas")
-    missing = [p for p in paths if not os.path.isdir(p)]
+    victim_path = common.resolve_path(cfg.victim_checkpoint) if cfg.victim_checkpoint else None
+    missing = [p for p in paths + [victim_path] if p is not None and not os.path.isdir(p)]
     if missing:
         raise ConfigError(f"checkpoint directory {missing[0]!r} does not exist")
+    # Every checkpoint is read before the workdir is made or data loaded: a mismatch or a
+    # corrupt file fails in seconds, in one line.
+    override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
+    models = [load_model(p, override) for p in paths]
+    api = VictimAPI.from_checkpoint(victim_path, output=cfg.api_output) if victim_path else None
     common.prepare_workdir(workdir, cfg.get("overwrite", False))
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
     key = jax.random.key(int(cfg.seed))
     ev = common.eval_kwargs(cfg)
     owner = None
-    if cfg.victim_checkpoint:
-        api = VictimAPI.from_checkpoint(common.resolve_path(cfg.victim_checkpoint),
-                                        output=cfg.api_output)
+    if api is not None:
         owner = api.query("owner", data.probe_test_x)
-    override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
     jobs, first = [], None
-    for p in paths:
-        m = load_model(p, override)
+    for p, m in zip(paths, models):
         first = first or m
         fid_index = 1 if (m.kind == "surrogate" or cfg.api_output == "projection") else 0
         name = f"{m.kind}: {os.path.basename(os.path.dirname(p.rstrip('/')))}"

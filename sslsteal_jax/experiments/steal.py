@@ -40,9 +40,9 @@ from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.report import format_table, plot_results
 from sslsteal_jax.experiments import common, train_victim
 from sslsteal_jax.losses import ALL_LOSSES, EXTRA_LOSSES, STEALING_LOSSES
-from sslsteal_jax.models import arch_name, compute_dtype, SurrogateModel
+from sslsteal_jax.models import compute_dtype, SurrogateModel
 from sslsteal_jax.trainers.simclr import augment_config
-from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.trainers.surrogate import steal_config, train_surrogate
 from sslsteal_jax.training.checkpoint import load_model
 
 # Salts folded into the run's PRNG key (one stream per purpose).
@@ -72,17 +72,19 @@ def get_victim(cfg, workdir: str, data):
 
     Returns ``(model, variables, source)``.
     Raises:
-      FileNotFoundError: checkpoint missing and ``cfg.victim.train_if_missing`` False.
+      ConfigError (a ValueError): checkpoint missing and ``cfg.victim.train_if_missing``
+        False, or a checkpoint that is not a SimCLR victim.
     """
     path = common.resolve_path(cfg.victim.checkpoint)
     if path and os.path.isdir(path) and not cfg.victim.train_from_scratch:
         loaded = load_model(path, dict(cfg.victim.expect_model) if cfg.victim.get("expect_model") else None)
         if loaded.kind != "simclr":
-            raise ValueError(f"victim checkpoint {path} is a {loaded.kind!r} checkpoint, expected 'simclr'")
+            raise ConfigError(f"victim checkpoint {path} is a {loaded.kind!r} checkpoint, "
+                              "expected 'simclr'")
         return loaded.module, loaded.variables, path
     if not (cfg.victim.train_from_scratch or cfg.victim.train_if_missing):
-        raise FileNotFoundError(f"victim checkpoint {cfg.victim.checkpoint!r} not found and "
-                                f"victim.train_if_missing is False")
+        raise ConfigError(f"victim checkpoint {cfg.victim.checkpoint!r} not found and "
+                          f"victim.train_if_missing is False")
     vdir = os.path.join(workdir, "victim")
     model, variables, _ = train_victim.train(cfg.victim.train, vdir, data)
     return model, variables, vdir
@@ -99,13 +101,17 @@ def run(cfg, workdir: str) -> dict:
     ``head`` (head recreation: hidden, out, epochs, batch_size,
     learning_rate, temperature).
     Raises:
-      ValueError: bad loss / strategy names or a budget the pool or the
-        strategy's views cannot fill (before anything is trained or written).
+      ConfigError (a ValueError): bad loss / strategy names / dtype or a budget below 1
+        (before any data is loaded), a budget the pool or the strategy's views cannot
+        fill (before anything is trained or written).
     """
     t0 = time.time()
     losses = parse_losses(cfg.losses)
     strategies = parse_strategies(cfg.get("strategies") or "direct")
     compute_dtype(cfg.steal.model.get("dtype", "float32"))  # a bad dtype fails before any query
+    if cfg.budget < 1:  # the upper bound (the pool size) is checked once the data is loaded
+        raise ConfigError(f"query budget {cfg.budget} must be >= 1 (and at most the query "
+                          f"pool size)")
     data = experiment_data(cfg.dataset, cfg.get("query_dataset"), cfg.probe_test_size,
                            with_victim_train=bool(cfg.victim.train_from_scratch or not os.path.isdir(
                                common.resolve_path(cfg.victim.checkpoint) or "")),
@@ -267,14 +273,7 @@ def format_classifier_table(rows, victim_clf: dict) -> str:
 def _steal_cfg(cfg, loss: str, victim_encoder):
     """The surrogate-training config of ``loss``: ``cfg.steal`` with the
     architecture defaulting to the victim's and ``cfg.loss_overrides[loss]`` applied."""
-    scfg = cfg.steal.copy_and_resolve_references()
-    scfg.loss = loss
-    scfg.model.arch = scfg.model.arch or arch_name(victim_encoder)
-    scfg.model.width = scfg.model.width or victim_encoder.width
-    scfg.model.stem = scfg.model.stem or victim_encoder.stem
-    if loss in cfg.get("loss_overrides", {}):
-        scfg.update(dict(cfg.loss_overrides[loss]))
-    return scfg
+    return steal_config(cfg.steal, loss, victim_encoder, cfg.get("loss_overrides", {}))
 
 
 def _buy(plan, api, data, cfg, workdir: str, key) -> dict:

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.models.heads import MLPHead, Predictor, ProjectionHead
 from sslsteal_jax.models.resnet import ARCHITECTURES, BasicBlock, Bottleneck, ResNet
 from sslsteal_jax.models.watermark import WatermarkedSimCLR
@@ -73,7 +74,8 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def compute_dtype(name: Any):
     """Map a config value ("float32" | "bfloat16" | None, or the jnp dtype) to a jnp dtype.
 
-    None means float32. Raises ValueError for anything else (naming the allowed values).
+    None means float32. Raises ConfigError (a ValueError) for anything else, naming the
+    value and the allowed ones (a config's ``model.dtype`` is user input).
     """
     if name is None:
         return jnp.float32
@@ -82,7 +84,7 @@ def compute_dtype(name: Any):
     except TypeError:
         key = None
     if key not in _DTYPES:
-        raise ValueError(f"unknown compute dtype {name!r}; allowed: {sorted(_DTYPES)}")
+        raise ConfigError(f"unknown compute dtype {name!r}; allowed: {sorted(_DTYPES)}")
     return _DTYPES[key]
 
 

@@ -26,16 +26,79 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from sslsteal_jax import losses
 from sslsteal_jax.data.augment import AugmentConfig, augment_batch
+from sslsteal_jax.defaults import default_steal_block
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.features import extract_features
-from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
 from sslsteal_jax.trainers.simclr import augment_config
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
 from sslsteal_jax.training.state import TrainState
+
+def steal_config(steal, loss: str, victim_encoder=None, loss_overrides=None,
+                 seed: int | None = None) -> ml_collections.ConfigDict:
+    """The surrogate-training config of ``loss`` (what ``train_surrogate`` takes): a
+    resolved copy of the ``steal`` block with ``loss`` (and ``seed``, when given) set,
+    an empty ``model.arch`` / ``width`` / ``stem`` taken from ``victim_encoder`` (a
+    ``models.resnet.ResNet``), then ``loss_overrides[loss]`` applied (the per-loss
+    ``LossSpec.scale_overrides`` of the CPU-scale configs). The one code path of the
+    main job, budget scan and defense matrix, and of :func:`surrogate_config`.
+    """
+    scfg = steal.copy_and_resolve_references()
+    scfg.loss = loss
+    if seed is not None:
+        scfg.seed = int(seed)
+    if victim_encoder is not None:
+        scfg.model.arch = scfg.model.arch or arch_name(victim_encoder)
+        scfg.model.width = scfg.model.width or victim_encoder.width
+        scfg.model.stem = scfg.model.stem or victim_encoder.stem
+    if loss_overrides and loss in loss_overrides:
+        scfg.update(dict(loss_overrides[loss]))
+    return scfg
+
+
+#: Optional ``train_surrogate`` fields :func:`surrogate_config` accepts beyond the steal block.
+OPTIONAL_FIELDS = ("steps", "surrogate_views", "view_weight", "view_augment", "predictor_hidden")
+
+
+def surrogate_config(loss: str = "infonce", epochs: int = 30, victim_encoder=None, *,
+                     seed: int = 0, **overrides) -> ml_collections.ConfigDict:
+    """The main job's surrogate config for ``loss``, for use from Python (notebooks).
+
+    The same ConfigDict ``experiments.steal`` trains with: :func:`default_steal_block`
+    (``configs/quickstart.py``'s ``steal`` block) through :func:`steal_config` with the
+    registry's ``losses.scale_overrides()``, then ``overrides`` (a field of the block,
+    ``model={"width": 8}`` merges into ``model``, or one of :data:`OPTIONAL_FIELDS`).
+
+    Args:
+      loss: a stealing loss (``losses.ALL_LOSSES``).
+      epochs: training epochs over the bought answers.
+      victim_encoder: the victim's encoder (``LoadedModel.module.encoder``): the
+        surrogate's architecture, width and stem default to it; without it, give
+        ``model={"arch": ..., "width": ..., "stem": ...}``.
+      seed: initialisation and data-order seed.
+    Raises:
+      ConfigError (a ValueError): unknown loss or override field.
+    """
+    if loss not in losses.LOSSES:
+        raise ConfigError(f"unknown stealing loss {loss!r}; allowed: {list(losses.LOSSES)}")
+    scfg = steal_config(default_steal_block(int(epochs), int(seed)), loss, victim_encoder,
+                        losses.scale_overrides())
+    for k, v in overrides.items():
+        if k not in scfg and k not in OPTIONAL_FIELDS:
+            raise ConfigError(f"unknown surrogate config field {k!r}; allowed: "
+                              f"{sorted(scfg.keys()) + list(OPTIONAL_FIELDS)}")
+        if k == "model" and isinstance(v, dict):
+            scfg.model.update(v)
+        else:
+            scfg[k] = v
+    return scfg
+
 
 def resolve_hparams(cfg) -> dict:
     """Fill ``batch_size``, ``learning_rate``, ``temperature`` left None in the

@@ -11,17 +11,83 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.models import build_model
 
 
-class CheckpointMismatchError(ValueError):
-    """A checkpoint's structure (architecture) differs from the expected model."""
+class CheckpointMismatchError(ConfigError):
+    """A checkpoint's structure (architecture) differs from the expected model.
+
+    The message names the checkpoint, the arrays the model needs that it lacks, the
+    arrays it holds that the model lacks, and the first shape mismatch. A
+    :class:`~sslsteal_jax.errors.ConfigError` (so a ValueError): the command line
+    prints it as one ``error:`` line (the path or ``expect_model`` given was wrong).
+    """
+
+
+class CheckpointCorruptError(ConfigError):
+    """A checkpoint whose files are missing, truncated or corrupted (orbax / TensorStore
+    could not read them).
+
+    The message names the checkpoint directory and step, the file (when the reader
+    names it; else the item folder and the array that could not be read) and the
+    reader's reason, on one line; the raw TensorStore exception is kept as
+    ``__cause__``. A ConfigError, so the command line prints it as one ``error:`` line.
+    """
+
+
+_TS_LOCAL_FILE = re.compile(r'local file "([^"]+)"')
+_TS_ARRAY = re.compile(r'(?:Error reading|Metadata at) "([^"]+?)(?:/[^"/]*)?" in OCDBT')
+
+
+def _innermost(e: BaseException) -> BaseException:
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e
+
+
+def _is_read_failure(e: BaseException) -> bool:
+    """True for the exceptions orbax / TensorStore raise on unreadable checkpoint files:
+    ValueError (TensorStore status errors), OSError, and orbax's plain ``Exception``
+    wrapper ("Encountered error while reading array index ...")."""
+    return isinstance(e, (ValueError, OSError)) or type(e) is Exception
+
+
+def corrupt_error(directory: str, step, error: BaseException) -> CheckpointCorruptError:
+    """The one-line :class:`CheckpointCorruptError` for a read failure ``error`` of
+    checkpoint ``directory`` at ``step``: names the file TensorStore reports (or the
+    item folder and the array), and the reason without TensorStore's spec dump."""
+    root = _innermost(error)
+    text = " ".join(str(root).split()).split(" [tensorstore_spec=")[0]
+    files = _TS_LOCAL_FILE.findall(text)
+    data_file = next((f for f in reversed(files) if not f.endswith("/")), None)
+    array = _TS_ARRAY.search(text)
+    if data_file:
+        what = f"file {data_file}"
+    elif files:
+        what = (f"array {array.group(1)} in " if array else "") + f"{files[-1].rstrip('/')}"
+    else:
+        m = re.search(r"File (\S+) not found", text)
+        what = f"file {m.group(1)}" if m else f"step folder {os.path.join(directory, str(step))}"
+    reason = text.rsplit('": ', 1)[-1] if files else text
+    if len(reason) > 300:
+        reason = reason[:300] + "..."
+    return CheckpointCorruptError(
+        f"checkpoint {directory} (step {step}) is corrupt or incomplete: cannot read {what} "
+        f"({reason}); a file of it is missing, truncated or damaged: copy the checkpoint "
+        "again from its source or retrain it")
 
 
 ITEMS = ("model", "opt", "meta")
@@ -61,18 +127,36 @@ def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None)
       CheckpointMismatchError: the stored tree does not match the target (e.g.
         a checkpoint of another architecture or width); missing keys are never
         ignored.
+      CheckpointCorruptError: a file of the step is missing, truncated or damaged
+        (names the directory, step and file or array).
     """
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint found in {mngr.directory}")
     abstract = {k: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, v)
                 for k, v in targets.items()}
-    stored = mngr.item_metadata(step)
+    directory = str(mngr.directory)
+    try:
+        stored = mngr.item_metadata(step)
+    except Exception as e:  # noqa: BLE001 - only read failures are re-raised as corrupt
+        if not _is_read_failure(e):
+            raise
+        raise corrupt_error(directory, step, e) from e
     for k, v in abstract.items():
-        _check_structure(stored[k], v, f"{mngr.directory} step {step} item {k!r}")
+        if stored.get(k) is None:
+            raise CheckpointCorruptError(
+                f"checkpoint {directory} (step {step}) is corrupt or incomplete: item {k!r} "
+                f"has no readable metadata (file {os.path.join(directory, str(step), k, '_METADATA')}"
+                " missing or damaged); copy the checkpoint again from its source or retrain it")
+        _check_structure(stored[k], v, f"{directory} step {step} item {k!r}")
     args = {k: ocp.args.StandardRestore(v) for k, v in abstract.items()}
     args["meta"] = ocp.args.JsonRestore()
-    out = mngr.restore(step, args=ocp.args.Composite(**args))
+    try:
+        out = mngr.restore(step, args=ocp.args.Composite(**args))
+    except Exception as e:  # noqa: BLE001 - only read failures are re-raised as corrupt
+        if not _is_read_failure(e):
+            raise
+        raise corrupt_error(directory, step, e) from e
     return {k: out[k] for k in targets}, dict(out["meta"])
 
 
@@ -92,8 +176,21 @@ def _shapes(tree) -> dict:
             for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _names(keys: list[str], n: int = 4) -> str:
+    """``"a, b, c, d, ... (9 in all)"``: the first ``n`` array paths of ``keys``."""
+    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
 def _check_structure(stored, expected, where: str) -> None:
-    """Compare stored array metadata with the expected tree; raise a clear error."""
+    """Compare stored array metadata with the expected tree.
+
+    Raises:
+      CheckpointMismatchError: ``stored`` is None, or arrays are missing, extra or of
+        another shape; the message names them (first four of each kind) and carries
+        them as attributes ``missing``, ``extra`` (lists of ``"params/a/b"`` paths)
+        and ``shape_mismatches`` (``[(path, stored shape, expected shape)]``).
+    """
     if stored is None:
         raise CheckpointMismatchError(f"checkpoint {where} is missing")
     s, e = _shapes(stored), _shapes(expected)
@@ -102,24 +199,37 @@ def _check_structure(stored, expected, where: str) -> None:
     if missing or extra or bad:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} arrays the model needs are absent (first: {missing[0]})")
+            parts.append(f"the model needs arrays the checkpoint does not hold: {_names(missing)}")
         if extra:
-            parts.append(f"{len(extra)} stored arrays the model lacks (first: {extra[0]})")
+            parts.append(f"the checkpoint holds arrays the model does not have: {_names(extra)}")
         if bad:
             k, got, want = bad[0]
-            parts.append(f"{len(bad)} shape mismatches (first: {k} stored {got}, model expects {want})")
-        raise CheckpointMismatchError(
-            f"checkpoint {where} does not fit the requested model: " + "; ".join(parts) +
-            ". Is it a checkpoint of another architecture or width?")
+            parts.append(f"{len(bad)} shape mismatches (first: {k} stored {got}, model "
+                         f"expects {want}); is it a checkpoint of another architecture or width?")
+        err = CheckpointMismatchError(
+            f"checkpoint {where} does not fit the requested model: " + "; ".join(parts))
+        err.missing, err.extra, err.shape_mismatches = missing, extra, bad
+        raise err
 
 
 def read_meta(directory: str, step: int | None = None) -> dict:
-    """Read only the JSON metadata of a checkpoint (config used to build the model)."""
+    """Read only the JSON metadata of a checkpoint (config used to build the model).
+
+    Raises:
+      FileNotFoundError: no checkpoint in ``directory``.
+      CheckpointCorruptError: the step's ``meta`` item is missing or unreadable.
+    """
     mngr = manager(directory)
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint found in {directory}")
-    return dict(mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+    try:
+        out = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    except Exception as e:  # noqa: BLE001 - only read failures are re-raised as corrupt
+        if not _is_read_failure(e):
+            raise
+        raise corrupt_error(os.path.abspath(directory), step, e) from e
+    return dict(out["meta"])
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -161,7 +271,10 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
     Raises:
       FileNotFoundError: no checkpoint in ``ckpt_dir``.
       CheckpointMismatchError: the stored arrays do not fit the (overridden)
-        architecture.
+        architecture; the message names the missing / extra arrays and, for a
+        watermarked victim loaded with ``watermark_classes`` overridden, says so.
+      CheckpointCorruptError: a file of the checkpoint is missing, truncated or
+        damaged (names the directory and the file or array).
     """
     if not os.path.isdir(ckpt_dir):
         raise FileNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
@@ -179,10 +292,26 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
     try:
         items, meta = restore(manager(ckpt_dir), {"model": {
             "params": target["params"], "batch_stats": target["batch_stats"]}}, step)
+    except CheckpointCorruptError:
+        raise
     except CheckpointMismatchError as e:
         stored = {k: meta["config"]["model"].get(k) for k in ("arch", "width", "stem")}
         asked = {k: model_cfg.get(k) for k in ("arch", "width", "stem")}
-        raise CheckpointMismatchError(
-            f"the checkpoint holds a {kind} model with {stored}, but {asked} was requested. "
-            f"{e}") from None
+        extra, missing = getattr(e, "extra", []), getattr(e, "missing", [])
+        if stored != asked:
+            hint = (f"; the checkpoint holds a {kind} model with {stored}, but {asked} was "
+                    "requested (another architecture or width)")
+        elif any("/watermark/" in k for k in extra):
+            hint = ("; it is a watermarked victim (watermark_classes="
+                    f"{meta['config']['model'].get('watermark_classes')}): load it without "
+                    "overriding watermark_classes")
+        elif any("/watermark/" in k for k in missing):
+            hint = "; it is not a watermarked victim: load it without watermark_classes"
+        else:
+            hint = (f"; stored model config {meta['config']['model']}, overrides "
+                    f"{model_override}")
+        err = CheckpointMismatchError(f"{e}{hint}")
+        err.missing, err.extra = missing, extra
+        err.shape_mismatches = getattr(e, "shape_mismatches", [])
+        raise err from None
     return LoadedModel(kind, module, items["model"], meta, image_shape)
