@@ -296,7 +296,15 @@ def main(argv):
             dog.start()
         run(_CONFIG.value, _WORKDIR.value)
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
-        _fail(str(e))
+        if dog is not None:
+            dog.stop()
+        # Exit at once: user errors come before any work, and a normal interpreter exit
+        # lets abandoned orbax read coroutines (e.g. of a corrupt checkpoint) print
+        # "Event loop is closed" tracebacks after the one-line message.
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
     except KeyboardInterrupt:
         print("stopped; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)

@@ -51,6 +51,7 @@ def api(victim):
     return VictimAPI(model, variables, SHAPE, batch_size=16)
 
 
+@pytest.mark.slow
 def test_output_dims(victim, api, images):
     model, variables = victim
     proj = VictimAPI(model, variables, SHAPE, output="projection")
@@ -142,6 +143,7 @@ def test_invalid_queries_rejected(api, bad, pattern):
     assert api.queries_used(user) == before  # nothing charged
 
 
+@pytest.mark.slow
 def test_answers_independent_of_batch_composition(victim, images):
     """BatchNorm runs in inference mode: one image's answer does not depend on
     which other images share its batch, nor on the API's internal batch size."""

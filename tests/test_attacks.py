@@ -82,6 +82,7 @@ def test_query_pool_labels_parse_and_errors():
 
 # ---- augmented views and charging ------------------------------------------------------
 
+@pytest.mark.slow
 def test_augmented_views_deterministic_and_chunk_independent(images):
     key = jax.random.key(3)
     a = augmented_views(images[:10], 2, key, chunk=4)
@@ -94,6 +95,7 @@ def test_augmented_views_deterministic_and_chunk_independent(images):
     np.testing.assert_array_equal(ident, np.repeat(images[:3], 2, axis=0))
 
 
+@pytest.mark.slow
 def test_collect_view_answers_charges_each_view_once(victim, images):
     model, variables = victim
     api = VictimAPI(model, variables, SHAPE, batch_size=16)
@@ -123,6 +125,7 @@ def _loss_at(step_fn, state, *arrays):
     return float(jax.jit(step_fn)(state, *arrays, jax.random.key(7))[1]["loss"])
 
 
+@pytest.mark.slow
 def test_stolenencoder_views_with_identity_augmentation(images):
     """With identity 'augmentations' each view equals the clean image, so the
     StolenEncoder loss is exactly (1 + view_weight) x the direct loss."""
@@ -139,6 +142,7 @@ def test_stolenencoder_views_with_identity_augmentation(images):
     assert direct == pytest.approx(float(losses.cosine_loss(o, v)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_symmetrized_step_uses_predictor_and_cross_view_answers(images):
     model = SurrogateModel(build_encoder("resnet10", 2), 8, predictor_hidden=4)
     state = _state(model)
@@ -159,6 +163,7 @@ def test_symmetrized_step_uses_predictor_and_cross_view_answers(images):
     assert single == pytest.approx(float(losses.symmetrized_loss(p[:6], p[6:], v1, v1)), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_target_head_and_supcon_labels_in_step(images):
     model = SurrogateModel(build_encoder("resnet10", 2), 8)
     state = _state(model)
@@ -177,6 +182,7 @@ def test_target_head_and_supcon_labels_in_step(images):
 
 # ---- head recreation ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_fit_projection_head_learns_to_match_pairs():
     rng = np.random.default_rng(5)
     base = rng.normal(size=(256, 16)).astype(np.float32)
@@ -197,6 +203,7 @@ def test_fit_projection_head_learns_to_match_pairs():
 
 # ---- provider's classifier API -------------------------------------------------------------
 
+@pytest.mark.slow
 def test_classifier_api_labels_probabilities_and_charges(victim, images):
     model, variables = victim
     labels = np.arange(len(images)) % 3

@@ -52,6 +52,7 @@ def _standardized_cosine(s, v):
     return cosine_fidelity(z(s), z(v))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", losses.ALL_LOSSES)
 def test_every_loss_steals_real_victim(stolen_data, loss):
     x, v, labels, held_out, v_held = stolen_data
@@ -93,6 +94,7 @@ def _load_quickstart(arg):
     return cfg
 
 
+@pytest.mark.slow
 def test_every_query_charged_exactly_once(tmp_path, monkeypatch):
     """All six strategies in one run (training and evaluation stubbed out): the
     queries in results.json equal the images attacker accounts sent to the API."""
@@ -134,6 +136,7 @@ def test_every_query_charged_exactly_once(tmp_path, monkeypatch):
     assert all(q["from_cache"] for q in res2["query_sets"].values())
 
 
+@pytest.mark.slow
 def test_tiny_real_run_head_recreation_and_probabilities(tmp_path):
     cfg = _load_quickstart("losses=symmetrized,budget=200,epochs=1,"
                            "strategies=head_recreation+probabilities")

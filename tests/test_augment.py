@@ -29,6 +29,7 @@ def _images(c, b=3, seed=0):
 _FULL = AugmentConfig(blur_p=0.5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 3])
 def test_augment_batch_shape_dtype_range(c):
     x = _images(c)
@@ -168,6 +169,7 @@ def test_gaussian_blur_in_pipeline_probability_one():
     assert out[0, H // 2, W // 2, 0] < 1.0 and out[0, H // 2 + 1, W // 2, 0] > 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 3])
 def test_augment_works_under_jit(c):
     x = _images(c)

@@ -47,6 +47,7 @@ def scan(tiny_victim, tmp_path_factory):
     return wd, budget_scan.run(scan_config(tiny_victim), wd)
 
 
+@pytest.mark.slow
 def test_scan_files_accounting_and_fresh_cells(scan):
     wd, res = scan
     for f in ("results.json", "results.csv", "scan_fashion_mnist.png", "answers_fashion_mnist.npz"):
@@ -75,6 +76,7 @@ def test_infonce_improves_with_budget(scan):
     assert fid[-1] > res["reference"]["independent"]["cosine_fidelity"] + 0.1
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells_and_never_requeries(scan, tiny_victim, monkeypatch):
     wd, res = scan
     os.remove(os.path.join(wd, "results.json"))
@@ -174,6 +176,7 @@ def _group_dir(wd):
     return os.path.join(wd, "cells", d)
 
 
+@pytest.mark.slow
 def test_stacked_cell_equals_the_cell_trained_alone(scan, stacked_scan):
     wd_seq, seq = scan
     wd, res = stacked_scan
@@ -201,6 +204,7 @@ def test_stacked_cell_equals_the_cell_trained_alone(scan, stacked_scan):
     assert cells[0]["cosine_fidelity"] != cells[1]["cosine_fidelity"]
 
 
+@pytest.mark.slow
 def test_stacked_group_resumes_and_finished_cells_are_skipped(stacked_scan, tiny_victim,
                                                               monkeypatch):
     wd, res = stacked_scan

@@ -75,6 +75,7 @@ def run_a(tmp_path_factory, images):
     return wd, jax.device_get(variables), summary
 
 
+@pytest.mark.slow
 def test_uninterrupted_run_writes_checkpoint_and_log(run_a):
     wd, variables, summary = run_a
     assert summary["steps"] == TOTAL and np.isfinite(summary["final_loss"])
@@ -105,6 +106,7 @@ def test_load_model_missing_dir(tmp_path):
         load_model(str(tmp_path / "empty"))
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_same_result(run_a, images, tmp_path, monkeypatch, capsys):
     _, want, _ = run_a
     wd = str(tmp_path / "run_b")
@@ -151,6 +153,7 @@ def test_prepare_workdir(tmp_path, monkeypatch):
         assert json.load(f) == {"old": 1}
 
 
+@pytest.mark.slow
 def test_hard_kill_loses_little_and_log_has_no_duplicates(run_a, images, tmp_path, monkeypatch):
     """A crash that skips the Ctrl-C save (e.g. an XLA abort) loses at most
     ``checkpoint_seconds`` of work, and the rerun drops log lines written after
@@ -199,6 +202,7 @@ def test_hard_kill_loses_little_and_log_has_no_duplicates(run_a, images, tmp_pat
 
 # ---- final metrics after a resume (the checkpoint's metrics window) --------------------
 
+@pytest.mark.slow
 def test_resume_reports_the_uninterrupted_final_loss(run_a, images, tmp_path, monkeypatch,
                                                      capsys):
     """``final_loss`` (results.json's ``final_loss``) is the mean over the last log
@@ -271,6 +275,7 @@ def _tiny_run(ckpt_dir, log_path, members=0, **kw):
                              progress=False, members=members, checkpoint_seconds=0, **kw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("members", [0, 2])
 @pytest.mark.parametrize("kill", ["crash_14", "ctrl_c_10", "finished"])
 def test_loop_final_metrics_survive_resume(tmp_path, monkeypatch, members, kill):

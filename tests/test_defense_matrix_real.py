@@ -69,6 +69,7 @@ def matrix(tmp_path_factory):
     return cfg, workdir, results, replaced
 
 
+@pytest.mark.slow
 def test_real_values(matrix):
     cfg, workdir, results, _ = matrix
     cells = {r["cell"]: r for r in results["cells"]}
@@ -106,6 +107,7 @@ def test_outputs_atomic_and_complete(matrix):
     assert float(rows[0]["legit_accuracy"]) == pytest.approx(results["cells"][0]["legit_accuracy"])
 
 
+@pytest.mark.slow
 def test_resume_skips_finished_cells(matrix, monkeypatch):
     cfg, workdir, results, _ = matrix
     cells_path = os.path.join(workdir, "cells.json")

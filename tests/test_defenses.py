@@ -99,6 +99,7 @@ def test_chain_composes_with_split_keys():
 
 # Links that squash their input (quantize, similarity garbage, binary) come first or alone,
 # so a non-finite value produced by any link would reach the output.
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", [
     "quantize:levels=65536+quantize:bits=1+similarity:threshold=0,garbage_scale=1e6"
     "+gaussian:scale=1e6+laplace:scale=1e6,mean=-1e3+round:decimals=8+round:decimals=-3+topk:k=1",
@@ -135,6 +136,7 @@ def images():
     return np.random.default_rng(1).integers(0, 256, (12, *SHAPE), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_api_without_defenses_unchanged(victim, images):
     model, variables = victim
     plain = VictimAPI(model, variables, SHAPE)
@@ -163,6 +165,7 @@ def test_api_defended_answers_reproducible_per_user_and_call(victim, images):
     assert a1.queries_used("u") == 24
 
 
+@pytest.mark.slow
 def test_api_output_dim_follows_chain(victim, images):
     model, variables = victim
     api = VictimAPI(model, variables, SHAPE, defenses="b4b:transform=pad_shuffle,pad=5",
@@ -192,6 +195,7 @@ def _matrix_specs():
     return sorted(specs | set(mod.get_config().b4b_measure.specs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", _matrix_specs())
 def test_no_nan_or_inf_for_every_matrix_setting(spec):
     # Answers like the shipped victim's: D = 128, post-ReLU (>= 0), a few large coordinates.

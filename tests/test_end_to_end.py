@@ -53,6 +53,7 @@ def finished(tmp_path_factory):
     return wd, results
 
 
+@pytest.mark.slow
 def test_end_to_end_steal(finished):
     wd, results = finished
     for f in ("results.json", "results.csv", "results.png", "query_cache.npz"):

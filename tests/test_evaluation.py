@@ -25,6 +25,7 @@ def test_fidelity_rejects_shape_mismatch():
         fidelity.cosine_fidelity(np.ones((3, 2)), np.ones((3, 4)))
 
 
+@pytest.mark.slow
 def test_linear_probe_separable_and_chance():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 16)) * 5
@@ -73,6 +74,7 @@ def test_extract_features_batches_match_single_call():
     np.testing.assert_allclose(raw_pixels(imgs), imgs.reshape(25, -1) / 255.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_selected_probe_picks_setting_on_validation():
     from sslsteal_jax.evaluation.probe import selected_linear_probe
     rng = np.random.default_rng(1)

@@ -171,6 +171,7 @@ def test_temperature_effect_aligned_pairs():
                                _ref_nt_xent(a.tolist(), b.tolist(), 0.3), rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_nt_xent_gradient_finite():
     rng = np.random.default_rng(6)
     a = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
@@ -310,6 +311,7 @@ def test_wasserstein_scale_invariant_and_clips_negatives():
 # stop-gradient and dispatch
 # ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mse", "infonce", "softnn", "wasserstein"])
 def test_stealing_losses_no_gradient_wrt_v(name):
     rng = np.random.default_rng(12)
@@ -392,6 +394,7 @@ def _registry_kwargs(spec, s, v):
     return kw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(losses_mod.LOSSES))
 def test_registry_fn_runs_on_tiny_batch(name):
     spec = losses_mod.LOSSES[name]

@@ -101,6 +101,7 @@ def test_probability_cross_entropy_and_softce_default():
         -(0.8 * math.log(0.1) + 0.2 * math.log(0.9)), rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", losses.ALL_LOSSES)
 def test_every_loss_no_gradient_wrt_answers(name):
     rng = np.random.default_rng(3)

@@ -37,6 +37,7 @@ def test_configs_listed_exist():
     assert "configs/quickstart.py" in CONFIGS and "configs/common.py" not in CONFIGS
 
 
+@pytest.mark.slow
 def test_unknown_loss(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py:losses=bogus", f"--workdir={tmp_path / 'w'}")
     _assert_one_error_line(
@@ -90,6 +91,7 @@ def test_unknown_config_field(tmp_path):
     assert rc == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how,expected", [
     ("argument", "error: --config=configs/quickstart.py:budget=-5: config argument "
                  "budget='-5' must be >= 1"),
@@ -111,6 +113,7 @@ def test_negative_budget_fails_before_data_loading(tmp_path):
                            "pool size)")
 
 
+@pytest.mark.slow
 def test_budget_above_pool(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py", "--config.budget=5001",
                       f"--workdir={tmp_path / 'w'}")
@@ -119,6 +122,7 @@ def test_budget_above_pool(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_unknown_split(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py", "--config.query_dataset=fashion_mnist:tset",
                       f"--workdir={tmp_path / 'w'}")
@@ -155,6 +159,7 @@ def test_unknown_dtype(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,expected", [
     ("--config.budgets=250,x", "error: budgets='250,x' must be a comma-separated list of "
                                "integers"),
@@ -167,6 +172,7 @@ def test_budget_scan_bad_settings(tmp_path, override, expected):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,expected", [
     ("--config.budget=0", "error: budget 0 must be >= 1 (and at most the query pool size)"),
     ("--config.legit.test_size=0", "error: legit.test_size=0 must be in [1, budget=2000): the "
@@ -180,6 +186,7 @@ def test_defense_matrix_bad_settings(tmp_path, override, expected):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("field,name,hint", [("dataset", "fashion_mnst", "fashion_mnist"),
                                              ("query_dataset", "no_such_set", None)])
 def test_unknown_dataset(tmp_path, field, name, hint):
@@ -281,6 +288,7 @@ def test_bad_environment_variable_is_a_usage_error(tmp_path, var, value, more):
     assert rc == 1 and out == "" and not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_finished_workdir_refused_in_one_line(tmp_path):
     wd = tmp_path / "w"
     wd.mkdir()

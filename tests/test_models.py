@@ -51,6 +51,7 @@ def test_architecture_table():
     assert {"resnet10", "resnet18", "resnet34", "resnet50"} <= set(ARCHITECTURES)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet10", "resnet18", "resnet34", "resnet50"])
 def test_build_encoder_representation_dim(arch):
     enc = build_encoder(arch, width=WIDTH)
@@ -64,6 +65,7 @@ def test_build_encoder_representation_dim(arch):
     assert np.all(np.isfinite(np.asarray(h)))
 
 
+@pytest.mark.slow
 def test_init_encoder_concrete():
     enc = build_encoder("resnet10", width=WIDTH)
     # jitted: one compile instead of many op-by-op ones

@@ -94,6 +94,7 @@ def test_sgd_follows_cosine_schedule():
     np.testing.assert_allclose(_updates(opt, 1)[0], -0.1, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_optimizers_on_pytree_reduce_quadratic(name):
     params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(3.0)}

@@ -53,6 +53,7 @@ def _data(rng, n_train=600, n_test=200, classes=4):
                           query_pool=None, victim_train=None, names={})
 
 
+@pytest.mark.slow
 def test_evaluate_features_concurrent_equals_sequential(monkeypatch):
     rng = np.random.default_rng(3)
     data = _data(rng)
@@ -68,6 +69,7 @@ def test_evaluate_features_concurrent_equals_sequential(monkeypatch):
     assert 60.0 < seq["probe_full"] <= 100.0 and 25.0 < seq["knn"] <= 100.0
 
 
+@pytest.mark.slow
 def test_default_inference_batch_and_multi_output_apply():
     mesh8 = mesh_lib.data_mesh()
     assert default_batch_size(mesh8) == 128  # CPU: 128 images per call, a multiple of 8 devices

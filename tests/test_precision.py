@@ -35,6 +35,7 @@ def _train(dtype, steps=3):
     return model, v, st, np.array(out)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_float32_params_and_optimizer_state_and_tracks_fp32_loss():
     m32, v32, st32, l32 = _train("float32")
     m16, v16, st16, l16 = _train("bfloat16")

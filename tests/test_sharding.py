@@ -67,6 +67,7 @@ def _images(seed=0, n=B):
     return np.random.default_rng(seed).integers(0, 256, (n, HW, HW, 1), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_simclr_step_sharded_equals_single_device():
     devs = _devices()
     model = SimCLRModel(build_encoder("resnet10", 4), 16, 8)
@@ -79,6 +80,7 @@ def test_simclr_step_sharded_equals_single_device():
     _assert_same(st1, st8, l1, l8)
 
 
+@pytest.mark.slow
 def test_infonce_steal_step_sharded_equals_single_device_with_global_negatives():
     devs = _devices()
     model = SurrogateModel(build_encoder("resnet10", 4), 12)
@@ -138,6 +140,7 @@ def test_shard_batch_places_contiguous_rows_per_device():
     assert stacked.sharding.spec == jax.sharding.PartitionSpec(None, "data")
 
 
+@pytest.mark.slow
 def test_sharded_feature_extraction_equals_single_device():
     devs = _devices()
     enc = build_encoder("resnet10", 4)
@@ -151,6 +154,7 @@ def test_sharded_feature_extraction_equals_single_device():
     np.testing.assert_allclose(eight, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_vmapped_steal_step_equals_sequential_members():
     """Both stacked modes (jax.vmap; "unroll" = mode "auto" on CPU) give each
     member exactly its own sequential step, batch axis split over 8 devices."""

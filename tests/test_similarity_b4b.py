@@ -92,6 +92,7 @@ def test_noise_scale_formula_values():
     assert float(b4b.noise_scale(jnp.array(100.0), lam, alpha, 1.0, 50.0)) == pytest.approx(50.0)
 
 
+@pytest.mark.slow
 def test_b4b_noise_follows_coverage():
     d = 16
     params = {"tables": 2, "bits": 1, "lam": 1e-6, "alpha": 0.5, "beta": 100.0, "max_scale": 1e4,
@@ -107,6 +108,7 @@ def test_b4b_noise_follows_coverage():
     assert float(new["coverage"]) == 100.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["affine", "pad_shuffle"])
 def test_transforms_invertible_and_consistent_per_user(kind):
     x = jax.random.uniform(jax.random.key(0), (50, 8))
@@ -135,6 +137,7 @@ def test_binary_transform_hamming_estimates_angle():
         transforms.invert_transform("binary", y, s, 8)
 
 
+@pytest.mark.slow
 def test_b4b_centring_uses_reference_mean_and_fills_more_buckets():
     # Non-negative answers (post-ReLU): uncentred SimHash sees one orthant only.
     rng = np.random.default_rng(0)

@@ -101,6 +101,7 @@ def test_watermark_exact_encoder_is_flagged_constant_is_not():
     assert r["p_value"] > 0.5
 
 
+@pytest.mark.slow
 def test_watermark_linear_map_for_other_sizes():
     x, y = rotation_task(marked_images(4), 4)
     wide = Suspect("wide", "independent", CornerEncoder(wide=True), {}, 0)
@@ -136,6 +137,7 @@ def _clusters(key, n, centers, scale):
     return np.asarray(centers[idx] + scale * jax.random.normal(k2, (n, centers.shape[1])))
 
 
+@pytest.mark.slow
 def test_dataset_inference_direction():
     kc, kf, kp, kq, kg = jax.random.split(jax.random.key(1), 5)
     centers = jax.random.normal(kc, (3, 8))
@@ -158,6 +160,7 @@ def test_dataset_inference_direction():
     assert dataset_inference(fit, public, private, kg, n_components=3)["p_value"] > 0.999
 
 
+@pytest.mark.slow
 def test_gmm_deterministic_given_key_and_errors():
     x = l2_normalize(_clusters(jax.random.key(2), 300, jax.random.normal(jax.random.key(3), (4, 6)), 0.2))
     a, b = fit_gmm(x, jax.random.key(5), 4), fit_gmm(x, jax.random.key(5), 4)

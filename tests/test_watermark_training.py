@@ -46,6 +46,7 @@ def trained(tmp_path_factory):
     return wd, cfg, model, variables, summary
 
 
+@pytest.mark.slow
 def test_joint_training_updates_encoder_and_watermark_mlp(trained):
     wd, cfg, model, variables, summary = trained
     assert isinstance(model, WatermarkedSimCLR) and summary["steps"] == 2
@@ -60,6 +61,7 @@ def test_joint_training_updates_encoder_and_watermark_mlp(trained):
                                             rel=1e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_and_api(trained):
     wd, _, model, variables, _ = trained
     loaded = load_model(os.path.join(wd, "checkpoints"))
@@ -84,6 +86,7 @@ def test_warm_start_merge_rejects_other_models():
         watermark_slices(70, 64, 16)
 
 
+@pytest.mark.slow
 def test_verify_experiment_end_to_end(trained, tmp_path):
     wd, *_ = trained
     cfg = verify_config.get_config("budgets=,simclr_epochs=0,seeds=2")
