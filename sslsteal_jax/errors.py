@@ -14,3 +14,17 @@ class ConfigError(ValueError):
     between 1 and the query pool size 5000 (...)``. A subclass of ValueError, so callers
     that catch ValueError (library use, tests) keep working.
     """
+
+
+def root_cause(e: BaseException) -> BaseException:
+    """The innermost exception of ``e``'s ``__cause__`` / ``__context__`` chain (``e``
+    itself when it has none); stops on a cycle. Used to report what really failed
+    under wrapper exceptions (ml_collections config loading, orbax / TensorStore)."""
+    seen = set()
+    while id(e) not in seen:
+        seen.add(id(e))
+        nxt = e.__cause__ or e.__context__
+        if nxt is None:
+            break
+        e = nxt
+    return e

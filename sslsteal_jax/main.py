@@ -27,7 +27,7 @@ import textwrap
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.errors import ConfigError, root_cause
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, CONFIG.py[:ARG=VALUE,...] (--help lists the files "
@@ -173,18 +173,6 @@ def check_config_path(value: str) -> None:
     raise ConfigError(f"{problem}{hint}; available configs: {listing}")
 
 
-def _root_cause(e: BaseException) -> BaseException:
-    """The innermost exception of ``e``'s __cause__/__context__ chain."""
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        nxt = e.__cause__ or e.__context__
-        if nxt is None:
-            break
-        e = nxt
-    return e
-
-
 def parse_flags(argv):
     """absl ``flags_parser``: help, config-path checks and flag errors as one line.
 
@@ -221,7 +209,7 @@ def parse_flags(argv):
         _fail(f"--{bad[0]}: {value} has no field {bad[0].split('.', 1)[1]!r}; list its fields "
               f"with {_PROG} --config={value} --show_config")
     except flags.Error as e:
-        root = _root_cause(e)
+        root = root_cause(e)
         if root is not e and isinstance(root, ValueError) and str(e).startswith("flag --config="):
             # get_config(...) rejected its arguments (ml_collections wraps the error with a
             # traceback; the original ValueError has the message).

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.errors import ConfigError, root_cause
 from sslsteal_jax.models import build_model
 
 
@@ -47,17 +47,6 @@ _TS_LOCAL_FILE = re.compile(r'local file "([^"]+)"')
 _TS_ARRAY = re.compile(r'(?:Error reading|Metadata at) "([^"]+?)(?:/[^"/]*)?" in OCDBT')
 
 
-def _innermost(e: BaseException) -> BaseException:
-    seen = set()
-    while id(e) not in seen:
-        seen.add(id(e))
-        nxt = e.__cause__ or e.__context__
-        if nxt is None:
-            break
-        e = nxt
-    return e
-
-
 def _is_read_failure(e: BaseException) -> bool:
     """True for the exceptions orbax / TensorStore raise on unreadable checkpoint files:
     ValueError (TensorStore status errors), OSError, and orbax's plain ``Exception``
@@ -69,7 +58,7 @@ def corrupt_error(directory: str, step, error: BaseException) -> CheckpointCorru
     """The one-line :class:`CheckpointCorruptError` for a read failure ``error`` of
     checkpoint ``directory`` at ``step``: names the file TensorStore reports (or the
     item folder and the array), and the reason without TensorStore's spec dump."""
-    root = _innermost(error)
+    root = root_cause(error)
     text = " ".join(str(root).split()).split(" [tensorstore_spec=")[0]
     files = _TS_LOCAL_FILE.findall(text)
     data_file = next((f for f in reversed(files) if not f.endswith("/")), None)
