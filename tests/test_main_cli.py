@@ -298,3 +298,25 @@ def test_finished_workdir_refused_in_one_line(tmp_path):
                            "finished run; choose a new --workdir or pass "
                            "--config.overwrite=True (the old results are kept as "
                            "results.<time>.json)")
+
+
+def test_misspelt_victim_checkpoint_is_an_error_not_hours_of_training(tmp_path):
+    """A named victim checkpoint that does not exist must not silently start training a
+    new victim (quickstart's train_if_missing only applies when no checkpoint is named)."""
+    rc, _, err = _run("--config=configs/quickstart.py", "--config.victim.checkpoint=/nonexistent",
+                      f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, "error: victim checkpoint '/nonexistent' not found "
+                           "(/nonexistent); fix the path, or train a victim into <workdir>/victim "
+                           "with configs/quickstart.py:victim=scratch")
+    assert not os.path.exists(tmp_path / "w" / "victim")
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--config=configs/quickstart.py", "--config.api_output=bogus"],
+     "error: unknown API output 'bogus'; allowed: ['representation', 'projection']"),
+    (["--config=configs/verify.py:victim=/nonexistent/ckpt"],
+     "error: checkpoint directory '/nonexistent/ckpt' does not exist"),
+])
+def test_more_user_mistakes_are_one_line(tmp_path, args, expected):
+    rc, _, err = _run(*args, f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, expected)

@@ -87,7 +87,7 @@ class VictimAPI:
                  default_budget: int | None = None, batch_size: int | None = None, defenses=None,
                  seed: int = 0, defense_reference=None):
         if output not in OUTPUTS:
-            raise ValueError(f"unknown API output {output!r}; allowed: {list(OUTPUTS)}")
+            raise ConfigError(f"unknown API output {output!r}; allowed: {list(OUTPUTS)}")
         self._variables = variables
         self.image_shape = tuple(image_shape)
         self.output = output

@@ -72,8 +72,9 @@ def get_victim(cfg, workdir: str, data):
 
     Returns ``(model, variables, source)``.
     Raises:
-      ConfigError (a ValueError): checkpoint missing and ``cfg.victim.train_if_missing``
-        False, or a checkpoint that is not a SimCLR victim.
+      ConfigError (a ValueError): a named checkpoint that does not exist (without
+        ``victim.train_from_scratch``), no checkpoint named and
+        ``cfg.victim.train_if_missing`` False, or a checkpoint that is not a SimCLR victim.
     """
     path = common.resolve_path(cfg.victim.checkpoint)
     if path and os.path.isdir(path) and not cfg.victim.train_from_scratch:
@@ -82,6 +83,12 @@ def get_victim(cfg, workdir: str, data):
             raise ConfigError(f"victim checkpoint {path} is a {loaded.kind!r} checkpoint, "
                               "expected 'simclr'")
         return loaded.module, loaded.variables, path
+    if path and not cfg.victim.train_from_scratch:
+        # a named checkpoint that is not there is a typo, never a reason to spend hours
+        # training a new victim (train_if_missing applies when no checkpoint is named)
+        raise ConfigError(f"victim checkpoint {cfg.victim.checkpoint!r} not found ({path}); fix "
+                          "the path, or train a victim into <workdir>/victim with "
+                          "configs/quickstart.py:victim=scratch")
     if not (cfg.victim.train_from_scratch or cfg.victim.train_if_missing):
         raise ConfigError(f"victim checkpoint {cfg.victim.checkpoint!r} not found and "
                           f"victim.train_if_missing is False")

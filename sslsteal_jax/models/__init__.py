@@ -41,7 +41,7 @@ def build_encoder(arch: str, width: int = 64, stem: str = "cifar",
       ValueError: unknown ``arch``/``stem``/``dtype`` or non-positive ``width``.
     """
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; allowed: {sorted(ARCHITECTURES)}")
+        raise ConfigError(f"unknown architecture {arch!r}; allowed: {sorted(ARCHITECTURES)}")
     if stem not in ("cifar", "imagenet"):
         raise ValueError(f"unknown stem {stem!r}; allowed: 'cifar', 'imagenet'")
     if int(width) <= 0:

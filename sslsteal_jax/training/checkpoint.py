@@ -22,6 +22,11 @@ from sslsteal_jax.errors import ConfigError, root_cause
 from sslsteal_jax.models import build_model
 
 
+class CheckpointNotFoundError(ConfigError, FileNotFoundError):
+    """No checkpoint at the given path (a user mistake: one CLI line; still a
+    FileNotFoundError for callers that catch that)."""
+
+
 class CheckpointMismatchError(ConfigError):
     """A checkpoint's structure (architecture) differs from the expected model.
 
@@ -121,7 +126,7 @@ def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None)
     """
     step = mngr.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {mngr.directory}")
+        raise CheckpointNotFoundError(f"no checkpoint found in {mngr.directory}")
     abstract = {k: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, v)
                 for k, v in targets.items()}
     directory = str(mngr.directory)
@@ -211,7 +216,7 @@ def read_meta(directory: str, step: int | None = None) -> dict:
     mngr = manager(directory)
     step = mngr.latest_step() if step is None else step
     if step is None:
-        raise FileNotFoundError(f"no checkpoint found in {directory}")
+        raise CheckpointNotFoundError(f"no checkpoint found in {directory}")
     try:
         out = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - only read failures are re-raised as corrupt
@@ -266,7 +271,7 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
         damaged (names the directory and the file or array).
     """
     if not os.path.isdir(ckpt_dir):
-        raise FileNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
+        raise CheckpointNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
     meta = read_meta(ckpt_dir, step)
     kind = meta.get("kind")
     model_cfg = dict(meta["config"]["model"])

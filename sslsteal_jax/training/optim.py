@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import optax
 
+from sslsteal_jax.errors import ConfigError
+
 
 def make_optimizer(name: str, learning_rate: float, weight_decay: float, total_steps: int,
                    warmup_steps: int = 0, schedule: str = "cosine"):
@@ -25,7 +27,7 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float, total_s
       ValueError: unknown ``name``/``schedule`` or inconsistent step counts.
     """
     if total_steps <= 0:
-        raise ValueError(f"total_steps must be > 0, got {total_steps}")
+        raise ConfigError(f"total_steps must be > 0, got {total_steps} (epochs too small for the data and batch size?)")
     if not 0 <= warmup_steps < total_steps:
         raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps})")
     if schedule == "cosine":
