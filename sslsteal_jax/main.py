@@ -56,9 +56,19 @@ _HELP_ARGS = re.compile(r"^--?(help|helpshort|helpfull)$|^-[h?]$")
 _CONFIG_ARG = re.compile(r"^--?config(=|$)")
 
 
-def _fail(message: str, status: int = 1):
-    """Print ``error: <message>`` as ONE line on stderr and exit with ``status``."""
+def _fail(message: str, status: int = 1, immediate: bool = False):
+    """Print ``error: <message>`` as ONE line on stderr and exit with ``status``.
+
+    ``immediate``: leave through ``os._exit`` (after flushing): a user error
+    raised during a run comes before any work, and a normal interpreter exit lets
+    abandoned orbax read coroutines (e.g. of a corrupt checkpoint) print "Event
+    loop is closed" tracebacks after the one line.
+    """
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    if immediate:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
     sys.exit(status)
 
 
@@ -286,13 +296,7 @@ def main(argv):
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
         if dog is not None:
             dog.stop()
-        # Exit at once: user errors come before any work, and a normal interpreter exit
-        # lets abandoned orbax read coroutines (e.g. of a corrupt checkpoint) print
-        # "Event loop is closed" tracebacks after the one-line message.
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(1)
+        _fail(str(e), immediate=True)
     except KeyboardInterrupt:
         print("stopped; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)

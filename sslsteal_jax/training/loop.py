@@ -12,7 +12,6 @@ so the final metrics of a resumed run equal an uninterrupted run's.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -225,39 +224,37 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
                mininterval=2.0, leave=False)
     # Multi-device steps hold the collective guard for the whole run (training.mesh,
     # concurrency rule): no other thread's sharded program can interleave with them.
-    guard = mesh_lib.COLLECTIVES.hold() if mesh_lib.num_devices(mesh) > 1 else contextlib.nullcontext()
-    guard.__enter__()
-    try:
-        while step < total_steps:
-            batch = mesh_lib.shard_batch(host_batch(step), mesh, leading_axes=int(k > 0))
-            state, m = jstep(state, *batch, fold_in(key, step))
-            acc.append(m)  # right after the step: the window always matches the state
-            step += 1
-            watchdog.progress(desc)
-            if step % log_every == 0 or step == total_steps:
-                final = host_metrics(acc)
-                acc, logged_at = [], step
-                log_line(step)
-                bar.set_postfix({name: f"{np.mean(v):.4f}" for name, v in final.items()})
-            bar.update(1)
-            due = step % checkpoint_every == 0 or (
-                checkpoint_seconds and time.time() - last_save >= checkpoint_seconds)
-            if mngr is not None and due and step < total_steps:
-                save(step)
-                last_save = time.time()
-        if mngr is not None and (mngr.latest_step() or -1) < total_steps:
-            save(total_steps)
-    except (KeyboardInterrupt, _Preempted):
-        bar.close()
-        save(_step_of(state))
-        print(f"{desc}: interrupted, checkpoint saved at step {_step_of(state)}; rerun to resume")
-        raise KeyboardInterrupt
-    finally:
-        _wait_quietly(state)  # nothing of ours still runs on a device when the guard is let go
-        guard.__exit__(None, None, None)
-        if old is not None:
-            signal.signal(signal.SIGTERM, old)
-        bar.close()
+    with mesh_lib.collective_section(mesh):
+        try:
+            while step < total_steps:
+                batch = mesh_lib.shard_batch(host_batch(step), mesh, leading_axes=int(k > 0))
+                state, m = jstep(state, *batch, fold_in(key, step))
+                acc.append(m)  # right after the step: the window always matches the state
+                step += 1
+                watchdog.progress(desc)
+                if step % log_every == 0 or step == total_steps:
+                    final = host_metrics(acc)
+                    acc, logged_at = [], step
+                    log_line(step)
+                    bar.set_postfix({name: f"{np.mean(v):.4f}" for name, v in final.items()})
+                bar.update(1)
+                due = step % checkpoint_every == 0 or (
+                    checkpoint_seconds and time.time() - last_save >= checkpoint_seconds)
+                if mngr is not None and due and step < total_steps:
+                    save(step)
+                    last_save = time.time()
+            if mngr is not None and (mngr.latest_step() or -1) < total_steps:
+                save(total_steps)
+        except (KeyboardInterrupt, _Preempted):
+            bar.close()
+            save(_step_of(state))
+            print(f"{desc}: interrupted, checkpoint saved at step {_step_of(state)}; rerun to resume")
+            raise KeyboardInterrupt
+        finally:
+            _wait_quietly(state)  # nothing of ours still runs on a device when the guard is let go
+            if old is not None:
+                signal.signal(signal.SIGTERM, old)
+            bar.close()
     wall = time.time() - t0
     return state, {"steps": total_steps, "wall_seconds": wall, "resumed_from": resumed_from,
                    "examples_per_second": batch_size * max(k, 1) * (total_steps - resumed_from)

@@ -101,6 +101,13 @@ class CollectiveGuard:
 COLLECTIVES = CollectiveGuard()
 
 
+def collective_section(mesh: Mesh):
+    """Context manager holding :data:`COLLECTIVES` for a sequence of calls on ``mesh``
+    (nothing on a one-device mesh: no collectives). The holder blocks on its last
+    outputs before the block ends (see :meth:`CollectiveGuard.hold`)."""
+    return COLLECTIVES.hold() if num_devices(mesh) > 1 else contextlib.nullcontext()
+
+
 def run_collective(fn: Callable, *args, mesh: Mesh | None = None, **kwargs):
     """Call a compiled program: under :data:`COLLECTIVES` when it spans several devices.
 
