@@ -5,7 +5,7 @@
 Each run is a fresh process set up like ``python -m sslsteal_jax.main`` (one
 XLA CPU device per core, the CLI's collective timeouts) that evaluates the
 main job's four result rows on real Fashion-MNIST, two rows in flight
-(``experiments.common.evaluate_rows``): the shipped victim
+(``pipeline.evaluate.evaluate_rows``): the shipped victim
 (``victims/fashion_mnist_resnet10_w16_ft6``, fidelity to itself), the
 stage-1 victim standing in for the surrogate (same architecture, fidelity to
 the victim), an independent random encoder and raw pixels; probe train = the
@@ -39,13 +39,13 @@ def one_run(probe_train: int, probe_test: int, watchdog_s: float) -> None:
     from sslsteal_jax.host_devices import configure_cpu_devices
     configure_cpu_devices()
     sys.path.insert(0, _ROOT)
-    import functools
 
     import jax
 
     from sslsteal_jax.data.splits import experiment_data
+    from sslsteal_jax.evaluation.encoder import Encoder
     from sslsteal_jax.evaluation.features import extract_features, make_apply
-    from sslsteal_jax.experiments import common
+    from sslsteal_jax.pipeline import evaluate
     from sslsteal_jax.models import SurrogateModel
     from sslsteal_jax.training.checkpoint import load_model
     from sslsteal_jax.watchdog import Watchdog
@@ -59,14 +59,11 @@ def one_run(probe_train: int, probe_test: int, watchdog_s: float) -> None:
         t0 = time.time()
         owner = extract_features(make_apply(victim.module, victim.variables, 0), data.probe_test_x)
         ev = dict(per_class=100, probe_epochs=60, select_probe=True)
-        rows = common.evaluate_rows([
-            functools.partial(common.encoder_row, "victim", victim.module, victim.variables, data,
-                              key, owner, 0, 0, ev),
-            functools.partial(common.encoder_row, "stage-1 victim", stage1.module,
-                              stage1.variables, data, key, owner, 0, 0, ev),
-            functools.partial(common.independent_row, SurrogateModel(victim.module.encoder), data,
-                              key, 0, owner, 1, ev),
-            functools.partial(common.raw_pixels_row, data, key, ev)])
+        rows = evaluate.evaluate_encoders([
+            Encoder.victim(victim.module, victim.variables),
+            Encoder.victim(stage1.module, stage1.variables, name="stage-1 victim"),
+            evaluate.independent_encoder(SurrogateModel(victim.module.encoder), data, 0, 1)],
+            data, key, owner, ev)
         print(json.dumps({"evaluation_seconds": time.time() - t0, "devices": jax.device_count(),
                           "probe_full": [r["probe_full"] for r in rows]}), flush=True)
 

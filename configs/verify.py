@@ -64,7 +64,8 @@ def get_config(arg: str = ""):
         n_fit=ml_collections.config_dict.placeholder(int),  # None = min(10000, private // 2)
         n_private=ml_collections.config_dict.placeholder(int),  # None = min(5000, the rest)
         n_public=5000, components=10, covariance="diag", alpha=0.01,
-        private_size=a.get("di_private", "auto")))
+        private_size=a.get("di_private", "auto"),
+        control=True))  # also test non-member train images (must not flag: calibration)
     qs = quickstart.get_config(f"seed={c.seed}")
     c.attack = ml_collections.ConfigDict(dict(
         budgets=a.get("budgets", "500+2000+5000").replace("+", ","),

@@ -20,8 +20,11 @@ use (module ``__getattr__``), so ``import sslsteal_jax`` loads neither JAX nor o
   main job's settings (``trainers.surrogate``).
 * ``experiment_data(...)``: the fixed query pool and probe splits
   (``data.splits.experiment_data``).
-* ``evaluate_encoder(module, variables, data, key, victim_outputs, ...)``: linear
-  probe, kNN and fidelity as in the reports (``experiments.common``).
+* ``Encoder``: a frozen model plus which output is its representation and which
+  lives in the victim's answer space (``evaluation.encoder``); e.g.
+  ``Encoder.surrogate("stolen", module, variables)``.
+* ``evaluate_encoder(encoder, data, key, victim_outputs, ...)``: linear probe, kNN
+  and fidelity as in the reports (``pipeline.evaluate``).
 """
 import importlib
 
@@ -35,7 +38,8 @@ _LAZY = {
     "surrogate_config": "sslsteal_jax.trainers.surrogate",
     "train_surrogate": "sslsteal_jax.trainers.surrogate",
     "experiment_data": "sslsteal_jax.data.splits",
-    "evaluate_encoder": "sslsteal_jax.experiments.common",
+    "evaluate_encoder": "sslsteal_jax.pipeline.evaluate",
+    "Encoder": "sslsteal_jax.evaluation.encoder",
     "ConfigError": "sslsteal_jax.errors",
 }
 

@@ -4,7 +4,7 @@
 reference of ``configs/evaluate.py``: the shipped Fashion-MNIST ResNet-10
 (width 16) after stage-2 fine-tuning (``victims/fashion_mnist_resnet10_w16_ft6``,
 see its README.md). Paths are relative to the repository root
-(``experiments.common.resolve_path`` tries the cwd first, then the root).
+(``pipeline.workdir.resolve_path`` tries the cwd first, then the root).
 ``default_steal_block`` is the main job's surrogate-training block. This module
 imports only ml_collections, so config files stay quick to load.
 """

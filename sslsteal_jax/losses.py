@@ -18,6 +18,8 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from sslsteal_jax.errors import ConfigError
+
 _EPS = 1e-8
 
 
@@ -374,6 +376,29 @@ def get_spec(name: str) -> LossSpec:
     if name not in LOSSES:
         raise ValueError(f"unknown stealing loss {name!r}; allowed: {list(LOSSES)}")
     return LOSSES[name]
+
+
+#: Group names accepted by :func:`parse_losses`.
+LOSS_GROUPS = {"all": STEALING_LOSSES, "extra": EXTRA_LOSSES, "every": ALL_LOSSES}
+
+
+def parse_losses(spec) -> list[str]:
+    """Loss names of a config field: ``"infonce"`` / ``"mse,softnn"`` (``+`` also
+    separates) / a tuple of names / ``"all"`` (the paper's four) / ``"extra"``
+    (cosine, barlow, symmetrized, supcon, softce) / ``"every"`` (all nine).
+
+    Raises:
+      ConfigError (a ValueError): empty, or an unknown loss name (lists the allowed ones).
+    """
+    if isinstance(spec, str) and spec.strip() in LOSS_GROUPS:
+        return list(LOSS_GROUPS[spec.strip()])
+    items = spec.replace("+", ",").split(",") if isinstance(spec, str) else list(spec)
+    names = [str(s).strip() for s in items if str(s).strip()]
+    bad = [n for n in names if n not in ALL_LOSSES]
+    if bad or not names:
+        raise ConfigError(f"unknown stealing loss(es) {bad or spec!r}; allowed: "
+                          f"{list(ALL_LOSSES)} or 'all' (the paper's four), 'extra', 'every'")
+    return list(dict.fromkeys(names))
 
 
 def scale_overrides() -> dict[str, dict]:

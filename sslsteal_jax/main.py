@@ -286,7 +286,7 @@ def main(argv):
         _fail(str(e))
     from sslsteal_jax.training.mesh import initialize_distributed
     initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
-    from sslsteal_jax.experiments.common import WorkdirExistsError
+    from sslsteal_jax.pipeline.workdir import WorkdirExistsError
     from sslsteal_jax.watchdog import Watchdog
     dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None
     try:

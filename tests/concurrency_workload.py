@@ -12,7 +12,7 @@ it or makes XLA abort it; the caller's wall-clock limit catches the hang).
 Paths covered (every place that runs device programs from several threads):
   * the main job's evaluation: 4 result rows (victim with fidelity, surrogate
     with fidelity, independent, raw pixels), two in flight
-    (``experiments.common.evaluate_rows``), each row's probes and kNN
+    (``pipeline.evaluate.evaluate_rows``), each row's probes and kNN
     concurrent (``evaluation.parallel.run_concurrently``);
   * representation-API queries (``api.VictimAPI.query``) from two threads
     while a third extracts features;
@@ -59,18 +59,17 @@ def tiny_models(width: int = 4):
 
 def main_job_evaluation(data, victim, surrogate, key, probe_epochs: int = 3) -> list[dict]:
     """The main job's 4-row evaluation (``experiments.steal``'s shape), small probes."""
+    from sslsteal_jax.evaluation.encoder import Encoder
     from sslsteal_jax.evaluation.features import extract_features, make_apply
-    from sslsteal_jax.experiments import common
     from sslsteal_jax.models import SurrogateModel
+    from sslsteal_jax.pipeline import evaluate
     (vmod, vvars), (smod, svars) = victim, surrogate
     ev = dict(per_class=10, probe_epochs=probe_epochs, select_probe=False)
     owner = extract_features(make_apply(vmod, vvars, 1), data.probe_test_x)
-    return common.evaluate_rows([
-        functools.partial(common.encoder_row, "victim", vmod, vvars, data, key, owner, 0, 1, ev),
-        functools.partial(common.encoder_row, "surrogate", smod, svars, data, key, owner, 0, 1, ev),
-        functools.partial(common.independent_row, SurrogateModel(smod.encoder, 8), data, key, 0,
-                          owner, 1, ev),
-        functools.partial(common.raw_pixels_row, data, key, ev)])
+    return evaluate.evaluate_encoders([
+        Encoder("victim", vmod, vvars, 0, 1), Encoder.surrogate("surrogate", smod, svars),
+        evaluate.independent_encoder(SurrogateModel(smod.encoder, 8), data, 0, 1)],
+        data, key, owner, ev)
 
 
 def api_and_features(data, victim, surrogate) -> None:

@@ -120,7 +120,7 @@ def test_parse_attack_and_cells():
         dm.parse_attack("replay")
     with pytest.raises(ValueError, match="unknown parameter 'n'.*repeats"):
         dm.parse_attack("averaging:n=3")
-    from sslsteal_jax.experiments.common import REPO_ROOT
+    from sslsteal_jax.pipeline.workdir import REPO_ROOT
     import importlib.util, os
     spec = importlib.util.spec_from_file_location("_dm_cfg", os.path.join(REPO_ROOT, "configs",
                                                                          "defense_matrix.py"))
@@ -138,17 +138,15 @@ def test_parse_attack_and_cells():
 
 def test_matrix_refuses_cells_of_other_settings_before_loading_anything(tmp_path):
     import importlib.util, json, os
-    from sslsteal_jax.experiments.common import REPO_ROOT
+    from sslsteal_jax.pipeline.workdir import REPO_ROOT
     spec = importlib.util.spec_from_file_location("_dm_cfg2", os.path.join(
         REPO_ROOT, "configs", "defense_matrix.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     cfg = mod.get_config("scale=tiny")
-    (tmp_path / "cells.json").write_text(json.dumps({"legit/none": {"accuracy": 1.0}}))
-    with pytest.raises(ValueError, match="older version"):
-        dm.run(cfg, str(tmp_path))
     other = dict(dm._fingerprint(cfg), budget=123)
-    (tmp_path / "cells.json").write_text(json.dumps({"_config": other}))
+    (tmp_path / "cells").mkdir()
+    (tmp_path / "cells" / "_settings.json").write_text(json.dumps(other))
     with pytest.raises(ValueError, match=r"different configuration \(differs in \['budget'\]\)"):
         dm.run(cfg, str(tmp_path))
     with pytest.raises(ValueError, match="legit.test_size=500 must be in \\[1, budget=500\\)"):

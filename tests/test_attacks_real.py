@@ -26,7 +26,7 @@ from sslsteal_jax.trainers.surrogate import train_surrogate
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.fidelity import cosine_fidelity
 from sslsteal_jax.experiments import common, steal
-from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.main import run
 
 VICTIM = os.path.join(REPO_ROOT, "victims", "fashion_mnist_resnet10_w16", "checkpoints")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sslsteal_jax.experiments import budget_scan
-from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.pipeline.workdir import REPO_ROOT
 
 BUDGETS = (256, 1024, 4096)
 

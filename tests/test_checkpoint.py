@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from sslsteal_jax.experiments.common import WorkdirExistsError, prepare_workdir
+from sslsteal_jax.pipeline.workdir import WorkdirExistsError, prepare_workdir
 from sslsteal_jax.trainers import simclr
 from sslsteal_jax.trainers.simclr import train_simclr
 from sslsteal_jax.training import loop

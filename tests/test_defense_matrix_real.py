@@ -17,17 +17,16 @@ About 60-90 s on 2 shared CPU cores.
 """
 import csv
 import importlib.util
-import json
 import os
 
 import pytest
 
 from sslsteal_jax.experiments import defense_matrix as dm
-from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.pipeline.workdir import REPO_ROOT
 
 VICTIM = os.path.join(REPO_ROOT, "victims", "fashion_mnist_resnet10_w16", "checkpoints")
 pytestmark = pytest.mark.skipif(not os.path.isdir(VICTIM), reason="shipped victim missing")
-OUTPUTS = ("results.json", "results.csv", "cells.json", "tradeoff.png", "b4b_coverage.png")
+OUTPUTS = ("results.json", "results.csv", "tradeoff.png", "b4b_coverage.png")
 
 
 def tiny_config():
@@ -110,12 +109,9 @@ def test_outputs_atomic_and_complete(matrix):
 @pytest.mark.slow
 def test_resume_skips_finished_cells(matrix, monkeypatch):
     cfg, workdir, results, _ = matrix
-    cells_path = os.path.join(workdir, "cells.json")
-    with open(cells_path) as f:
-        done = json.load(f)
-    del done["gaussian/3.0/direct"]  # as if interrupted before this cell
-    with open(cells_path, "w") as f:
-        json.dump(done, f)
+    cell = os.path.join(workdir, "cells", "gaussian-3.0-direct.json")
+    assert os.path.exists(cell)
+    os.remove(cell)  # as if interrupted before this cell
     os.remove(os.path.join(workdir, "results.json"))
     calls = []
     real = dm.train_surrogate

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from sslsteal_jax.experiments import steal
-from sslsteal_jax.experiments.common import REPO_ROOT, WorkdirExistsError
+from sslsteal_jax.pipeline.workdir import REPO_ROOT, WorkdirExistsError
 from sslsteal_jax.main import run
 
 BUDGET = 1000

@@ -16,7 +16,8 @@ Layers, bottom to top (a module may import only from its own layer or below):
   checkpoints, device mesh).
 * ``trainers``: per-method trainers (SimCLR victim, watermarked victim).
 * ``attacks``, ``verification``, ``evaluation``, ``api``: uses of trained models.
-* ``experiments``, ``main``: the pipelines.
+* ``pipeline``: the steps experiments compose (victim, answer cache, cells, rows, results).
+* ``experiments``, ``main``: the experiments.
 """
 from __future__ import annotations
 
@@ -33,8 +34,10 @@ PKG = "sslsteal_jax"
 # (lower layers, upper layers they must never import, directly or in a function).
 LAYER_RULES = [
     (("models", "training", "losses", "defenses", "data"),
-     ("experiments", "verification", "attacks", "trainers", "api", "evaluation")),
+     ("experiments", "pipeline", "verification", "attacks", "trainers", "api", "evaluation")),
     (("models", "losses", "defenses", "data"), ("training",)),
+    (("trainers", "attacks", "verification", "evaluation", "api"), ("pipeline", "experiments")),
+    (("pipeline",), ("experiments",)),
 ]
 
 

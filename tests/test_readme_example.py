@@ -63,14 +63,15 @@ def test_surrogate_config_is_the_main_jobs_config():
     """surrogate_config goes through the same code path as the main job's per-loss config."""
     import importlib.util
     import sslsteal_jax
-    from sslsteal_jax.experiments.steal import _steal_cfg
+    from sslsteal_jax.trainers.surrogate import steal_config
     from sslsteal_jax.models import build_encoder
     spec = importlib.util.spec_from_file_location("qs", os.path.join(ROOT, "configs", "quickstart.py"))
     qs = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(qs)
     enc = build_encoder("resnet10", 16, "cifar")
     for loss in ("infonce", "softnn", "mse"):
-        want = _steal_cfg(qs.get_config("epochs=7"), loss, enc)
+        main_job = qs.get_config("epochs=7")
+        want = steal_config(main_job.steal, loss, enc, main_job.loss_overrides)
         got = sslsteal_jax.surrogate_config(loss, epochs=7, victim_encoder=enc)
         assert got.to_dict() == want.to_dict(), loss
     cfg = sslsteal_jax.surrogate_config("infonce", 2, enc, batch_size=128, model={"width": 8})

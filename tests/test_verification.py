@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.experiments.verify import (Suspect, ancestor_path, di_private_size,
                                              parse_budgets, parse_suspects, watermark_null_pvalues,
                                              watermark_test)

@@ -13,7 +13,7 @@ import pytest
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.data.registry import load_split
 from sslsteal_jax.experiments import verify
-from sslsteal_jax.experiments.common import REPO_ROOT, WorkdirExistsError
+from sslsteal_jax.pipeline.workdir import REPO_ROOT, WorkdirExistsError
 from sslsteal_jax.models import build_watermarked
 from sslsteal_jax.models.watermark import WatermarkedSimCLR
 from sslsteal_jax.trainers.watermark import (_merge_warm_start, train_watermark_victim,

@@ -56,9 +56,12 @@ from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
-from sslsteal_jax.experiments import common
-from sslsteal_jax.experiments.steal import get_victim, parse_losses
-from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
+from sslsteal_jax.evaluation.encoder import Encoder
+from sslsteal_jax.losses import parse_losses
+from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.pipeline import evaluate, queries, results, workdir as wd
+from sslsteal_jax.pipeline.cells import CellStore
+from sslsteal_jax.pipeline.victim import load_victim
 from sslsteal_jax.trainers.stacked import (available_memory_bytes, estimate_member_bytes,
                                            fit_stack_size, shared_config,
                                            train_surrogates_stacked)
@@ -99,16 +102,16 @@ def stack_options(cfg) -> tuple[int, float, str]:
     Raises:
       ConfigError (a ValueError): a value of the wrong type or range (names it and what is allowed).
     """
-    stack = cfg.get("stack", 1)
+    stack = cfg.stack
     if isinstance(stack, bool) or not isinstance(stack, (int, np.integer)) or stack < 1:
         raise ConfigError(f"stack={stack!r}; allowed: an integer >= 1 (the most scan cells "
                           f"trained in one compiled program; 1 = one cell after another)")
-    frac = cfg.get("stack_memory_fraction", 0.5)
+    frac = cfg.stack_memory_fraction
     if (isinstance(frac, bool) or not isinstance(frac, (int, float, np.floating))
             or not 0 < frac <= 1):
         raise ConfigError(f"stack_memory_fraction={frac!r}; allowed: a number in (0, 1] (share "
                           f"of the available memory stacked surrogates may use)")
-    mode = cfg.get("stack_mode", "auto")
+    mode = cfg.stack_mode
     if mode not in MODES:
         raise ConfigError(f"stack_mode={mode!r}; allowed: {list(MODES)}")
     return int(stack), float(frac), mode
@@ -131,20 +134,29 @@ def cell_steps(budget: int, batch_size: int, examples: int) -> int:
     return math.ceil(examples / effective_batch_size(batch_size, budget))
 
 
-def _answers(api, source, pool, budget, workdir):
-    """Query ``pool[:budget]`` once (one account per source); cached atomically."""
-    path = os.path.join(workdir, f"answers_{source.replace(':', '-')}.npz")
-    if os.path.exists(path):
-        with np.load(path) as z:
-            if len(z["answers"]) >= budget:
-                return z["images"], z["answers"], 0
-    user = f"attacker[{source}]"
-    api.register(user, budget)
-    images, answers = collect_answers(api, user, pool, budget)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, images=images, answers=answers)
-    os.replace(tmp, path)
-    return images, answers, api.queries_used(user)
+def check_config(cfg) -> dict:
+    """Validate and parse the scan's settings before any data is loaded.
+
+    Returns ``{"budgets", "seeds", "losses", "sources", "examples", "stack",
+    "stack_fraction", "stack_mode"}`` (``examples`` None under the "epochs" protocol).
+    Raises:
+      ConfigError (a ValueError): bad budgets / seeds / losses / protocol / stack
+        options, or a victim checkpoint that does not exist.
+    """
+    stack, fraction, mode = stack_options(cfg)
+    if cfg.protocol not in ("examples", "epochs"):
+        raise ConfigError(f"protocol={cfg.protocol!r}; allowed: 'examples' (equal training "
+                          f"examples per cell) or 'epochs' (steal.epochs epochs over every budget)")
+    examples = int(cfg.examples_per_cell) if cfg.protocol == "examples" else None
+    if examples is not None and examples < 1:
+        raise ConfigError(f"examples_per_cell={examples} must be >= 1")
+    if not os.path.isdir(wd.resolve_path(cfg.victim.checkpoint) or ""):
+        raise ConfigError(f"budget scan needs a trained victim checkpoint; "
+                          f"{cfg.victim.checkpoint!r} does not exist")
+    return dict(budgets=parse_int_list(cfg.budgets, "budgets", 1),
+                seeds=parse_int_list(cfg.seeds, "seeds", 0), losses=parse_losses(cfg.losses),
+                sources=parse_sources(cfg.query_sources, cfg.dataset), examples=examples,
+                stack=stack, stack_fraction=fraction, stack_mode=mode)
 
 
 def run(cfg, workdir: str) -> dict:
@@ -159,133 +171,121 @@ def run(cfg, workdir: str) -> dict:
     ``eval``, ``probe_train_size``, ``stack``, ``stack_memory_fraction``,
     ``stack_mode`` (:func:`stack_options`).
     Raises:
-      ConfigError (a ValueError): bad budgets/seeds/losses/stack options or a missing
-        victim checkpoint (before any data is loaded), a budget above a source's
-        pool size (names the source and its size), or a finished cell in
-        ``workdir`` trained with another surrogate config.
+      ConfigError (a ValueError): bad settings (:func:`check_config`, before any data
+        is loaded), a budget above a source's pool size (names the source and its
+        size), or cells / answers in ``workdir`` computed with other settings.
     """
     t0 = time.time()
-    stack, stack_fraction, stack_mode = stack_options(cfg)
-    budgets = parse_int_list(cfg.budgets, "budgets", 1)
-    seeds = parse_int_list(cfg.seeds, "seeds", 0)
-    loss_names = parse_losses(cfg.losses)
-    sources = parse_sources(cfg.query_sources, cfg.dataset)
-    protocol = cfg.get("protocol", "examples")
-    if protocol not in ("examples", "epochs"):
-        raise ConfigError(f"protocol={protocol!r}; allowed: 'examples' (equal training examples "
-                          f"per cell) or 'epochs' (steal.epochs epochs over every budget)")
-    examples = int(cfg.examples_per_cell) if protocol == "examples" else None
-    if protocol == "examples" and examples < 1:
-        raise ConfigError(f"examples_per_cell={examples} must be >= 1")
-    if not os.path.isdir(common.resolve_path(cfg.victim.checkpoint) or ""):
-        raise ConfigError(f"budget scan needs a trained victim checkpoint; "
-                          f"{cfg.victim.checkpoint!r} does not exist")
+    o = check_config(cfg)
     datas = {s: experiment_data(cfg.dataset, s, cfg.probe_test_size, with_victim_train=False,
-                                probe_train_size=cfg.get("probe_train_size")) for s in sources}
+                                probe_train_size=cfg.probe_train_size) for s in o["sources"]}
     for s, d in datas.items():
-        if budgets[-1] > len(d.query_pool):
-            raise ConfigError(f"budget {budgets[-1]} exceeds the query pool of source {s!r} "
+        if o["budgets"][-1] > len(d.query_pool):
+            raise ConfigError(f"budget {o['budgets'][-1]} exceeds the query pool of source {s!r} "
                               f"({d.names['query_pool']}: {len(d.query_pool)} images); lower the "
                               f"budgets" + ("" if s == f"{cfg.dataset}:train" else
                                            f" or use a larger source (e.g. '{cfg.dataset}:train')"))
-    common.prepare_workdir(workdir, cfg.get("overwrite", False))
-    os.makedirs(os.path.join(workdir, "cells"), exist_ok=True)
+    wd.prepare_workdir(workdir, cfg.overwrite)
+    store = CellStore(os.path.join(workdir, "cells"), _settings(cfg))
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
-    data0 = datas[sources[0]]
-    model, variables, victim_source = get_victim(cfg, workdir, data0)
-    api = VictimAPI(model, variables, data0.probe_test_x.shape[1:], output=cfg.api_output)
+    data0 = datas[o["sources"][0]]
+    victim = load_victim(cfg.victim.checkpoint)
+    api = VictimAPI(victim.module, victim.variables, data0.probe_test_x.shape[1:],
+                    output=cfg.api_output)
     owner = api.query("owner", data0.probe_test_x)
-    ev = common.eval_kwargs(cfg)
-    key = jax.random.key(int(cfg.seed))
-    out_index = 0 if cfg.api_output == "representation" else 1
-
-    # Reference rows (victim, independent encoder) are computed once and cached.
-    ref_path = os.path.join(workdir, "cells", "_reference.json")
-    if os.path.exists(ref_path):
-        with open(ref_path) as f:
-            reference = json.load(f)
-    else:
-        enc = model.encoder
-        arch = dict(arch=cfg.steal.model.arch or arch_name(enc),
-                    width=cfg.steal.model.width or enc.width, stem=cfg.steal.model.stem or enc.stem)
-        senc = build_encoder(arch["arch"], arch["width"], arch["stem"])
-        smod = SurrogateModel(senc, None if senc.representation_dim == api.output_dim
-                              else api.output_dim)
-        reference = {
-            "victim": common.encoder_row("victim", model, variables, data0, key, owner, 0,
-                                         out_index, ev),
-            "independent": common.independent_row(smod, data0, key, cfg.seed, owner,
-                                                   1 if smod.out_dim is None else None, ev)}
-        write_json_atomic(ref_path, reference)
-
-    charged = {}
-    rows, pending, cache = {}, [], {}
-    for source in sources:
-        data = datas[source]
-        images, answers, charged[source] = _answers(api, source, data.query_pool, budgets[-1],
-                                                    workdir)
-        cache[source] = (images, answers)
-        for loss in loss_names:
-            for budget in budgets:
-                for seed in seeds:
-                    cell = _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples)
-                    if cell["row"] is not None:
-                        rows[cell["name"]] = cell["row"]
-                    else:
-                        pending.append(cell)
-    order = [cell_name(s, l, b, sd) for s in sources for l in loss_names for b in budgets
-             for sd in seeds]
+    ev, key = evaluate.eval_kwargs(cfg), jax.random.key(int(cfg.seed))
+    reference = store.get_or_compute("_reference", lambda: _reference_rows(
+        cfg, victim, api.output_dim, data0, key, owner, ev))
+    bought = {s: _answers(api, s, datas[s], o["budgets"][-1], workdir) for s in o["sources"]}
+    rows, pending = {}, []
+    for s in o["sources"]:
+        for loss in o["losses"]:
+            for budget in o["budgets"]:
+                for seed in o["seeds"]:
+                    cell = _cell_plan(cfg, store, victim.module, s, loss, budget, seed,
+                                      o["examples"])
+                    (pending.append(cell) if cell["row"] is None
+                     else rows.__setitem__(cell["name"], cell["row"]))
+    cache = {s: (b.images, b.answers) for s, b in bought.items()}
     groups = []
-    for group in _group_cells(pending, cache, stack, stack_fraction):
+    for group in _group_cells(pending, cache, o["stack"], o["stack_fraction"]):
         groups.append({"cells": [c["name"] for c in group["cells"]], **group["memory"]})
-        rows.update(_train_group(group["cells"], cache, workdir, data0, owner, key, ev,
-                                 stack_mode))
-    rows = [rows[n] for n in order]
-    t_end = time.time()
-    results = {"experiment": "budget_scan", "budgets": budgets, "losses": loss_names,
-               "sources": sources, "seeds": seeds, "protocol": protocol,
-               "examples_per_cell": examples,
-               "stack": {"max_members": stack, "memory_fraction": stack_fraction,
-                         "mode": stack_mode, "groups_trained_this_run": groups},
-               "reference": reference, "cells": rows,
-               "queries_charged_this_run": charged, "victim_checkpoint": victim_source,
-               "query_pools": {s: d.names["query_pool"] for s, d in datas.items()},
-               "wall_seconds": t_end - t0, "environment": common.run_environment(), "config": cfg.to_dict()}
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
-    common.write_csv_atomic(os.path.join(workdir, "results.csv"), rows, CSV_FIELDS)
-    for source in sources:
-        plot_scan([r for r in rows if r["source"] == source], reference,
-                  os.path.join(workdir, f"scan_{source.replace(':', '-')}.png"),
-                  f"{cfg.dataset} victim, queries from {datas[source].names['query_pool']}")
-    print(format_scan(rows, reference))
-    print(f"wrote {workdir}/results.json, results.csv and scan_*.png ({t_end - t0:.0f} s)")
-    return results
+        rows.update(_train_group(group["cells"], cache, store, workdir, data0, owner, key, ev,
+                                 o["stack_mode"]))
+    rows = [rows[cell_name(s, l, b, sd)] for s in o["sources"] for l in o["losses"]
+            for b in o["budgets"] for sd in o["seeds"]]
+    out = {"experiment": "budget_scan", "budgets": o["budgets"], "losses": o["losses"],
+           "sources": o["sources"], "seeds": o["seeds"], "protocol": cfg.protocol,
+           "examples_per_cell": o["examples"],
+           "stack": {"max_members": o["stack"], "memory_fraction": o["stack_fraction"],
+                     "mode": o["stack_mode"], "groups_trained_this_run": groups},
+           "reference": reference, "cells": rows,
+           "queries_charged_this_run": {s: b.queries_charged for s, b in bought.items()},
+           "victim_checkpoint": victim.source,
+           "query_pools": {s: d.names["query_pool"] for s, d in datas.items()},
+           "wall_seconds": time.time() - t0, "environment": wd.run_environment(),
+           "config": cfg.to_dict()}
+    plots = [(f"scan_{s.replace(':', '-')}.png", lambda p, s=s: plot_scan(
+        [r for r in rows if r["source"] == s], reference, p,
+        f"{cfg.dataset} victim, queries from {datas[s].names['query_pool']}"))
+        for s in o["sources"]]
+    return results.finish(workdir, out, rows, fields=CSV_FIELDS,
+                          table=format_scan(rows, reference), plots=plots,
+                          seconds=time.time() - t0)
 
 
-def _cell_plan(cfg, workdir, model, source, loss, budget, seed, examples) -> dict:
-    """One cell: its name, json path, surrogate config, batch size and step count,
-    and its finished row (None if it still has to be trained).
+def _settings(cfg) -> dict:
+    """What every cell's evaluation depends on (the cell store's fingerprint): the
+    victim, the data and probe splits, the evaluation settings and the run seed.
+    Budgets, losses, seeds and sources may change between runs of one workdir
+    (``overwrite=True`` extends a scan); each cell checks its own surrogate config."""
+    return {"victim": cfg.victim.checkpoint, "dataset": cfg.dataset,
+            "probe_test_size": cfg.probe_test_size, "probe_train_size": cfg.probe_train_size,
+            "eval": cfg.eval.to_dict(), "api_output": cfg.api_output, "seed": cfg.seed}
+
+
+def _reference_rows(cfg, victim, api_dim: int, data, key, owner, ev) -> dict:
+    """The victim's and an independent surrogate-architecture encoder's rows."""
+    enc = victim.module.encoder
+    m = steal_config(cfg.steal, parse_losses(cfg.losses)[0], enc).model
+    senc = build_encoder(m.arch, m.width, m.stem)
+    smod = SurrogateModel(senc, None if senc.representation_dim == api_dim else api_dim)
+    ind = evaluate.independent_encoder(smod, data, cfg.seed,
+                                       1 if smod.out_dim is None else None)
+    return {"victim": evaluate.encoder_row(victim.encoder(cfg.api_output), data, key, owner, ev),
+            "independent": evaluate.encoder_row(ind, data, key, owner, ev)}
+
+
+def _answers(api, source: str, data, budget: int, workdir: str) -> queries.Answers:
+    """The first ``budget`` pool images of ``source`` and their answers, bought once
+    by one account per source (a cache holding fewer is topped up)."""
+    user = f"attacker[{source}]"
+
+    def buy(start, stop):
+        api.register(user, stop - start)
+        images, answers = collect_answers(api, user, data.query_pool[start:stop], stop - start)
+        return images, answers, api.queries_used(user)
+
+    return queries.cached_answers(
+        os.path.join(workdir, f"answers_{source.replace(':', '-')}.npz"),
+        {"pool": data.names["query_pool"], "account": user}, budget, buy, extend=True)
+
+
+def _cell_plan(cfg, store, victim_module, source, loss, budget, seed, examples) -> dict:
+    """One cell: its name, surrogate config, batch size and step count, and its
+    finished row (None if it still has to be trained).
 
     Raises:
-      ValueError: a finished row in ``workdir`` was trained with another config.
+      ConfigError: a finished row in the store was trained with another config.
     """
     name = cell_name(source, loss, budget, seed)
-    path = os.path.join(workdir, "cells", name + ".json")
-    scfg = steal_config(cfg.steal, loss, model.encoder, cfg.get("loss_overrides", {}), seed)
+    scfg = steal_config(cfg.steal, loss, victim_module.encoder, cfg.loss_overrides, seed)
     if examples is not None:
         scfg.steps = cell_steps(budget, int(resolve_hparams(scfg)["batch_size"]), examples)
-    row = None
-    if os.path.exists(path):
-        with open(path) as f:
-            row = json.load(f)
-        if row.get("surrogate_config") != scfg.to_dict():
-            raise ConfigError(
-                f"cell {name} in {workdir!r} was trained with another surrogate config "
-                f"({row.get('surrogate_config')}) than this scan asks for ({scfg.to_dict()}); "
-                f"use a fresh --workdir for a scan with other settings")
     bsz, steps = surrogate_schedule(scfg, budget)
-    return {"name": name, "path": path, "source": source, "loss": loss, "budget": int(budget),
-            "seed": int(seed), "cfg": scfg, "batch_size": bsz, "steps": steps, "row": row}
+    return {"name": name, "source": source, "loss": loss, "budget": int(budget),
+            "seed": int(seed), "cfg": scfg, "batch_size": bsz, "steps": steps,
+            "row": store.get(name, scfg.to_dict())}
 
 
 def _group_cells(pending: list[dict], cache: dict, stack: int, fraction: float) -> list[dict]:
@@ -321,9 +321,9 @@ def _group_cells(pending: list[dict], cache: dict, stack: int, fraction: float) 
     return out
 
 
-def _train_group(cells, cache, workdir, data, owner, key, ev, mode) -> dict:
-    """Train one group (alone when it has one cell), evaluate each cell and write
-    its row atomically; returns ``{cell name: row}``."""
+def _train_group(cells, cache, store, workdir, data, owner, key, ev, mode) -> dict:
+    """Train one group (alone when it has one cell), evaluate each cell and store
+    its row (``store.put``, atomic); returns ``{cell name: row}``."""
     t = time.time()
     if len(cells) == 1:
         c = cells[0]
@@ -342,15 +342,14 @@ def _train_group(cells, cache, workdir, data, owner, key, ev, mode) -> dict:
     train_s = time.time() - t
     rows = {}
     for c, (smod, svars, summ) in zip(cells, trained):
-        row = common.encoder_row(f"{c['loss']} @ {c['budget']}", smod, svars, data, key, owner,
-                                 0, 1, ev)
+        row = evaluate.encoder_row(Encoder.surrogate(f"{c['loss']} @ {c['budget']}", smod, svars),
+                                   data, key, owner, ev)
         row.update(source=c["source"], loss=c["loss"], budget=c["budget"], seed=c["seed"],
                    steps=int(summ["steps"]),
                    epochs=int(summ["steps"]) * c["batch_size"] / c["budget"],
                    stacked=len(cells), train_seconds=train_s / len(cells),
                    group_train_seconds=train_s, surrogate_config=c["cfg"].to_dict())
-        write_json_atomic(c["path"], row)
-        rows[c["name"]] = row
+        rows[c["name"]] = store.put(c["name"], row, c["cfg"].to_dict())
     return rows
 
 

@@ -31,9 +31,9 @@ legitimate users use the first train images, the attacker the test split).
 Outputs in the workdir: ``results.json``, ``results.csv`` (one row per cell),
 ``tradeoff.png`` (legitimate-user accuracy vs attacker accuracy, one curve per
 defense and attack), ``b4b_coverage.png``. Finished cells are kept in
-``cells.json`` (written atomically) and skipped when an interrupted run is
-restarted (a workdir made with other settings is refused);
-``--config.overwrite=True`` recomputes
+``cells/`` (``pipeline.cells.CellStore``: one JSON file per cell, written
+atomically) and skipped when an interrupted run is restarted (a workdir made
+with other settings is refused); ``--config.overwrite=True`` recomputes
 everything (old results and cells are kept with a time stamp).
 
 Sources: Dziedzic et al., ICML 2022, Section 5 (defenses and their cost);
@@ -55,13 +55,15 @@ from sslsteal_jax.data.registry import load_split
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.detection import detector_report
+from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.legit_user import coverage_curve, legit_user_accuracy, task_subset
-from sslsteal_jax.experiments import common
 from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.pipeline import evaluate, results, workdir as wd
+from sslsteal_jax.pipeline.cells import CellStore
+from sslsteal_jax.pipeline.victim import load_victim
 from sslsteal_jax.trainers.simclr import augment_config
 from sslsteal_jax.trainers.surrogate import steal_config, train_surrogate
-from sslsteal_jax.training.checkpoint import load_model, write_json_atomic
 
 ATTACKS = ("direct", "averaging", "sybil")
 CSV_COLUMNS = ("cell", "family", "strength", "defense", "attack", "queries_charged",
@@ -205,158 +207,140 @@ def run(cfg, workdir: str) -> dict:
       ConfigError (a ValueError): a bad setting (:func:`check_config`, before the workdir
         is made or data loaded), or a workdir holding cells of another configuration.
     """
-    t0 = time.time()
+    t0, phases = time.time(), Phases()
     check_config(cfg)
-    cells_path = os.path.join(workdir, "cells.json")
-    common.prepare_workdir(workdir, cfg.get("overwrite", False))
-    if cfg.get("overwrite", False) and os.path.exists(cells_path):  # recompute, keep old cells
-        os.replace(cells_path, os.path.join(workdir, f"cells.{int(time.time())}.json"))
-    done = json.load(open(cells_path)) if os.path.exists(cells_path) else {}
-    fingerprint = _fingerprint(cfg)
-    old = done.get("_config")
-    if old is None and done:
-        raise ConfigError(f"{cells_path} was written by an older version (no configuration "
-                          f"record; its legitimate users sent other query counts); use another "
-                          f"--workdir or --config.overwrite=True")
-    if old is not None and old != fingerprint:
-        diff = sorted(k for k in set(old) | set(fingerprint) if old.get(k) != fingerprint.get(k))
-        raise ConfigError(f"{cells_path} holds cells of a different configuration (differs in "
-                          f"{diff}); use another --workdir or --config.overwrite=True")
-    done["_config"] = fingerprint
+    wd.prepare_workdir(workdir, cfg.overwrite)
+    store = CellStore(os.path.join(workdir, "cells"), _fingerprint(cfg), fresh=cfg.overwrite)
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False,
-                           probe_train_size=cfg.get("probe_train_size"))
+                           probe_train_size=cfg.probe_train_size)
     if not 1 <= cfg.budget <= len(data.query_pool):
         raise ConfigError(f"budget {cfg.budget} must be in [1, {len(data.query_pool)}] (the "
                           f"query pool {data.names['query_pool']})")
-    phases: dict = {}
-    tp = [time.time(), time.process_time()]
-
-    def phase(name):  # wall and CPU seconds (all threads) of each part of this invocation
-        phases[name] = {"wall": round(time.time() - tp[0], 1),
-                        "cpu": round(time.process_time() - tp[1], 1)}
-        tp[:] = [time.time(), time.process_time()]
-
-    vpath = common.resolve_path(cfg.victim.checkpoint)
-    loaded = load_model(vpath)
-    model, variables = loaded.module, loaded.variables
-    shape = data.probe_test_x.shape[1:]
-    key = jax.random.key(int(cfg.seed))
-    ev = common.eval_kwargs(cfg)
-
-    def save(name, value):
-        done[name] = value
-        write_json_atomic(cells_path, done)
-
-    # ---- reference rows --------------------------------------------------------------
-    vcfg = model.encoder
-    smodel_cfg = steal_config(cfg.steal, cfg.steal.loss, vcfg, cfg.get("loss_overrides", {}))
-    if "reference/victim" not in done:
-        save("reference/victim", common.encoder_row("victim", model, variables, data, key,
-                                                    cfg_eval=ev))
-    if "reference/independent" not in done:
-        enc = build_encoder(smodel_cfg.model.arch, smodel_cfg.model.width, smodel_cfg.model.stem)
-        save("reference/independent", common.independent_row(SurrogateModel(enc), data, key,
-                                                              cfg.seed, cfg_eval=ev))
-
-    # ---- detector quality -------------------------------------------------------------
-    phase("setup and reference rows")
-    if "detector" not in done:
-        head_apply = make_apply(model, variables, 1)
-        aug = augment_config(loaded.meta["config"]["augment"])
-        d = cfg.detector
-        save("detector", detector_report(lambda x: extract_features(head_apply, x),
-                                         data.query_pool[:d.images], int(d.views), list(d.thresholds),
-                                         int(d.memory), jax.random.fold_in(key, 7), aug))
-        phase("detector")
-
-    # ---- B4B coverage: attacker vs legitimate users -------------------------------------
-    bm = cfg.b4b_measure
     tx, ty = load_split(cfg.dataset, "train")  # legitimate users' and provider's own images
-    n_ref = int(cfg.b4b_reference)
-    if not 1 <= n_ref <= len(tx) // 2:
-        raise ConfigError(f"b4b_reference={n_ref} must be in [1, {len(tx) // 2}] (half the "
-                          f"{cfg.dataset} train split)")
-    reference = tx[-n_ref:]
+    if not int(cfg.b4b_reference) <= len(tx) // 2:
+        raise ConfigError(f"b4b_reference={cfg.b4b_reference} must be in [1, {len(tx) // 2}] "
+                          f"(half the {cfg.dataset} train split)")
+    victim = load_victim(cfg.victim.checkpoint)
+    key, ev = jax.random.key(int(cfg.seed)), evaluate.eval_kwargs(cfg)
+    smodel_cfg = steal_config(cfg.steal, cfg.steal.loss, victim.module.encoder,
+                              cfg.loss_overrides)
+    enc = build_encoder(smodel_cfg.model.arch, smodel_cfg.model.width, smodel_cfg.model.stem)
+    reference = {
+        "victim": store.get_or_compute("reference/victim", lambda: evaluate.encoder_row(
+            victim.encoder(), data, key, None, ev)),
+        "independent": store.get_or_compute("reference/independent", lambda: evaluate.encoder_row(
+            evaluate.independent_encoder(SurrogateModel(enc), data, cfg.seed), data, key, None,
+            ev))}
+    phases("setup and reference rows")
+    detector = store.get_or_compute("detector", lambda: _detector(cfg, victim, data, key))
+    phases("detector")
+    defense_reference = tx[-int(cfg.b4b_reference):]
 
     def make_api(spec):
-        return VictimAPI(model, variables, shape, defenses=spec, seed=cfg.api_seed,
-                         defense_reference=reference)
+        return VictimAPI(victim.module, victim.variables, data.probe_test_x.shape[1:],
+                         defenses=spec, seed=cfg.api_seed, defense_reference=defense_reference)
 
-    if "b4b_coverage" not in done:
-        n = int(bm.queries)
-        classes = list(cfg.legit.single_task_classes)
-        single_x, _ = task_subset(tx, ty, classes, n)
-        curves = {}
-        for spec in bm.specs:  # every user sends the same images count, in calls of `step`
-            api = make_api(spec)
-            curves[spec] = {
-                "attacker (query pool, 10 classes)": coverage_curve(
-                    api, "attacker", data.query_pool[:n], int(bm.step)),
-                "legit, 10-class task": coverage_curve(api, "legit10", tx[:n], int(bm.step)),
-                f"legit, single task (classes {classes})": coverage_curve(
-                    api, "legit_single", single_x, int(bm.step))}
-        save("b4b_coverage", curves)
-        phase("b4b coverage curves")
-
-    # ---- the matrix ----------------------------------------------------------------------
+    curves = store.get_or_compute("b4b_coverage", lambda: _coverage(cfg, make_api, data, tx, ty))
+    phases("b4b coverage curves")
     users = legit_data(cfg, tx, ty, data.probe_test_x, data.probe_test_y)
-    for cell, fam, strength, spec, attack in _cells(cfg):
-        if cell in done:
-            continue
-        tc, cc = time.time(), time.process_time()
-        print(f"[defense matrix] {cell}: defense {spec!r}, attack {attack!r}", flush=True)
-        api = make_api(spec)
-        x, y, info = attacker_answers(api, attack, data.query_pool, int(cfg.budget))
-        smod, svars, summ = train_surrogate(x, y, smodel_cfg, None, progress=False)
-        row = common.encoder_row(f"surrogate [{cell}]", smod, svars, data, key, cfg_eval=ev)
-        summaries = {"attacker": [api.defense_summary(u) for u in info["users"]]}
-        legit = {}
-        for user, (ltr_x, ltr_y, lte_x, lte_y) in users.items():
-            name = f"{user}/{spec}"  # one legitimate user of each kind per defense setting
-            if name not in done:
-                save(name, legit_user_accuracy(
-                    api, user, ltr_x, ltr_y, lte_x, lte_y, jax.random.fold_in(key, 3),
-                    epochs=int(cfg.legit.probe_epochs)))
-            legit[user] = done[name]
-            summaries[user] = [legit[user]["defense"]]
-        out = {
-            "cell": cell, "family": fam, "strength": strength, "defense": api.defenses,
-            "attack": attack, "queries_charged": int(sum(api.queries_used(u) for u in info["users"])),
-            "distinct_images": int(len(x)), "attacker_probe_full": row["probe_full"],
-            "attacker_probe_100": row["probe_100"], "attacker_knn": row["knn"]}
-        for user in users:
-            out[f"{user}_accuracy"] = legit[user]["accuracy"]
-            out[f"{user}_queries"] = legit[user]["queries"]
-        for user in USERS:
-            for field in ("flagged", "coverage", "sigma"):
-                out[f"{user}_{field}"] = _summary_value(summaries[user], field)
-        out.update(sybil_fit_relative_error=info.get("fit_relative_error"),
-                   surrogate_steps=summ["steps"], seconds=time.time() - tc,
-                   cpu_seconds=time.process_time() - cc)
-        save(cell, out)
-        print(f"  attacker probe {row['probe_full']:.2f}%  legit 10-class {out['legit_accuracy']:.2f}%"
-              f"  legit single-task {out['legit_single_accuracy']:.2f}%  ({time.time() - tc:.0f} s)",
-              flush=True)
-    phase("matrix cells")
+    rows = [store.get_or_compute(cell, lambda: _matrix_cell(
+        cfg, store, make_api, cell, fam, strength, spec, attack, data, users, smodel_cfg, key,
+        ev)) for cell, fam, strength, spec, attack in _cells(cfg)]
+    phases("matrix cells")
+    out = {"experiment": "defense_matrix", "budget": int(cfg.budget), "cells": rows,
+           "reference": reference, "detector": detector, "b4b_coverage": curves,
+           "victim_checkpoint": victim.source, "splits": data.names,
+           "total_seconds_this_invocation": time.time() - t0,
+           "seconds_per_phase_this_invocation": phases.seconds,
+           "environment": wd.run_environment(), "config": cfg.to_dict()}
+    title = f"{cfg.dataset}: {cfg.budget} attacker queries per cell"
+    return results.finish(
+        workdir, out, rows, fields=CSV_COLUMNS, table=format_matrix(rows, reference),
+        plots=[("tradeoff.png", lambda p: plot_tradeoff(rows, reference, p, title)),
+               ("b4b_coverage.png", lambda p: plot_coverage(curves, p, budget=int(cfg.budget)))],
+        seconds=time.time() - t0)
 
-    rows = [done[c[0]] for c in _cells(cfg)]
-    results = {"experiment": "defense_matrix", "budget": int(cfg.budget), "cells": rows,
-               "reference": {"victim": done["reference/victim"],
-                             "independent": done["reference/independent"]},
-               "detector": done["detector"], "b4b_coverage": done["b4b_coverage"],
-               "victim_checkpoint": vpath, "splits": data.names,
-               "total_seconds_this_invocation": time.time() - t0,
-               "seconds_per_phase_this_invocation": phases, "environment": common.run_environment(), "config": cfg.to_dict()}
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
-    common.write_csv_atomic(os.path.join(workdir, "results.csv"), rows, CSV_COLUMNS)
-    plot_tradeoff(rows, results["reference"], os.path.join(workdir, "tradeoff.png"),
-                  f"{cfg.dataset}: {cfg.budget} attacker queries per cell")
-    plot_coverage(done["b4b_coverage"], os.path.join(workdir, "b4b_coverage.png"),
-                  budget=int(cfg.budget))
-    print(format_matrix(rows, results["reference"]))
-    print(f"wrote {workdir}/results.json, results.csv, tradeoff.png, b4b_coverage.png "
-          f"({time.time() - t0:.0f} s this invocation)")
-    return results
+
+class Phases:
+    """Wall and CPU seconds (all threads) of each part of one invocation: call it with
+    a phase name when the phase ends; ``seconds`` maps names to ``{"wall", "cpu"}``."""
+
+    def __init__(self):
+        self.seconds: dict = {}
+        self._t = [time.time(), time.process_time()]
+
+    def __call__(self, name: str) -> None:
+        self.seconds[name] = {"wall": round(time.time() - self._t[0], 1),
+                              "cpu": round(time.process_time() - self._t[1], 1)}
+        self._t = [time.time(), time.process_time()]
+
+
+def _detector(cfg, victim, data, key) -> dict:
+    """The query-similarity detector's quality against augmented-view and single-view
+    attackers (``evaluation.detection.detector_report``) on the victim's head outputs."""
+    head_apply = make_apply(victim.module, victim.variables, 1)
+    d = cfg.detector
+    return detector_report(lambda x: extract_features(head_apply, x), data.query_pool[:d.images],
+                           int(d.views), list(d.thresholds), int(d.memory),
+                           jax.random.fold_in(key, 7), augment_config(victim.meta["config"]["augment"]))
+
+
+def _coverage(cfg, make_api, data, tx, ty) -> dict:
+    """B4B coverage curves of an attacker and two legitimate users per B4B setting, every
+    user sending the same number of images in calls of ``b4b_measure.step``."""
+    bm, classes = cfg.b4b_measure, list(cfg.legit.single_task_classes)
+    n = int(bm.queries)
+    single_x, _ = task_subset(tx, ty, classes, n)
+    curves = {}
+    for spec in bm.specs:
+        api = make_api(spec)
+        curves[spec] = {
+            "attacker (query pool, 10 classes)": coverage_curve(
+                api, "attacker", data.query_pool[:n], int(bm.step)),
+            "legit, 10-class task": coverage_curve(api, "legit10", tx[:n], int(bm.step)),
+            f"legit, single task (classes {classes})": coverage_curve(
+                api, "legit_single", single_x, int(bm.step))}
+    return curves
+
+
+def _matrix_cell(cfg, store, make_api, cell, fam, strength, spec, attack, data, users,
+                 smodel_cfg, key, ev) -> dict:
+    """One cell: the attack against a fresh API with defense ``spec``, a surrogate
+    trained on its answers and evaluated, and both legitimate users' accuracy through
+    the same API (cached per defense setting in ``store``); returns the row."""
+    tc, cc = time.time(), time.process_time()
+    print(f"[defense matrix] {cell}: defense {spec!r}, attack {attack!r}", flush=True)
+    api = make_api(spec)
+    x, y, info = attacker_answers(api, attack, data.query_pool, int(cfg.budget))
+    smod, svars, summ = train_surrogate(x, y, smodel_cfg, None, progress=False)
+    row = evaluate.encoder_row(Encoder.surrogate(f"surrogate [{cell}]", smod, svars), data, key,
+                               None, ev)
+    summaries = {"attacker": [api.defense_summary(u) for u in info["users"]]}
+    legit = {}
+    for user, (ltr_x, ltr_y, lte_x, lte_y) in users.items():
+        # one legitimate user of each kind per defense setting
+        legit[user] = store.get_or_compute(f"{user}/{spec}", lambda: legit_user_accuracy(
+            api, user, ltr_x, ltr_y, lte_x, lte_y, jax.random.fold_in(key, 3),
+            epochs=int(cfg.legit.probe_epochs)))
+        summaries[user] = [legit[user]["defense"]]
+    out = {"cell": cell, "family": fam, "strength": strength, "defense": api.defenses,
+           "attack": attack,
+           "queries_charged": int(sum(api.queries_used(u) for u in info["users"])),
+           "distinct_images": int(len(x)), "attacker_probe_full": row["probe_full"],
+           "attacker_probe_100": row["probe_100"], "attacker_knn": row["knn"]}
+    for user in users:
+        out[f"{user}_accuracy"] = legit[user]["accuracy"]
+        out[f"{user}_queries"] = legit[user]["queries"]
+    for user in USERS:
+        for field in ("flagged", "coverage", "sigma"):
+            out[f"{user}_{field}"] = _summary_value(summaries[user], field)
+    out.update(sybil_fit_relative_error=info.get("fit_relative_error"),
+               surrogate_steps=summ["steps"], seconds=time.time() - tc,
+               cpu_seconds=time.process_time() - cc)
+    print(f"  attacker probe {row['probe_full']:.2f}%  legit 10-class {out['legit_accuracy']:.2f}%"
+          f"  legit single-task {out['legit_single_accuracy']:.2f}%  ({time.time() - tc:.0f} s)",
+          flush=True)
+    return out
 
 
 def format_matrix(rows, reference) -> str:

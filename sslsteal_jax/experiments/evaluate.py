@@ -9,7 +9,6 @@ reported alongside.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import jax
@@ -17,9 +16,10 @@ import jax
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
-from sslsteal_jax.evaluation.report import format_table, plot_results
-from sslsteal_jax.experiments import common
+from sslsteal_jax.evaluation.encoder import Encoder
+from sslsteal_jax.evaluation.report import COLUMNS, format_table, plot_results
 from sslsteal_jax.models import build_model
+from sslsteal_jax.pipeline import evaluate, results, workdir as wd
 from sslsteal_jax.training.checkpoint import load_model
 
 
@@ -32,42 +32,36 @@ def run(cfg, workdir: str) -> dict:
         the workdir is made or any data is loaded); a checkpoint that does not
         match ``expect_model`` or is corrupt (``training.checkpoint``).
     """
-    paths = [common.resolve_path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
+    paths = [wd.resolve_path(p.strip()) for p in cfg.checkpoints.split(",") if p.strip()]
     if not paths:
         raise ConfigError("config.checkpoints is empty; give one or more checkpoint directories "
                           "separated by commas")
-    victim_path = common.resolve_path(cfg.victim_checkpoint) if cfg.victim_checkpoint else None
+    victim_path = wd.resolve_path(cfg.victim_checkpoint) if cfg.victim_checkpoint else None
     missing = [p for p in paths + [victim_path] if p is not None and not os.path.isdir(p)]
     if missing:
         raise ConfigError(f"checkpoint directory {missing[0]!r} does not exist")
     # Every checkpoint is read before the workdir is made or data loaded: a mismatch or a
     # corrupt file fails in seconds, in one line.
-    override = {k: v for k, v in dict(cfg.expect_model).items() if v} if cfg.get("expect_model") else None
+    override = {k: v for k, v in dict(cfg.expect_model).items() if v} or None
     models = [load_model(p, override) for p in paths]
     api = VictimAPI.from_checkpoint(victim_path, output=cfg.api_output) if victim_path else None
-    common.prepare_workdir(workdir, cfg.get("overwrite", False))
+    wd.prepare_workdir(workdir, cfg.overwrite)
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False)
     key = jax.random.key(int(cfg.seed))
-    ev = common.eval_kwargs(cfg)
-    owner = None
-    if api is not None:
-        owner = api.query("owner", data.probe_test_x)
-    jobs, first = [], None
+    owner = None if api is None else api.query("owner", data.probe_test_x)
+    encoders = []
     for p, m in zip(paths, models):
-        first = first or m
-        fid_index = 1 if (m.kind == "surrogate" or cfg.api_output == "projection") else 0
+        victim_space = 1 if (m.kind == "surrogate" or cfg.api_output == "projection") else 0
         name = f"{m.kind}: {os.path.basename(os.path.dirname(p.rstrip('/')))}"
-        jobs.append(functools.partial(common.encoder_row, name, m.module, m.variables, data, key,
-                                      owner, 0, fid_index, ev))
+        encoders.append(Encoder(name, m.module, m.variables, 0, victim_space, m.kind))
+    first = models[0]
     ind = build_model(first.kind, {**first.meta["config"]["model"],
                                    "adapter_dim": first.meta.get("adapter_dim")})
-    jobs.append(functools.partial(common.independent_row, ind, data, key, cfg.seed, owner, 0, ev))
-    jobs.append(functools.partial(common.raw_pixels_row, data, key, ev))
-    rows = common.evaluate_rows(jobs)
+    encoders.append(evaluate.independent_encoder(ind, data, cfg.seed, 0))
+    rows = evaluate.evaluate_encoders(encoders, data, key, owner, evaluate.eval_kwargs(cfg))
     title = f"evaluation on {cfg.dataset}, fidelity to {cfg.victim_checkpoint or 'none'}"
-    print(format_table(rows, title))
-    results = {"experiment": "evaluate", "rows": rows, "checkpoints": paths,
-               "splits": data.names, "environment": common.run_environment(), "config": cfg.to_dict()}
-    common.write_results(workdir, results, rows)
-    plot_results(rows, os.path.join(workdir, "results.png"), title)
-    return results
+    out = {"experiment": "evaluate", "rows": rows, "checkpoints": paths,
+           "splits": data.names, "environment": wd.run_environment(), "config": cfg.to_dict()}
+    return results.finish(workdir, out, rows, fields=["name", *COLUMNS],
+                          table=format_table(rows, title),
+                          plots=[("results.png", lambda p: plot_results(rows, p, title))])

@@ -50,12 +50,16 @@ import numpy as np
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.splits import experiment_data
-from sslsteal_jax.evaluation.features import extract_features, make_apply
-from sslsteal_jax.experiments import common
-from sslsteal_jax.models import arch_name, build_model
+from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.evaluation.encoder import Encoder
+from sslsteal_jax.evaluation.features import extract_features
+from sslsteal_jax.losses import parse_losses
+from sslsteal_jax.models import build_model
 from sslsteal_jax.models.watermark import rotation_task
+from sslsteal_jax.pipeline import queries, results, workdir as wd
+from sslsteal_jax.pipeline.victim import load_victim
 from sslsteal_jax.trainers.simclr import train_simclr
-from sslsteal_jax.trainers.surrogate import train_surrogate
+from sslsteal_jax.trainers.surrogate import steal_config, train_surrogate
 from sslsteal_jax.trainers.watermark import watermark_slices
 from sslsteal_jax.training.checkpoint import load_model
 from sslsteal_jax.verification import dataset_inference, fit_linear_map, verify_watermark
@@ -72,36 +76,39 @@ NULL_INDEPENDENT, NULL_ANCESTOR = "independent", "ancestor"
 class Suspect:
     """A frozen encoder under test.
 
-    name: row label; kind: "victim" | "surrogate" | "independent" | "checkpoint";
-    module / variables: flax module and its variables; victim_space_index:
-    output of the module in the victim's representation space (the surrogate's
-    adapter output, else the representation), used by the watermark test;
-    rep_index: the representation used by dataset inference; info: extra
-    JSON-able facts (budget, loss, source path, ...); null_group: None, or the
-    watermark null group it belongs to (``NULL_INDEPENDENT`` /
-    ``NULL_ANCESTOR``).
+    encoder: the :class:`~sslsteal_jax.evaluation.encoder.Encoder` (its name and
+    kind -- "victim" | "surrogate" | "independent" | "ancestor" | "checkpoint" --
+    label the row; its ``victim_space`` output is read by the watermark test, its
+    representation by dataset inference); info: extra JSON-able facts (budget,
+    loss, source path, ...); null_group: None, or the watermark null group it
+    belongs to (``NULL_INDEPENDENT`` / ``NULL_ANCESTOR``).
     """
 
-    name: str
-    kind: str
-    module: object
-    variables: dict
-    victim_space_index: int = 0
-    rep_index: int = 0
+    encoder: Encoder
     info: dict = dataclasses.field(default_factory=dict)
     null_group: str | None = None
 
+    @property
+    def name(self) -> str:
+        """The row label (the encoder's name)."""
+        return self.encoder.name
+
+    @property
+    def kind(self) -> str:
+        """The encoder's kind."""
+        return self.encoder.kind
+
 
 def suspect_from_checkpoint(name: str, path: str, kind: str = "checkpoint") -> Suspect:
-    """Load a victim or surrogate checkpoint as a suspect (surrogates are judged
-    through their victim-space output, index 1).
+    """Load a victim or surrogate checkpoint as a suspect (a surrogate is judged
+    through its output in the victim's space, a victim through its representation).
 
     Raises:
-      FileNotFoundError / CheckpointMismatchError: see ``load_model``.
+      ConfigError: see ``training.checkpoint.load_model``.
     """
     m = load_model(path)
-    return Suspect(name, kind, m.module, m.variables, 1 if m.kind == "surrogate" else 0, 0,
-                   {"source": path, "checkpoint_kind": m.kind})
+    enc = Encoder(name, m.module, m.variables, 0, 1 if m.kind == "surrogate" else 0, kind)
+    return Suspect(enc, {"source": path, "checkpoint_kind": m.kind})
 
 
 def parse_suspects(spec: str) -> list[tuple[str, str]]:
@@ -150,7 +157,7 @@ def watermark_test(owner_logits, victim_dim: int, suspect: Suspect, wm_x, wm_y,
     Raises:
       ValueError: sizes differ and no ``align_x`` / ``victim_apply`` was given.
     """
-    f = make_apply(suspect.module, suspect.variables, suspect.victim_space_index)
+    f = suspect.encoder.apply("victim_space")
     reps = extract_features(f, wm_x)
     mapped = reps.shape[1] != victim_dim
     if mapped:
@@ -166,36 +173,41 @@ def di_test(suspect: Suspect, fit_x, private_x, public_x, key, n_components: int
             covariance_type: str = "diag", alpha: float = 0.01) -> dict:
     """Dataset inference of one frozen suspect on uint8 image arrays (see
     ``verification.dataset_inference``)."""
-    f = make_apply(suspect.module, suspect.variables, suspect.rep_index)
+    f = suspect.encoder.apply("representation")
     reps = [extract_features(f, x) for x in (fit_x, private_x, public_x)]
     return dataset_inference(*reps, key, n_components, covariance_type, alpha)
 
 
 def _steal(cfg, workdir, api, data, victim_module) -> list[Suspect]:
-    """Surrogates stolen at every (loss, budget) of ``cfg.attack`` (resumable)."""
+    """Surrogates stolen at every (loss, budget) of ``cfg.attack`` (resumable: answers
+    cached per account in ``<workdir>/answers_<account>.npz``, training checkpointed)."""
     out = []
-    enc = victim_module.encoder
-    for loss in [s.strip() for s in cfg.attack.losses.split(",") if s.strip()]:
+    for loss in parse_losses(cfg.attack.losses):
         for budget in parse_budgets(cfg.attack.budgets):
             if budget > len(data.query_pool):
-                raise ValueError(f"query budget {budget} exceeds the query pool size "
-                                 f"{len(data.query_pool)}")
+                raise ConfigError(f"query budget {budget} exceeds the query pool size "
+                                  f"{len(data.query_pool)}")
             user = f"attacker_{loss}_{budget}"
-            api.register(user, budget)
-            q, answers = collect_answers(api, user, data.query_pool, budget, progress=False)
-            scfg = cfg.attack.steal.copy_and_resolve_references()
-            scfg.loss = loss
-            scfg.model.arch, scfg.model.width, scfg.model.stem = arch_name(enc), enc.width, enc.stem
-            if loss in cfg.attack.get("loss_overrides", {}):
-                scfg.update(dict(cfg.attack.loss_overrides[loss]))
+
+            def buy(start, stop, user=user, budget=budget):
+                api.register(user, budget)
+                x, y = collect_answers(api, user, data.query_pool, budget, progress=False)
+                return x, y, api.queries_used(user)
+
+            bought = queries.cached_answers(os.path.join(workdir, f"answers_{user}.npz"),
+                                            {"pool": data.names["query_pool"], "account": user},
+                                            budget, buy)
+            scfg = steal_config(cfg.attack.steal, loss, victim_module.encoder,
+                                cfg.attack.loss_overrides)
             scfg.epochs = max(1, math.ceil(int(cfg.attack.samples) / budget))
             t = time.time()
-            mod, var, summ = train_surrogate(q, answers, scfg,
+            mod, var, summ = train_surrogate(bought.images, bought.answers, scfg,
                                              os.path.join(workdir, f"surrogate_{loss}_b{budget}"))
-            out.append(Suspect(f"surrogate {loss} {budget} queries", "surrogate", mod, var, 1, 0,
+            out.append(Suspect(Encoder.surrogate(f"surrogate {loss} {budget} queries", mod, var),
                                {"budget": budget, "loss": loss, "epochs": scfg.epochs,
-                                "queries_charged": api.queries_used(user),
-                                "train_seconds": time.time() - t, "final_loss": summ["final_loss"]}))
+                                "queries_charged": bought.total_charged,
+                                "train_seconds": time.time() - t,
+                                "final_loss": summ["final_loss"]}))
     return out
 
 
@@ -209,9 +221,9 @@ def _independents(cfg, workdir, data, victim) -> list[Suspect]:
     icfg = cfg.independent
     model_cfg = dict(victim.meta["config"]["model"])
     plain = {k: model_cfg[k] for k in ("arch", "width", "stem", "head_hidden", "head_out")}
-    n_seeds = int(icfg.get("seeds", 1))
+    n_seeds = int(icfg.seeds)
     if n_seeds < 1:
-        raise ValueError(f"independent.seeds={n_seeds} must be >= 1")
+        raise ConfigError(f"independent.seeds={n_seeds} must be >= 1")
     for seed in range(int(icfg.seed), int(icfg.seed) + n_seeds):
         if int(icfg.simclr_epochs) > 0:
             tcfg = icfg.train.copy_and_resolve_references()
@@ -220,16 +232,17 @@ def _independents(cfg, workdir, data, victim) -> list[Suspect]:
             t = time.time()
             mod, var, summ = train_simclr(tcfg, os.path.join(workdir, f"independent_simclr_s{seed}"),
                                           data.query_pool)
-            out.append(Suspect(f"independent SimCLR ({tcfg.epochs} ep, seed {seed})",
-                               "independent", mod, var, 0, 0,
+            out.append(Suspect(Encoder(f"independent SimCLR ({tcfg.epochs} ep, seed {seed})",
+                                       mod, var, 0, 0, "independent"),
                                {"train_images": data.names["query_pool"], "epochs": tcfg.epochs,
                                 "seed": seed, "train_seconds": time.time() - t,
                                 "final_loss": summ["final_loss"]}, NULL_INDEPENDENT))
         if icfg.random_init:
             mod = build_model("simclr", plain)
             var = mod.init(jax.random.key(seed + 1000), data.probe_test_x[:2] / 255.0)
-            out.append(Suspect(f"independent (random init, seed {seed + 1000})", "independent",
-                               mod, var, 0, 0, {"init_seed": seed + 1000}, NULL_INDEPENDENT))
+            out.append(Suspect(Encoder(f"independent (random init, seed {seed + 1000})", mod, var,
+                                       0, 0, "independent"),
+                               {"init_seed": seed + 1000}, NULL_INDEPENDENT))
     return out
 
 
@@ -250,7 +263,7 @@ def ancestor_path(spec: str | None, victim_meta: dict) -> str | None:
         (pass ``ancestor=<path>`` or ``ancestor=``).
     """
     if spec != "auto":
-        return common.resolve_path(spec) if spec else None
+        return wd.resolve_path(spec) if spec else None
     rec = (victim_meta.get("config") or {}).get("init_from")
     if not rec:
         return None
@@ -258,7 +271,7 @@ def ancestor_path(spec: str | None, victim_meta: dict) -> str | None:
         return os.path.abspath(rec)
     parts = os.path.normpath(rec).split(os.sep)
     for i in range(1, len(parts)):
-        cand = os.path.join(common.REPO_ROOT, *parts[i:])
+        cand = os.path.join(wd.REPO_ROOT, *parts[i:])
         if parts[i:] and os.path.exists(cand):
             return cand
     raise FileNotFoundError(f"the victim's ancestor (init_from={rec!r}) was not found; pass "
@@ -320,89 +333,117 @@ def run(cfg, workdir: str) -> dict:
     """Run the verification experiment; returns the results dict (also written to ``workdir``).
 
     Raises:
-      ValueError: the victim checkpoint is not a SimCLR victim, the watermark
-        test is enabled but the victim has no watermark head, or bad sizes.
-      WorkdirExistsError: ``workdir`` already holds results (fresh workdir required).
+      ConfigError: the victim checkpoint is missing or not a SimCLR victim, the
+        watermark test is enabled but the victim has no watermark head, bad sizes,
+        or ``workdir`` already holds results (``WorkdirExistsError``).
     """
-    t0 = time.time()
-    common.prepare_workdir(workdir, cfg.get("overwrite", False))
+    t = [time.time()]
+    wd.prepare_workdir(workdir, cfg.overwrite)
     data = experiment_data(cfg.dataset, probe_test_size=int(cfg.probe_test_size))
-    vpath = common.resolve_path(cfg.victim_checkpoint)
-    victim = load_model(vpath)
-    if victim.kind != "simclr":
-        raise ValueError(f"victim_checkpoint={vpath!r} holds a {victim.kind!r} checkpoint; a SimCLR "
-                         "victim is required")
-    key = jax.random.key(int(cfg.seed))
-    k_split, k_gmm = jax.random.split(key)
-    private = data.victim_train
-    victim_apply = make_apply(victim.module, victim.variables, 0)
-    victim_dim = int(extract_features(victim_apply, data.probe_test_x[:2]).shape[1])
-
-    # ---- owner's secrets -------------------------------------------------------------------
-    wm = None
-    if cfg.watermark.enabled:
-        if not hasattr(victim.module, "watermark_logits"):
-            raise ValueError(f"watermark.enabled but {vpath!r} has no watermark head; train one with "
-                             "configs/watermark_victim.py or set --config.watermark.enabled=False")
-        vconf = victim.meta["config"]
-        _, ver = watermark_slices(len(private), vconf["watermark"]["train_images"],
-                                  vconf["watermark"]["verify_images"])
-        classes = int(vconf["model"]["watermark_classes"])
-        wm_x, wm_y = rotation_task(private[ver], classes)
-        wm = dict(logits=owner_logits_fn(victim.module, victim.variables), x=wm_x, y=wm_y,
-                  classes=classes, align_x=data.probe_test_x[:int(cfg.watermark.align_images)],
-                  verify_images=f"{data.names['victim_train']}[{ver.start}:{ver.stop}]")
-    di = None
-    if cfg.di.enabled:
-        pool = private[:di_private_size(cfg.di.get("private_size", "auto"), victim.meta,
-                                        len(private))]
-        n_fit = int(cfg.di.n_fit) if cfg.di.get("n_fit") else min(10000, len(pool) // 2)
-        n_priv = (int(cfg.di.n_private) if cfg.di.get("n_private")
-                  else min(5000, len(pool) - n_fit))
-        n_pub = int(cfg.di.n_public)
-        if n_fit + n_priv > len(pool) or n_pub > len(data.probe_test_x):
-            raise ValueError(f"di.n_fit + di.n_private = {n_fit + n_priv} must be <= {len(pool)} "
-                             f"(private pool) and di.n_public = {n_pub} <= {len(data.probe_test_x)}")
-        perm = np.asarray(jax.random.permutation(k_split, len(pool)))
-        di = dict(fit=pool[np.sort(perm[:n_fit])],
-                  private=pool[np.sort(perm[n_fit:n_fit + n_priv])],
-                  public=data.probe_test_x[:n_pub],
-                  pool=f"{data.names['victim_train']}[:{len(pool)}]", n_fit=n_fit,
-                  n_private=n_priv)
-        # Control: the same test with a "private" set the victim never trained on (the next
-        # train images after the private set); it must not flag anything (calibration).
-        lo, hi = len(pool), len(pool) + n_fit + n_priv
-        if cfg.di.get("control", True) and hi <= len(private):
-            di.update(control_fit=private[lo:lo + n_fit], control_private=private[lo + n_fit:hi],
-                      control_pool=f"{data.names['victim_train']}[{lo}:{hi}]")
-    t_setup = time.time()
-
-    # ---- suspects --------------------------------------------------------------------------
-    suspects = [Suspect("victim", "victim", victim.module, victim.variables, 0, 0, {"source": vpath})]
-    anc = ancestor_path(cfg.get("ancestor", ""), victim.meta) if wm is not None else None
+    victim = load_victim(cfg.victim_checkpoint, field="victim_checkpoint")
+    k_split, k_gmm = jax.random.split(jax.random.key(int(cfg.seed)))
+    wm = _watermark_secrets(cfg, victim, data) if cfg.watermark.enabled else None
+    di = _di_sets(cfg, victim, data, k_split) if cfg.di.enabled else None
+    t.append(time.time())
+    suspects = [Suspect(Encoder("victim", victim.module, victim.variables, 0, 0, "victim"),
+                        {"source": victim.source})]
+    anc = ancestor_path(cfg.ancestor, victim.meta) if wm is not None else None
     if anc:
-        a = suspect_from_checkpoint("ancestor (never watermarked)", anc, "ancestor")
-        a.null_group = NULL_ANCESTOR
-        suspects.append(a)
+        suspects.append(dataclasses.replace(suspect_from_checkpoint(
+            "ancestor (never watermarked)", anc, "ancestor"), null_group=NULL_ANCESTOR))
     for name, path in parse_suspects(cfg.suspects):
-        suspects.append(suspect_from_checkpoint(name, common.resolve_path(path)))
+        suspects.append(suspect_from_checkpoint(name, wd.resolve_path(path)))
     api = VictimAPI(victim.module, victim.variables, data.probe_test_x.shape[1:])
     suspects += _steal(cfg, workdir, api, data, victim.module)
-    t_steal = time.time()
+    t.append(time.time())
     suspects += _independents(cfg, workdir, data, victim)
-    t_indep = time.time()
+    t.append(time.time())
+    rows, details = _verify_all(cfg, suspects, victim, data, wm, di, k_gmm)
+    t.append(time.time())
+    out = {
+        "experiment": "verify", "victim_checkpoint": victim.source, "rows": rows,
+        "details": details,
+        "splits": dict(data.names, watermark_verify=wm and wm["verify_images"],
+                       di_fit=f"{di['n_fit']} random images of {di['pool']}" if di else None,
+                       di_private=f"{di['n_private']} other images of {di['pool']}" if di else None,
+                       di_public=f"{data.names['probe_test']}[:{cfg.di.n_public}]" if di else None,
+                       di_control=di.get("control_pool") if di else None),
+        "watermark_classes": wm and wm["classes"], "watermark_trials": wm and int(len(wm["y"])),
+        "watermark_null": wm and {"method": cfg.watermark.null_method,
+                                  "decision": "wm_p_value (vs independent encoders) < alpha",
+                                  "groups": {s.name: s.null_group for s in suspects
+                                             if s.null_group}},
+        "timing_seconds": dict(zip(("setup", "steal", "independent", "verify"), np.diff(t)),
+                               total=t[-1] - t[0]),
+        "environment": wd.run_environment(), "config": cfg.to_dict()}
+    return results.finish(workdir, out, rows, fields=["name", *COLUMNS], seconds=t[-1] - t[0])
 
-    # ---- verification ----------------------------------------------------------------------
-    rows, details = [], {}
-    wm_res = {}
+
+def _watermark_secrets(cfg, victim, data) -> dict:
+    """The owner's watermark secrets: its rotation MLP, the held-out rotated watermark
+    images and labels, the public images for a linear map to the victim's space.
+
+    Raises:
+      ConfigError: the victim has no watermark head.
+    """
+    if not hasattr(victim.module, "watermark_logits"):
+        raise ConfigError(f"watermark.enabled but {victim.source!r} has no watermark head; train "
+                          "one with configs/watermark_victim.py or set "
+                          "--config.watermark.enabled=False")
+    vconf = victim.meta["config"]
+    _, ver = watermark_slices(len(data.victim_train), vconf["watermark"]["train_images"],
+                              vconf["watermark"]["verify_images"])
+    classes = int(vconf["model"]["watermark_classes"])
+    wm_x, wm_y = rotation_task(data.victim_train[ver], classes)
+    return dict(logits=owner_logits_fn(victim.module, victim.variables), x=wm_x, y=wm_y,
+                classes=classes, align_x=data.probe_test_x[:int(cfg.watermark.align_images)],
+                verify_images=f"{data.names['victim_train']}[{ver.start}:{ver.stop}]")
+
+
+def _di_sets(cfg, victim, data, key) -> dict:
+    """Dataset inference's image sets: disjoint random fit / held-out halves of the
+    private pool (permutation from ``key``), the public set, and the control sets
+    (the train images right after the private pool, never trained on).
+
+    Raises:
+      ConfigError: sizes that do not fit the private pool or the probe-test split.
+    """
+    private = data.victim_train
+    pool = private[:di_private_size(cfg.di.private_size, victim.meta, len(private))]
+    n_fit = int(cfg.di.n_fit) if cfg.di.n_fit else min(10000, len(pool) // 2)
+    n_priv = int(cfg.di.n_private) if cfg.di.n_private else min(5000, len(pool) - n_fit)
+    n_pub = int(cfg.di.n_public)
+    if n_fit + n_priv > len(pool) or n_pub > len(data.probe_test_x):
+        raise ConfigError(f"di.n_fit + di.n_private = {n_fit + n_priv} must be <= {len(pool)} "
+                          f"(private pool) and di.n_public = {n_pub} <= {len(data.probe_test_x)}")
+    perm = np.asarray(jax.random.permutation(key, len(pool)))
+    di = dict(fit=pool[np.sort(perm[:n_fit])], private=pool[np.sort(perm[n_fit:n_fit + n_priv])],
+              public=data.probe_test_x[:n_pub], pool=f"{data.names['victim_train']}[:{len(pool)}]",
+              n_fit=n_fit, n_private=n_priv)
+    # Control: the same test with a "private" set the victim never trained on (the next
+    # train images after the private set); it must not flag anything (calibration).
+    lo, hi = len(pool), len(pool) + n_fit + n_priv
+    if cfg.di.control and hi <= len(private):
+        di.update(control_fit=private[lo:lo + n_fit], control_private=private[lo + n_fit:hi],
+                  control_pool=f"{data.names['victim_train']}[{lo}:{hi}]")
+    return di
+
+
+def _verify_all(cfg, suspects, victim, data, wm, di, key) -> tuple[list[dict], dict]:
+    """Watermark test (with its null-group p-values) and dataset inference of every
+    suspect; returns ``(rows, details)`` and prints one line per suspect."""
+    victim_apply = Encoder("victim", victim.module, victim.variables).apply()
+    victim_dim = int(extract_features(victim_apply, data.probe_test_x[:2]).shape[1])
+    alpha = float(cfg.watermark.alpha)
+    wm_res, nulls = {}, {}
     if wm is not None:
         for s in suspects:
             wm_res[s.name] = watermark_test(wm["logits"], victim_dim, s, wm["x"], wm["y"],
-                                            wm["classes"], float(cfg.watermark.alpha),
-                                            wm["align_x"], victim_apply)
+                                            wm["classes"], alpha, wm["align_x"], victim_apply)
         nulls = watermark_null_pvalues({n: (r["correct"], r["total"]) for n, r in wm_res.items()},
                                        {s.name: s.null_group for s in suspects},
-                                       cfg.watermark.get("null_method", "max"))
+                                       cfg.watermark.null_method)
+    rows, details = [], {}
     for s in suspects:
         row = {"name": s.name, "kind": s.kind, "budget": s.info.get("budget")}
         d = {"info": s.info}
@@ -411,45 +452,23 @@ def run(cfg, workdir: str) -> dict:
             ind, anc_t = nl.get(NULL_INDEPENDENT), nl.get(NULL_ANCESTOR)
             p_ind = ind and ind["p_value"]
             row.update(wm_accuracy=r["accuracy"], wm_p_chance=r["p_value"], wm_p_value=p_ind,
-                       watermarked=None if p_ind is None else bool(p_ind < float(cfg.watermark.alpha)),
+                       watermarked=None if p_ind is None else bool(p_ind < alpha),
                        wm_p_ancestor=anc_t and anc_t["p_value"])
             d["watermark"] = dict(r, null_tests=nl)
         if di is not None:
-            r = di_test(s, di["fit"], di["private"], di["public"], k_gmm, int(cfg.di.components),
-                        cfg.di.covariance, float(cfg.di.alpha))
+            args = (key, int(cfg.di.components), cfg.di.covariance, float(cfg.di.alpha))
+            r = di_test(s, di["fit"], di["private"], di["public"], *args)
             row.update(di_ll_gap=r["ll_gap"], di_t_statistic=r["t_statistic"],
                        di_p_value=r["p_value"], di_stolen=r["stolen"])
             if "control_fit" in di:
-                rc = di_test(s, di["control_fit"], di["control_private"], di["public"], k_gmm,
-                             int(cfg.di.components), cfg.di.covariance, float(cfg.di.alpha))
+                rc = di_test(s, di["control_fit"], di["control_private"], di["public"], *args)
                 row.update(di_control_p_value=rc["p_value"])
                 r = dict(r, control=rc)
             d["dataset_inference"] = r
         rows.append(row)
         details[s.name] = d
         print(_format_row(row), flush=True)
-    t_verify = time.time()
-
-    results = {
-        "experiment": "verify", "victim_checkpoint": vpath, "rows": rows, "details": details,
-        "splits": dict(data.names, watermark_verify=wm and wm["verify_images"],
-                       di_fit=f"{di['n_fit']} random images of {di['pool']}" if di else None,
-                       di_private=f"{di['n_private']} other images of {di['pool']}" if di else None,
-                       di_public=f"{data.names['probe_test']}[:{cfg.di.n_public}]" if di else None,
-                       di_control=di.get("control_pool") if di else None),
-        "watermark_classes": wm and wm["classes"], "watermark_trials": wm and int(len(wm["y"])),
-        "watermark_null": wm and {"method": cfg.watermark.get("null_method", "max"),
-                                  "decision": "wm_p_value (vs independent encoders) < alpha",
-                                  "groups": {s.name: s.null_group for s in suspects
-                                             if s.null_group}},
-        "timing_seconds": {"setup": t_setup - t0, "steal": t_steal - t_setup,
-                           "independent": t_indep - t_steal, "verify": t_verify - t_indep,
-                           "total": t_verify - t0},
-        "environment": common.run_environment(), "config": cfg.to_dict()}
-    common.write_results(workdir, results, rows, COLUMNS)
-    print(f"wrote {os.path.join(workdir, 'results.json')} and results.csv "
-          f"(total {t_verify - t0:.0f} s)")
-    return results
+    return rows, details
 
 
 def _format_row(r: dict) -> str:

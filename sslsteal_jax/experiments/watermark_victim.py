@@ -18,11 +18,12 @@ import os
 import jax
 
 from sslsteal_jax.data.splits import experiment_data
+from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.report import COLUMNS as EVAL_COLUMNS
 from sslsteal_jax.evaluation.report import format_table
-from sslsteal_jax.experiments import common
 from sslsteal_jax.experiments.verify import Suspect, watermark_test
+from sslsteal_jax.pipeline import evaluate, results, workdir as wd
 from sslsteal_jax.models.watermark import rotation_task
 from sslsteal_jax.trainers.watermark import train_watermark_victim, watermark_slices
 from sslsteal_jax.training.checkpoint import load_model, write_json_atomic
@@ -36,32 +37,31 @@ def run(cfg, workdir: str) -> dict:
       ValueError: bad watermark slices / sizes (see ``trainers.watermark``).
       WorkdirExistsError: ``workdir`` already holds results and overwrite is False.
     """
-    common.prepare_workdir(workdir, cfg.get("overwrite", False))
-    if cfg.get("init_from"):
-        cfg.init_from = common.resolve_path(cfg.init_from)
-    data = experiment_data(cfg.dataset, probe_train_size=cfg.get("probe_train_size"))
+    wd.prepare_workdir(workdir, cfg.overwrite)
+    if cfg.init_from:
+        cfg.init_from = wd.resolve_path(cfg.init_from)
+    data = experiment_data(cfg.dataset, probe_train_size=cfg.probe_train_size)
     full_train = data.victim_train
     tr, ver = watermark_slices(len(full_train), cfg.watermark.train_images,
                                cfg.watermark.verify_images)
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
-    n = cfg.get("victim_train_size") or len(full_train)
+    n = cfg.victim_train_size or len(full_train)
     model, variables, summary = train_watermark_victim(cfg, workdir, full_train[:n], full_train[tr])
 
     classes = int(cfg.model.watermark_classes)
     wm_x, wm_y = rotation_task(full_train[ver], classes)
     logits = owner_logits_fn(model, variables)
     dim = int(extract_features(make_apply(model, variables, 0), wm_x[:2]).shape[1])
-    encoders = [Suspect("watermarked victim", "victim", model, variables)]
-    if cfg.get("init_from"):
+    encoders = [Suspect(Encoder("watermarked victim", model, variables, 0, 0, "victim"))]
+    if cfg.init_from:
         anc = load_model(cfg.init_from)
-        encoders.append(Suspect("ancestor (init_from, no watermark)", "ancestor", anc.module,
-                                anc.variables))
+        encoders.append(Suspect(Encoder("ancestor (init_from, no watermark)", anc.module,
+                                        anc.variables, 0, 0, "ancestor")))
     key = jax.random.key(int(cfg.seed) + 1)
     rows = []
     for s in encoders:
         w = watermark_test(logits, dim, s, wm_x, wm_y, classes, float(cfg.watermark.alpha))
-        row = common.encoder_row(s.name, s.module, s.variables, data, key,
-                                 cfg_eval=common.eval_kwargs(cfg))
+        row = evaluate.encoder_row(s.encoder, data, key, None, evaluate.eval_kwargs(cfg))
         row.update(wm_accuracy=w["accuracy"], wm_p_value=w["p_value"],
                    wm_above_chance=w["above_chance"])
         rows.append(row)
@@ -69,11 +69,10 @@ def run(cfg, workdir: str) -> dict:
     for r in rows:
         print(f"{r['name']}: watermark accuracy {r['wm_accuracy']:.3f} on {len(wm_y)} rotated "
               f"held-out images (chance {1 / classes:.2f}), binomial p = {r['wm_p_value']:.3g}")
-    results = {"experiment": "watermark_victim", "training": summary, "rows": rows,
+    out = {"experiment": "watermark_victim", "training": summary, "rows": rows,
                "watermark_train_images": f"{data.names['victim_train']}[{tr.start}:{tr.stop}]",
                "watermark_verify_images": f"{data.names['victim_train']}[{ver.start}:{ver.stop}]",
                "simclr_train_images": f"{data.names['victim_train']}[:{n}]",
-               "splits": data.names, "environment": common.run_environment(), "config": cfg.to_dict()}
-    common.write_results(workdir, results, rows, [*EVAL_COLUMNS, "wm_accuracy", "wm_p_value",
-                                                  "wm_above_chance"])
-    return results
+               "splits": data.names, "environment": wd.run_environment(), "config": cfg.to_dict()}
+    return results.finish(workdir, out, rows, fields=["name", *EVAL_COLUMNS, "wm_accuracy",
+                                                      "wm_p_value", "wm_above_chance"])

@@ -1,0 +1,96 @@
+"""A resumable store of finished cells (one JSON file per cell) behind a settings fingerprint.
+
+Long experiments (budget scans, the defense matrix) are grids of independent
+cells. Each finished cell is written atomically to ``<root>/<cell>.json`` as
+soon as it is done, so an interrupted run loses at most the cell in progress
+and a restarted one skips what is finished. The store records the settings
+every cell depends on (``_settings.json``); opening it with other settings
+raises, naming the fields that differ, instead of mixing results of two
+configurations. A cell may also carry its own settings (e.g. the surrogate
+config it was trained with), checked when it is read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.training.checkpoint import write_json_atomic
+
+_SETTINGS = "_settings.json"
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def safe_name(cell: str) -> str:
+    """File-system safe file stem of a cell name (``/``, ``:`` and spaces replaced)."""
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", cell)
+
+
+class CellStore:
+    """Finished cells of one experiment in ``root``.
+
+    Args:
+      root: directory of the cell files (created).
+      settings: JSON-able dict of what every cell depends on.
+      fresh: start from nothing: an existing store is moved aside to
+        ``<root>.<unix time>`` (kept, never deleted).
+    Raises:
+      ConfigError: ``root`` holds cells of other settings (names the differing fields).
+    """
+
+    def __init__(self, root: str, settings: dict, fresh: bool = False):
+        if fresh and os.path.isdir(root) and os.listdir(root):
+            os.replace(root, f"{root}.{int(time.time())}")
+        os.makedirs(root, exist_ok=True)
+        self.root = root
+        self.settings = _jsonable(settings)
+        path = os.path.join(root, _SETTINGS)
+        if os.path.exists(path):
+            with open(path) as f:
+                old = json.load(f)
+            if old != self.settings:
+                diff = sorted(k for k in set(old) | set(self.settings)
+                              if old.get(k) != self.settings.get(k))
+                raise ConfigError(f"{root} holds cells of a different configuration (differs in "
+                                  f"{diff}); use another --workdir or --config.overwrite=True")
+        else:
+            write_json_atomic(path, self.settings)
+
+    def path(self, cell: str) -> str:
+        """The JSON file of ``cell``."""
+        return os.path.join(self.root, safe_name(cell) + ".json")
+
+    def __contains__(self, cell: str) -> bool:
+        return os.path.exists(self.path(cell))
+
+    def get(self, cell: str, settings: dict | None = None):
+        """The stored value of ``cell`` or None.
+
+        Raises:
+          ConfigError: ``settings`` given and the cell was stored with other ones.
+        """
+        if cell not in self:
+            return None
+        with open(self.path(cell)) as f:
+            rec = json.load(f)
+        if settings is not None and rec.get("settings") != _jsonable(settings):
+            raise ConfigError(f"cell {cell} in {self.root} was computed with other settings "
+                              f"({rec.get('settings')}) than this run asks for "
+                              f"({_jsonable(settings)}); use a fresh --workdir")
+        return rec["value"]
+
+    def put(self, cell: str, value, settings: dict | None = None):
+        """Store ``value`` (JSON-able) for ``cell`` atomically; returns ``value``."""
+        write_json_atomic(self.path(cell), {"cell": cell, "settings": _jsonable(settings),
+                                            "value": value})
+        return value
+
+    def get_or_compute(self, cell: str, compute, settings: dict | None = None):
+        """The stored value of ``cell``, or ``compute()`` stored then returned."""
+        value = self.get(cell, settings)
+        return self.put(cell, compute(), settings) if value is None else value

@@ -1,0 +1,132 @@
+"""Report rows of encoders: linear probe (full labels, few labels), kNN, fidelity.
+
+The experiments evaluate every encoder the same way (Dziedzic et al., ICML 2022,
+Section 4: linear probe on the frozen representation; fidelity to the victim's
+answers on the probe test set), next to two baselines every report carries: an
+independent randomly initialised encoder of the same architecture and raw pixels.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+
+from sslsteal_jax.evaluation.encoder import Encoder
+from sslsteal_jax.evaluation.features import extract_features, raw_pixels
+from sslsteal_jax.evaluation.parallel import default_workers, run_concurrently
+from sslsteal_jax.evaluation.report import evaluate_features
+
+#: Label of the independent-encoder row.
+INDEPENDENT = "independent (random init)"
+# Result rows evaluated at once by ``evaluate_rows``.
+ROWS_IN_FLIGHT = 2
+
+
+def eval_kwargs(cfg) -> dict:
+    """Keyword arguments of ``evaluate_features`` from a config's ``eval`` block
+    (``per_class`` labels per class, ``probe_epochs``, ``select_probe``)."""
+    return dict(per_class=int(cfg.eval.per_class), probe_epochs=int(cfg.eval.probe_epochs),
+                select_probe=bool(cfg.eval.select_probe))
+
+
+def encoder_row(encoder: Encoder, data, key, victim_outputs=None, ev: dict | None = None) -> dict:
+    """Evaluate one encoder on ``data``'s probe splits.
+
+    Args:
+      encoder: the :class:`~sslsteal_jax.evaluation.encoder.Encoder` (its
+        representation is probed; its ``victim_space`` output is compared with
+        ``victim_outputs``).
+      data: ``data.splits.ExperimentData``.
+      key: PRNG key (probe initialisation and order, few-label subset).
+      victim_outputs: float32 ``(N_test, D)`` the victim API's answers on
+        ``data.probe_test_x``; None (or an encoder without ``victim_space``, or an
+        output of another shape) skips fidelity.
+      ev: ``evaluate_features`` keywords (:func:`eval_kwargs`).
+    Returns:
+      the report row (``evaluation.report.evaluate_features``).
+    """
+    tr = encoder.features(data.probe_train_x, desc=f"features {encoder.name} (probe train)")
+    fidelity = victim_outputs is not None and encoder.victim_space is not None
+    if fidelity and encoder.victim_space != encoder.representation:
+        # one forward pass for the representation and the output compared with the victim
+        both = extract_features(encoder.apply(("representation", "victim_space")),
+                                data.probe_test_x)
+        te, out = both[:, :tr.shape[1]], both[:, tr.shape[1]:]
+    else:
+        te = encoder.features(data.probe_test_x)
+        out = te if fidelity else None
+    if out is not None and out.shape != victim_outputs.shape:
+        out = None
+    return evaluate_features(encoder.name, tr, te, data, key, victim_outputs, out, **(ev or {}))
+
+
+def independent_encoder(module, data, seed: int, victim_space: int | None = None) -> Encoder:
+    """``module`` freshly initialised with PRNG key ``seed + 1000``: the independent
+    encoder of the same architecture that every report includes (its output
+    ``victim_space``, if given, is compared with the victim's answers)."""
+    variables = module.init(jax.random.key(int(seed) + 1000), data.probe_test_x[:2] / 255.0)
+    return Encoder(INDEPENDENT, module, variables, 0, victim_space, "independent")
+
+
+def raw_pixels_row(data, key, ev: dict | None = None) -> dict:
+    """Metrics of the raw-pixel baseline (no fidelity)."""
+    return evaluate_features("raw pixels", raw_pixels(data.probe_train_x),
+                             raw_pixels(data.probe_test_x), data, key, **(ev or {}))
+
+
+def evaluate_rows(jobs) -> list[dict]:
+    """Compute result rows, ``ROWS_IN_FLIGHT`` at a time, in the order of ``jobs``.
+
+    ``jobs`` are zero-argument callables returning a row. Feature extraction
+    (convolutions on all cores) of one row then overlaps the probe fits of the
+    previous one (chains of tiny programs that leave cores idle). Each row's
+    numbers depend only on its own arguments, so they are the same as computed
+    one by one (``$SSLSTEAL_EVAL_WORKERS=1`` does that). Measured on the 2-core
+    dev machine, main job (4 rows): evaluation 134 s one row at a time, 110 s
+    with two rows in flight.
+
+    Concurrency rule (``training.mesh``): the rows' feature extractions are
+    multi-device programs and take turns under ``mesh.COLLECTIVES``; the probes
+    and kNN are single-device programs and overlap freely.
+
+    Raises:
+      whatever a job raises (after the other rows in flight finish).
+    """
+    workers = min(ROWS_IN_FLIGHT, default_workers())
+    return run_concurrently(list(jobs), max_workers=workers)
+
+
+def evaluate_encoders(encoders, data, key, victim_outputs=None, ev: dict | None = None,
+                      raw: bool = True) -> list[dict]:
+    """Rows of ``encoders`` (in order; each an :class:`Encoder`, or a zero-argument
+    callable returning a row for a custom row), plus the raw-pixel row when
+    ``raw``; evaluated ``ROWS_IN_FLIGHT`` at a time (:func:`evaluate_rows`)."""
+    jobs = [e if callable(e) and not isinstance(e, Encoder)
+            else functools.partial(encoder_row, e, data, key, victim_outputs, ev)
+            for e in encoders]
+    if raw:
+        jobs.append(functools.partial(raw_pixels_row, data, key, ev))
+    return evaluate_rows(jobs)
+
+
+def evaluate_encoder(encoder: Encoder, data, key, victim_outputs=None, *, per_class: int = 100,
+                     probe_epochs: int = 60, select_probe: bool = True) -> dict:
+    """Evaluate one encoder as the experiments' report rows do (Python API).
+
+    Args:
+      encoder: an :class:`Encoder` (e.g. ``Encoder.surrogate("stolen", module,
+        variables)`` for a trained surrogate, ``Encoder.victim(module, variables)``).
+      data: ``data.splits.ExperimentData`` (probe train / test images and labels).
+      key: PRNG key (probe initialisation and order, few-label subset).
+      victim_outputs: float32 ``(N_test, D)`` the victim API's answers on
+        ``data.probe_test_x`` (e.g. ``api.query("owner", data.probe_test_x)``), for
+        fidelity; None skips fidelity.
+      per_class, probe_epochs, select_probe: as ``evaluation.report.evaluate_features``.
+    Returns:
+      the report row: ``name``, ``probe_full`` / ``probe_100`` / ``knn`` (accuracy in
+      percent), ``cosine_fidelity`` / ``l2_fidelity`` (None without fidelity), and
+      ``probe_full_settings``.
+    """
+    return encoder_row(encoder, data, key, victim_outputs,
+                       dict(per_class=int(per_class), probe_epochs=int(probe_epochs),
+                            select_probe=bool(select_probe)))

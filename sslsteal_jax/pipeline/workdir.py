@@ -1,0 +1,64 @@
+"""Work directories, repository-relative paths and the run environment."""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+
+from sslsteal_jax.errors import ConfigError
+
+#: The repository root (shipped victims and configs are resolved against it).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class WorkdirExistsError(ConfigError, FileExistsError):
+    """The work directory already holds final results and overwrite was not requested."""
+
+
+def prepare_workdir(workdir: str, overwrite: bool) -> None:
+    """Create ``workdir``; refuse to reuse one that already holds ``results.json``.
+
+    With ``overwrite`` the old results are kept as ``results.<unix time>.{json,csv,png}``
+    (never deleted). A workdir without results (an interrupted run) is reused
+    and the run resumes from its checkpoints.
+
+    Raises:
+      WorkdirExistsError: results exist and ``overwrite`` is False.
+      ConfigError: ``workdir`` exists and is not a directory.
+    """
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError(f"--workdir {workdir!r} is an existing file, not a directory; "
+                          "choose a directory path")
+    os.makedirs(workdir, exist_ok=True)
+    res = os.path.join(workdir, "results.json")
+    if os.path.exists(res):
+        if not overwrite:
+            raise WorkdirExistsError(
+                f"{workdir!r} already holds results.json from a finished run; choose a new "
+                f"--workdir or pass --config.overwrite=True (the old results are kept as "
+                f"results.<time>.json)")
+        stamp = int(time.time())
+        for ext in ("json", "csv", "png"):
+            old = os.path.join(workdir, f"results.{ext}")
+            if os.path.exists(old):
+                os.replace(old, os.path.join(workdir, f"results.{stamp}.{ext}"))
+
+
+def resolve_path(path: str | None) -> str | None:
+    """Absolute path; relative paths are tried from the cwd, then from the repository root.
+    None or "" stays None."""
+    if not path:
+        return None
+    if os.path.isabs(path) or os.path.exists(path):
+        return os.path.abspath(path)
+    return os.path.join(REPO_ROOT, path)
+
+
+def run_environment() -> dict:
+    """What the numbers of a run depend on besides its config and seed:
+    ``{"jax": version, "platform": "cpu" | "gpu" | "tpu", "devices": int}``
+    (data-parallel device count: float summation order, hence the last digits,
+    depends on it; see ``sslsteal_jax.host_devices``)."""
+    return {"jax": jax.__version__, "platform": jax.devices()[0].platform,
+            "devices": jax.device_count()}
