@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.experiments.verify import (Suspect, ancestor_path, di_private_size,
                                              parse_budgets, parse_suspects, watermark_null_pvalues,
@@ -89,11 +90,11 @@ def test_binomial_pvalue_hand_case_and_scipy():
 
 def test_watermark_exact_encoder_is_flagged_constant_is_not():
     x, y = rotation_task(marked_images(6), 4)  # 24 trials
-    exact = Suspect("exact", "surrogate", CornerEncoder(), {}, 1)
+    exact = Suspect(Encoder("exact", CornerEncoder(), {}, 0, 1, "surrogate"))
     r = watermark_test(corner_logits, 4, exact, x, y, 4, 0.01)
     assert r["accuracy"] == 1.0 and r["correct"] == 24 and not r["linear_map"]
     assert r["p_value"] == pytest.approx(0.25 ** 24, rel=1e-9) and r["above_chance"]
-    const = Suspect("constant", "independent", ConstantEncoder(), {}, 0)
+    const = Suspect(Encoder("constant", ConstantEncoder(), {}, 0, 0, "independent"))
     r = watermark_test(corner_logits, 4, const, x, y, 4, 0.01)
     # constant logits -> always class 0 -> exactly one rotation in four is right
     assert r["accuracy"] == 0.25 and not r["above_chance"]
@@ -104,7 +105,7 @@ def test_watermark_exact_encoder_is_flagged_constant_is_not():
 @pytest.mark.slow
 def test_watermark_linear_map_for_other_sizes():
     x, y = rotation_task(marked_images(4), 4)
-    wide = Suspect("wide", "independent", CornerEncoder(wide=True), {}, 0)
+    wide = Suspect(Encoder("wide", CornerEncoder(wide=True), {}, 0, 0, "independent"))
     with pytest.raises(ValueError, match="8-d representations, the victim 4-d"):
         watermark_test(corner_logits, 4, wide, x, y, 4, 0.01)
     victim_apply = jax.jit(lambda im: CornerEncoder().apply({}, im.astype(jnp.float32) / 255.0)[0])
