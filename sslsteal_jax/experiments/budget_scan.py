@@ -177,14 +177,7 @@ def run(cfg, workdir: str) -> dict:
     """
     t0 = time.time()
     o = check_config(cfg)
-    datas = {s: experiment_data(cfg.dataset, s, cfg.probe_test_size, with_victim_train=False,
-                                probe_train_size=cfg.probe_train_size) for s in o["sources"]}
-    for s, d in datas.items():
-        if o["budgets"][-1] > len(d.query_pool):
-            raise ConfigError(f"budget {o['budgets'][-1]} exceeds the query pool of source {s!r} "
-                              f"({d.names['query_pool']}: {len(d.query_pool)} images); lower the "
-                              f"budgets" + ("" if s == f"{cfg.dataset}:train" else
-                                           f" or use a larger source (e.g. '{cfg.dataset}:train')"))
+    datas = _load_data(cfg, o["sources"], o["budgets"][-1])
     wd.prepare_workdir(workdir, cfg.overwrite)
     store = CellStore(os.path.join(workdir, "cells"), _settings(cfg))
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
@@ -232,6 +225,23 @@ def run(cfg, workdir: str) -> dict:
     return results.finish(workdir, out, rows, fields=CSV_FIELDS,
                           table=format_scan(rows, reference), plots=plots,
                           seconds=time.time() - t0)
+
+
+def _load_data(cfg, sources, budget: int) -> dict:
+    """``{source: ExperimentData}`` (probe splits shared, the source's query pool).
+
+    Raises:
+      ConfigError: ``budget`` exceeds a source's pool (names the source and its size).
+    """
+    datas = {s: experiment_data(cfg.dataset, s, cfg.probe_test_size, with_victim_train=False,
+                                probe_train_size=cfg.probe_train_size) for s in sources}
+    for s, d in datas.items():
+        if budget > len(d.query_pool):
+            raise ConfigError(f"budget {budget} exceeds the query pool of source {s!r} "
+                              f"({d.names['query_pool']}: {len(d.query_pool)} images); lower the "
+                              f"budgets" + ("" if s == f"{cfg.dataset}:train" else
+                                           f" or use a larger source (e.g. '{cfg.dataset}:train')"))
+    return datas
 
 
 def _settings(cfg) -> dict:
