@@ -18,6 +18,8 @@ from typing import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from sslsteal_jax.errors import ConfigError
+
 _EPS = 1e-8
 
 
@@ -374,6 +376,26 @@ def get_spec(name: str) -> LossSpec:
     if name not in LOSSES:
         raise ValueError(f"unknown stealing loss {name!r}; allowed: {list(LOSSES)}")
     return LOSSES[name]
+
+
+#: Group names accepted by :func:`loss_names` (and the configs' ``losses`` fields).
+LOSS_GROUPS = {"all": STEALING_LOSSES, "extra": EXTRA_LOSSES, "every": ALL_LOSSES}
+
+
+def loss_names(spec: str) -> list[str]:
+    """``"infonce"`` / ``"mse,softnn"`` / ``"all"`` (the paper's four losses) /
+    ``"extra"`` (the other five) / ``"every"`` (all nine) -> list of loss names.
+
+    Raises:
+      ConfigError (a ValueError): unknown or no loss name (lists the allowed ones).
+    """
+    names = (list(LOSS_GROUPS[spec]) if spec in LOSS_GROUPS
+             else [s.strip() for s in str(spec).split(",") if s.strip()])
+    bad = [n for n in names if n not in ALL_LOSSES]
+    if bad or not names:
+        raise ConfigError(f"unknown stealing loss(es) {bad or spec!r}; allowed: "
+                          f"{list(ALL_LOSSES)} or 'all' (the paper's four), 'extra', 'every'")
+    return names
 
 
 def scale_overrides() -> dict[str, dict]:

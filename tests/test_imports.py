@@ -16,6 +16,7 @@ Layers, bottom to top (a module may import only from its own layer or below):
   checkpoints, device mesh).
 * ``trainers``: per-method trainers (SimCLR victim, watermarked victim).
 * ``attacks``, ``verification``, ``evaluation``, ``api``: uses of trained models.
+* ``configs``: experiment configs and their checks (use the registries below them).
 * ``experiments``, ``main``: the pipelines.
 """
 from __future__ import annotations
@@ -33,8 +34,10 @@ PKG = "sslsteal_jax"
 # (lower layers, upper layers they must never import, directly or in a function).
 LAYER_RULES = [
     (("models", "training", "losses", "defenses", "data"),
-     ("experiments", "verification", "attacks", "trainers", "api", "evaluation")),
+     ("experiments", "verification", "attacks", "trainers", "api", "evaluation", "configs")),
     (("models", "losses", "defenses", "data"), ("training",)),
+    (("trainers", "attacks", "verification", "evaluation", "api"), ("configs",)),
+    (("configs",), ("experiments", "main")),
 ]
 
 
