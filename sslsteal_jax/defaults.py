@@ -20,13 +20,18 @@ DEFAULT_VICTIM_CHECKPOINT = DEFAULT_VICTIM + "/checkpoints"
 def default_steal_block(epochs: int = 30, seed: int = 0) -> ml_collections.ConfigDict:
     """The main job's ``steal`` block (``configs/quickstart.py``; one definition).
 
-    Fields: ``loss`` ("infonce"), ``epochs``, ``batch_size`` / ``learning_rate`` /
-    ``temperature`` (None: the loss's reference settings, ``losses.LOSSES``),
+    Fields: ``epochs``, ``batch_size`` (int) / ``learning_rate`` (float) /
+    ``temperature`` (float): placeholders, None = the loss's reference settings
+    (``losses.LOSSES``), settable with ``--config.steal.batch_size=128``;
     ``weight_decay`` 1e-4, ``optimizer`` "adam", ``seed``, ``augment`` None,
     ``model`` (``arch`` "", ``width`` 0, ``stem`` "": the victim's; ``dtype``
-    "float32"). Source of the settings: Dziedzic et al., ICML 2022, Section 4.
+    "float32"). No ``loss``: the trainer sets it per loss (the configs choose
+    losses with their ``losses`` field). Source of the settings: Dziedzic et al.,
+    ICML 2022, Section 4.
     """
+    placeholder = ml_collections.config_dict.placeholder
     return ml_collections.ConfigDict(dict(
-        loss="infonce", epochs=epochs, batch_size=None, learning_rate=None,
-        temperature=None, weight_decay=1e-4, optimizer="adam", seed=seed, augment=None,
+        epochs=epochs, batch_size=placeholder(int), learning_rate=placeholder(float),
+        temperature=placeholder(float), weight_decay=1e-4, optimizer="adam", seed=seed,
+        augment=None,
         model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))

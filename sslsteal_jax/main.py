@@ -4,15 +4,24 @@
 
 ``--config`` is an ml_collections config file (optionally ``file.py:args``);
 its ``experiment`` field selects the experiment (train_victim, steal,
-evaluate, budget_scan, defense_matrix, watermark_victim, verify). Any field can be overridden with ``--config.<field>=<value>``.
-``--show_config`` prints a config's documentation and resolved fields and exits.
+evaluate, budget_scan, defense_matrix, watermark_victim, verify). Any field can be
+overridden with ``--config.<field>=<value>``. The configs in ``configs/`` are thin
+files over the package ``sslsteal_jax.configs`` (one module per config: its typed
+``:arguments``, its fields and its ``validate``). Before any work the config is
+checked by the ``validate`` of its experiment's config module (unknown names,
+out-of-range numbers: one ``error:`` line).
+``--show_config`` prints a config's documentation, arguments and resolved fields,
+then checks it (exit 0 valid, 1 with the ``error:`` line); nothing runs.
 ``--watchdog_seconds`` (default 900, 0 = off) stops a run that makes no
 progress for that long with its Python stacks (``sslsteal_jax.watchdog``).
-``--help`` (or no arguments) lists the configs in ``configs/`` and the flags.
+``--help`` lists the configs in ``configs/`` and the flags; no arguments prints a
+short usage.
 
 Exit status: 0 done, 1 a user mistake (one line ``error: ...`` on stderr: a
 config, flag, path or dataset name that is wrong; see
-``sslsteal_jax.errors.ConfigError``), 3 stalled (watchdog), 130 interrupted.
+``sslsteal_jax.errors.ConfigError``), 2 no arguments (the short usage is printed
+on stderr, as for a usage error of ``launch/local.sh``), 3 stalled (watchdog),
+130 interrupted.
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ import textwrap
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sslsteal_jax.configs import EXPERIMENT_CONFIGS
 from sslsteal_jax.errors import ConfigError, root_cause
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -45,8 +55,7 @@ _SHOW_CONFIG = flags.DEFINE_bool(
     "--workdir is not needed.")
 
 # config.experiment -> module sslsteal_jax.experiments.<name> (each defines run(cfg, workdir)).
-EXPERIMENTS = ("train_victim", "steal", "evaluate", "budget_scan", "defense_matrix",
-               "watermark_victim", "verify")
+EXPERIMENTS = tuple(EXPERIMENT_CONFIGS)
 
 #: The repository's config directory (listed by --help and in config-path errors).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -88,7 +97,7 @@ def _module_doc(path: str) -> str:
 
 
 def _is_config_file(path: str) -> bool:
-    """True for a .py file that defines ``get_config`` (helpers such as common.py do not)."""
+    """True for a .py file that defines (or imports) ``get_config`` (helpers do not)."""
     try:
         with open(path, encoding="utf-8") as f:
             return "get_config" in f.read()
@@ -99,7 +108,7 @@ def _is_config_file(path: str) -> bool:
 def available_configs(config_dir: str = CONFIG_DIR) -> list[tuple[str, str]]:
     """The config files in ``config_dir``: ``[(path, description), ...]`` sorted by
     name, the description being the first paragraph of the file's docstring on one
-    line; helpers (``common.py``, ``__init__.py``, any file without ``get_config``)
+    line; helpers (``__init__.py``, any file without ``get_config``)
     are left out. Paths are relative to the cwd when below it."""
     try:
         names = sorted(os.listdir(config_dir))
@@ -141,6 +150,18 @@ def usage_text() -> str:
               "(watchdog), 130 interrupted (rerun the command to resume).", "",
               "flags:", flags.FLAGS.main_module_help()]
     return "\n".join(lines)
+
+
+def short_usage() -> str:
+    """What no arguments prints: the synopsis, the two commonest commands and where the
+    configs are listed (a few lines; ``--help`` has the rest)."""
+    return "\n".join([
+        f"usage: {_PROG} --config=CONFIG.py[:ARG=VALUE,...] --workdir=DIR [--config.FIELD=VALUE ...]",
+        "  run the main job:        "
+        f"{_PROG} --config=configs/quickstart.py --workdir=runs/quickstart",
+        "  see a config's options:  "
+        f"{_PROG} --config=configs/quickstart.py --show_config",
+        f"{_PROG} --help lists every config and flag."])
 
 
 def _config_value(args) -> str | None:
@@ -187,15 +208,15 @@ def parse_flags(argv):
     """absl ``flags_parser``: help, config-path checks and flag errors as one line.
 
     ``--help``/``-h``/``--helpshort``/``--helpfull`` print :func:`usage_text` on
-    stdout and exit 0; no arguments prints it on stderr and exits 1. A missing
+    stdout and exit 0; no arguments prints :func:`short_usage` on stderr and exits 2. A missing
     config file, a ``ValueError`` raised by a config's ``get_config`` (a bad
     ``:argument``) and any other flag error print one ``error:`` line and exit 1.
     Returns the arguments absl did not consume (program name first).
     """
     args = argv[1:]
     if not args:
-        print(usage_text(), file=sys.stderr)
-        _fail(f"no arguments; give --config and --workdir (see {_PROG} --help)")
+        print(short_usage(), file=sys.stderr)
+        sys.exit(2)
     head = args[:args.index("--")] if "--" in args else args  # "--" ends the flags
     if any(_HELP_ARGS.match(a) for a in head):
         text = usage_text()
@@ -211,13 +232,10 @@ def parse_flags(argv):
     except ConfigError as e:
         _fail(str(e))
     except (AttributeError, KeyError) as e:  # --config.FIELD=... names no field of the config
-        key = str(e).strip("\"'")
-        bad = [a.split("=", 1)[0].lstrip("-") for a in head
-               if re.match(r"^--?(no)?config\.", a) and key in a.split("=", 1)[0].split(".")]
-        if not bad:
+        bad = _unknown_field(head, e)
+        if bad is None:
             raise
-        _fail(f"--{bad[0]}: {value} has no field {bad[0].split('.', 1)[1]!r}; list its fields "
-              f"with {_PROG} --config={value} --show_config")
+        _fail(_unknown_field_message(bad, value, e))
     except flags.Error as e:
         root = root_cause(e)
         if root is not e and isinstance(root, ValueError) and str(e).startswith("flag --config="):
@@ -227,6 +245,34 @@ def parse_flags(argv):
         if root is not e and not isinstance(root, ValueError):
             raise  # a bug in a config file: keep the traceback
         _fail(f"{str(e).strip().splitlines()[0]} (see {_PROG} --help)")
+
+
+def _unknown_field(head, e: BaseException) -> str | None:
+    """The ``config.a.b`` flag (without dashes) of ``head`` that ml_collections' ``e``
+    (an AttributeError / KeyError naming a missing field) is about, or None."""
+    m = re.search(r"""['"]([A-Za-z0-9_]+)\\?['"]""", str(e))
+    key = m.group(1) if m else str(e).strip("\"'")
+    for a in head:
+        if re.match(r"^--?(no)?config\.", a):
+            name = a.split("=", 1)[0].lstrip("-")
+            name = name[2:] if name.startswith("noconfig.") else name
+            if key in name.split(".")[1:]:
+                return name
+    return None
+
+
+def _unknown_field_message(flag: str, value: str, e: BaseException) -> str:
+    """One line for ``--config.FIELD`` naming no field: the closest field ml_collections
+    suggests, or a hint from ``sslsteal_jax.configs.FIELD_HINTS``."""
+    from sslsteal_jax.configs import FIELD_HINTS
+
+    field = flag.split(".", 1)[1]
+    hint = FIELD_HINTS.get(field, "")
+    if not hint:
+        m = re.search(r'Did you mean "([^"]+)"', str(e))
+        hint = f"did you mean {m.group(1)!r}?" if m else ""
+    return (f"--{flag}: {value} has no field {field!r}" + (f" ({hint})" if hint else "")
+            + f"; list its fields with {_PROG} --config={value} --show_config")
 
 
 def run(cfg, workdir: str):
@@ -241,15 +287,46 @@ def run(cfg, workdir: str):
     return exp.run(cfg, workdir)
 
 
+def _definition_module(path: str):
+    """The module that defines the ``get_config`` of config file ``path`` (for the thin
+    ``configs/<name>.py`` files: ``sslsteal_jax.configs.<name>``), or None when the file
+    cannot be loaded."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.spec_from_file_location("_sslsteal_config_file", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return sys.modules.get(mod.get_config.__module__, mod)
+    except Exception:  # noqa: BLE001 - config_flags already loaded it; docs are best effort
+        return None
+
+
 def show_config(value: str, cfg) -> None:
-    """Print the config file's docstring (its usage and :arguments) and the resolved fields."""
+    """Print the config's documentation (its definition module's docstring), its typed
+    ``:arguments`` and the resolved fields, then check it (``sslsteal_jax.configs.validate``).
+
+    Raises:
+      ConfigError: the config does not pass its experiment's ``validate``.
+    """
+    from sslsteal_jax import configs
+    from sslsteal_jax.configs.args import describe
+
     path = value.split(":", 1)[0]
-    doc = _module_doc(path)
+    mod = _definition_module(path)
+    doc = (mod.__doc__ if mod is not None and mod.__doc__ else _module_doc(path)) or ""
     print(f"# {path}" + (f" (arguments: {value.split(':', 1)[1]})" if ":" in value else ""))
     if doc:
-        print(doc.rstrip() + "\n")
+        print(textwrap.dedent(doc).strip() + "\n")
+    spec = getattr(mod, "ARGS", None)
+    if spec:
+        print(f"Arguments ({path}:NAME=VALUE,...; commas separate arguments, '+' separates "
+              "list items):")
+        print(describe(spec) + "\n")
     print("# resolved fields (override any with --config.<field>=<value>):")
     print(str(cfg).rstrip())  # ConfigDict.__str__: YAML, one field per line
+    sys.stdout.flush()
+    configs.validate(cfg)
 
 
 def main(argv):
@@ -264,13 +341,19 @@ def main(argv):
     if _CONFIG.value is None:
         _fail(f"--config is required, e.g. --config=configs/quickstart.py (see {_PROG} --help)")
     if _SHOW_CONFIG.value:
-        show_config(config_flags.get_config_filename(flags.FLAGS["config"]), _CONFIG.value)
+        try:
+            show_config(config_flags.get_config_filename(flags.FLAGS["config"]), _CONFIG.value)
+        except ConfigError as e:
+            _fail(str(e))
         return
     if _WORKDIR.value is None:
         _fail("both --config and --workdir are required, e.g. --workdir=runs/quickstart "
               f"(see {_PROG} --help)")
     if not _WORKDIR.value.strip():
         _fail("--workdir is empty; give a directory, e.g. --workdir=runs/quickstart")
+    if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
+        _fail(f"--workdir={_WORKDIR.value} is an existing file, not a directory; give a new or "
+              "existing directory")
     if _WATCHDOG.value < 0:
         _fail(f"--watchdog_seconds={_WATCHDOG.value:g}; allowed: seconds > 0, or 0 "
               "to disable the watchdog")
@@ -283,6 +366,11 @@ def main(argv):
         configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; host_devices.py)
         default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
     except ValueError as e:  # bad environment variable: a usage error, not a traceback
+        _fail(str(e))
+    from sslsteal_jax import configs
+    try:
+        configs.validate(_CONFIG.value)  # names and ranges, before any data or training
+    except ConfigError as e:
         _fail(str(e))
     from sslsteal_jax.training.mesh import initialize_distributed
     initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1

@@ -120,12 +120,7 @@ def test_parse_attack_and_cells():
         dm.parse_attack("replay")
     with pytest.raises(ValueError, match="unknown parameter 'n'.*repeats"):
         dm.parse_attack("averaging:n=3")
-    from sslsteal_jax.pipeline.workdir import REPO_ROOT
-    import importlib.util, os
-    spec = importlib.util.spec_from_file_location("_dm_cfg", os.path.join(REPO_ROOT, "configs",
-                                                                         "defense_matrix.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from sslsteal_jax.configs import defense_matrix as mod
     cfg = mod.get_config("families=gaussian")
     cells = list(dm._cells(cfg))
     assert cells[0][:4] == ("none/0/direct", "none", 0, "none")
@@ -137,12 +132,8 @@ def test_parse_attack_and_cells():
 
 
 def test_matrix_refuses_cells_of_other_settings_before_loading_anything(tmp_path):
-    import importlib.util, json, os
-    from sslsteal_jax.pipeline.workdir import REPO_ROOT
-    spec = importlib.util.spec_from_file_location("_dm_cfg2", os.path.join(
-        REPO_ROOT, "configs", "defense_matrix.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    import json
+    from sslsteal_jax.configs import defense_matrix as mod
     cfg = mod.get_config("scale=tiny")
     other = dict(dm._fingerprint(cfg), budget=123)
     (tmp_path / "cells").mkdir()

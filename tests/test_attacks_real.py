@@ -10,7 +10,6 @@
 * one tiny real run through ``main.run`` with head recreation and the
   probability baseline produces the classifier columns.
 """
-import importlib.util
 import os
 
 import jax
@@ -21,6 +20,7 @@ from sslsteal_jax import losses
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.attacks.strategies import query_pool_labels
+from sslsteal_jax.configs import load_config
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.trainers.surrogate import train_surrogate
 from sslsteal_jax.evaluation.features import extract_features, make_apply
@@ -81,11 +81,7 @@ def test_every_loss_steals_real_victim(stolen_data, loss):
 
 
 def _load_quickstart(arg):
-    spec = importlib.util.spec_from_file_location(
-        "_qs_attacks", os.path.join(REPO_ROOT, "configs", "quickstart.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config(arg)
+    cfg = load_config("quickstart", arg)
     cfg.steal.model.width = 4
     cfg.probe_train_size = 300
     cfg.probe_test_size = 200

@@ -1,25 +1,21 @@
 """Budget scan on real Fashion-MNIST at toy scale: one cache of victim answers,
 fresh surrogates per budget, accounting, resume, and InfoNCE improving with
 the budget (docs/science.md claim 3)."""
-import importlib.util
 import os
 
 import jax
 import numpy as np
 import pytest
 
+from sslsteal_jax.configs import config_module
+from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.experiments import budget_scan
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 
 BUDGETS = (256, 1024, 4096)
 
 
-def _config_module(name):
-    spec = importlib.util.spec_from_file_location(
-        f"_scan_cfg_{name}", os.path.join(REPO_ROOT, "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_config_module = config_module
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +28,7 @@ def tiny_victim():
 def scan_config(victim, **overrides):
     cfg = _config_module("budget_scan").get_config("losses=infonce,protocol=epochs,epochs=3,probe_train_size=2000")
     cfg.victim.checkpoint = victim
-    cfg.budgets = ",".join(map(str, BUDGETS))
+    cfg.budgets = BUDGETS
     cfg.query_sources = "fashion_mnist"
     cfg.probe_test_size = 1000
     cfg.eval.per_class = 50
@@ -103,7 +99,7 @@ def test_resume_skips_finished_cells_and_never_requeries(scan, tiny_victim, monk
 
 
 def test_budget_above_pool_fails_before_querying(tiny_victim, tmp_path):
-    cfg = scan_config(tiny_victim, budgets="256,9001")
+    cfg = scan_config(tiny_victim, budgets=(256, 9001))
     with pytest.raises(ValueError, match=r"budget 9001 exceeds the query pool .*9000 images"):
         budget_scan.run(cfg, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
@@ -161,7 +157,7 @@ STACK_CELLS = [budget_scan.cell_name("fashion_mnist", "infonce", 256, s) for s i
 def stacked_config(victim, **overrides):
     # budget 256, seeds 0 and 1, 3 epochs: both cells train 3 steps of batch 256, so
     # they form one stacked group; cell (256, seed 0) is also in the sequential scan.
-    return scan_config(victim, budgets="256", seeds="0,1", stack=2, **overrides)
+    return scan_config(victim, budgets=(256,), seeds=(0, 1), stack=2, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +268,9 @@ def test_bad_stack_options_raise_before_any_work(tiny_victim, tmp_path, field, v
     with pytest.raises(ValueError, match=match):
         budget_scan.run(cfg, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
-    # the config-file argument keeps a non-integer as given, so the scan names it
-    assert _config_module("budget_scan").get_config("stack=x").stack == "x"
+    # the config-file argument is typed: a non-integer is refused when parsed, naming it
+    with pytest.raises(ConfigError, match="stack='x'"):
+        _config_module("budget_scan").get_config("stack=x")
     assert _config_module("budget_scan").get_config("stack=3").stack == 3
 
 

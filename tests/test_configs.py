@@ -1,36 +1,216 @@
-"""Config-argument validation: bad values fail at parse time and name the argument."""
+"""Configs as a package (``sslsteal_jax.configs``): the typed argument parser, the thin
+``configs/*.py`` files, configs derived from a base, and ``validate`` (the checks that
+need no data). No JAX computation: these tests take seconds."""
+import ast
 import os
-import sys
 
+import ml_collections
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-import budget_scan  # noqa: E402
-import common  # noqa: E402
-import quickstart  # noqa: E402
+from sslsteal_jax import configs, losses
+from sslsteal_jax.configs import args, base, load_config, validate
+from sslsteal_jax.configs.args import Arg
+from sslsteal_jax.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(ROOT, "configs")
+
+SPEC = {"n": Arg(3, "an int", minimum=1), "x": Arg(0.5, "a float"), "on": Arg(True, "a bool"),
+        "name": Arg("a", "text", choices=("a", "b")), "items": Arg((1, 2), "ints", minimum=0),
+        "words": Arg(("w",), "names"), "size": Arg(None, "optional", kind=int, optional=True)}
 
 
-def test_typed_getters_name_the_argument():
-    a = common.parse_arg("budget=12,lr=0.5", ("budget", "lr", "epochs"))
-    assert a.int("budget", 1) == 12 and a.float("lr", 1.0) == 0.5 and a.int("epochs", 7) == 7
-    with pytest.raises(ValueError, match=r"config argument budget='abc' is not a valid int"):
-        common.parse_arg("budget=abc", ("budget",)).int("budget", 1)
-    with pytest.raises(ValueError, match=r"config argument budget='0' must be >= 1"):
-        common.parse_arg("budget=0", ("budget",)).int("budget", 1, minimum=1)
+def test_parse_types_come_from_the_defaults():
+    a = args.parse("n=7,x=2,on=0,name=b,items=4+5;6,words=mse+infonce,size=none", SPEC)
+    assert (a.n, a.x, a.on, a.name, a.items, a.words, a.size) == (
+        7, 2.0, False, "b", (4, 5, 6), ("mse", "infonce"), None)
+    assert isinstance(a.x, float) and isinstance(a.n, int)
+    d = args.parse("", SPEC)
+    assert (d.n, d.x, d.on, d.items, d.size) == (3, 0.5, True, (1, 2), None)
+    assert args.parse("items=,size=12", SPEC).items == () and args.parse("size=12", SPEC).size == 12
+    assert args.defaults(SPEC, n=9).n == 9
 
 
 @pytest.mark.parametrize("arg, message", [
-    ("budget=abc", "budget='abc' is not a valid int"),
-    ("epochs=0", "epochs='0' must be >= 1"),
-    ("victim=bogus", "victim='bogus'; allowed: 'shipped'"),
-    ("api_output=logits", "api_output='logits'; allowed: 'representation' or 'projection'"),
-    ("views=0", "views='0' must be >= 1"),
+    ("n=abc", "config argument n='abc' is not valid; allowed: an integer >= 1"),
+    ("n=0", "config argument n='0' must be >= 1"),
+    ("x=fast", "config argument x='fast' is not valid; allowed: a number"),
+    ("on=maybe", "config argument on='maybe' is not valid; allowed: true | false (1 | 0)"),
+    ("name=c", "config argument name='c'; allowed: a | b"),
+    ("items=1+-2", "config argument items='-2' must be >= 0"),
+    ("bogus=1", "unknown config argument 'bogus'; allowed: ['items', 'n', 'name', 'on', 'size', "
+                "'words', 'x']"),
+    ("words=mse,infonce", "config argument 'infonce' is not key=value (commas separate "
+                          "arguments: separate list items with '+')"),
+    ("n=1,n=2", "config argument 'n' given twice"),
 ])
-def test_quickstart_rejects_bad_values(arg, message):
-    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-        quickstart.get_config(arg)
+def test_parse_errors_are_one_line_naming_the_argument(arg, message):
+    with pytest.raises(ConfigError) as e:
+        args.parse(arg, SPEC)
+    assert str(e.value) == message
 
 
-def test_budget_scan_losses_accept_plus_lists():
-    assert budget_scan.get_config("losses=mse+infonce").losses == "mse,infonce"
-    assert quickstart.get_config("").steal.model.dtype == "float32"
+def test_arg_needs_a_supported_type():
+    with pytest.raises(TypeError, match="not supported"):
+        Arg(None, "no type")
+    with pytest.raises(TypeError, match="not supported"):
+        Arg([1], "a list")
+    assert "n (default 3; an integer >= 1)" in args.describe(SPEC)
+
+
+def _thin_files():
+    return sorted(n[:-3] for n in os.listdir(CONFIG_DIR) if n.endswith(".py"))
+
+
+def test_every_config_file_is_a_thin_file_over_the_package():
+    """configs/<name>.py = docstring + one import; the package lists exactly these."""
+    assert _thin_files() == sorted(configs.CONFIGS) == sorted(configs.EXPERIMENT_CONFIGS.values())
+    for name in configs.CONFIGS:
+        src = open(os.path.join(CONFIG_DIR, f"{name}.py")).read()
+        tree = ast.parse(src)
+        assert ast.get_docstring(tree), name
+        body = tree.body[1:]
+        assert len(body) == 1 and isinstance(body[0], ast.ImportFrom), name
+        assert body[0].module == f"sslsteal_jax.configs.{name}", name
+        assert "sys.path" not in src
+
+
+@pytest.mark.parametrize("name", configs.CONFIGS)
+def test_every_config_loads_and_its_defaults_validate(name):
+    mod = configs.config_module(name)
+    from sslsteal_jax.main import EXPERIMENTS
+    assert mod.EXPERIMENT in EXPERIMENTS and mod.__doc__
+    assert configs.EXPERIMENT_CONFIGS[mod.EXPERIMENT] == name
+    cfg = mod.get_config("")
+    assert cfg.experiment == mod.EXPERIMENT
+    if name == "evaluate":  # its one required field
+        with pytest.raises(ConfigError, match="config.checkpoints is empty"):
+            validate(cfg)
+        cfg.checkpoints = base.MAIN_VICTIM
+    validate(cfg)
+
+
+def test_derived_configs_share_the_base_blocks():
+    qs = load_config("quickstart")
+    scan = load_config("budget_scan")
+    assert scan.steal.to_dict() == qs.steal.to_dict()
+    assert scan.loss_overrides.to_dict() == qs.loss_overrides.to_dict() == losses.scale_overrides()
+    assert load_config("verify").attack.steal.to_dict() == qs.steal.to_dict()
+    dm = load_config("defense_matrix").steal.to_dict()
+    assert dm == dict(qs.steal.to_dict(), loss="infonce", batch_size=64, epochs=10)
+    assert "budget" not in scan and scan.victim.train_if_missing is False
+    wm = load_config("watermark_victim")
+    assert wm.model.arch == load_config("victim_simclr").model.arch and wm.learning_rate == 3e-4
+
+
+def test_list_fields_are_tuples_and_string_lists_stay_comma_strings():
+    scan = load_config("budget_scan", "losses=mse+infonce")
+    assert scan.budgets == (250, 1000, 2500, 5000, 10000, 20000) and scan.seeds == (0,)
+    assert scan.losses == "mse,infonce"
+    qs = load_config("quickstart", "strategies=direct+head_recreation")
+    assert qs.strategies == "direct,head_recreation"
+    assert load_config("verify", "budgets=500+2000").attack.budgets == "500,2000"
+    assert load_config("defense_matrix").legit.single_task_classes == (5, 7, 9)
+
+
+def test_steal_settings_are_typed_placeholders():
+    """--config.steal.batch_size=128 / learning_rate / temperature can be set (they used
+    to be plain None fields, which ml_collections refuses to override); unset they are
+    None = the loss's registry setting."""
+    from sslsteal_jax.trainers.surrogate import resolve_hparams, steal_config
+    cfg = load_config("quickstart", **{"steal.batch_size": 128, "steal.temperature": 0.3,
+                                      "loss_overrides.infonce.temperature": 0.3})
+    validate(cfg)
+    hp = resolve_hparams(steal_config(cfg.steal, "infonce", None, cfg.loss_overrides))
+    assert hp == {"batch_size": 128, "learning_rate": 1e-3, "temperature": 0.3}
+    hp = resolve_hparams(steal_config(cfg.steal, "mse", None, cfg.loss_overrides))
+    assert hp == {"batch_size": 128, "learning_rate": 1e-3, "temperature": 0.3}
+    fresh = load_config("quickstart")
+    assert fresh.steal.batch_size is None and fresh.steal.learning_rate is None
+    with pytest.raises(ConfigError, match="steal.batch_size='128'"):
+        load_config("quickstart", **{"steal.batch_size": "128"})
+
+
+def test_a_steal_setting_a_loss_override_would_replace_is_an_error():
+    cfg = load_config("quickstart", **{"steal.learning_rate": 0.01})
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert str(e.value) == (
+        "steal.learning_rate=0.01 would be replaced by loss_overrides.infonce.learning_rate=0.001 "
+        "for loss 'infonce'; set --config.loss_overrides.infonce.learning_rate=0.01 instead")
+    validate(load_config("quickstart", "losses=mse", **{"steal.learning_rate": 0.01}))
+
+
+def test_steal_loss_is_not_a_field_of_the_main_job():
+    """It used to be silently ignored (the losses are the ``losses`` field)."""
+    with pytest.raises(ConfigError, match="no field 'steal.loss'; the stealing losses are the "
+                                          "'losses' field"):
+        load_config("quickstart", **{"steal.loss": "mse"})
+    with pytest.raises(ConfigError, match=r"no field 'budgets'; did you mean 'budget'\?"):
+        load_config("quickstart", budgets=(1,))
+
+
+@pytest.mark.parametrize("name, overrides, message", [
+    ("quickstart", {"steal.epochs": 0}, "steal.epochs=0; allowed: an integer >= 1"),
+    ("quickstart", {"budget": 0}, "query budget 0 must be >= 1 (and at most the query pool size)"),
+    ("quickstart", {"losses": "infonce,bogus"}, "unknown stealing loss(es) ['bogus']"),
+    ("quickstart", {"strategies": "direct,bogus"}, "unknown query strategy(ies) ['bogus']"),
+    ("quickstart", {"query_dataset": "fashion_mnist:tset"},
+     "unknown split 'tset' for dataset 'fashion_mnist' in query_dataset='fashion_mnist:tset'; "
+     "allowed splits: ['train', 'test']"),
+    ("quickstart", {"steal.model.dtype": "float16"}, "unknown compute dtype 'float16'"),
+    ("budget_scan", {"budgets": (250, 0)}, "budgets=(250, 0); allowed: integers >= 1"),
+    ("budget_scan", {"budgets": ("250,x",)}, "budgets=('250,x',); allowed: integers >= 1"),
+    ("budget_scan", {"seeds": ()}, "seeds=(); allowed: integers >= 0"),
+    ("budget_scan", {"stack_mode": "fast"}, "stack_mode='fast'; allowed: ['auto', 'vmap', "
+                                            "'unroll']"),
+    ("defense_matrix", {"steal.loss": "bogus"}, "steal.loss='bogus'; allowed: mse | infonce"),
+    ("defense_matrix", {"legit.test_size": 0}, "legit.test_size=0 must be in [1, budget=2000)"),
+    ("defense_matrix", {"b4b_measure.specs": ("b4b:beta=x",)},
+     "b4b_measure.specs: defense spec 'b4b:beta=x'"),
+    ("verify", {"attack.budgets": "500,-1"}, "attack.budgets='500,-1'; allowed: comma-separated "
+                                             "integers >= 1"),
+    ("verify", {"attack.losses": "all"}, "unknown stealing loss(es) ['all'] in attack.losses"),
+    ("verify", {"di.private_size": "half"}, "di.private_size='half'; allowed: auto | all"),
+    ("victim_simclr", {"epochs": 0}, "epochs=0; allowed: an integer >= 1"),
+    ("victim_simclr", {"model.arch": "resnet11"}, "model.arch='resnet11'; allowed: resnet10"),
+    ("watermark_victim", {"model.watermark_classes": 3},
+     "model.watermark_classes=3; allowed: 2 | 4"),
+])
+def test_validate_names_the_first_bad_field(name, overrides, message):
+    cfg = load_config(name, overrides=overrides)
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value), str(e.value)
+
+
+def test_unknown_dataset_names_the_closest_offline_one():
+    """Names that are not offline datasets are looked up in tensorflow-datasets' catalogue
+    (nothing downloaded or prepared)."""
+    with pytest.raises(ConfigError, match=r"unknown dataset 'fashion_mnst' \(did you mean "
+                                          r"'fashion_mnist'\?\)"):
+        validate(load_config("quickstart", dataset="fashion_mnst"))
+    base.check_dataset("query_dataset", "cifar10")  # a catalogue name is accepted
+
+
+def test_config_arguments_keep_their_meaning():
+    """The old argument semantics: '+' lists, the victim switch, scale-dependent defaults."""
+    qs = load_config("quickstart", "victim=scratch,epochs=7,budget=2000")
+    assert (qs.victim.train_from_scratch, qs.steal.epochs, qs.budget) == (True, 7, 2000)
+    tiny = load_config("defense_matrix", "scale=tiny")
+    assert (tiny.budget, tiny.steal.epochs, [f["name"] for f in tiny.families]) == (
+        500, 3, ["none", "gaussian", "b4b"])
+    assert load_config("defense_matrix", "scale=tiny,budget=300").budget == 300
+    with pytest.raises(ConfigError, match=r"unknown defense families \['nope'\]"):
+        load_config("defense_matrix", "families=nope")
+    assert load_config("watermark_victim", "init_from=").init_from is None
+    v = load_config("verify", "budgets=,watermark=0,suspects=a=x+b=y")
+    assert (v.attack.budgets, v.watermark.enabled, v.suspects) == ("", False, "a=x,b=y")
+    with pytest.raises(ConfigError, match="train_size=100 must be >= batch_size=256"):
+        load_config("victim_simclr", "train_size=100")
+    with pytest.raises(ConfigError, match="takes no arguments"):
+        load_config("evaluate", "checkpoints=x")
+    with pytest.raises(ConfigError, match=r"unknown config 'quickstrat' \(did you mean "
+                                          r"'quickstart'\?\)"):
+        load_config("quickstrat")
+    assert isinstance(qs, ml_collections.ConfigDict)

@@ -16,11 +16,12 @@ then checks real values, not just shapes:
 About 60-90 s on 2 shared CPU cores.
 """
 import csv
-import importlib.util
 import os
 
 import pytest
 
+from sslsteal_jax.configs import load_config
+from sslsteal_jax.configs.defense_matrix import B4B
 from sslsteal_jax.experiments import defense_matrix as dm
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 
@@ -30,11 +31,7 @@ OUTPUTS = ("results.json", "results.csv", "tradeoff.png", "b4b_coverage.png")
 
 
 def tiny_config():
-    spec = importlib.util.spec_from_file_location(
-        "_dm_cfg_real", os.path.join(REPO_ROOT, "configs", "defense_matrix.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config("scale=tiny,budget=300,epochs=4")
+    c = load_config("defense_matrix", "scale=tiny,budget=300,epochs=4")
     c.probe_test_size, c.probe_train_size = 500, 300
     c.eval.per_class, c.eval.probe_epochs = 20, 40
     c.legit.test_size, c.legit.probe_epochs = 100, 60
@@ -44,7 +41,7 @@ def tiny_config():
     c.families = [dict(name="none", template="none", strengths=[0], attacks=["direct"]),
                   dict(name="gaussian", template="gaussian:scale={s}", strengths=[3.0],
                        attacks=["direct"]),
-                  dict(name="b4b", template=mod.B4B, strengths=[12.0], attacks=["direct"])]
+                  dict(name="b4b", template=B4B, strengths=[12.0], attacks=["direct"])]
     return c
 
 

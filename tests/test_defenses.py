@@ -178,14 +178,8 @@ def test_api_output_dim_follows_chain(victim, images):
 
 
 def _matrix_config():
-    import importlib.util
-    import os
-    from sslsteal_jax.pipeline.workdir import REPO_ROOT
-    spec = importlib.util.spec_from_file_location(
-        "_dm_cfg_nan", os.path.join(REPO_ROOT, "configs", "defense_matrix.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from sslsteal_jax.configs import config_module
+    return config_module("defense_matrix")
 
 
 def _matrix_specs():

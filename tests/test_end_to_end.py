@@ -6,25 +6,20 @@ Sizes are chosen so the whole chain takes about a minute on a small CPU;
 the assertions are the qualitative ones that hold at this scale (the
 surrogate imitates the victim better than an independent encoder does).
 """
-import importlib.util
 import json
 import os
 
 import pytest
 
+from sslsteal_jax.configs import config_module
 from sslsteal_jax.experiments import steal
-from sslsteal_jax.pipeline.workdir import REPO_ROOT, WorkdirExistsError
+from sslsteal_jax.pipeline.workdir import WorkdirExistsError
 from sslsteal_jax.main import run
 
 BUDGET = 1000
 
 
-def _load_config_module(name):
-    path = os.path.join(REPO_ROOT, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_test_configs_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+_load_config_module = config_module
 
 
 def tiny_config(**quickstart_args):

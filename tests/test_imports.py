@@ -16,6 +16,7 @@ Layers, bottom to top (a module may import only from its own layer or below):
   checkpoints, device mesh).
 * ``trainers``: per-method trainers (SimCLR victim, watermarked victim).
 * ``attacks``, ``verification``, ``evaluation``, ``api``: uses of trained models.
+* ``configs``: experiment configs and their checks (use the registries below them).
 * ``pipeline``: the steps experiments compose (victim, answer cache, cells, rows, results).
 * ``experiments``, ``main``: the experiments.
 """
@@ -34,9 +35,12 @@ PKG = "sslsteal_jax"
 # (lower layers, upper layers they must never import, directly or in a function).
 LAYER_RULES = [
     (("models", "training", "losses", "defenses", "data"),
-     ("experiments", "pipeline", "verification", "attacks", "trainers", "api", "evaluation")),
+     ("experiments", "pipeline", "verification", "attacks", "trainers", "api", "evaluation",
+      "configs")),
     (("models", "losses", "defenses", "data"), ("training",)),
-    (("trainers", "attacks", "verification", "evaluation", "api"), ("pipeline", "experiments")),
+    (("trainers", "attacks", "verification", "evaluation", "api"),
+     ("pipeline", "experiments", "configs")),
+    (("configs",), ("experiments", "main", "pipeline")),
     (("pipeline",), ("experiments",)),
 ]
 

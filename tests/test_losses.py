@@ -460,14 +460,8 @@ def test_lossspec_validation():
 
 
 def _config(name, arg=""):
-    import importlib.util
-    import os
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
-                        f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    from sslsteal_jax.configs import load_config
+    return load_config(name, arg)
 
 
 @pytest.mark.parametrize("config, fixed_batch", [("quickstart", None), ("budget_scan", None),

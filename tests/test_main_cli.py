@@ -34,7 +34,7 @@ def _assert_one_error_line(rc, err, expected):
 
 def test_configs_listed_exist():
     """Guard for the tests below: the config list they expect is not empty."""
-    assert "configs/quickstart.py" in CONFIGS and "configs/common.py" not in CONFIGS
+    assert "configs/quickstart.py" in CONFIGS and "configs/budget_scan.py" in CONFIGS
 
 
 @pytest.mark.slow
@@ -76,8 +76,10 @@ def test_misspelt_config_path_lists_configs(tmp_path):
 
 
 def test_helper_module_is_not_a_config(tmp_path):
-    rc, _, err = _run("--config=configs/common.py", f"--workdir={tmp_path / 'w'}")
-    assert err == ("error: 'configs/common.py' is not a config file (it defines no "
+    helper = tmp_path / "x.py"
+    helper.write_text('"""Shared helpers, no config."""\n')
+    rc, _, err = _run(f"--config={helper}", f"--workdir={tmp_path / 'w'}")
+    assert err == (f"error: {str(helper)!r} is not a config file (it defines no "
                    f"get_config()); available configs: {CONFIG_LIST}\n"), err
     assert rc == 1
 
@@ -161,8 +163,9 @@ def test_unknown_dtype(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override,expected", [
-    ("--config.budgets=250,x", "error: budgets='250,x' must be a comma-separated list of "
-                               "integers"),
+    ("--config.budgets=250,x", "error: budgets=('250,x',); allowed: integers >= 1, e.g. "
+                               "--config.budgets=250,1000 (or budgets=250+1000 as a config "
+                               "argument)"),
     ("--config.stack_mode=fast", "error: stack_mode='fast'; allowed: ['auto', 'vmap', 'unroll']"),
     ("--config.victim.checkpoint=no/such/victim", "error: budget scan needs a trained victim "
                                                   "checkpoint; 'no/such/victim' does not exist")])
@@ -233,32 +236,84 @@ def test_help_lists_every_config_and_exits_0(flag):
         doc = ast.get_docstring(ast.parse(open(os.path.join(ROOT, path)).read()))
         first_line = " ".join(doc.splitlines()[0].split())
         assert f"  {path} " in out and first_line in flat, (path, out)
-    assert "configs/common.py" not in out
+    assert "sslsteal_jax/configs" not in out  # only the configs/ files are listed
     assert "--config=configs/quickstart.py --show_config" in out
     for f in ("--config", "--workdir", "--watchdog_seconds", "--[no]show_config"):
         assert f in out, f
 
 
-def test_no_arguments_prints_usage_and_exits_1():
+def test_no_arguments_prints_a_short_usage_and_exits_2():
+    """A few lines (it used to print the whole --help, 45 lines, and exit 1)."""
     rc, out, err = _run()
-    assert rc == 1 and out == ""
-    assert "  configs/quickstart.py " in err and "--show_config" in err
-    assert err.splitlines()[-1] == ("error: no arguments; give --config and --workdir (see "
-                                    "python -m sslsteal_jax.main --help)")
+    assert rc == 2 and out == ""
+    assert err.splitlines() == [
+        "usage: python -m sslsteal_jax.main --config=CONFIG.py[:ARG=VALUE,...] --workdir=DIR "
+        "[--config.FIELD=VALUE ...]",
+        "  run the main job:        python -m sslsteal_jax.main --config=configs/quickstart.py "
+        "--workdir=runs/quickstart",
+        "  see a config's options:  python -m sslsteal_jax.main --config=configs/quickstart.py "
+        "--show_config",
+        "python -m sslsteal_jax.main --help lists every config and flag."], err
 
 
 def test_show_config_prints_resolved_fields_and_exits_0():
     rc, out, err = _run("--config=configs/quickstart.py:budget=200", "--config.steal.epochs=3",
                         "--show_config")
     assert rc == 0, err
-    assert out.startswith("# configs/quickstart.py (arguments: budget=200)\n")
-    assert "Arguments (``configs/quickstart.py:losses=all,budget=2000``):" in out  # its docstring
+    assert out.startswith("# configs/quickstart.py (arguments: budget=200)\n"
+                          "The main job: steal the shipped")  # sslsteal_jax/configs/quickstart.py
+    assert "Arguments (configs/quickstart.py:NAME=VALUE,...;" in out  # the typed ARGS table
+    assert "\n  budget (default 5000; an integer >= 1)\n" in out, out
     assert "\nbudget: 200\n" in out and "\n  epochs: 3\n" in out, out
+
+
+def test_show_config_sets_steal_settings_and_validates():
+    """steal.batch_size / temperature can be overridden (they were None fields ml_collections
+    refused to override), and --show_config checks the config (exit 0 = valid)."""
+    rc, out, err = _run("--config=configs/quickstart.py", "--config.steal.batch_size=128",
+                        "--config.steal.temperature=0.3",
+                        "--config.loss_overrides.infonce.temperature=0.3", "--show_config")
+    assert rc == 0 and "error" not in err, err
+    assert "\n  batch_size: 128\n" in out and "\n  temperature: 0.3\n" in out, out
+
+
+def test_show_config_reports_an_invalid_config_in_one_line():
+    """steal.epochs=0 used to pass --show_config and fail only after the queries."""
+    rc, out, err = _run("--config=configs/quickstart.py", "--config.steal.epochs=0",
+                        "--show_config")
+    _assert_one_error_line(rc, err, "error: steal.epochs=0; allowed: an integer >= 1")
+    assert "\n  epochs: 0\n" in out  # the fields are printed before the check
+
+
+@pytest.mark.parametrize("flag, expected", [
+    ("--config.steal.loss=mse",
+     "error: --config.steal.loss: configs/quickstart.py has no field 'steal.loss' (the stealing "
+     "losses are the 'losses' field (configs/quickstart.py:losses=mse, or "
+     "--config.losses=mse,infonce)); list its fields with python -m sslsteal_jax.main "
+     "--config=configs/quickstart.py --show_config"),
+    ("--config.budgets=250,1000",
+     "error: --config.budgets: configs/quickstart.py has no field 'budgets' (did you mean "
+     "'budget'?); list its fields with python -m sslsteal_jax.main "
+     "--config=configs/quickstart.py --show_config")])
+def test_misnamed_field_is_one_line_with_a_hint(tmp_path, flag, expected):
+    """steal.loss used to be silently ignored; budgets (quickstart has budget) was a traceback."""
+    rc, _, err = _run("--config=configs/quickstart.py", flag, f"--workdir={tmp_path / 'w'}")
+    _assert_one_error_line(rc, err, expected)
+    assert not os.path.exists(tmp_path / "w")
+
+
+def test_workdir_that_is_a_file(tmp_path):
+    path = tmp_path / "results.txt"
+    path.write_text("x")
+    rc, _, err = _run("--config=configs/quickstart.py", f"--workdir={path}")
+    _assert_one_error_line(rc, err, f"error: --workdir={path} is an existing file, not a "
+                           "directory; give a new or existing directory")
 
 
 def test_evaluate_config_defaults_to_the_main_victim():
     """The evaluate config's fidelity reference is the victim the main job steals from."""
-    rc, out, err = _run("--config=configs/evaluate.py", "--show_config")
+    rc, out, err = _run("--config=configs/evaluate.py", "--show_config",
+                        "--config.checkpoints=runs/quickstart/surrogate_infonce/checkpoints")
     assert rc == 0, err
     assert "\nvictim_checkpoint: victims/fashion_mnist_resnet10_w16_ft6/checkpoints\n" in out, out
 

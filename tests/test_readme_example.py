@@ -61,13 +61,11 @@ def test_import_is_light_and_names_resolve():
 
 def test_surrogate_config_is_the_main_jobs_config():
     """surrogate_config goes through the same code path as the main job's per-loss config."""
-    import importlib.util
     import sslsteal_jax
+    from sslsteal_jax.configs import config_module
     from sslsteal_jax.trainers.surrogate import steal_config
     from sslsteal_jax.models import build_encoder
-    spec = importlib.util.spec_from_file_location("qs", os.path.join(ROOT, "configs", "quickstart.py"))
-    qs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(qs)
+    qs = config_module("quickstart")
     enc = build_encoder("resnet10", 16, "cifar")
     for loss in ("infonce", "softnn", "mse"):
         main_job = qs.get_config("epochs=7")

@@ -1,7 +1,6 @@
 """Owner-side verification statistics (watermark, dataset inference) on constructed
 encoders and data with known answers."""
 import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -261,16 +260,15 @@ def test_di_private_size_and_ancestor_path():
 
 
 def test_verify_and_victim_config_errors():
-    sys.path.insert(0, os.path.join(REPO_ROOT, "configs"))
-    import verify as verify_config
-    import victim_simclr as victim_config
+    from sslsteal_jax.configs import verify as verify_config
+    from sslsteal_jax.configs import victim_simclr as victim_config
     c = verify_config.get_config("seeds=2,null_method=pooled,di_private=2048,ancestor=")
     assert (c.independent.seeds, c.watermark.null_method, c.di.private_size, c.ancestor) == (
         2, "pooled", "2048", "")
     assert c.di.n_fit is None and c.di.n_private is None
     with pytest.raises(ValueError, match="null_method='mean'"):
         verify_config.get_config("null_method=mean")
-    with pytest.raises(ValueError, match="seeds=0 must be >= 1"):
+    with pytest.raises(ValueError, match="seeds='0' must be >= 1"):
         verify_config.get_config("seeds=0")
     assert victim_config.get_config("train_size=2048").victim_train_size == 2048
     assert victim_config.get_config("").victim_train_size is None

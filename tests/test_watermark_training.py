@@ -3,7 +3,6 @@ end to end on real Fashion-MNIST at toy scale (no stealing, no SimCLR baseline).
 import csv
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +20,8 @@ from sslsteal_jax.trainers.watermark import (_merge_warm_start, train_watermark_
 from sslsteal_jax.training.checkpoint import load_model
 from sslsteal_jax.verification import fisher_pvalue
 
-sys.path.insert(0, os.path.join(REPO_ROOT, "configs"))
-import verify as verify_config  # noqa: E402
-import watermark_victim as wm_config  # noqa: E402
+from sslsteal_jax.configs import verify as verify_config  # noqa: E402
+from sslsteal_jax.configs import watermark_victim as wm_config  # noqa: E402
 
 
 def tiny_cfg():

@@ -1,0 +1,191 @@
+"""Blocks shared by the experiment configs, and the checks their ``validate`` functions use.
+
+One definition each: the shipped victims' paths, the data fields, the ``eval``
+block, the surrogate-training ``steal`` block with its per-loss
+``loss_overrides`` (``sslsteal_jax.defaults.default_steal_block``,
+``sslsteal_jax.losses.LOSSES``), and the arguments several configs take
+(``seed``, ``losses``). The checks raise :class:`sslsteal_jax.errors.ConfigError`
+with one line naming the field, the value and what is allowed; they need no data
+and no training, so a config is checked before any work
+(``sslsteal_jax.configs.validate``).
+"""
+from __future__ import annotations
+
+import math
+
+import ml_collections
+
+from sslsteal_jax import losses
+from sslsteal_jax.configs.args import Arg
+from sslsteal_jax.defaults import DEFAULT_VICTIM_CHECKPOINT, default_steal_block
+from sslsteal_jax.errors import ConfigError
+
+#: The victim the main job steals from (stage-2 fine-tuned; also evaluate's fidelity reference).
+MAIN_VICTIM = DEFAULT_VICTIM_CHECKPOINT
+#: The stage-1 shipped victim (28 epochs): defense matrix victim, watermark fine-tuning start.
+STAGE1_VICTIM = "victims/fashion_mnist_resnet10_w16/checkpoints"
+#: The shipped watermarked victim (configs/watermark_victim.py run), verify's default.
+WATERMARKED_VICTIM = "victims/fashion_mnist_resnet10_w16_watermark/checkpoints"
+
+SEED_ARG = Arg(0, "seed of the run (surrogate initialisation, data order, probes)")
+
+
+def losses_arg(default: str) -> Arg:
+    """The ``losses`` argument: stealing losses, or a group name."""
+    return Arg((default,), "stealing losses (" + " ".join(losses.ALL_LOSSES) + "), or all (the "
+               "paper's four) | extra (the other five) | every")
+
+
+def placeholder(kind: type):
+    """An optional field of type ``kind``: None until set, then type-checked
+    (``--config.FIELD=VALUE`` can set it; a plain None field cannot be overridden)."""
+    return ml_collections.config_dict.placeholder(kind)
+
+
+def data_fields(c: ml_collections.ConfigDict, dataset: str = "fashion_mnist",
+                probe_test_size: int = 5000) -> None:
+    """Set ``c.dataset`` (the victim's dataset, a ``data.registry`` name) and
+    ``c.probe_test_size`` (the last N test images hold out the probes' test set)."""
+    c.dataset = dataset
+    c.probe_test_size = probe_test_size
+
+
+def eval_block(select_probe: bool) -> ml_collections.ConfigDict:
+    """The ``eval`` block: 100 labels per class for the few-label probe, 60 probe
+    epochs, ``select_probe`` (choose the probe's weight decay on a validation split)."""
+    return ml_collections.ConfigDict(dict(per_class=100, probe_epochs=60,
+                                          select_probe=select_probe))
+
+
+def steal_fields(c: ml_collections.ConfigDict, epochs: int, seed: int) -> None:
+    """Set ``c.steal`` (the main job's surrogate-training block,
+    ``defaults.default_steal_block``: ``batch_size`` / ``learning_rate`` /
+    ``temperature`` None = the loss's registry settings) and ``c.loss_overrides``
+    (``losses.scale_overrides()``: the per-loss settings at this CPU scale)."""
+    c.steal = default_steal_block(epochs, seed)
+    c.loss_overrides = ml_collections.ConfigDict(losses.scale_overrides())
+
+
+def join(items) -> str:
+    """A tuple argument as the comma string the experiments read (``("mse", "infonce")``
+    -> ``"mse,infonce"``)."""
+    return ",".join(str(i) for i in items)
+
+
+# ----------------------------------------------------------------------------- checks
+
+def fail(field: str, value, allowed: str):
+    """Raise ``ConfigError("<field>=<value!r>; allowed: <allowed>")``."""
+    raise ConfigError(f"{field}={value!r}; allowed: {allowed}")
+
+
+def check_int(field: str, value, minimum: int = 1, optional: bool = False) -> None:
+    """``value`` is an int >= ``minimum`` (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail(field, value, f"an integer >= {minimum}" + (" or None" if optional else ""))
+
+
+def check_number(field: str, value, optional: bool = False, upper: float | None = None,
+                 zero: bool = False) -> None:
+    """``value`` is a finite number > 0 (>= 0 when ``zero``; <= ``upper`` when given), or
+    None when ``optional``."""
+    if optional and value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not zero) or (upper is not None and value > upper)):
+        fail(field, value, f"a number {'>=' if zero else '>'} 0"
+             + (f" and <= {upper:g}" if upper is not None else "") + (" or None" if optional else ""))
+
+
+def check_choice(field: str, value, choices) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        fail(field, value, " | ".join(str(c) for c in choices))
+
+
+def check_int_tuple(field: str, value, minimum: int, allow_empty: bool = False) -> None:
+    """``value`` is a tuple of ints >= ``minimum`` (non-empty unless ``allow_empty``)."""
+    ok = isinstance(value, (tuple, list)) and (allow_empty or len(value) > 0) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
+    if not ok:
+        fail(field, value, f"integers >= {minimum}, e.g. --config.{field}=250,1000 (or "
+             f"{field}=250+1000 as a config argument)")
+
+
+def check_losses(field: str, spec: str) -> list[str]:
+    """The loss names of a ``losses`` field (``losses.parse_losses``), or ConfigError."""
+    return losses.parse_losses(spec)
+
+
+def check_dataset(field: str, name: str) -> None:
+    """``name`` (``"name"`` or ``"name:split"``) is an offline dataset with that split, or a
+    tensorflow-datasets name (looked up without preparing anything).
+
+    Raises:
+      ConfigError: ``data.registry.unknown_dataset_error`` (the closest offline name and
+        how to install them), or an unknown split of an offline dataset.
+    """
+    from sslsteal_jax.data import registry
+
+    base, _, split = (name or "").partition(":")
+    if not base:
+        fail(field, name, f"a dataset name ({', '.join(registry.OFFLINE_DATASETS)}, or a "
+             "tensorflow-datasets name)")
+    offline = {**{k: k for k in registry.OFFLINE_DATASETS},
+               **{b: k for k, b in registry.OFFLINE_BUILDER_NAMES.items()}}
+    if base in offline:
+        allowed = registry.OFFLINE_SPLITS[offline[base]]
+        if split and split.split("[", 1)[0] not in allowed:
+            raise ConfigError(f"unknown split {split!r} for dataset {base!r} in {field}="
+                              f"{name!r}; allowed splits: {list(allowed)}")
+        return
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:  # tfds is a dependency; without it only offline names are known
+        raise registry.unknown_dataset_error(base) from None
+    try:
+        tfds.builder_cls(base)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise registry.unknown_dataset_error(base) from None
+
+
+def check_steal(prefix: str, steal, loss_overrides, loss_list) -> None:
+    """The ``steal`` block: epochs >= 1; batch_size / learning_rate / temperature None
+    (the loss's registry setting) or positive; the compute dtype; and no explicit
+    setting that a ``loss_overrides`` entry of a chosen loss would silently replace.
+
+    Raises:
+      ConfigError: the first bad field (``<prefix>.steal.<field>``).
+    """
+    from sslsteal_jax.models import compute_dtype
+
+    p = f"{prefix}steal"
+    check_int(f"{p}.epochs", steal.epochs)
+    check_int(f"{p}.batch_size", steal.batch_size, optional=True)
+    check_number(f"{p}.learning_rate", steal.learning_rate, optional=True)
+    check_number(f"{p}.temperature", steal.temperature, optional=True)
+    check_number(f"{p}.weight_decay", steal.weight_decay, zero=True)
+    compute_dtype(steal.model.dtype)
+    for loss in loss_list:
+        for k, v in dict((loss_overrides or {}).get(loss, {})).items():
+            if steal.get(k) is not None and steal.get(k) != v:
+                raise ConfigError(
+                    f"{p}.{k}={steal.get(k)!r} would be replaced by {prefix}loss_overrides."
+                    f"{loss}.{k}={v!r} for loss {loss!r}; set --config.{prefix}loss_overrides."
+                    f"{loss}.{k}={steal.get(k)!r} instead")
+
+
+def check_eval(ev) -> None:
+    """The ``eval`` block: per_class >= 1, probe_epochs >= 1."""
+    check_int("eval.per_class", ev.per_class)
+    check_int("eval.probe_epochs", ev.probe_epochs)
+
+
+def check_api_output(value) -> None:
+    """``api_output`` is one of ``api.victim_api.OUTPUTS`` (same message as the API's)."""
+    from sslsteal_jax.api.victim_api import OUTPUTS
+
+    if value not in OUTPUTS:
+        raise ConfigError(f"unknown API output {value!r}; allowed: {list(OUTPUTS)}")

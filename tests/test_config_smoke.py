@@ -1,0 +1,81 @@
+"""Every config runs: loaded by name, validated, and run through its experiment for
+one optimizer step at tiny sizes into a fresh workdir, writing ``results.json``
+with finite numbers. A config without an entry in ``SMOKE`` fails
+``test_every_config_has_a_smoke_entry``: add one when you add a config."""
+import json
+import math
+import os
+
+import pytest
+
+from sslsteal_jax import configs
+from sslsteal_jax.configs import base, load_config, validate
+from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.main import run
+
+# Small probes for every experiment: 200 labelled train images, 100 test images,
+# 5 labels per class for the few-label probe, one probe epoch.
+PROBES = {"probe_train_size": 200, "probe_test_size": 100, "eval.per_class": 5,
+          "eval.probe_epochs": 1, "eval.select_probe": False}
+# SimCLR / watermark training from scratch: the smallest ResNet-10, one step of 32 images.
+TINY_SIMCLR = {"model.width": 4, "model.head_hidden": 16, "model.head_out": 8,
+               "batch_size": 32, "victim_train_size": 32, "log_every_steps": 1}
+ONE_CELL = [dict(name="none", template="none", strengths=[0], attacks=["direct"])]
+
+#: config name -> (":arguments", {dotted field: value}): one optimizer step per surrogate /
+#: victim, a 32-query budget (one batch) against the shipped victims.
+SMOKE = {
+    "quickstart": ("budget=32,epochs=1", {**PROBES, "steal.batch_size": 32}),
+    "budget_scan": ("losses=infonce,protocol=epochs,epochs=1,probe_train_size=200,stack=1",
+                    {**PROBES, "budgets": (32,), "query_sources": "fashion_mnist",
+                     "steal.batch_size": 32}),
+    "defense_matrix": ("scale=tiny,budget=64,epochs=1",
+                       {**PROBES, "steal.batch_size": 64, "families": ONE_CELL,
+                        "legit.test_size": 32, "legit.probe_epochs": 1, "b4b_reference": 64,
+                        "detector.images": 16, "detector.views": 2,
+                        "detector.thresholds": (0.9,), "b4b_measure.specs": ("b4b:beta=12",),
+                        "b4b_measure.queries": 64, "b4b_measure.step": 32}),
+    "evaluate": ("", {**PROBES, "checkpoints": base.STAGE1_VICTIM}),
+    "verify": ("budgets=32,samples=32,simclr_epochs=0,seeds=1",
+               {"probe_test_size": 100, "attack.steal.batch_size": 32,
+                "watermark.align_images": 32, "di.n_fit": 64, "di.n_private": 64,
+                "di.n_public": 64, "di.components": 2}),
+    "victim_simclr": ("epochs=1", {**PROBES, **TINY_SIMCLR}),
+    "watermark_victim": ("init_from=,epochs=1",
+                         {**PROBES, **TINY_SIMCLR, "model.watermark_hidden": 8,
+                          "watermark.batch_size": 8, "watermark.train_images": 32,
+                          "watermark.verify_images": 16, "watermark.augment": None}),
+}
+
+
+def _numbers(tree):
+    """Every int / float in a JSON tree (bools excluded)."""
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _numbers(v)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
+def test_every_config_has_a_smoke_entry():
+    assert sorted(SMOKE) == sorted(configs.CONFIGS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_config_runs_one_step(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO_ROOT)  # shipped victims are given relative to the repository
+    arg, overrides = SMOKE[name]
+    cfg = load_config(name, arg, overrides)
+    validate(cfg)
+    wd = str(tmp_path / "w")
+    run(cfg, wd)
+    with open(os.path.join(wd, "results.json")) as f:
+        results = json.load(f)
+    rows = results.get("rows") or results.get("cells")
+    assert rows, sorted(results)
+    nums = list(_numbers(rows))
+    assert nums and all(math.isfinite(x) for x in nums), rows
