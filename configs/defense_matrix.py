@@ -29,6 +29,7 @@ import sys
 import ml_collections
 
 from sslsteal_jax import losses
+from sslsteal_jax.defaults import api_block
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402
@@ -99,6 +100,7 @@ def get_config(arg: str = ""):
     c.budget = a.int("budget", 500 if tiny else 2000, minimum=1)
     c.seed = a.int("seed", 0)
     c.api_seed = 0
+    c.api = api_block()  # serve: --config.api.url=http://HOST:PORT queries a served victim
     c.overwrite = False
     c.victim = ml_collections.ConfigDict(dict(checkpoint=SHIPPED_VICTIM))
     c.steal = ml_collections.ConfigDict(dict(

@@ -24,7 +24,7 @@ import sys
 import ml_collections
 
 from sslsteal_jax import losses
-from sslsteal_jax.defaults import default_steal_block
+from sslsteal_jax.defaults import api_block, default_steal_block
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import parse_arg  # noqa: E402
@@ -55,6 +55,7 @@ def get_config(arg: str = ""):
     c.api_output = a.get("api_output", "representation")
     if c.api_output not in ("representation", "projection"):
         raise ValueError(f"api_output={c.api_output!r}; allowed: 'representation' or 'projection'")
+    c.api = api_block()  # serve: --config.api.url=http://HOST:PORT queries a served victim
     c.strategies = a.get("strategies", "direct").replace("+", ",")
     c.views = a.int("views", 2, minimum=1)
     c.surrogate_views = a.int("surrogate_views", 1, minimum=0)

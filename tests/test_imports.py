@@ -16,7 +16,8 @@ Layers, bottom to top (a module may import only from its own layer or below):
   checkpoints, device mesh).
 * ``trainers``: per-method trainers (SimCLR victim, watermarked victim).
 * ``attacks``, ``verification``, ``evaluation``, ``api``: uses of trained models.
-* ``experiments``, ``main``: the pipelines.
+* ``experiments``, ``main``: the pipelines; ``serve``: the HTTP service (uses
+  ``api``; nothing below imports it).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ PKG = "sslsteal_jax"
 # (lower layers, upper layers they must never import, directly or in a function).
 LAYER_RULES = [
     (("models", "training", "losses", "defenses", "data"),
-     ("experiments", "verification", "attacks", "trainers", "api", "evaluation")),
+     ("experiments", "verification", "attacks", "trainers", "api", "evaluation", "serve")),
+    (("trainers", "attacks", "verification", "evaluation", "api"), ("serve",)),
     (("models", "losses", "defenses", "data"), ("training",)),
 ]
 

@@ -200,7 +200,11 @@ class VictimAPI:
     def defense_summary(self, user: str) -> dict:
         """Defense counters of ``user`` (e.g. flagged queries, B4B coverage in percent
         and the last noise sigma); ``{}`` without defenses or before the first query."""
-        state = self._defense_states.get(user)
+        return self.summarize_defense_state(self._defense_states.get(user))
+
+    def summarize_defense_state(self, state) -> dict:
+        """Report counters of a defense state (``defenses.chain.DefenseChain.summary``:
+        ``{"<link>:<name>.<field>": value}``); ``{}`` for None or without defenses."""
         if self._chain is None or state is None:
             return {}
         return self._chain.summary(state)

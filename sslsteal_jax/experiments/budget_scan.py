@@ -52,7 +52,7 @@ import time
 import jax
 import numpy as np
 
-from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.api.factory import make_api
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
@@ -193,7 +193,8 @@ def run(cfg, workdir: str) -> dict:
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
     data0 = datas[sources[0]]
     model, variables, victim_source = get_victim(cfg, workdir, data0)
-    api = VictimAPI(model, variables, data0.probe_test_x.shape[1:], output=cfg.api_output)
+    api = make_api(cfg.get("api"), model, variables, data0.probe_test_x.shape[1:],  # serve: api.url
+                   output=cfg.api_output)
     owner = api.query("owner", data0.probe_test_x)
     ev = common.eval_kwargs(cfg)
     key = jax.random.key(int(cfg.seed))

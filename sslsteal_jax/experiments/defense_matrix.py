@@ -48,7 +48,7 @@ import time
 import jax
 import numpy as np
 
-from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.api import factory as api_factory
 from sslsteal_jax.attacks import adaptive
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.registry import load_split
@@ -279,8 +279,8 @@ def run(cfg, workdir: str) -> dict:
     reference = tx[-n_ref:]
 
     def make_api(spec):
-        return VictimAPI(model, variables, shape, defenses=spec, seed=cfg.api_seed,
-                         defense_reference=reference)
+        return api_factory.make_api(cfg.get("api"), model, variables, shape,  # serve: api.url
+                                    defenses=spec, seed=cfg.api_seed, defense_reference=reference)
 
     if "b4b_coverage" not in done:
         n = int(bm.queries)

@@ -28,7 +28,7 @@ import time
 import jax
 import numpy as np
 
-from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.api.factory import make_api
 from sslsteal_jax.api.classifier_api import ClassifierAPI
 from sslsteal_jax.attacks.head_recreation import fit_projection_head
 from sslsteal_jax.attacks.query import collect_answers, collect_view_answers
@@ -136,7 +136,8 @@ def run(cfg, workdir: str) -> dict:
     key = jax.random.key(int(cfg.seed))
 
     # ---- provider: representation API (+ downstream classifier API) ------------------------
-    api = VictimAPI(model, variables, data.probe_test_x.shape[1:], output=cfg.api_output)
+    api = make_api(cfg.get("api"), model, variables, data.probe_test_x.shape[1:],  # serve: api.url
+                   output=cfg.api_output)
     clf_api = None
     if any(s in LABEL_STRATEGIES for s in strategies):
         clf_api = ClassifierAPI.from_victim(model, variables, data.probe_test_x.shape[1:],

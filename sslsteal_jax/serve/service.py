@@ -1,0 +1,352 @@
+"""The representation service: API keys, ledger, limits, dynamic batching and
+per-key defenses around one ``VictimAPI`` (HTTP-free; ``serve.app`` maps it to HTTP).
+
+One query request (``Service.embed``), in order:
+
+1. size limits (413), key lookup (401 unknown / revoked), JSON and wire
+   decoding, shape / dtype / range / NaN checks (422), the key's rate limit
+   (429): nothing is charged for a rejected request;
+2. the ledger charges the request's queries in one transaction, once per
+   idempotency key (402 when the budget does not cover it; a repeated
+   idempotency key gets the stored answer back, or is answered without a new
+   charge when its first attempt died with the server);
+3. the victim's forward pass, shared with concurrent requests (``batcher``);
+4. under the key's lock: the defense chain with the key's persisted state and
+   call counter, then the answer, new state and counter committed in one
+   transaction (so a restart resumes each key's defense state, and one key's
+   answers equal some sequential order of its requests);
+5. any failure in 3-4 refunds the charge (500).
+
+A defense's user identity is the key's name: a served victim answers key
+``alice`` exactly as ``VictimAPI(..., defenses, seed).query("alice", ...)``
+would answer the same sequence of calls.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import hashlib
+import io
+import json
+import re
+import time
+import uuid
+
+import jax
+import numpy as np
+
+from sslsteal_jax.api.victim_api import QueryValidationError, VictimAPI
+from sslsteal_jax.api.wire import ENCODINGS, WireFormatError, decode_array, encode_array
+from sslsteal_jax.defenses.chain import parse_spec
+from sslsteal_jax.serve.batcher import DynamicBatcher
+from sslsteal_jax.serve.ledger import Ledger
+from sslsteal_jax.serve.metrics import Metrics
+from sslsteal_jax.training import mesh as mesh_lib
+
+IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class ServiceError(Exception):
+    """A request refused with an HTTP ``status``, an error ``code`` and a one-line
+    ``message`` naming the bad value and what is allowed; ``headers`` to add."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+    def body(self) -> dict:
+        """The JSON error body."""
+        return {"error": {"status": self.status, "code": self.code, "message": self.message}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Request limits: ``max_request_bytes`` (413), ``max_images`` per request
+    (413), ``max_wait_ms`` / ``max_batch`` (dynamic batching), ``idempotency_ttl_s``
+    (how long answered requests stay replayable), ``expose_defense_state``
+    (``/v1/usage`` shows the key's own defense counters, e.g. B4B coverage)."""
+
+    max_request_bytes: int = 64 * 2 ** 20
+    max_images: int = 8192
+    max_batch: int = 128
+    max_wait_ms: float = 2.0
+    idempotency_ttl_s: float = 86400.0
+    expose_defense_state: bool = False
+
+
+class _RateLimiter:
+    """Token bucket per key: ``rate`` queries per second, bursts of up to one second's
+    worth (at least one request); a request may overdraw the bucket, later ones wait."""
+
+    def __init__(self):
+        self._buckets: dict[int, tuple[float, float]] = {}
+
+    def take(self, key_id: int, rate: float | None, n: int) -> float:
+        """Take ``n`` tokens; returns 0 when admitted, else the seconds to wait."""
+        if rate is None:
+            return 0.0
+        cap, now = max(float(rate), 1.0), time.monotonic()
+        tokens, last = self._buckets.get(key_id, (cap, now))
+        tokens = min(cap, tokens + (now - last) * rate)
+        need = min(float(n), cap)
+        if tokens < need:
+            self._buckets[key_id] = (tokens, now)
+            return (need - tokens) / rate
+        self._buckets[key_id] = (tokens - n, now)
+        return 0.0
+
+    def give_back(self, key_id: int, n: int) -> None:
+        """Return ``n`` tokens (a replayed request costs nothing)."""
+        if key_id in self._buckets:
+            tokens, last = self._buckets[key_id]
+            self._buckets[key_id] = (tokens + n, last)
+
+
+def dump_state(state) -> bytes | None:
+    """Serialize a defense state pytree (its leaves, ``np.savez_compressed``)."""
+    if state is None:
+        return None
+    buf = io.BytesIO()
+    leaves = jax.tree_util.tree_leaves(state)
+    np.savez_compressed(buf, *[np.asarray(x) for x in leaves])
+    return buf.getvalue()
+
+
+def load_state(blob: bytes, template):
+    """Inverse of :func:`dump_state`, shaped like ``template`` (a fresh state).
+
+    Raises:
+      ValueError: the blob does not fit the template (the service's defenses changed).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    with np.load(io.BytesIO(blob)) as z:
+        stored = [z[f"arr_{i}"] for i in range(len(z.files))]
+    if len(stored) != len(leaves) or any(a.shape != np.shape(t) for a, t in zip(stored, leaves)):
+        raise ValueError("stored defense state does not match this service's defense chain")
+    return jax.tree_util.tree_unflatten(treedef, [a.astype(np.asarray(t).dtype)
+                                                  for a, t in zip(stored, leaves)])
+
+
+def payload_digest(x: np.ndarray) -> str:
+    """SHA-256 of an image batch (dtype, shape and bytes): ties an idempotency key to
+    its images."""
+    h = hashlib.sha256(f"{x.dtype.name}{x.shape}".encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()
+
+
+class Service:
+    """The served representation API.
+
+    Args:
+      api: the ``VictimAPI`` (its own accounts are not used; budgets live in ``ledger``).
+      ledger: the SQLite ledger.
+      limits: :class:`Limits`.
+      description: what ``/v1/info`` says about the victim (e.g. its checkpoint name).
+    """
+
+    def __init__(self, api: VictimAPI, ledger: Ledger, limits: Limits = Limits(),
+                 description: str = ""):
+        self.api, self.ledger, self.limits, self.description = api, ledger, limits, description
+        self.boot = uuid.uuid4().hex
+        self.metrics = Metrics()
+        self.defended = api.defenses != "none"
+        self._defense_names = [name for name, _ in parse_spec(api.defenses)] if self.defended else []
+        self._rate = _RateLimiter()
+        self._key_locks: dict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._states: dict[int, tuple[int, object]] = {}  # key id -> (calls, state)
+        self._finished = 0
+        self.batcher = DynamicBatcher(
+            api.forward, limits.max_batch, limits.max_wait_ms / 1e3,
+            mesh_lib.num_devices(mesh_lib.data_mesh()), on_batch=self.metrics.observe_batch)
+
+    # ----- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start batching; forget answered requests older than the idempotency TTL."""
+        self.batcher.start()
+        await asyncio.to_thread(self.ledger.prune, self.limits.idempotency_ttl_s)
+
+    async def stop(self) -> None:
+        """Stop batching (queued requests fail and are refunded)."""
+        await self.batcher.stop()
+
+    def warmup(self) -> None:
+        """Compile the forward pass for every bucket size and the in-process chunk size
+        (the first requests then answer without compiling)."""
+        x = np.zeros((1, *self.api.image_shape), np.float32)
+        b = self.batcher.multiple
+        sizes = set()
+        while True:
+            sizes.add(min(b, self.limits.max_batch))
+            if b >= self.limits.max_batch:
+                break
+            b *= 2
+        for s in sorted(sizes):
+            self.api.forward(np.repeat(x, s, 0), s)
+        self.api.forward(x)
+
+    # ----- public endpoints --------------------------------------------------------------
+    def info(self) -> dict:
+        """``/v1/info``: what a client needs to query (no secrets: defense names only)."""
+        return {"service": "sslsteal_jax representation API", "wire_format": 1,
+                "victim": self.description, "input_shape": list(self.api.image_shape),
+                "input_dtypes": {"uint8": "[0, 255]", "float32": "[0, 1]"},
+                "output": self.api.output, "output_dim": int(self.api.output_dim),
+                "defenses": self._defense_names,
+                "limits": {"max_images": self.limits.max_images,
+                           "max_request_bytes": self.limits.max_request_bytes},
+                "encodings": list(ENCODINGS)}
+
+    def authenticate(self, authorization: str | None):
+        """The key record of an ``Authorization: Bearer <key>`` header.
+
+        Raises:
+          ServiceError: 401 when the header is missing or malformed, the key unknown or revoked.
+        """
+        if not authorization or not authorization.startswith("Bearer "):
+            raise self._reject(401, "unauthorized", "missing 'Authorization: Bearer <API key>' "
+                                                    "header")
+        rec = self.ledger.authenticate(authorization[len("Bearer "):].strip())
+        if rec is None:
+            raise self._reject(401, "unauthorized", "unknown API key")
+        if rec.revoked:
+            raise self._reject(401, "unauthorized", f"API key {rec.name!r} has been revoked")
+        return rec
+
+    def usage(self, rec) -> dict:
+        """``/v1/usage``: the calling key's budget and use (and its defense counters when
+        the service exposes them)."""
+        out = self.ledger.key_usage(rec.id).public()
+        if self.limits.expose_defense_state and self.defended:
+            calls, blob = self.ledger.defense_state(rec.id)
+            state = (self._states[rec.id][1] if rec.id in self._states else
+                     None if blob is None else load_state(blob, self.api.initial_defense_state(
+                         rec.name)))
+            out["defense"] = self.api.summarize_defense_state(state)
+        return out
+
+    async def embed(self, authorization: str | None, idempotency_key: str | None,
+                    body: bytes) -> tuple[bytes, dict]:
+        """Answer one ``POST /v1/embed``; returns ``(JSON body bytes, headers)``.
+
+        Raises:
+          ServiceError: 401, 402, 409 (same idempotency key in progress), 413, 422,
+            429, 500 (the answer failed; the charge was refunded).
+        """
+        t0 = time.monotonic()
+        if len(body) > self.limits.max_request_bytes:
+            raise self._reject(413, "payload_too_large",
+                               f"request body of {len(body)} bytes exceeds the limit of "
+                               f"{self.limits.max_request_bytes} bytes; send fewer images "
+                               f"per request")
+        rec = await asyncio.to_thread(self.authenticate, authorization)
+        idem = idempotency_key or ("auto-" + uuid.uuid4().hex)
+        if not IDEMPOTENCY_RE.match(idem):
+            raise self._reject(422, "invalid_idempotency_key",
+                               f"Idempotency-Key {idem[:40]!r} must be 1-128 characters of "
+                               f"A-Z a-z 0-9 _ . : -")
+        images, encoding = self._decode(body)
+        n = len(images)
+        wait = self._rate.take(rec.id, rec.rate, n)
+        if wait > 0:
+            raise self._reject(429, "rate_limited",
+                               f"key {rec.name!r} is limited to {rec.rate:g} queries per second; "
+                               f"retry in {wait:.2f} s", {"Retry-After": f"{max(1, round(wait))}"})
+        x = self._validate(images)
+        begin = await asyncio.to_thread(self.ledger.begin_request, rec.id, idem, n,
+                                        payload_digest(images), self.boot)
+        if begin.kind == "replay":
+            self._rate.give_back(rec.id, n)
+            self.metrics.replays.inc()
+            return begin.response, {"Idempotent-Replayed": "true"}
+        if begin.kind == "in_progress":
+            raise self._reject(409, "in_progress", f"a request with Idempotency-Key {idem!r} is "
+                               f"being answered; retry later", {"Retry-After": "1"})
+        if begin.kind == "mismatch":
+            raise self._reject(422, "idempotency_key_reused", begin.detail)
+        if begin.kind == "revoked":
+            raise self._reject(401, "unauthorized", f"API key {rec.name!r} has been revoked")
+        if begin.kind == "budget":
+            raise self._reject(402, "budget_exceeded",
+                               f"key {rec.name!r} asked for {n} queries but has {begin.remaining} "
+                               f"left of a budget of {begin.budget}; nothing was charged")
+        try:
+            raw = await self.batcher.submit(x)
+            body_out = await self._defend_and_finish(rec, idem, raw, encoding, n, begin)
+        except BaseException as e:
+            await asyncio.shield(asyncio.to_thread(self.ledger.refund_request, rec.id, idem))
+            if isinstance(e, Exception):
+                self.metrics.rejections.labels("error").inc()
+                raise ServiceError(500, "internal_error", f"answering failed ({type(e).__name__}: "
+                                   f"{e}); nothing was charged") from e
+            raise
+        self.metrics.answered.inc(n)
+        self.metrics.note_answered(n)
+        self.metrics.latency.observe(time.monotonic() - t0)
+        self._finished += 1
+        if self._finished % 1000 == 0:
+            await asyncio.to_thread(self.ledger.prune, self.limits.idempotency_ttl_s)
+        return body_out, {}
+
+    # ----- steps -------------------------------------------------------------------------
+    def _reject(self, status: int, code: str, message: str, headers: dict | None = None):
+        self.metrics.rejections.labels(code).inc()
+        return ServiceError(status, code, message, headers)
+
+    def _decode(self, body: bytes) -> tuple[np.ndarray, str]:
+        try:
+            obj = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self._reject(422, "invalid_json", f"request body is not valid JSON ({e})") from None
+        if not isinstance(obj, dict) or "images" not in obj:
+            raise self._reject(422, "invalid_request", "request body must be a JSON object with "
+                               "an 'images' field (base64 array or nested lists; docs/serving.md)")
+        encoding = obj.get("encoding", "list" if isinstance(obj["images"], list) else "base64")
+        if encoding not in ENCODINGS:
+            raise self._reject(422, "invalid_request",
+                               f"encoding={encoding!r}; allowed: {list(ENCODINGS)}")
+        per_image = int(np.prod(self.api.image_shape))
+        try:
+            images = decode_array(obj["images"], "images",
+                                  max_elements=(self.limits.max_images + 1) * per_image)
+        except WireFormatError as e:
+            if "exceed the limit" in str(e):
+                raise self._reject(413, "payload_too_large",
+                                   f"more than {self.limits.max_images} images in one request; "
+                                   f"the limit is {self.limits.max_images}") from None
+            raise self._reject(422, "invalid_images", str(e)) from None
+        if images.ndim >= 1 and len(images) > self.limits.max_images:
+            raise self._reject(413, "payload_too_large",
+                               f"{len(images)} images in one request; the limit is "
+                               f"{self.limits.max_images}")
+        return images, encoding
+
+    def _validate(self, images: np.ndarray) -> np.ndarray:
+        try:
+            return self.api.validate(images)
+        except QueryValidationError as e:
+            raise self._reject(422, "invalid_images", str(e)) from None
+
+    async def _defend_and_finish(self, rec, idem, raw, encoding, n, begin) -> bytes:
+        def body(out):
+            return json.dumps({"embeddings": encode_array(out, encoding), "queries_charged": n,
+                               "queries_used": begin.used, "budget": begin.budget}).encode()
+
+        if not self.defended:
+            out = body(raw)
+            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out, None, False)
+            return out
+        async with self._key_locks[rec.id]:  # one key's state updates in a sequential order
+            if rec.id not in self._states:
+                calls, blob = await asyncio.to_thread(self.ledger.defense_state, rec.id)
+                fresh = self.api.initial_defense_state(rec.name)
+                self._states[rec.id] = (calls, fresh if blob is None else load_state(blob, fresh))
+            calls, state = self._states[rec.id]
+            answer, new_state = await asyncio.to_thread(self.api.apply_defenses, rec.name, raw,
+                                                        state, calls)
+            out = body(answer)
+            blob = await asyncio.to_thread(dump_state, new_state)
+            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out, blob, True)
+            self._states[rec.id] = (calls + 1, new_state)
+        return out
