@@ -160,7 +160,7 @@ def test_ledger_charges_once_per_idempotency_key(tmp_path):
     # the server died before answering: a new server instance resumes without a new charge
     assert lg.begin_request(rec.id, "r1", 4, "d1", "boot2").kind == "resume"
     assert lg.key_usage(rec.id).used == 4
-    lg.finish_request(rec.id, "r1", b'{"x": 1}', None, False)
+    lg.finish_request(rec.id, "r1", b'{"x": 1}')
     b = lg.begin_request(rec.id, "r1", 4, "d1", "boot3")
     assert b.kind == "replay" and b.response == b'{"x": 1}'
     b = lg.begin_request(rec.id, "r2", 7, "d2", "boot3")
@@ -408,4 +408,48 @@ def test_defense_state_per_key_survives_restart(victim, images, tmp_path):
         np.testing.assert_array_equal(g, w)
     assert summary == ref.defense_summary("alice") and summary["1:similarity.seen"] == 18
     lg = Ledger(db)
-    assert lg.key_by_name("alice").calls == 3 and lg.key_by_name("alice").used == 18
+    assert lg.defense_state(lg.key_by_name("alice").id, ref.defenses, "alice")[0] == 3
+    assert lg.key_by_name("alice").used == 18
+
+
+@pytest.mark.slow
+def test_research_mode_matches_in_process_per_chain_and_account(victim, images, tmp_path,
+                                                               monkeypatch):
+    """A --research server answers each (chain, account) like the in-process API with
+    that chain answers that user, through the experiments' factory; one key."""
+    model, variables = victim
+    db = str(tmp_path / "l.sqlite")
+    lg = Ledger(db)
+    secret = lg.create_key("lab", 200)[1]
+    base = VictimAPI(model, variables, SHAPE, seed=2)
+    service = Service(base, lg, Limits(), chain_api=lambda spec: VictimAPI(
+        model, variables, SHAPE, defenses=spec, seed=2))
+    spec = "gaussian:scale=0.05+similarity:threshold=0.9"
+    cfg = ml_collections.ConfigDict(dict(url="", key_env="LAB_KEY", keys_file="",
+                                         timeout_s=60.0, retries=2))
+    monkeypatch.setenv("LAB_KEY", secret)
+    with live_server(service) as url:
+        cfg.url = url
+        client = make_api(cfg, None, None, SHAPE, defenses=spec)
+        plain = make_api(cfg, None, None, SHAPE)
+        assert client.defenses == "gaussian:scale=0.05+similarity:threshold=0.9"
+        got = {u: [client.query(u, images[i * 6:(i + 1) * 6]) for i in range(2)]
+               for u in ("attacker", "legit")}
+        got_plain = plain.query("attacker", images[:6])
+        summary = client.defense_summary("attacker")
+        r = post(url, secret, dict(b64(images[:1]), defenses="nonsense"))
+        assert r.status_code == 422 and "unknown defense 'nonsense'" in r.text
+    ref = VictimAPI(model, variables, SHAPE, defenses=spec, seed=2)
+    for u in ("attacker", "legit"):
+        for i, g in enumerate(got[u]):
+            np.testing.assert_array_equal(g, ref.query(u, images[i * 6:(i + 1) * 6]))
+    np.testing.assert_array_equal(got_plain, VictimAPI(model, variables, SHAPE).query("x", images[:6]))
+    assert summary == ref.defense_summary("attacker") and lg.key_by_name("lab").used == 30
+
+
+def test_defense_fields_refused_outside_research_mode(plain, images):
+    url, keys, lg, _ = plain
+    before = lg.key_by_name("alice").used
+    r = post(url, keys["alice"], dict(b64(images[:1]), defenses="gaussian"))
+    assert r.status_code == 422 and "only accepted by a server started with --research" in r.text
+    assert lg.key_by_name("alice").used == before

@@ -22,6 +22,12 @@ provider); each account uses the key given for it in ``keys`` or the default
 like different users to the provider's defenses (sybil accounts, legitimate
 users) need keys of their own.
 
+Against a server in research mode (``--research``), ``check_compatible``
+makes every request carry the experiment's defense chain and the account name,
+so the server keeps one defense state per (key, chain, account) and answers
+as the in-process API would: experiments that compare defenses and users
+(the defense matrix) run against one server with one key.
+
 Standard library only (``http.client``): the client needs no web framework.
 """
 from __future__ import annotations
@@ -41,7 +47,7 @@ import numpy as np
 
 from sslsteal_jax.api.victim_api import BudgetExceededError, QueryValidationError
 from sslsteal_jax.api.wire import WireFormatError, decode_embeddings, encode_array
-from sslsteal_jax.defenses.chain import parse_spec
+from sslsteal_jax.defenses.chain import format_spec, parse_spec
 from sslsteal_jax.errors import ConfigError
 
 #: Environment variable holding the default API key.
@@ -117,6 +123,7 @@ class RemoteVictimAPI:
         self._output_dim: int | None = None
         self.max_images = DEFAULT_MAX_IMAGES
         self.batch_size = None
+        self.request_defenses: str | None = None  # research mode: chain sent with each request
         if check and self._service:
             self.refresh_info()
             if self.key is not None:
@@ -154,6 +161,8 @@ class RemoteVictimAPI:
     def defenses(self) -> str:
         """The served defense chain's link names joined by ``+`` ("none"; "unknown" for a
         bare endpoint). Parameters are the provider's secret: not reported."""
+        if self.request_defenses is not None:
+            return self.request_defenses
         if not self.info:
             return "unknown"
         return "+".join(self.info.get("defenses") or []) or "none"
@@ -166,12 +175,18 @@ class RemoteVictimAPI:
           image_shape: ``(H, W, C)`` the experiment's images have.
           output: "representation" or "projection".
           defenses: the experiment's defense chain spec (None: none); compared by
-            link names (the service does not reveal parameters).
+            link names (the service does not reveal parameters). A research-mode
+            server applies it instead: it is sent with every request from now on.
         Raises:
           ConfigError: a mismatch (names both values and how to fix it).
         """
         if not self.info:
             return  # a bare endpoint tells nothing; its answers are checked as they come
+        if self.info.get("research"):
+            try:
+                self.request_defenses = format_spec(parse_spec(defenses))
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if tuple(image_shape) != self.image_shape:
             raise ConfigError(f"the served victim at {self.url} takes images of shape "
                               f"{list(self.image_shape)}, this run's images are "
@@ -180,7 +195,7 @@ class RemoteVictimAPI:
             raise ConfigError(f"the served victim at {self.url} returns the {self.output!r}, this "
                               f"run asks for {output!r} (serve it with --output={output})")
         want = "+".join(name for name, _ in parse_spec(defenses)) or "none"
-        if want != self.defenses:
+        if self.request_defenses is None and want != self.defenses:
             raise ConfigError(f"the served victim at {self.url} applies defenses {self.defenses!r}, "
                               f"this run asks for {want!r}; serve the victim with "
                               f"--defenses=<that chain> or run without api.url")
@@ -223,7 +238,11 @@ class RemoteVictimAPI:
         Raises:
           ConfigError: the key is rejected (401). RemoteAPIError: other failures.
         """
-        status, body, _ = self._send("GET", self._usage_path, None, user, None)
+        path = self._usage_path
+        if self.request_defenses is not None and user is not None:
+            path += "?" + urllib.parse.urlencode({"account": user,
+                                                  "defenses": self.request_defenses})
+        status, body, _ = self._send("GET", path, None, user, None)
         return json.loads(body)
 
     def defense_summary(self, user: str) -> dict:
@@ -270,8 +289,10 @@ class RemoteVictimAPI:
             acct.used += n
         try:
             try:
-                payload = json.dumps({"images": encode_array(x, self.encoding),
-                                      "encoding": self.encoding}).encode()
+                req = {"images": encode_array(x, self.encoding), "encoding": self.encoding}
+                if self.request_defenses is not None:  # research-mode server
+                    req.update(defenses=self.request_defenses, account=user)
+                payload = json.dumps(req).encode()
             except WireFormatError as e:
                 raise QueryValidationError(str(e)) from None
             _, body, _ = self._send("POST", self._embed_path, payload, user,

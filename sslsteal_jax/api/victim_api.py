@@ -123,20 +123,21 @@ class VictimAPI:
         self._key = jax.random.key(int(seed))
         self._chain = None
         self._defense_states: dict[str, tuple] = {}
+        # [answer | head] in one forward pass (the defenses may need the head output).
+        # Variables replicated over the data mesh: extract_features splits each batch
+        # over all devices, and committed single-device variables would clash with it.
+        self._answer_and_head = functools.partial(
+            _answer_and_head, model, index, mesh_lib.replicate(variables, mesh_lib.data_mesh()))
+        self.head_dim = int(jax.eval_shape(lambda x: model.apply(variables, x, train=False)[1],
+                                           jax.ShapeDtypeStruct((1, *self.image_shape),
+                                                                jnp.float32)).shape[1])
+        k_provider, self._users_key = jax.random.split(self._key)
         if defenses is not None and parse_spec(defenses):
-            # Variables replicated over the data mesh: extract_features splits each batch
-            # over all devices, and committed single-device variables would clash with it.
-            self._answer_and_head = functools.partial(
-                _answer_and_head, model, index, mesh_lib.replicate(variables, mesh_lib.data_mesh()))
-            head_dim = int(jax.eval_shape(lambda x: model.apply(variables, x, train=False)[1],
-                                          jax.ShapeDtypeStruct((1, *self.image_shape),
-                                                               jnp.float32)).shape[1])
-            k_provider, self._users_key = jax.random.split(self._key)
             reference = None
             if defense_reference is not None and needs_reference(defenses):
                 reference = extract_features(self._answer, self.validate(defense_reference),
                                              self.batch_size)
-            self._chain = DefenseChain(defenses, self.output_dim, head_dim, k_provider,
+            self._chain = DefenseChain(defenses, self.output_dim, self.head_dim, k_provider,
                                        reference=reference)
             self.output_dim = self._chain.output_dim
 
@@ -262,13 +263,14 @@ class VictimAPI:
                 f"float query images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
         return x.astype(np.float32)
 
-    @property
-    def forward_dim(self) -> int:
+    def forward_dim(self, with_head: bool | None = None) -> int:
         """Width of :meth:`forward`'s output: the raw answer, plus the head output
-        when the API has defenses (the chain may need it)."""
-        return self.output_dim if self._chain is None else self.raw_dim + self._chain.head_dim
+        with ``with_head`` (None: when the API has defenses, which may need it)."""
+        with_head = self._chain is not None if with_head is None else with_head
+        return self.raw_dim + (self.head_dim if with_head else 0)
 
-    def forward(self, x: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+    def forward(self, x: np.ndarray, batch_size: int | None = None,
+                with_head: bool | None = None) -> np.ndarray:
         """The victim's undefended forward pass on validated images (no charge).
 
         Args:
@@ -276,11 +278,13 @@ class VictimAPI:
           batch_size: images per compiled call (None: the API's ``batch_size``).
             Answers depend on it only through float rounding; the same ``x`` and
             ``batch_size`` give bit-identical answers.
+          with_head: also return the victim's head outputs (None: when the API has
+            defenses; :meth:`apply_defenses` splits them off).
         Returns:
-          float32 numpy ``(B, forward_dim)``: the answers, followed by the victim's
-          head outputs when the API has defenses (:meth:`apply_defenses` splits them).
+          float32 numpy ``(B, forward_dim(with_head))``.
         """
-        fn = self._answer if self._chain is None else self._answer_and_head
+        with_head = self._chain is not None if with_head is None else with_head
+        fn = self._answer_and_head if with_head else self._answer
         return extract_features(fn, x, self.batch_size if batch_size is None else batch_size)
 
     def initial_defense_state(self, user: str):
@@ -296,16 +300,17 @@ class VictimAPI:
 
         Args:
           user: account name (selects the user's PRNG stream).
-          raw: float32 ``(B, forward_dim)`` from :meth:`forward`.
+          raw: float32 ``(B, raw_dim)`` or ``(B, raw_dim + head_dim)`` from :meth:`forward`
+            (the head part is required when a link needs it).
           state: the user's defense state (:meth:`initial_defense_state` or the
             state a previous call returned).
           call_index: the user's call number ``n`` (its key is ``fold_in(calls key, n)``).
         Returns:
           ``(answers float32 numpy (B, output_dim), new state)``; without defenses
-          ``(raw, state)``.
+          ``(raw answers, state)``.
         """
         if self._chain is None:
-            return raw, state
+            return raw[:, :self.raw_dim], state
         _, k_calls = jax.random.split(user_key(self._users_key, user))
         out, new = self._chain.apply(raw[:, :self.raw_dim], state,
                                      jax.random.fold_in(k_calls, int(call_index)),

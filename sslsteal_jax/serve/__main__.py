@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import os
 import sys
 
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "request stays replayable by its idempotency key")
     p.add_argument("--expose_defense_state", action="store_true", help="/v1/usage shows the "
                    "caller's own defense counters (B4B coverage, flagged queries): for research")
+    p.add_argument("--research", action="store_true", help="research mode: each request may "
+                   "choose its defense chain and a simulated account, each with its own state "
+                   "(experiments such as the defense matrix against one server); never for "
+                   "selling access")
     p.add_argument("--reset_defense_state", action="store_true", help="forget every key's "
                    "defense state (needed after changing --defenses, --seed, --output or --victim)")
     p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
@@ -115,15 +120,22 @@ def main(argv=None) -> int:
         from sslsteal_jax.api.victim_api import VictimAPI
         from sslsteal_jax.serve.app import create_app
         from sslsteal_jax.serve.service import Limits, Service
+        from sslsteal_jax.training.checkpoint import load_model
 
         reference = _reference(args.defense_reference) if args.defense_reference else None
-        api = VictimAPI.from_checkpoint(args.victim, output=args.output, defenses=args.defenses,
-                                        seed=args.seed, defense_reference=reference)
-        fp = fingerprint(os.path.abspath(args.victim), args.output, api.defenses, args.seed)
+        loaded = load_model(args.victim)
+        if loaded.kind != "simclr":
+            raise ConfigError(f"--victim={args.victim!r} holds a {loaded.kind!r} checkpoint; the "
+                              f"service needs a 'simclr' victim")
+        make = functools.partial(VictimAPI, loaded.module, loaded.variables, loaded.image_shape,
+                                 output=args.output, seed=args.seed, defense_reference=reference)
+        api = make(defenses=args.defenses)
+        fp = fingerprint(os.path.abspath(args.victim), args.output,
+                         "research" if args.research else api.defenses, args.seed)
         old = ledger.get_meta("fingerprint")
         if args.reset_defense_state:
             ledger.reset_defense_states()
-        elif old is not None and old != fp and any(k.calls for k in ledger.list_keys()):
+        elif old is not None and old != fp and ledger.has_defense_states():
             raise ConfigError(f"ledger {args.db!r} holds defense state of another service setting "
                               f"({old}); this server is {fp}: pass --reset_defense_state to "
                               f"start every key's defense state afresh, or use another --db")
@@ -134,7 +146,8 @@ def main(argv=None) -> int:
                         idempotency_ttl_s=args.idempotency_ttl_h * 3600.0,
                         expose_defense_state=args.expose_defense_state)
         service = Service(api, ledger, limits, description=os.path.basename(
-            os.path.dirname(os.path.abspath(args.victim).rstrip("/"))))
+            os.path.dirname(os.path.abspath(args.victim).rstrip("/"))),
+            chain_api=(lambda spec: make(defenses=spec)) if args.research else None)
     except ConfigError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1
@@ -143,7 +156,8 @@ def main(argv=None) -> int:
         return 1
     if not args.no_warmup:
         service.warmup()
-    print(f"serving {args.victim} ({api.output}, {api.output_dim}-d, defenses {api.defenses}) on "
+    print(f"serving {args.victim} ({api.output}, {api.output_dim}-d, defenses {api.defenses}"
+          f"{', research mode' if args.research else ''}) on "
           f"http://{args.host}:{args.port}, ledger {args.db} "
           f"({len(ledger.list_keys())} keys)", flush=True)
     uvicorn.run(create_app(service), host=args.host, port=args.port, log_level=args.log_level,

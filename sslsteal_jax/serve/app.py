@@ -78,9 +78,9 @@ def create_app(service: Service) -> FastAPI:
         return service.info()
 
     @app.get("/v1/usage")
-    async def usage(request: Request):
+    async def usage(request: Request, account: str | None = None, defenses: str | None = None):
         rec = await asyncio.to_thread(service.authenticate, request.headers.get("authorization"))
-        return await asyncio.to_thread(service.usage, rec)
+        return await asyncio.to_thread(service.usage, rec, account, defenses)
 
     @app.post("/v1/embed")
     async def embed(request: Request):

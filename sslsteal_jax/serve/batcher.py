@@ -12,7 +12,8 @@ in-process ``VictimAPI.query`` answers it (same chunking into compiled calls),
 so a sequential client gets bit-identical answers; requests that share a pass
 differ from their in-process answers only by float rounding (XLA's results
 depend on the compiled batch shape in the last bits, ~1e-6 here).
-Requests larger than ``max_batch`` rows are never merged.
+Requests larger than ``max_batch`` rows are never merged, nor are requests
+of different *kinds* (forward programs: with or without the head output).
 
 Source: the dynamic batching of model servers such as TensorFlow Serving's
 batching scheduler and NVIDIA Triton (max batch size, max queue delay).
@@ -43,6 +44,7 @@ def bucket_size(rows: int, max_batch: int, multiple: int = 1) -> int:
 @dataclasses.dataclass
 class _Item:
     x: np.ndarray
+    kind: str
     future: asyncio.Future
     arrived: float
 
@@ -51,8 +53,9 @@ class DynamicBatcher:
     """Batch concurrent forward passes.
 
     Args:
-      forward: ``(x float32 (B, H, W, C), batch_size int | None) -> float32 (B, D)``
-        (``VictimAPI.forward``); ``batch_size`` None = the in-process chunking.
+      forward: ``(x float32 (B, H, W, C), batch_size int | None, kind str) -> float32 (B, D)``
+        (``VictimAPI.forward``); ``batch_size`` None = the in-process chunking;
+        ``kind`` as given to :meth:`submit`.
       max_batch: most rows merged into one pass (>= 1).
       max_wait_s: longest a request waits for others (>= 0).
       multiple: the device count (buckets are multiples of it).
@@ -94,22 +97,27 @@ class DynamicBatcher:
                 item.future.set_exception(RuntimeError("service stopping"))
         self._pool.shutdown(wait=True)
 
-    async def submit(self, x: np.ndarray) -> np.ndarray:
-        """Queue validated images float32 ``(B, H, W, C)``; returns their forward
-        output float32 ``(B, D)`` once computed (exceptions of the pass propagate)."""
+    async def submit(self, x: np.ndarray, kind: str = "") -> np.ndarray:
+        """Queue validated images float32 ``(B, H, W, C)`` for the forward program
+        ``kind``; returns their forward output float32 ``(B, D)`` once computed
+        (exceptions of the pass propagate)."""
         fut = asyncio.get_running_loop().create_future()
-        self._queue.append(_Item(x, fut, time.monotonic()))
+        self._queue.append(_Item(x, kind, fut, time.monotonic()))
         self._wake.set()
         return await fut
 
     def _take(self) -> list[_Item]:
-        """Pop the oldest request and as many following ones as fit in ``max_batch``."""
-        items = [self._queue.popleft()]
-        rows = len(items[0].x)
-        while self._queue and rows < self.max_batch and rows + len(self._queue[0].x) <= self.max_batch:
+        """Pop the oldest request and as many later ones of its kind as fit in ``max_batch``."""
+        first = self._queue.popleft()
+        items, rows, rest = [first], len(first.x), collections.deque()
+        while self._queue and rows < self.max_batch:
             item = self._queue.popleft()
-            items.append(item)
-            rows += len(item.x)
+            if item.kind == first.kind and rows + len(item.x) <= self.max_batch:
+                items.append(item)
+                rows += len(item.x)
+            else:
+                rest.append(item)
+        self._queue.extendleft(reversed(rest))
         return items
 
     def _queued_rows(self) -> int:
@@ -130,7 +138,8 @@ class DynamicBatcher:
                 continue
             t = time.monotonic()
             try:
-                outs = await loop.run_in_executor(self._pool, self._compute, [i.x for i in items])
+                outs = await loop.run_in_executor(self._pool, self._compute, [i.x for i in items],
+                                                  items[0].kind)
             except Exception as e:  # noqa: BLE001 -- handed to every waiting request
                 for i in items:
                     if not i.future.done():
@@ -142,14 +151,14 @@ class DynamicBatcher:
             if self._on_batch is not None:
                 self._on_batch(sum(len(i.x) for i in items), len(items), time.monotonic() - t)
 
-    def _compute(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+    def _compute(self, xs: list[np.ndarray], kind: str) -> list[np.ndarray]:
         """One pass over the requests ``xs`` (inference thread)."""
         if len(xs) == 1:
-            return [self._forward(xs[0], None)]  # alone: exactly the in-process chunking
+            return [self._forward(xs[0], None, kind)]  # alone: exactly the in-process chunking
         x = np.concatenate(xs)
         n = len(x)
         b = bucket_size(n, self.max_batch, self.multiple)
         if b > n:
             x = np.concatenate([x, np.zeros((b - n, *x.shape[1:]), x.dtype)])
-        out = self._forward(x, b)[:n]
+        out = self._forward(x, b, kind)[:n]
         return np.split(out, np.cumsum([len(a) for a in xs])[:-1])

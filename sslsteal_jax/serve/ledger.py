@@ -20,6 +20,8 @@ Guarantees (docs/serving.md, "Ledger"):
   same idempotency key gets the stored answer back (``replay``) or, if the
   first attempt was charged but never answered because the server died,
   is answered now without a new charge (``resume``).
+* **Defense state per key** (per key, chain and research account): stored with
+  every answer, so a restart resumes it.
 
 Admin commands (``python -m sslsteal_jax.serve.admin``) and the server may use
 the file at the same time (SQLite WAL: one writer at a time, readers never
@@ -52,9 +54,15 @@ CREATE TABLE IF NOT EXISTS keys (
   used INTEGER NOT NULL DEFAULT 0,     -- queries charged (one per image)
   rate REAL,                           -- queries per second, NULL: no limit
   revoked INTEGER NOT NULL DEFAULT 0,
-  created REAL NOT NULL,
-  calls INTEGER NOT NULL DEFAULT 0,    -- answered calls: the next call's PRNG index
-  defense_state BLOB                   -- the key's defense state (NULL: fresh)
+  created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS defense_states (
+  key_id INTEGER NOT NULL,
+  chain TEXT NOT NULL,                 -- canonical defense chain spec
+  account TEXT NOT NULL,               -- the defenses' user: the key's name or a research account
+  calls INTEGER NOT NULL,              -- answered calls: the next call's PRNG index
+  state BLOB,                          -- serialized defense state
+  PRIMARY KEY (key_id, chain, account)
 );
 CREATE TABLE IF NOT EXISTS requests (
   key_id INTEGER NOT NULL,
@@ -77,7 +85,7 @@ CREATE TABLE IF NOT EXISTS audit (
 @dataclasses.dataclass(frozen=True)
 class KeyRecord:
     """One API key's row (never the key itself): ``budget`` None = unlimited,
-    ``rate`` queries per second (None = no limit), ``calls`` answered calls."""
+    ``rate`` queries per second (None = no limit)."""
 
     id: int
     name: str
@@ -86,7 +94,6 @@ class KeyRecord:
     rate: float | None
     revoked: bool
     created: float
-    calls: int
 
     @property
     def remaining(self) -> int | None:
@@ -97,7 +104,7 @@ class KeyRecord:
         """JSON-safe summary (admin listing, ``/v1/usage``)."""
         return {"name": self.name, "budget": self.budget, "used": self.used,
                 "remaining": self.remaining, "rate_limit": self.rate, "revoked": self.revoked,
-                "calls": self.calls, "created": self.created}
+                "created": self.created}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +220,10 @@ class Ledger:
 
     @staticmethod
     def _record(row) -> KeyRecord:
-        i, name, budget, used, rate, revoked, created, calls = row
-        return KeyRecord(i, name, budget, used, rate, bool(revoked), created, calls)
+        i, name, budget, used, rate, revoked, created = row
+        return KeyRecord(i, name, budget, used, rate, bool(revoked), created)
 
-    _COLS = "id, name, budget, used, rate, revoked, created, calls"
+    _COLS = "id, name, budget, used, rate, revoked, created"
 
     # ----- admin ----------------------------------------------------------------------------
     def create_key(self, name: str, budget: int | None, rate: float | None = None
@@ -293,14 +300,17 @@ class Ledger:
         return self.key_by_name(name)
 
     def reset_defense_states(self) -> int:
-        """Forget every key's defense state and call counter (after the service's
-        defenses changed); returns the number of keys reset."""
+        """Forget every defense state and call counter (after the service's defenses
+        changed); returns how many were forgotten."""
         with self._tx() as db:
-            cur = db.execute("UPDATE keys SET defense_state = NULL, calls = 0 "
-                             "WHERE defense_state IS NOT NULL OR calls > 0")
+            cur = db.execute("DELETE FROM defense_states")
             db.execute("INSERT INTO audit VALUES (?, NULL, 'reset_defense_states', ?)",
                        (time.time(), cur.rowcount))
             return cur.rowcount
+
+    def has_defense_states(self) -> bool:
+        """Whether any defense state is stored."""
+        return bool(self._read("SELECT COUNT(*) FROM defense_states")[0][0])
 
     # ----- service --------------------------------------------------------------------------
     def authenticate(self, secret: str) -> KeyRecord | None:
@@ -348,15 +358,16 @@ class Ledger:
             return Begin("new", used=used + n, budget=budget)
 
     def finish_request(self, key_id: int, idem: str, response: bytes,
-                       defense_state: bytes | None, advance_calls: bool) -> None:
+                       defense: tuple[str, str, int, bytes] | None = None) -> None:
         """Record a request as answered (its body stored for replays) together with
-        the key's new defense state and call counter, in one transaction."""
+        the new defense state ``(chain, account, calls, state blob)`` (None: the
+        service has no defenses), in one transaction."""
         with self._tx() as db:
             db.execute("UPDATE requests SET status = 'done', finished = ?, response = ? "
                        "WHERE key_id = ? AND idem = ?", (time.time(), response, key_id, idem))
-            if advance_calls:
-                db.execute("UPDATE keys SET calls = calls + 1, defense_state = ? WHERE id = ?",
-                           (defense_state, key_id))
+            if defense is not None:
+                db.execute("INSERT OR REPLACE INTO defense_states (key_id, chain, account, calls, "
+                           "state) VALUES (?, ?, ?, ?, ?)", (key_id, *defense))
 
     def refund_request(self, key_id: int, idem: str) -> None:
         """Undo the charge of a pending request that could not be answered."""
@@ -367,11 +378,13 @@ class Ledger:
                 db.execute("UPDATE keys SET used = used - ? WHERE id = ?", (row[0], key_id))
                 db.execute("DELETE FROM requests WHERE key_id = ? AND idem = ?", (key_id, idem))
 
-    def defense_state(self, key_id: int) -> tuple[int, bytes | None]:
-        """``(calls, serialized defense state or None)`` of a key."""
-        calls, blob = self._read("SELECT calls, defense_state FROM keys WHERE id = ?",
-                                 (key_id,))[0]
-        return int(calls), (None if blob is None else bytes(blob))
+    def defense_state(self, key_id: int, chain: str, account: str) -> tuple[int, bytes | None]:
+        """``(calls, serialized state)`` of one defense state; ``(0, None)`` when fresh."""
+        rows = self._read("SELECT calls, state FROM defense_states WHERE key_id = ? AND chain = ? "
+                          "AND account = ?", (key_id, chain, account))
+        if not rows:
+            return 0, None
+        return int(rows[0][0]), (None if rows[0][1] is None else bytes(rows[0][1]))
 
     def key_usage(self, key_id: int) -> KeyRecord:
         """Fresh record of a key."""

@@ -20,6 +20,14 @@ One query request (``Service.embed``), in order:
 A defense's user identity is the key's name: a served victim answers key
 ``alice`` exactly as ``VictimAPI(..., defenses, seed).query("alice", ...)``
 would answer the same sequence of calls.
+
+Research mode (``chain_api`` given; ``--research`` on the command line): a
+request may choose its defense chain (``"defenses": SPEC``) and name a
+simulated user (``"account": NAME``), each (key, chain, account) with its own
+persisted state and the account as the defenses' user identity. One server
+then runs experiments that compare defenses and users (the defense matrix)
+exactly as in-process; the key's budget still caps everything. For providers
+studying their own defenses, not for selling: a client picks its defense.
 """
 from __future__ import annotations
 
@@ -30,6 +38,7 @@ import hashlib
 import io
 import json
 import re
+import threading
 import time
 import uuid
 
@@ -38,13 +47,14 @@ import numpy as np
 
 from sslsteal_jax.api.victim_api import QueryValidationError, VictimAPI
 from sslsteal_jax.api.wire import ENCODINGS, WireFormatError, decode_array, encode_array
-from sslsteal_jax.defenses.chain import parse_spec
+from sslsteal_jax.defenses.chain import format_spec, parse_spec
 from sslsteal_jax.serve.batcher import DynamicBatcher
 from sslsteal_jax.serve.ledger import Ledger
 from sslsteal_jax.serve.metrics import Metrics
 from sslsteal_jax.training import mesh as mesh_lib
 
 IDEMPOTENCY_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+ACCOUNT_RE = re.compile(r"^[A-Za-z0-9_.@:\[\]-]{1,64}$")
 
 
 class ServiceError(Exception):
@@ -147,19 +157,24 @@ class Service:
     """
 
     def __init__(self, api: VictimAPI, ledger: Ledger, limits: Limits = Limits(),
-                 description: str = ""):
+                 description: str = "", chain_api=None):
         self.api, self.ledger, self.limits, self.description = api, ledger, limits, description
         self.boot = uuid.uuid4().hex
         self.metrics = Metrics()
-        self.defended = api.defenses != "none"
-        self._defense_names = [name for name, _ in parse_spec(api.defenses)] if self.defended else []
+        self.research = chain_api is not None
+        self._make_chain_api = chain_api
+        self._chain_apis: dict[str, VictimAPI] = {api.defenses: api}
+        self._chain_lock = threading.Lock()
+        self._defense_names = [name for name, _ in parse_spec(api.defenses)]
         self._rate = _RateLimiter()
-        self._key_locks: dict[int, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
-        self._states: dict[int, tuple[int, object]] = {}  # key id -> (calls, state)
+        # one lock and one cached (calls, state) per (key id, chain, account)
+        self._state_locks: dict[tuple, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self._states: dict[tuple, tuple[int, object]] = {}
         self._finished = 0
         self.batcher = DynamicBatcher(
-            api.forward, limits.max_batch, limits.max_wait_ms / 1e3,
-            mesh_lib.num_devices(mesh_lib.data_mesh()), on_batch=self.metrics.observe_batch)
+            lambda x, bs, kind: api.forward(x, bs, with_head=kind == "head"), limits.max_batch,
+            limits.max_wait_ms / 1e3, mesh_lib.num_devices(mesh_lib.data_mesh()),
+            on_batch=self.metrics.observe_batch)
 
     # ----- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -182,9 +197,11 @@ class Service:
             if b >= self.limits.max_batch:
                 break
             b *= 2
-        for s in sorted(sizes):
-            self.api.forward(np.repeat(x, s, 0), s)
-        self.api.forward(x)
+        kinds = [True, False] if self.research else [self.api.defenses != "none"]
+        for with_head in kinds:
+            for s in sorted(sizes):
+                self.api.forward(np.repeat(x, s, 0), s, with_head)
+            self.api.forward(x, None, with_head)
 
     # ----- public endpoints --------------------------------------------------------------
     def info(self) -> dict:
@@ -193,7 +210,7 @@ class Service:
                 "victim": self.description, "input_shape": list(self.api.image_shape),
                 "input_dtypes": {"uint8": "[0, 255]", "float32": "[0, 1]"},
                 "output": self.api.output, "output_dim": int(self.api.output_dim),
-                "defenses": self._defense_names,
+                "defenses": self._defense_names, "research": self.research,
                 "limits": {"max_images": self.limits.max_images,
                            "max_request_bytes": self.limits.max_request_bytes},
                 "encodings": list(ENCODINGS)}
@@ -214,17 +231,51 @@ class Service:
             raise self._reject(401, "unauthorized", f"API key {rec.name!r} has been revoked")
         return rec
 
-    def usage(self, rec) -> dict:
-        """``/v1/usage``: the calling key's budget and use (and its defense counters when
-        the service exposes them)."""
+    def usage(self, rec, account: str | None = None, defenses: str | None = None) -> dict:
+        """``/v1/usage``: the calling key's budget and use, and its defense counters
+        (``defense``) when the service exposes them (``--expose_defense_state``, or
+        research mode: those of ``account`` under chain ``defenses``).
+
+        Raises:
+          ServiceError: 422 for ``account`` / ``defenses`` outside research mode or invalid.
+        """
         out = self.ledger.key_usage(rec.id).public()
-        if self.limits.expose_defense_state and self.defended:
-            calls, blob = self.ledger.defense_state(rec.id)
-            state = (self._states[rec.id][1] if rec.id in self._states else
-                     None if blob is None else load_state(blob, self.api.initial_defense_state(
-                         rec.name)))
-            out["defense"] = self.api.summarize_defense_state(state)
+        api, identity = self._chain_and_identity(rec, defenses, account)
+        if (self.limits.expose_defense_state or self.research) and api.defenses != "none":
+            sk = (rec.id, api.defenses, identity)
+            if sk in self._states:
+                state = self._states[sk][1]
+            else:
+                _, blob = self.ledger.defense_state(*sk)
+                state = None if blob is None else load_state(
+                    blob, api.initial_defense_state(identity))
+            out["defense"] = api.summarize_defense_state(state)
         return out
+
+    def _chain_and_identity(self, rec, defenses, account) -> tuple[VictimAPI, str]:
+        """The API object holding the request's defense chain, and the defenses' user."""
+        if not self.research:
+            if defenses is not None or account is not None:
+                raise self._reject(422, "invalid_request", "this service applies its own defenses "
+                                   "to each key: 'defenses' and 'account' are only accepted by a "
+                                   "server started with --research")
+            return self.api, rec.name
+        if account is not None and not (isinstance(account, str) and ACCOUNT_RE.match(account)):
+            raise self._reject(422, "invalid_request", f"account={str(account)[:40]!r} must be "
+                               f"1-64 characters of A-Z a-z 0-9 _ . @ : [ ] -")
+        if defenses is None:
+            return self.api, account or rec.name
+        try:
+            canonical = format_spec(parse_spec(defenses))
+        except ValueError as e:
+            raise self._reject(422, "invalid_defenses", str(e)) from None
+        with self._chain_lock:
+            if canonical not in self._chain_apis:
+                try:
+                    self._chain_apis[canonical] = self._make_chain_api(canonical)
+                except ValueError as e:
+                    raise self._reject(422, "invalid_defenses", str(e)) from None
+            return self._chain_apis[canonical], account or rec.name
 
     async def embed(self, authorization: str | None, idempotency_key: str | None,
                     body: bytes) -> tuple[bytes, dict]:
@@ -246,8 +297,10 @@ class Service:
             raise self._reject(422, "invalid_idempotency_key",
                                f"Idempotency-Key {idem[:40]!r} must be 1-128 characters of "
                                f"A-Z a-z 0-9 _ . : -")
-        images, encoding = self._decode(body)
+        images, encoding, fields = self._decode(body)
         n = len(images)
+        chain_api, identity = await asyncio.to_thread(
+            self._chain_and_identity, rec, fields.get("defenses"), fields.get("account"))
         wait = self._rate.take(rec.id, rec.rate, n)
         if wait > 0:
             raise self._reject(429, "rate_limited",
@@ -272,8 +325,10 @@ class Service:
                                f"key {rec.name!r} asked for {n} queries but has {begin.remaining} "
                                f"left of a budget of {begin.budget}; nothing was charged")
         try:
-            raw = await self.batcher.submit(x)
-            body_out = await self._defend_and_finish(rec, idem, raw, encoding, n, begin)
+            defended = chain_api.defenses != "none"
+            raw = await self.batcher.submit(x, "head" if defended else "plain")
+            body_out = await self._defend_and_finish(rec, idem, raw, encoding, n, begin,
+                                                     chain_api, identity)
         except BaseException as e:
             await asyncio.shield(asyncio.to_thread(self.ledger.refund_request, rec.id, idem))
             if isinstance(e, Exception):
@@ -294,7 +349,7 @@ class Service:
         self.metrics.rejections.labels(code).inc()
         return ServiceError(status, code, message, headers)
 
-    def _decode(self, body: bytes) -> tuple[np.ndarray, str]:
+    def _decode(self, body: bytes) -> tuple[np.ndarray, str, dict]:
         try:
             obj = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -320,7 +375,7 @@ class Service:
             raise self._reject(413, "payload_too_large",
                                f"{len(images)} images in one request; the limit is "
                                f"{self.limits.max_images}")
-        return images, encoding
+        return images, encoding, {k: obj[k] for k in ("defenses", "account") if k in obj}
 
     def _validate(self, images: np.ndarray) -> np.ndarray:
         try:
@@ -328,25 +383,27 @@ class Service:
         except QueryValidationError as e:
             raise self._reject(422, "invalid_images", str(e)) from None
 
-    async def _defend_and_finish(self, rec, idem, raw, encoding, n, begin) -> bytes:
+    async def _defend_and_finish(self, rec, idem, raw, encoding, n, begin, api, identity) -> bytes:
         def body(out):
             return json.dumps({"embeddings": encode_array(out, encoding), "queries_charged": n,
                                "queries_used": begin.used, "budget": begin.budget}).encode()
 
-        if not self.defended:
+        if api.defenses == "none":
             out = body(raw)
-            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out, None, False)
+            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out)
             return out
-        async with self._key_locks[rec.id]:  # one key's state updates in a sequential order
-            if rec.id not in self._states:
-                calls, blob = await asyncio.to_thread(self.ledger.defense_state, rec.id)
-                fresh = self.api.initial_defense_state(rec.name)
-                self._states[rec.id] = (calls, fresh if blob is None else load_state(blob, fresh))
-            calls, state = self._states[rec.id]
-            answer, new_state = await asyncio.to_thread(self.api.apply_defenses, rec.name, raw,
-                                                        state, calls)
+        sk = (rec.id, api.defenses, identity)
+        async with self._state_locks[sk]:  # one state's updates in a sequential order
+            if sk not in self._states:
+                calls, blob = await asyncio.to_thread(self.ledger.defense_state, *sk)
+                fresh = api.initial_defense_state(identity)
+                self._states[sk] = (calls, fresh if blob is None else load_state(blob, fresh))
+            calls, state = self._states[sk]
+            answer, new_state = await asyncio.to_thread(api.apply_defenses, identity, raw, state,
+                                                        calls)
             out = body(answer)
             blob = await asyncio.to_thread(dump_state, new_state)
-            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out, blob, True)
-            self._states[rec.id] = (calls + 1, new_state)
+            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out,
+                                    (api.defenses, identity, calls + 1, blob))
+            self._states[sk] = (calls + 1, new_state)
         return out
