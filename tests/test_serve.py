@@ -437,6 +437,9 @@ def test_research_mode_matches_in_process_per_chain_and_account(victim, images, 
                for u in ("attacker", "legit")}
         got_plain = plain.query("attacker", images[:6])
         summary = client.defense_summary("attacker")
+        # register() (and a new client) start a fresh defense state, as in-process
+        client.register("attacker", None)
+        again = client.query("attacker", images[:6])
         r = post(url, secret, dict(b64(images[:1]), defenses="nonsense"))
         assert r.status_code == 422 and "unknown defense 'nonsense'" in r.text
     ref = VictimAPI(model, variables, SHAPE, defenses=spec, seed=2)
@@ -444,7 +447,8 @@ def test_research_mode_matches_in_process_per_chain_and_account(victim, images, 
         for i, g in enumerate(got[u]):
             np.testing.assert_array_equal(g, ref.query(u, images[i * 6:(i + 1) * 6]))
     np.testing.assert_array_equal(got_plain, VictimAPI(model, variables, SHAPE).query("x", images[:6]))
-    assert summary == ref.defense_summary("attacker") and lg.key_by_name("lab").used == 30
+    assert summary == ref.defense_summary("attacker") and lg.key_by_name("lab").used == 36
+    np.testing.assert_array_equal(again, got["attacker"][0])
 
 
 def test_defense_fields_refused_outside_research_mode(plain, images):

@@ -23,10 +23,11 @@ like different users to the provider's defenses (sybil accounts, legitimate
 users) need keys of their own.
 
 Against a server in research mode (``--research``), ``check_compatible``
-makes every request carry the experiment's defense chain and the account name,
-so the server keeps one defense state per (key, chain, account) and answers
-as the in-process API would: experiments that compare defenses and users
-(the defense matrix) run against one server with one key.
+makes every request carry the experiment's defense chain, the account name
+and this client's session (a random id, renewed per account by ``register``),
+so the server keeps one defense state per (key, chain, session, account) and
+answers as a fresh in-process API would: experiments that compare defenses
+and users (the defense matrix) run against one server with one key.
 
 Standard library only (``http.client``): the client needs no web framework.
 """
@@ -124,6 +125,8 @@ class RemoteVictimAPI:
         self.max_images = DEFAULT_MAX_IMAGES
         self.batch_size = None
         self.request_defenses: str | None = None  # research mode: chain sent with each request
+        self._session = uuid.uuid4().hex[:16]
+        self._generation: dict[str, int] = {}  # research mode: register() starts a new state
         if check and self._service:
             self.refresh_info()
             if self.key is not None:
@@ -213,6 +216,12 @@ class RemoteVictimAPI:
             raise ValueError(f"budget must be >= 0 or None, got {budget}")
         with self._lock:
             self._accounts[user] = _Account(None if budget is None else int(budget))
+            self._generation[user] = self._generation.get(user, 0) + 1
+
+    def _session_of(self, user: str) -> str:
+        """Research mode: the session id of ``user``'s current defense state."""
+        with self._lock:
+            return f"{self._session}.{self._generation.get(user, 0)}"
 
     def _account(self, user: str) -> _Account:
         with self._lock:
@@ -241,7 +250,8 @@ class RemoteVictimAPI:
         path = self._usage_path
         if self.request_defenses is not None and user is not None:
             path += "?" + urllib.parse.urlencode({"account": user,
-                                                  "defenses": self.request_defenses})
+                                                  "defenses": self.request_defenses,
+                                                  "session": self._session_of(user)})
         status, body, _ = self._send("GET", path, None, user, None)
         return json.loads(body)
 
@@ -291,7 +301,8 @@ class RemoteVictimAPI:
             try:
                 req = {"images": encode_array(x, self.encoding), "encoding": self.encoding}
                 if self.request_defenses is not None:  # research-mode server
-                    req.update(defenses=self.request_defenses, account=user)
+                    req.update(defenses=self.request_defenses, account=user,
+                               session=self._session_of(user))
                 payload = json.dumps(req).encode()
             except WireFormatError as e:
                 raise QueryValidationError(str(e)) from None

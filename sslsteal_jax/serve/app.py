@@ -78,9 +78,10 @@ def create_app(service: Service) -> FastAPI:
         return service.info()
 
     @app.get("/v1/usage")
-    async def usage(request: Request, account: str | None = None, defenses: str | None = None):
+    async def usage(request: Request, account: str | None = None, defenses: str | None = None,
+                    session: str | None = None):
         rec = await asyncio.to_thread(service.authenticate, request.headers.get("authorization"))
-        return await asyncio.to_thread(service.usage, rec, account, defenses)
+        return await asyncio.to_thread(service.usage, rec, account, defenses, session)
 
     @app.post("/v1/embed")
     async def embed(request: Request):

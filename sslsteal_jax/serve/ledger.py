@@ -59,7 +59,7 @@ CREATE TABLE IF NOT EXISTS keys (
 CREATE TABLE IF NOT EXISTS defense_states (
   key_id INTEGER NOT NULL,
   chain TEXT NOT NULL,                 -- canonical defense chain spec
-  account TEXT NOT NULL,               -- the defenses' user: the key's name or a research account
+  account TEXT NOT NULL,               -- the key's name, or a research "[session|]account"
   calls INTEGER NOT NULL,              -- answered calls: the next call's PRNG index
   state BLOB,                          -- serialized defense state
   PRIMARY KEY (key_id, chain, account)

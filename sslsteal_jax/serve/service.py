@@ -22,9 +22,11 @@ A defense's user identity is the key's name: a served victim answers key
 would answer the same sequence of calls.
 
 Research mode (``chain_api`` given; ``--research`` on the command line): a
-request may choose its defense chain (``"defenses": SPEC``) and name a
-simulated user (``"account": NAME``), each (key, chain, account) with its own
-persisted state and the account as the defenses' user identity. One server
+request may choose its defense chain (``"defenses": SPEC``), name a simulated
+user (``"account": NAME``, the defenses' user identity) and a ``"session"``
+(the client object's: a fresh client, or a re-registered account, starts a
+fresh state, as a fresh in-process ``VictimAPI`` does); each (key, chain,
+session, account) has its own persisted state. One server
 then runs experiments that compare defenses and users (the defense matrix)
 exactly as in-process; the key's budget still caps everything. For providers
 studying their own defenses, not for selling: a client picks its defense.
@@ -231,7 +233,8 @@ class Service:
             raise self._reject(401, "unauthorized", f"API key {rec.name!r} has been revoked")
         return rec
 
-    def usage(self, rec, account: str | None = None, defenses: str | None = None) -> dict:
+    def usage(self, rec, account: str | None = None, defenses: str | None = None,
+              session: str | None = None) -> dict:
         """``/v1/usage``: the calling key's budget and use, and its defense counters
         (``defense``) when the service exposes them (``--expose_defense_state``, or
         research mode: those of ``account`` under chain ``defenses``).
@@ -240,9 +243,9 @@ class Service:
           ServiceError: 422 for ``account`` / ``defenses`` outside research mode or invalid.
         """
         out = self.ledger.key_usage(rec.id).public()
-        api, identity = self._chain_and_identity(rec, defenses, account)
+        api, identity, slot = self._chain_and_identity(rec, defenses, account, session)
         if (self.limits.expose_defense_state or self.research) and api.defenses != "none":
-            sk = (rec.id, api.defenses, identity)
+            sk = (rec.id, api.defenses, slot)
             if sk in self._states:
                 state = self._states[sk][1]
             else:
@@ -252,19 +255,24 @@ class Service:
             out["defense"] = api.summarize_defense_state(state)
         return out
 
-    def _chain_and_identity(self, rec, defenses, account) -> tuple[VictimAPI, str]:
-        """The API object holding the request's defense chain, and the defenses' user."""
+    def _chain_and_identity(self, rec, defenses, account, session=None
+                            ) -> tuple[VictimAPI, str, str]:
+        """The API object holding the request's defense chain, the defenses' user, and
+        the state slot (``[session|]user``) under the key and chain."""
         if not self.research:
-            if defenses is not None or account is not None:
+            if defenses is not None or account is not None or session is not None:
                 raise self._reject(422, "invalid_request", "this service applies its own defenses "
-                                   "to each key: 'defenses' and 'account' are only accepted by a "
-                                   "server started with --research")
-            return self.api, rec.name
-        if account is not None and not (isinstance(account, str) and ACCOUNT_RE.match(account)):
-            raise self._reject(422, "invalid_request", f"account={str(account)[:40]!r} must be "
-                               f"1-64 characters of A-Z a-z 0-9 _ . @ : [ ] -")
+                                   "to each key: 'defenses', 'account' and 'session' are only "
+                                   "accepted by a server started with --research")
+            return self.api, rec.name, rec.name
+        for name, v in (("account", account), ("session", session)):
+            if v is not None and not (isinstance(v, str) and ACCOUNT_RE.match(v)):
+                raise self._reject(422, "invalid_request", f"{name}={str(v)[:40]!r} must be "
+                                   f"1-64 characters of A-Z a-z 0-9 _ . @ : [ ] -")
+        identity = account or rec.name
+        slot = f"{session}|{identity}" if session else identity
         if defenses is None:
-            return self.api, account or rec.name
+            return self.api, identity, slot
         try:
             canonical = format_spec(parse_spec(defenses))
         except ValueError as e:
@@ -275,7 +283,7 @@ class Service:
                     self._chain_apis[canonical] = self._make_chain_api(canonical)
                 except ValueError as e:
                     raise self._reject(422, "invalid_defenses", str(e)) from None
-            return self._chain_apis[canonical], account or rec.name
+            return self._chain_apis[canonical], identity, slot
 
     async def embed(self, authorization: str | None, idempotency_key: str | None,
                     body: bytes) -> tuple[bytes, dict]:
@@ -299,8 +307,9 @@ class Service:
                                f"A-Z a-z 0-9 _ . : -")
         images, encoding, fields = self._decode(body)
         n = len(images)
-        chain_api, identity = await asyncio.to_thread(
-            self._chain_and_identity, rec, fields.get("defenses"), fields.get("account"))
+        chain_api, identity, slot = await asyncio.to_thread(
+            self._chain_and_identity, rec, fields.get("defenses"), fields.get("account"),
+            fields.get("session"))
         wait = self._rate.take(rec.id, rec.rate, n)
         if wait > 0:
             raise self._reject(429, "rate_limited",
@@ -328,7 +337,7 @@ class Service:
             defended = chain_api.defenses != "none"
             raw = await self.batcher.submit(x, "head" if defended else "plain")
             body_out = await self._defend_and_finish(rec, idem, raw, encoding, n, begin,
-                                                     chain_api, identity)
+                                                     chain_api, identity, slot)
         except BaseException as e:
             await asyncio.shield(asyncio.to_thread(self.ledger.refund_request, rec.id, idem))
             if isinstance(e, Exception):
@@ -375,7 +384,8 @@ class Service:
             raise self._reject(413, "payload_too_large",
                                f"{len(images)} images in one request; the limit is "
                                f"{self.limits.max_images}")
-        return images, encoding, {k: obj[k] for k in ("defenses", "account") if k in obj}
+        return images, encoding, {k: obj[k] for k in ("defenses", "account", "session")
+                                  if k in obj}
 
     def _validate(self, images: np.ndarray) -> np.ndarray:
         try:
@@ -383,7 +393,8 @@ class Service:
         except QueryValidationError as e:
             raise self._reject(422, "invalid_images", str(e)) from None
 
-    async def _defend_and_finish(self, rec, idem, raw, encoding, n, begin, api, identity) -> bytes:
+    async def _defend_and_finish(self, rec, idem, raw, encoding, n, begin, api, identity,
+                                 slot) -> bytes:
         def body(out):
             return json.dumps({"embeddings": encode_array(out, encoding), "queries_charged": n,
                                "queries_used": begin.used, "budget": begin.budget}).encode()
@@ -392,7 +403,7 @@ class Service:
             out = body(raw)
             await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out)
             return out
-        sk = (rec.id, api.defenses, identity)
+        sk = (rec.id, api.defenses, slot)
         async with self._state_locks[sk]:  # one state's updates in a sequential order
             if sk not in self._states:
                 calls, blob = await asyncio.to_thread(self.ledger.defense_state, *sk)
@@ -404,6 +415,6 @@ class Service:
             out = body(answer)
             blob = await asyncio.to_thread(dump_state, new_state)
             await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out,
-                                    (api.defenses, identity, calls + 1, blob))
+                                    (api.defenses, slot, calls + 1, blob))
             self._states[sk] = (calls + 1, new_state)
         return out
