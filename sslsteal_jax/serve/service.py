@@ -305,7 +305,8 @@ class Service:
             raise self._reject(422, "invalid_idempotency_key",
                                f"Idempotency-Key {idem[:40]!r} must be 1-128 characters of "
                                f"A-Z a-z 0-9 _ . : -")
-        images, encoding, fields = self._decode(body)
+        # decoding, checks and the digest off the event loop (large bodies take ms)
+        images, encoding, fields, x, digest = await asyncio.to_thread(self._decode_and_check, body)
         n = len(images)
         chain_api, identity, slot = await asyncio.to_thread(
             self._chain_and_identity, rec, fields.get("defenses"), fields.get("account"),
@@ -315,9 +316,8 @@ class Service:
             raise self._reject(429, "rate_limited",
                                f"key {rec.name!r} is limited to {rec.rate:g} queries per second; "
                                f"retry in {wait:.2f} s", {"Retry-After": f"{max(1, round(wait))}"})
-        x = self._validate(images)
-        begin = await asyncio.to_thread(self.ledger.begin_request, rec.id, idem, n,
-                                        payload_digest(images), self.boot)
+        begin = await asyncio.to_thread(self.ledger.begin_request, rec.id, idem, n, digest,
+                                        self.boot)
         if begin.kind == "replay":
             self._rate.give_back(rec.id, n)
             self.metrics.replays.inc()
@@ -387,11 +387,15 @@ class Service:
         return images, encoding, {k: obj[k] for k in ("defenses", "account", "session")
                                   if k in obj}
 
-    def _validate(self, images: np.ndarray) -> np.ndarray:
+    def _decode_and_check(self, body: bytes):
+        """``(images as sent, encoding, extra fields, validated float32 images, digest)``.
+        Raises ServiceError 413 / 422."""
+        images, encoding, fields = self._decode(body)
         try:
-            return self.api.validate(images)
+            x = self.api.validate(images)
         except QueryValidationError as e:
             raise self._reject(422, "invalid_images", str(e)) from None
+        return images, encoding, fields, x, payload_digest(images)
 
     async def _defend_and_finish(self, rec, idem, raw, encoding, n, begin, api, identity,
                                  slot) -> bytes:
