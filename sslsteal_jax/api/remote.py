@@ -341,10 +341,20 @@ class RemoteVictimAPI:
             h["Content-Type"] = "application/json"
         if key:
             h["Authorization"] = f"Bearer {key}"
+        reused = getattr(self._local, "conn", None) is not None
         conn = self._connection()
         try:
-            conn.request(method, path, body=payload, headers=h)
-            resp = conn.getresponse()
+            try:
+                conn.request(method, path, body=payload, headers=h)
+                resp = conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                if not reused:
+                    raise
+                # the server closed an idle keep-alive connection: resend once on a new one
+                # (safe: the request carries its idempotency key)
+                conn = self._connection(fresh=True)
+                conn.request(method, path, body=payload, headers=h)
+                resp = conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException):
             conn.close()
