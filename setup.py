@@ -25,7 +25,10 @@ setup(
         "mlxtend",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
+                 "prometheus-client>=0.20"],
+        # the HTTP service: python -m sslsteal_jax.serve (docs/serving.md)
+        "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"],
         "gpu": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],

@@ -5,7 +5,8 @@ reference of ``configs/evaluate.py``: the shipped Fashion-MNIST ResNet-10
 (width 16) after stage-2 fine-tuning (``victims/fashion_mnist_resnet10_w16_ft6``,
 see its README.md). Paths are relative to the repository root
 (``pipeline.workdir.resolve_path`` tries the cwd first, then the root).
-``default_steal_block`` is the main job's surrogate-training block. This module
+``default_steal_block`` is the main job's surrogate-training block, ``api_block``
+the block that points experiments at a served victim. This module
 imports only ml_collections, so config files stay quick to load.
 """
 import ml_collections
@@ -35,3 +36,19 @@ def default_steal_block(epochs: int = 30, seed: int = 0) -> ml_collections.Confi
         temperature=placeholder(float), weight_decay=1e-4, optimizer="adam", seed=seed,
         augment=None,
         model=ml_collections.ConfigDict(dict(arch="", width=0, stem="", dtype="float32"))))
+
+
+def api_block() -> ml_collections.ConfigDict:
+    """The ``api`` block: where experiments get their representation API
+    (``sslsteal_jax.api.factory.make_api``; docs/serving.md).
+
+    Fields: ``url`` ("" = the in-process ``VictimAPI``; else a served victim's base
+    URL, e.g. ``http://127.0.0.1:8000``, or any embedding endpoint's full URL),
+    ``key_env`` (environment variable holding the API key), ``keys_file`` (file of
+    ``ACCOUNT=KEY`` lines for accounts with keys of their own; "" none),
+    ``timeout_s`` (seconds per answer) and ``retries`` (per request, same
+    idempotency key). API keys are never config values (configs are written to
+    results files).
+    """
+    return ml_collections.ConfigDict(dict(url="", key_env="SSLSTEAL_API_KEY", keys_file="",
+                                          timeout_s=120.0, retries=8))

@@ -4,7 +4,9 @@ attacker's query-once helper (sslsteal_jax/attacks/query.py).
 One tiny SimCLR victim (ResNet-10, width 4, head 16 -> 8, 28x28x1 images) is
 initialised once per module; every test builds cheap VictimAPI objects on it.
 """
+import itertools
 import re
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -187,3 +189,116 @@ def test_collect_answers_account_budget_smaller(api, images):
         collect_answers(api, "poor", images, 20, chunk=10, progress=False)
     # the first chunk of 10 was answered and charged; the second (would reach 20) was refused
     assert api.queries_used("poor") == 10
+
+
+# ----- exact accounting under concurrent callers ---------------------------------------------
+
+def _hammer(api, users, images, threads: int, per_call: int, calls_per_thread: int,
+            fail=lambda: False):
+    """``threads`` threads, thread t querying ``users[t % len(users)]`` with ``per_call``
+    images per call, ``calls_per_thread`` times (a bounded loop), all released at once.
+    Returns ``{user: images answered}``; refused calls (budget) are counted too."""
+    answered = {u: 0 for u in users}
+    refused = {u: 0 for u in users}
+    lock = threading.Lock()
+    start = threading.Barrier(threads)
+
+    def worker(t):
+        user = users[t % len(users)]
+        start.wait()
+        for c in range(calls_per_thread):
+            try:
+                out = api.query(user, images[(t + c) % 4 * 8:][:per_call])
+            except BudgetExceededError:
+                with lock:
+                    refused[user] += 1
+                continue
+            except RuntimeError as e:  # an injected forward failure
+                assert "injected" in str(e)
+                continue
+            assert out.shape == (per_call, REP_DIM)
+            with lock:
+                answered[user] += len(out)
+
+    pool = [threading.Thread(target=worker, args=(t,)) for t in range(threads)]
+    for p in pool:
+        p.start()
+    for p in pool:
+        p.join(timeout=120)
+    assert not any(p.is_alive() for p in pool), "a query thread hung"
+    return answered, refused
+
+
+def test_budget_exact_under_concurrent_callers(victim):
+    """The reported bug: budget 512, 32 threads x 64 images answered and charged 2,048.
+    Here 32 threads x 4 users (budget 512 each, 64 images a call, 4 calls a thread:
+    2,048 images asked per user) are answered and charged exactly 512 each."""
+    model, variables = victim
+    api = VictimAPI(model, variables, SHAPE, batch_size=64)
+    x = np.random.default_rng(2).integers(0, 256, (96, *SHAPE), dtype=np.uint8)
+    users = [f"user{i}" for i in range(4)]
+    for u in users:
+        api.register(u, 512)
+    answered, refused = _hammer(api, users, x, threads=32, per_call=64, calls_per_thread=4)
+    for u in users:
+        assert answered[u] == 512, (u, answered, refused)
+        assert api.queries_used(u) == 512 and api.remaining(u) == 0
+        assert refused[u] == 24  # 32 calls of 64 asked, 8 fit
+
+
+def test_failed_answers_are_refunded_under_concurrency(victim, monkeypatch):
+    """Every third forward pass fails: its reservation is refunded, so what is charged
+    equals what was answered, exactly, and the budget still caps the answers."""
+    model, variables = victim
+    api = VictimAPI(model, variables, SHAPE, batch_size=32)
+    x = np.random.default_rng(3).integers(0, 256, (64, *SHAPE), dtype=np.uint8)
+    forward, count, lock = api.forward, [0], threading.Lock()
+
+    def flaky(xb, batch_size=None):
+        with lock:
+            count[0] += 1
+            bad = count[0] % 3 == 0
+        if bad:
+            raise RuntimeError("injected forward failure")
+        return forward(xb, batch_size)
+
+    monkeypatch.setattr(api, "forward", flaky)
+    users = ["a", "b", "c"]
+    for u in users:
+        api.register(u, 100)
+    answered, _ = _hammer(api, users, x, threads=12, per_call=16, calls_per_thread=5)
+    for u in users:
+        assert api.queries_used(u) == answered[u] <= 100
+    assert count[0] >= 3  # failures did happen
+
+
+@pytest.mark.slow
+def test_concurrent_defended_answers_equal_a_sequential_order(victim):
+    """Per-user defense state and call keys are updated under the user's lock: four
+    concurrent calls of one user (noise keyed by the call number, plus a similarity
+    history) get exactly the answers of the same calls made one after the other in
+    some order (found by replaying all 24 orders on a second API with the same seed,
+    the account reset before each replay)."""
+    model, variables = victim
+    spec = "gaussian:scale=0.05+similarity:threshold=0.99"
+    x = np.random.default_rng(4).integers(0, 256, (4, 6, *SHAPE), dtype=np.uint8)
+    api = VictimAPI(model, variables, SHAPE, defenses=spec, seed=5)
+    out, start = [None] * 4, threading.Barrier(4)
+
+    def worker(i):
+        start.wait()
+        out[i] = api.query("u", x[i])
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for p in pool:
+        p.start()
+    for p in pool:
+        p.join(timeout=120)
+    assert api.queries_used("u") == 24
+    matches, ref = [], VictimAPI(model, variables, SHAPE, defenses=spec, seed=5)
+    for order in itertools.permutations(range(4)):
+        ref.register("u", None)  # fresh account: call counter and defense state reset
+        seq = {i: ref.query("u", x[i]) for i in order}
+        if all(np.array_equal(seq[i], out[i]) for i in range(4)):
+            matches.append(order)
+    assert len(matches) == 1, matches  # noise differs per call number: one order fits

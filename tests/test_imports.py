@@ -19,6 +19,7 @@ Layers, bottom to top (a module may import only from its own layer or below):
 * ``configs``: experiment configs and their checks (use the registries below them).
 * ``pipeline``: the steps experiments compose (victim, answer cache, cells, rows, results).
 * ``experiments``, ``main``: the experiments.
+* ``serve``: the HTTP service (uses ``api``; nothing below imports it).
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ PKG = "sslsteal_jax"
 LAYER_RULES = [
     (("models", "training", "losses", "defenses", "data"),
      ("experiments", "pipeline", "verification", "attacks", "trainers", "api", "evaluation",
-      "configs")),
+      "configs", "serve")),
+    (("trainers", "attacks", "verification", "evaluation", "api"), ("serve",)),
     (("models", "losses", "defenses", "data"), ("training",)),
     (("trainers", "attacks", "verification", "evaluation", "api"),
      ("pipeline", "experiments", "configs")),

@@ -13,11 +13,24 @@ query-similarity history or B4B coverage). The API owns a PRNG key
 it, each user's secrets (transforms) and call keys from ``fold_in(other half,
 crc32(user))``, call ``n`` of a user folding in ``n``; so the same sequence of
 queries gets the same answers, independent of other users' traffic.
+
+Concurrency (exact accounting): ``query`` may be called from many threads at
+once. A call first *reserves* its queries under one ledger lock (budget
+checked and charged in one step, so concurrent callers can never overshoot a
+budget), then answers, and *refunds* the reservation if answering fails; so
+when all calls have returned, ``queries_used(user)`` equals the number of
+images answered, exactly. Each user's defense state (and call counter) is
+read and written under that user's own lock, so the answers of concurrent
+calls equal those of the same calls made one after the other in some order.
+The forward pass itself runs outside both locks (it goes through
+``evaluation.features.extract_features``, which holds the process-wide
+collective guard around every multi-device program).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +63,9 @@ class QueryValidationError(ValueError):
 
 @dataclasses.dataclass
 class Account:
-    """Per-user state: ``budget`` (queries allowed, None = unlimited) and
-    ``used`` (queries charged so far)."""
+    """Per-user state: ``budget`` (queries allowed, None = unlimited), ``used``
+    (queries charged so far, including reservations of calls still being
+    answered) and ``calls`` (calls answered, the index of the next call's PRNG key)."""
 
     budget: int | None
     used: int = 0
@@ -94,6 +108,8 @@ class VictimAPI:
         self.default_budget = default_budget
         self.batch_size = None if batch_size is None else int(batch_size)
         self._accounts: dict[str, Account] = {}
+        self._ledger_lock = threading.Lock()  # accounts: reserve / refund / register
+        self._user_locks: dict[str, threading.Lock] = {}  # per-user defense state and calls
         index = 0 if output == "representation" else 1
 
         @jax.jit
@@ -103,25 +119,26 @@ class VictimAPI:
         self._answer = answer
         self.output_dim = int(jax.eval_shape(answer, jax.ShapeDtypeStruct((1, *self.image_shape),
                                                                          jnp.float32)).shape[1])
+        self.raw_dim = self.output_dim  # width of the undefended answer
         self._key = jax.random.key(int(seed))
         self._chain = None
         self._defense_states: dict[str, tuple] = {}
+        # [answer | head] in one forward pass (the defenses may need the head output).
+        # Variables replicated over the data mesh: extract_features splits each batch
+        # over all devices, and committed single-device variables would clash with it.
+        self._answer_and_head = functools.partial(
+            _answer_and_head, model, index, mesh_lib.replicate(variables, mesh_lib.data_mesh()))
+        self.head_dim = int(jax.eval_shape(lambda x: model.apply(variables, x, train=False)[1],
+                                           jax.ShapeDtypeStruct((1, *self.image_shape),
+                                                                jnp.float32)).shape[1])
+        k_provider, self._users_key = jax.random.split(self._key)
         if defenses is not None and parse_spec(defenses):
-            # Variables replicated over the data mesh: extract_features splits each batch
-            # over all devices, and committed single-device variables would clash with it.
-            self._answer_and_head = functools.partial(
-                _answer_and_head, model, index, mesh_lib.replicate(variables, mesh_lib.data_mesh()))
-            head_dim = int(jax.eval_shape(lambda x: model.apply(variables, x, train=False)[1],
-                                          jax.ShapeDtypeStruct((1, *self.image_shape),
-                                                               jnp.float32)).shape[1])
-            k_provider, self._users_key = jax.random.split(self._key)
             reference = None
             if defense_reference is not None and needs_reference(defenses):
-                reference = extract_features(self._answer, self._validate(defense_reference),
+                reference = extract_features(self._answer, self.validate(defense_reference),
                                              self.batch_size)
-            self._chain = DefenseChain(defenses, self.output_dim, head_dim, k_provider,
+            self._chain = DefenseChain(defenses, self.output_dim, self.head_dim, k_provider,
                                        reference=reference)
-            self.raw_dim = self.output_dim
             self.output_dim = self._chain.output_dim
 
     @property
@@ -146,23 +163,34 @@ class VictimAPI:
 
     # ----- accounts -------------------------------------------------------
     def register(self, user: str, budget: int | None) -> None:
-        """Open (or reset) an account for ``user`` with ``budget`` queries.
+        """Open (or reset) an account for ``user`` with ``budget`` queries (its
+        defense state starts afresh). Calls of ``user`` still in flight keep
+        charging the account they reserved on, not the new one.
 
         Raises:
           ValueError: negative budget.
         """
         if budget is not None and int(budget) < 0:
             raise ValueError(f"budget must be >= 0 or None, got {budget}")
-        self._accounts[user] = Account(None if budget is None else int(budget))
-        self._defense_states.pop(user, None)
+        with self._ledger_lock:
+            self._accounts[user] = Account(None if budget is None else int(budget))
+            lock = self._user_locks.setdefault(user, threading.Lock())
+        with lock:
+            self._defense_states.pop(user, None)
 
-    def _account(self, user: str) -> Account:
+    def _account_locked(self, user: str) -> Account:
+        """``user``'s account (opened with the default budget); caller holds the ledger lock."""
         if user not in self._accounts:
             self._accounts[user] = Account(self.default_budget)
+            self._user_locks.setdefault(user, threading.Lock())
         return self._accounts[user]
 
+    def _account(self, user: str) -> Account:
+        with self._ledger_lock:
+            return self._account_locked(user)
+
     def queries_used(self, user: str) -> int:
-        """Queries charged to ``user`` so far."""
+        """Queries charged to ``user`` so far (including calls still being answered)."""
         return self._account(user).used
 
     def remaining(self, user: str) -> int | None:
@@ -173,12 +201,48 @@ class VictimAPI:
     def defense_summary(self, user: str) -> dict:
         """Defense counters of ``user`` (e.g. flagged queries, B4B coverage in percent
         and the last noise sigma); ``{}`` without defenses or before the first query."""
-        if self._chain is None or user not in self._defense_states:
+        return self.summarize_defense_state(self._defense_states.get(user))
+
+    def summarize_defense_state(self, state) -> dict:
+        """Report counters of a defense state (``defenses.chain.DefenseChain.summary``:
+        ``{"<link>:<name>.<field>": value}``); ``{}`` for None or without defenses."""
+        if self._chain is None or state is None:
             return {}
-        return self._chain.summary(self._defense_states[user])
+        return self._chain.summary(state)
+
+    def _reserve(self, user: str, n: int) -> Account:
+        """Charge ``n`` queries to ``user`` now (check and charge in one step under the
+        ledger lock); returns the account to refund on failure.
+
+        Raises:
+          BudgetExceededError: ``used + n`` exceeds the budget (nothing charged).
+        """
+        with self._ledger_lock:
+            acct = self._account_locked(user)
+            if acct.budget is not None and acct.used + n > acct.budget:
+                raise BudgetExceededError(
+                    f"user {user!r} asked for {n} queries but has {acct.budget - acct.used} left "
+                    f"of a budget of {acct.budget}; nothing was answered")
+            acct.used += n
+            return acct
+
+    def _refund(self, acct: Account, n: int) -> None:
+        with self._ledger_lock:
+            acct.used -= n
 
     # ----- queries --------------------------------------------------------
-    def _validate(self, images) -> np.ndarray:
+    def validate(self, images) -> np.ndarray:
+        """Check a query batch and convert it to the model's input.
+
+        Args:
+          images: uint8 ``(B, H, W, C)`` in [0, 255] or float32/float64 in [0, 1],
+            ``(H, W, C)`` = ``image_shape``, B >= 1.
+        Returns:
+          float32 numpy ``(B, H, W, C)`` in [0, 1].
+        Raises:
+          QueryValidationError: bad shape, dtype, range, NaN/inf (the message names
+            the bad value and what is allowed).
+        """
         x = np.asarray(images)
         if x.ndim != 4 or tuple(x.shape[1:]) != self.image_shape:
             raise QueryValidationError(
@@ -199,8 +263,65 @@ class VictimAPI:
                 f"float query images must lie in [0, 1], got values in [{lo:.4g}, {hi:.4g}]")
         return x.astype(np.float32)
 
+    def forward_dim(self, with_head: bool | None = None) -> int:
+        """Width of :meth:`forward`'s output: the raw answer, plus the head output
+        with ``with_head`` (None: when the API has defenses, which may need it)."""
+        with_head = self._chain is not None if with_head is None else with_head
+        return self.raw_dim + (self.head_dim if with_head else 0)
+
+    def forward(self, x: np.ndarray, batch_size: int | None = None,
+                with_head: bool | None = None) -> np.ndarray:
+        """The victim's undefended forward pass on validated images (no charge).
+
+        Args:
+          x: float32 ``(B, H, W, C)`` in [0, 1] (from :meth:`validate`).
+          batch_size: images per compiled call (None: the API's ``batch_size``).
+            Answers depend on it only through float rounding; the same ``x`` and
+            ``batch_size`` give bit-identical answers.
+          with_head: also return the victim's head outputs (None: when the API has
+            defenses; :meth:`apply_defenses` splits them off).
+        Returns:
+          float32 numpy ``(B, forward_dim(with_head))``.
+        """
+        with_head = self._chain is not None if with_head is None else with_head
+        fn = self._answer_and_head if with_head else self._answer
+        return extract_features(fn, x, self.batch_size if batch_size is None else batch_size)
+
+    def initial_defense_state(self, user: str):
+        """A fresh defense state for ``user`` (a pytree of arrays; None without defenses),
+        drawn from the user's secret key (module docstring)."""
+        if self._chain is None:
+            return None
+        k_secret, _ = jax.random.split(user_key(self._users_key, user))
+        return self._chain.init_state(k_secret)
+
+    def apply_defenses(self, user: str, raw: np.ndarray, state, call_index: int):
+        """Defend one call's answers with ``user``'s state (pure: nothing is stored).
+
+        Args:
+          user: account name (selects the user's PRNG stream).
+          raw: float32 ``(B, raw_dim)`` or ``(B, raw_dim + head_dim)`` from :meth:`forward`
+            (the head part is required when a link needs it).
+          state: the user's defense state (:meth:`initial_defense_state` or the
+            state a previous call returned).
+          call_index: the user's call number ``n`` (its key is ``fold_in(calls key, n)``).
+        Returns:
+          ``(answers float32 numpy (B, output_dim), new state)``; without defenses
+          ``(raw answers, state)``.
+        """
+        if self._chain is None:
+            return raw[:, :self.raw_dim], state
+        _, k_calls = jax.random.split(user_key(self._users_key, user))
+        out, new = self._chain.apply(raw[:, :self.raw_dim], state,
+                                     jax.random.fold_in(k_calls, int(call_index)),
+                                     head=raw[:, self.raw_dim:])
+        return np.asarray(out, np.float32), new
+
     def query(self, user: str, images) -> np.ndarray:
         """Answer a batch of queries for ``user`` and charge one query per image.
+
+        Thread-safe with exact accounting (module docstring): the queries are
+        reserved before the forward pass and refunded if answering fails.
 
         Args:
           user: account name.
@@ -208,28 +329,23 @@ class VictimAPI:
         Returns:
           float32 numpy ``(B, output_dim)`` (defended when the API has defenses).
         Raises:
-          QueryValidationError: bad shape, dtype, range, NaN/inf.
+          QueryValidationError: bad shape, dtype, range, NaN/inf (nothing charged).
           BudgetExceededError: ``used + B`` exceeds the budget (nothing answered,
             nothing charged).
         """
-        x = self._validate(images)
-        acct = self._account(user)
-        if acct.budget is not None and acct.used + len(x) > acct.budget:
-            raise BudgetExceededError(
-                f"user {user!r} asked for {len(x)} queries but has {acct.budget - acct.used} left "
-                f"of a budget of {acct.budget}; nothing was answered")
-        if self._chain is None:
-            out = extract_features(self._answer, x, self.batch_size)
-        else:
-            both = extract_features(self._answer_and_head, x, self.batch_size)
-            k_secret, k_calls = jax.random.split(user_key(self._users_key, user))
-            if user not in self._defense_states:
-                self._defense_states[user] = self._chain.init_state(k_secret)
-            out, state = self._chain.apply(both[:, :self.raw_dim], self._defense_states[user],
-                                           jax.random.fold_in(k_calls, acct.calls),
-                                           head=both[:, self.raw_dim:])
-            self._defense_states[user] = state
-            out = np.asarray(out, np.float32)
-        acct.used += len(x)
-        acct.calls += 1
+        x = self.validate(images)
+        acct = self._reserve(user, len(x))
+        try:
+            raw = self.forward(x)
+            with self._user_locks[user]:
+                state = self._defense_states.get(user)
+                if state is None:
+                    state = self.initial_defense_state(user)
+                out, state = self.apply_defenses(user, raw, state, acct.calls)
+                if self._chain is not None:
+                    self._defense_states[user] = state
+                acct.calls += 1
+        except BaseException:
+            self._refund(acct, len(x))
+            raise
         return out

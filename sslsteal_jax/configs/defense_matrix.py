@@ -9,7 +9,7 @@ every cell (defense family x strength x attack, :data:`FAMILIES`) trains one
 surrogate; legitimate users (a 10-class user and a single-task user) send as
 many queries as the attacker; the query-similarity detector and B4B coverage are
 measured on the side. A finished cell is never recomputed (the matrix resumes
-from ``<workdir>/cells.json``; a workdir made with other settings is refused).
+from ``<workdir>/cells/``; a workdir made with other settings is refused).
 Strength templates use ``{s}``.
 
 Surrogates use batch 64 for every loss (2,000 queries -> 31 steps per epoch) and
@@ -29,6 +29,7 @@ import ml_collections
 from sslsteal_jax import losses
 from sslsteal_jax.configs import args, base
 from sslsteal_jax.configs.args import Arg
+from sslsteal_jax.defaults import api_block
 from sslsteal_jax.errors import ConfigError
 
 EXPERIMENT = "defense_matrix"
@@ -110,6 +111,7 @@ def build(a) -> ml_collections.ConfigDict:
     c.budget = s["budget"] if a.budget is None else a.budget
     c.seed = a.seed
     c.api_seed = 0
+    c.api = api_block()  # --config.api.url=http://HOST:PORT queries a served victim (docs/serving.md)
     c.overwrite = False
     c.victim = ml_collections.ConfigDict(dict(checkpoint=base.STAGE1_VICTIM))
     base.steal_fields(c, s["epochs"] if a.epochs is None else a.epochs, a.seed)

@@ -23,6 +23,7 @@ import ml_collections
 
 from sslsteal_jax.configs import args, base, victim_simclr
 from sslsteal_jax.configs.args import Arg
+from sslsteal_jax.defaults import api_block
 from sslsteal_jax.errors import ConfigError
 
 EXPERIMENT = "steal"
@@ -59,6 +60,7 @@ def build(a) -> ml_collections.ConfigDict:
     c.budget = a.budget
     c.losses = base.join(a.losses)
     c.api_output = a.api_output
+    c.api = api_block()  # --config.api.url=http://HOST:PORT queries a served victim (docs/serving.md)
     c.strategies = base.join(a.strategies)
     c.views = a.views
     c.surrogate_views = a.surrogate_views

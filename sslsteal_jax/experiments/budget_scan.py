@@ -52,7 +52,7 @@ import time
 import jax
 import numpy as np
 
-from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.api.factory import make_api
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
@@ -183,7 +183,7 @@ def run(cfg, workdir: str) -> dict:
     write_json_atomic(os.path.join(workdir, "config.json"), cfg.to_dict())
     data0 = datas[o["sources"][0]]
     victim = load_victim(cfg.victim.checkpoint)
-    api = VictimAPI(victim.module, victim.variables, data0.probe_test_x.shape[1:],
+    api = make_api(cfg.api, victim.module, victim.variables, data0.probe_test_x.shape[1:],
                     output=cfg.api_output)
     owner = api.query("owner", data0.probe_test_x)
     ev, key = evaluate.eval_kwargs(cfg), jax.random.key(int(cfg.seed))

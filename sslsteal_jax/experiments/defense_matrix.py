@@ -48,7 +48,7 @@ import time
 import jax
 import numpy as np
 
-from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.api import factory as api_factory
 from sslsteal_jax.attacks import adaptive
 from sslsteal_jax.attacks.query import collect_answers
 from sslsteal_jax.data.registry import load_split
@@ -237,8 +237,10 @@ def run(cfg, workdir: str) -> dict:
     defense_reference = tx[-int(cfg.b4b_reference):]
 
     def make_api(spec):
-        return VictimAPI(victim.module, victim.variables, data.probe_test_x.shape[1:],
-                         defenses=spec, seed=cfg.api_seed, defense_reference=defense_reference)
+        return api_factory.make_api(cfg.api, victim.module, victim.variables,
+                                    data.probe_test_x.shape[1:],
+                                    defenses=spec, seed=cfg.api_seed,
+                                    defense_reference=defense_reference)
 
     curves = store.get_or_compute("b4b_coverage", lambda: _coverage(cfg, make_api, data, tx, ty))
     phases("b4b coverage curves")

@@ -27,7 +27,7 @@ import time
 import jax
 import numpy as np
 
-from sslsteal_jax.api import VictimAPI
+from sslsteal_jax.api.factory import make_api
 from sslsteal_jax.api.classifier_api import ClassifierAPI
 from sslsteal_jax.attacks.head_recreation import fit_projection_head
 from sslsteal_jax.attacks.query import collect_answers, collect_view_answers
@@ -132,8 +132,9 @@ def _apis(cfg, victim, data, key, strategies) -> dict:
     provider's representation API and, when a label strategy runs, its downstream
     classifier (a linear probe on the victim, trained on the probe train split)."""
     shape = data.probe_test_x.shape[1:]
-    apis = {"representation": VictimAPI(victim.module, victim.variables, shape,
-                                        output=cfg.api_output), "classifier": None}
+    apis = {"representation": make_api(cfg.api, victim.module, victim.variables, shape,
+                                       output=cfg.api_output),  # api.url: a served victim
+            "classifier": None}
     if any(s in LABEL_STRATEGIES for s in strategies):
         apis["classifier"] = ClassifierAPI.from_victim(
             victim.module, victim.variables, shape, data.probe_train_x, data.probe_train_y,
