@@ -46,7 +46,9 @@ _SHOW_CONFIG = flags.DEFINE_bool(
 
 # config.experiment -> module sslsteal_jax.experiments.<name> (each defines run(cfg, workdir)).
 EXPERIMENTS = ("train_victim", "steal", "evaluate", "budget_scan", "defense_matrix",
-               "watermark_victim", "verify")
+               "watermark_victim", "verify",
+               "import_checkpoint",  # public-encoder import (issue 16): configs/import_checkpoint.py
+               )
 
 #: The repository's config directory (listed by --help and in config-path errors).
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
