@@ -22,6 +22,7 @@ queries are plain images, resized to the recorded input size (``dataset=NAME@HxW
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import jax
@@ -32,6 +33,12 @@ from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.experiments import common
 from sslsteal_jax.models.convert import import_checkpoint
 from sslsteal_jax.training import checkpoint as ckpt
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(module, variables, x):
+    """``module.apply(variables, x)`` compiled once per module (flax modules hash by value)."""
+    return module.apply(variables, x, train=False)
 
 
 def _prefix(value: str | None) -> str | None:
@@ -95,7 +102,7 @@ def run(cfg, workdir: str) -> dict:
     # ---- check: load it back as every experiment does, run a random batch -------------------
     loaded = ckpt.load_model(ckpt_dir)
     x = np.asarray(jax.random.uniform(jax.random.key(int(cfg.seed)), (8, *imp.image_shape)))
-    h, z = jax.jit(lambda v, x: loaded.module.apply(v, x, train=False))(loaded.variables, x)
+    h, z = _forward(loaded.module, loaded.variables, x)
     h, z = np.asarray(h), np.asarray(z)
     check = {"images": int(len(x)), "representation_dim": int(h.shape[1]),
              "projection_dim": int(z.shape[1]) if imp.model_cfg["head_layers"] else None,

@@ -29,7 +29,7 @@ __all__ = ["ARCHITECTURES", "ENCODER_OPTIONS", "ResNet", "BasicBlock", "Bottlene
            "ProjectionHead", "Predictor", "SequentialHead", "ImportedModel", "VIT_ARCHITECTURES",
            "VisionTransformer", "SimCLRModel", "SurrogateModel", "WatermarkedSimCLR", "arch_family",
            "arch_name", "build_encoder", "build_model", "build_simclr", "build_watermarked",
-           "compute_dtype", "encoder_from_config", "encoder_options", "init_encoder",
+           "compute_dtype", "default_width", "encoder_from_config", "encoder_options", "init_encoder",
            "representation_dim"]
 
 #: Encoder options beyond (arch, width, stem) a model config may carry, per family
@@ -54,6 +54,16 @@ def arch_family(arch: str) -> str:
                       f"{sorted(ARCHITECTURES) + sorted(VIT_ARCHITECTURES)}")
 
 
+def default_width(arch: str) -> int:
+    """The standard width of an architecture: 64 for the ResNets (first-stage channels),
+    the embedding dimension for the ViTs (384 vit_s, 768 vit_b).
+
+    Raises:
+      ConfigError: unknown architecture.
+    """
+    return 64 if arch_family(arch) == "resnet" else VIT_ARCHITECTURES[arch][0]
+
+
 def build_encoder(arch: str, width: int | None = None, stem: str | None = None,
                   dtype: Any = jnp.float32, **options):
     """Return an (uninitialised) encoder: a ResNet or a ViT.
@@ -61,8 +71,8 @@ def build_encoder(arch: str, width: int | None = None, stem: str | None = None,
     Args:
       arch: one of ``ARCHITECTURES`` ("resnet10", "resnet18", "resnet34", "resnet50")
         or ``VIT_ARCHITECTURES`` ("vit_s", "vit_b").
-      width: ResNet: first-stage channels (None or 0: 64 = standard; 16 or 32 for
-        CPU scale). ViT: embedding dimension (None or 0: 384 for vit_s, 768 for vit_b).
+      width: ResNet: first-stage channels (None: 64 = standard; 16 or 32 for CPU
+        scale). ViT: embedding dimension (None or 0: 384 for vit_s, 768 for vit_b).
       stem: ResNet "cifar" (None or "": the default) or "imagenet"; ViT "patch<N>"
         (None or "": "patch16").
       dtype: compute dtype: "float32" / jnp.float32, or "bfloat16" /
@@ -92,7 +102,7 @@ def build_encoder(arch: str, width: int | None = None, stem: str | None = None,
     stem = stem or "cifar"
     if stem not in ("cifar", "imagenet"):
         raise ConfigError(f"unknown stem {stem!r}; allowed: 'cifar', 'imagenet'")
-    width = 64 if width is None or width == 0 else width
+    width = default_width(arch) if width is None else width
     if int(width) <= 0:
         raise ConfigError(f"width must be a positive integer, got {width!r}")
     stages, block = ARCHITECTURES[arch]

@@ -34,8 +34,8 @@ from sslsteal_jax.data.augment import AugmentConfig, augment_batch
 from sslsteal_jax.defaults import default_steal_block
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.features import extract_features
-from sslsteal_jax.models import (SurrogateModel, arch_family, arch_name, encoder_from_config,
-                                 encoder_options)
+from sslsteal_jax.models import (SurrogateModel, arch_family, arch_name, default_width,
+                                 encoder_from_config, encoder_options)
 from sslsteal_jax.trainers.simclr import augment_config
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
@@ -71,6 +71,8 @@ def steal_config(steal, loss: str, victim_encoder=None, loss_overrides=None,
             for k, v in encoder_options(victim_encoder).items():
                 if scfg.model.get(k) in (None, ""):
                     scfg.model[k] = v
+        else:
+            scfg.model.width = scfg.model.width or default_width(scfg.model.arch)
     if loss_overrides and loss in loss_overrides:
         scfg.update(dict(loss_overrides[loss]))
     return scfg
