@@ -25,7 +25,11 @@ setup(
         "mlxtend",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # torch + safetensors: reading PyTorch checkpoints (models/convert.py) and the test
+        # oracles of tests/test_convert.py, tests/test_public_encoders.py (CPU wheel:
+        # --extra-index-url https://download.pytorch.org/whl/cpu)
+        "test": ["pytest>=7", "torch==2.13.0", "safetensors"],
+        "torch": ["torch==2.13.0", "safetensors"],
         "gpu": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],

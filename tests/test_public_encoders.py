@@ -351,15 +351,16 @@ def test_vit_surrogate_trains_on_the_sharded_path(tmp_path):
 
 # ---- the main job on an imported victim --------------------------------------------------------
 
-E2E_WIDTH = 16
+E2E_WIDTH = 8
 
 
 @pytest.mark.slow
 def test_main_job_on_imported_victim(tmp_path):
-    """Import a random-init torchvision-layout ResNet-18 (CIFAR stem; width 16 to fit CI,
+    """Import a random-init torchvision-layout ResNet-18 (CIFAR stem; width 8 to fit CI,
     same keys as torchvision's) whose BatchNorm statistics were collected on Fashion-MNIST,
-    then run the steal experiment on real Fashion-MNIST resized to 32x32x3: the surrogate
-    imitates the imported victim better than an independent encoder."""
+    then run the steal experiment on real Fashion-MNIST resized to 32x32x3 at tiny scale
+    (500 MSE queries, 5 epochs, 1,000 / 500 probe images): the surrogate imitates the
+    imported victim better than an independent encoder."""
     torch.manual_seed(0)
     m = tr.ResNet("resnet18", "cifar", width=E2E_WIDTH)
     for mod in m.modules():  # cumulative averages: running statistics of the data
@@ -376,23 +377,22 @@ def test_main_job_on_imported_victim(tmp_path):
     vdir = str(tmp_path / "victim")
     run(_config("import_checkpoint", f"source={path},arch=resnet18"), vdir)
 
-    cfg = _config("quickstart", "losses=infonce,budget=1000,epochs=8")
+    cfg = _config("quickstart", "losses=mse,budget=500,epochs=5")
     cfg.dataset = "fashion_mnist@32x32x3"
     cfg.victim.checkpoint = os.path.join(vdir, "checkpoints")
     cfg.victim.train_if_missing = False
-    cfg.probe_train_size = 2000
-    cfg.probe_test_size = 1000
-    cfg.eval.probe_epochs = 30
-    cfg.eval.per_class = 50
+    cfg.probe_train_size = 1000
+    cfg.probe_test_size = 500
+    cfg.eval.update(dict(probe_epochs=20, per_class=20, select_probe=False))
     results = run(cfg, str(tmp_path / "steal"))
     rows = {r["name"]: r for r in results["rows"]}
-    vic, sur, ind = rows["victim"], rows["surrogate (infonce)"], rows["independent (random init)"]
+    vic, sur, ind = rows["victim"], rows["surrogate (mse)"], rows["independent (random init)"]
     for r in results["rows"]:
         print(f"  {r['name']:<28} probe_full={r['probe_full']:.2f} knn={r['knn']:.2f} "
               f"cos={r['cosine_fidelity']} l2={r['l2_fidelity']}")
     print("timing:", {k: round(v, 1) for k, v in results["timing_seconds"].items()})
-    assert results["queries_charged"] == 1000
+    assert results["queries_charged"] == 500
     assert vic["cosine_fidelity"] == pytest.approx(1.0, abs=1e-4)
     assert sur["cosine_fidelity"] > ind["cosine_fidelity"] + 0.1
     assert sur["l2_fidelity"] < ind["l2_fidelity"]
-    assert results["surrogate_training"]["infonce"]["steps"] > 0
+    assert results["surrogate_training"]["mse"]["steps"] == 5 * (500 // 64)

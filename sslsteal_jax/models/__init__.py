@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.models.heads import MLPHead, Predictor, ProjectionHead, SequentialHead
 from sslsteal_jax.models.imported import ImportedModel
-from sslsteal_jax.models.resnet import ARCHITECTURES, BasicBlock, Bottleneck, ResNet
+from sslsteal_jax.models.resnet import (ARCHITECTURES, PIXEL_MEAN, PIXEL_STD, BasicBlock,
+                                       Bottleneck, ResNet)
 from sslsteal_jax.models.vit import VIT_ARCHITECTURES, VisionTransformer, build_vit
 from sslsteal_jax.models.watermark import WatermarkedSimCLR
 
@@ -37,7 +38,7 @@ __all__ = ["ARCHITECTURES", "ENCODER_OPTIONS", "ResNet", "BasicBlock", "Bottlene
 #: depth, heads, pooling and final-norm placement.
 ENCODER_OPTIONS = {"resnet": ("mean", "std"),
                    "vit": ("mean", "std", "depth", "heads", "pool", "fc_norm")}
-_OPTION_DEFAULTS = {"mean": (0.5,), "std": (0.25,), "pool": "cls", "fc_norm": False}
+_OPTION_DEFAULTS = {"mean": PIXEL_MEAN, "std": PIXEL_STD, "pool": "cls", "fc_norm": False}
 
 
 def arch_family(arch: str) -> str:

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 from sslsteal_jax.errors import ConfigError
 
 # Default input normalisation of this toolkit's encoders: images enter as float in [0, 1].
-_PIXEL_MEAN = (0.5,)
-_PIXEL_STD = (0.25,)
+PIXEL_MEAN = (0.5,)
+PIXEL_STD = (0.25,)
 
 
 def normalize(x, mean, std, dtype):
@@ -123,8 +123,8 @@ class ResNet(nn.Module):
     width: int = 64
     stem: str = "cifar"
     dtype: Any = jnp.float32
-    mean: tuple = _PIXEL_MEAN
-    std: tuple = _PIXEL_STD
+    mean: tuple = PIXEL_MEAN
+    std: tuple = PIXEL_STD
 
     @property
     def representation_dim(self) -> int:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from sslsteal_jax.errors import ConfigError
-from sslsteal_jax.models.resnet import normalize
+from sslsteal_jax.models.resnet import PIXEL_MEAN, PIXEL_STD, normalize
 
 #: name -> (width = embedding dimension, depth, heads): ViT-S (DeiT-S / DINO / timm
 #: ``vit_small_patch16_224``) and ViT-B. MoCo v3's ViT-S uses 12 heads: pass ``heads=12``.
@@ -138,8 +138,8 @@ class VisionTransformer(nn.Module):
     patch: int = 16
     pool: str = "cls"
     fc_norm: bool = False
-    mean: tuple = (0.5,)
-    std: tuple = (0.25,)
+    mean: tuple = PIXEL_MEAN
+    std: tuple = PIXEL_STD
     dtype: Any = jnp.float32
 
     @property
@@ -187,7 +187,7 @@ class VisionTransformer(nn.Module):
 
 def build_vit(arch: str, width: int | None = None, stem: str | None = None,
               dtype: Any = jnp.float32, *, depth: int | None = None, heads: int | None = None,
-              pool: str = "cls", fc_norm: bool = False, mean=(0.5,), std=(0.25,)
+              pool: str = "cls", fc_norm: bool = False, mean=PIXEL_MEAN, std=PIXEL_STD
               ) -> VisionTransformer:
     """An (uninitialised) ViT encoder.
 
