@@ -396,3 +396,22 @@ def test_main_job_on_imported_victim(tmp_path):
     assert sur["cosine_fidelity"] > ind["cosine_fidelity"] + 0.1
     assert sur["l2_fidelity"] < ind["l2_fidelity"]
     assert results["surrogate_training"]["mse"]["steps"] == 5 * (500 // 64)
+
+
+@pytest.mark.slow  # a fresh interpreter importing JAX and torch (~10 s)
+def test_cli_import_error_is_one_line(tmp_path, small_checkpoint):
+    """The command line prints a key mismatch as one ``error:`` line and exits 1,
+    creating no workdir."""
+    import subprocess
+    _, path = small_checkpoint
+    wd = tmp_path / "never"
+    p = subprocess.run([sys.executable, "-m", "sslsteal_jax.main",
+                        f"--config=configs/import_checkpoint.py:source={path},arch=resnet34",
+                        f"--workdir={wd}"], cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 1, p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in p.stderr
+    assert "does not fit resnet34" in lines[0] and "layer1.2.bn1.bias" in lines[0]
+    assert "the keys look like resnet18" in lines[0]
+    assert not wd.exists()

@@ -234,7 +234,7 @@ def find_state_dict(obj, wrapper: str | None = None, source: str = "checkpoint")
         if nxt is None:
             tensors = [k for k, v in obj.items() if _is_array(v)]
             what = (f"a mix of {len(tensors)} tensors and other values" if tensors else
-                    f"no tensors")
+                    "no tensors")
             raise CheckpointImportError(
                 f"{source}: unknown layout, {'.'.join(path) or 'the top level'} holds {what} "
                 f"(keys {_names(sorted(map(str, obj)), 10)}) and none of the wrappers "
@@ -528,7 +528,7 @@ def convert_state_dict(sd: dict, arch: str, *, stem: str | None = None, pool: st
         if found is None or (stem and stem != found):
             raise CheckpointImportError(
                 f"{source}: conv1.weight has shape {tuple(w)}, "
-                + (f"which is neither stem (7x7 imagenet, 3x3 cifar)" if found is None else
+                + ("which is neither stem (7x7 imagenet, 3x3 cifar)" if found is None else
                    f"a {found} stem, but stem={stem!r} was asked; pass stem={found} or leave it "
                    "unset"), shape_mismatches=[("conv1.weight", tuple(w), None)])
         stem, width, channels = found, int(w[0]), int(w[1])
