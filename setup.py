@@ -25,10 +25,15 @@ setup(
         "mlxtend",
     ],
     extras_require={
+        # the test extra: the HTTP service's client/server (tests/test_serve.py) and torch +
+        # safetensors, the oracles of tests/test_convert.py / tests/test_public_encoders.py
+        # (CPU wheel: --extra-index-url https://download.pytorch.org/whl/cpu)
         "test": ["pytest>=7", "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
-                 "prometheus-client>=0.20"],
+                 "prometheus-client>=0.20", "torch==2.13.0", "safetensors"],
         # the HTTP service: python -m sslsteal_jax.serve (docs/serving.md)
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"],
+        # reading PyTorch checkpoints (models/convert.py)
+        "torch": ["torch==2.13.0", "safetensors"],
         "gpu": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],

@@ -17,9 +17,8 @@ computes the network under ``torch.autocast(device_type, torch.bfloat16)``
 the pooled output and the loss in float32, like the flax models with
 ``dtype=bfloat16``. Needs the optional ``[bench]`` extra (torch).
 
-The ImageNet stem's max-pool pads 1 on each side (torch) where flax's
-``padding="SAME"`` pads 0 before and 1 after: same output shape and FLOPs,
-windows shifted by one pixel. Irrelevant for timing.
+The ImageNet stem's max-pool pads 1 on each side, as the flax model's
+(``models/resnet.py``, torchvision's layout).
 """
 from __future__ import annotations
 

@@ -76,7 +76,9 @@ class VictimAPI:
     """Representation API over a trained SimCLR victim.
 
     Args:
-      model: ``SimCLRModel`` (call returns ``(h, g(h))``).
+      model: a victim module whose call returns ``(h, g(h))``: ``SimCLRModel``, or an
+        imported PyTorch encoder (``models.imported.ImportedModel``; it normalises its
+        [0, 1] input itself, with the mean/std recorded at import).
       variables: its ``{'params', 'batch_stats'}``.
       image_shape: ``(H, W, C)`` accepted per query image.
       output: "representation" (backbone ``h``, default) or "projection" (``g(h)``).
@@ -93,8 +95,9 @@ class VictimAPI:
         LSH centre). Required when the chain needs it (``b4b`` with its default
         ``center=True``); ignored otherwise.
     Raises:
-      ValueError: unknown ``output``, a bad defense spec, or a chain that needs
-        ``defense_reference`` without one (the message says which link).
+      ValueError: unknown ``output``, ``output="projection"`` on an imported victim
+        without a head (``models.imported.ImportedModel``), a bad defense spec, or a
+        chain that needs ``defense_reference`` without one (the message says which link).
     """
 
     def __init__(self, model, variables, image_shape, output: str = "representation",
@@ -102,6 +105,10 @@ class VictimAPI:
                  seed: int = 0, defense_reference=None):
         if output not in OUTPUTS:
             raise ConfigError(f"unknown API output {output!r}; allowed: {list(OUTPUTS)}")
+        if output == "projection" and getattr(model, "has_head", True) is False:
+            raise ConfigError("API output 'projection' needs a projection head, and this victim "
+                              "was imported without one; use output 'representation', or "
+                              "import the checkpoint again with head=projection")
         self._variables = variables
         self.image_shape = tuple(image_shape)
         self.output = output
@@ -148,7 +155,8 @@ class VictimAPI:
 
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str, model_override: dict | None = None, **kwargs):
-        """Build the API from a SimCLR victim checkpoint directory.
+        """Build the API from a victim checkpoint directory (a SimCLR victim trained here
+        or a PyTorch encoder imported with ``configs/import_checkpoint.py``).
 
         Raises:
           FileNotFoundError / CheckpointMismatchError / CheckpointCorruptError: see

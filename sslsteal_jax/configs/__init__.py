@@ -25,14 +25,15 @@ from sslsteal_jax.errors import ConfigError
 
 #: Every config module (``configs/<name>.py``), in the order ``--help`` suggests them.
 CONFIGS = ("quickstart", "budget_scan", "defense_matrix", "evaluate", "verify",
-           "victim_simclr", "watermark_victim")
+           "victim_simclr", "watermark_victim", "import_checkpoint")
 
 #: Experiment (``cfg.experiment``) -> the config module that defines and validates it.
 #: Each experiment is the module ``sslsteal_jax.experiments.<experiment>`` (``run(cfg, workdir)``).
 EXPERIMENT_CONFIGS = {"train_victim": "victim_simclr", "steal": "quickstart",
                       "evaluate": "evaluate", "budget_scan": "budget_scan",
                       "defense_matrix": "defense_matrix",
-                      "watermark_victim": "watermark_victim", "verify": "verify"}
+                      "watermark_victim": "watermark_victim", "verify": "verify",
+                      "import_checkpoint": "import_checkpoint"}
 
 #: Extra words for ``--config.FIELD`` names that are not fields but look like one.
 FIELD_HINTS = {

@@ -22,6 +22,10 @@ Data dir: the ``data_dir`` argument, else ``$SSLSTEAL_DATA_DIR``, else
 ``~/.cache/sslsteal_jax/tfds`` for the offline datasets and tfds's own default
 (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) for the online ones.
 
+A ``@HxWxC`` suffix resizes any dataset (``fashion_mnist@32x32x3``: Fashion-MNIST
+at 32x32 with the gray channel repeated three times, for victims imported from
+PyTorch that take RGB inputs; see :func:`resize_images`).
+
 Prepared data is reused as long as ``<data_dir>/<builder>/<version>`` exists;
 delete that folder (or bump the builder's ``VERSION``) to regenerate, e.g.
 after pointing ``$SSLSTEAL_FASHION_MNIST_DIR`` at other files. Results are
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import threading
 
 import numpy as np
@@ -66,6 +71,49 @@ INSTALL_HINT = (
 
 _CACHE: dict[tuple[str, str, str | None], tuple[np.ndarray, np.ndarray]] = {}
 _LOCK = threading.RLock()
+_RESIZE = re.compile(r"^(.+)@(\d+)x(\d+)x(\d+)$")
+
+
+def resize_images(images: np.ndarray, shape, chunk: int = 8192) -> np.ndarray:
+    """Resize uint8 images to ``shape`` = (H, W, C): bilinear (``jax.image.resize``,
+    "linear", on [0, 1] floats), gray -> C channels by repetition, C -> 1 by the
+    channel mean; rounded back to uint8. Unchanged when the shape already matches.
+
+    Args:
+      images: uint8 ``(N, H0, W0, C0)``.
+      shape: target ``(H, W, C)``.
+      chunk: images resized at once (memory bound; results do not depend on it).
+    Returns:
+      uint8 ``(N, H, W, C)``.
+    """
+    if tuple(images.shape[1:]) == tuple(shape):
+        return images
+    import jax
+    h, w, c = (int(v) for v in shape)
+    out = []
+    for i in range(0, max(len(images), 1), chunk):
+        x = images[i:i + chunk].astype(np.float32) / 255.0
+        if x.shape[-1] != c:
+            x = x.mean(-1, keepdims=True) if c == 1 else np.repeat(x[..., :1], c, axis=-1)
+        x = np.asarray(jax.image.resize(x, (x.shape[0], h, w, c), method="linear"))
+        out.append(np.clip(np.round(x * 255), 0, 255).astype(np.uint8))
+    return np.concatenate(out) if len(out) > 1 else out[0]
+
+
+def parse_resize(name: str) -> tuple[str, tuple | None]:
+    """Split ``"base@HxWxC"`` into ``("base", (H, W, C))``; other names -> ``(name, None)``.
+
+    Raises:
+      ConfigError: an ``@`` suffix that is not ``HxWxC`` with positive sizes and C 1 or 3.
+    """
+    if "@" not in name:
+        return name, None
+    m = _RESIZE.match(name)
+    shape = tuple(int(v) for v in m.groups()[1:]) if m else None
+    if not m or min(shape) < 1 or shape[2] not in (1, 3):
+        raise ConfigError(f"dataset name {name!r}: a resize suffix must be @HxWxC with positive "
+                          "sizes and C 1 or 3, e.g. fashion_mnist@32x32x3")
+    return m.group(1), shape
 
 
 def default_data_dir(offline: bool = True) -> str | None:
@@ -213,7 +261,9 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
       name: ``'fashion_mnist'`` (alias ``'fashion_mnist_offline'``),
         ``'mnist_subset'`` or ``'digits'`` (local tfds builders, offline; see
         :mod:`sslsteal_jax.data.builders` for the sources), or any
-        tensorflow-datasets name such as ``'cifar10'`` (online).
+        tensorflow-datasets name such as ``'cifar10'`` (online); any of them with a
+        ``@HxWxC`` suffix (``'fashion_mnist@32x32x3'``) is resized to that shape
+        (:func:`resize_images`; cached in-process like the original).
       split: a split name -- ``'train'``/``'test'`` for fashion_mnist,
         ``'train'`` for mnist_subset and digits, whatever the dataset has for
         others; tfds slice syntax (``'train[:1000]'``, ``'train+test'``) works.
@@ -243,6 +293,18 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"dataset name must be a non-empty string, got {name!r}. {INSTALL_HINT}")
+    base, shape = parse_resize(name)
+    if shape is not None:
+        key = (name, split, data_dir)
+        with _LOCK:
+            hit = _CACHE.get(key)
+            if hit is None:
+                images, labels = load_split(base, split, data_dir, download=download)
+                hit = (resize_images(images, shape), labels)
+                for arr in hit:
+                    arr.flags.writeable = False
+                _CACHE[key] = hit
+        return hit[0].copy(), hit[1].copy()
     short = _canonical_offline(name)
     if short is not None:
         _check_split(short, split, OFFLINE_SPLITS[short])

@@ -12,7 +12,7 @@ import dataclasses
 
 import numpy as np
 
-from sslsteal_jax.data.registry import load_split
+from sslsteal_jax.data.registry import load_split, resize_images
 from sslsteal_jax.errors import ConfigError
 
 
@@ -35,16 +35,9 @@ class ExperimentData:
 
 
 def _match_shape(images: np.ndarray, shape) -> np.ndarray:
-    """Resize (bilinear) / convert channels of an OOD pool to the victim's image shape."""
-    if tuple(images.shape[1:]) == tuple(shape):
-        return images
-    import jax
-    x = images.astype(np.float32) / 255.0
-    h, w, c = shape
-    if x.shape[-1] != c:
-        x = x.mean(-1, keepdims=True) if c == 1 else np.repeat(x[..., :1], c, axis=-1)
-    x = np.asarray(jax.image.resize(x, (x.shape[0], h, w, c), method="linear"))
-    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+    """Resize (bilinear) / convert channels of an OOD pool to the victim's image shape
+    (``registry.resize_images``)."""
+    return resize_images(images, shape)
 
 
 def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = None,

@@ -1,11 +1,14 @@
-"""Encoders (ResNet family), projection heads, the model wrappers and their builders.
+"""Encoders (ResNet and ViT families), projection heads, the model wrappers and their builders.
 
 Builders turn model configs into (uninitialised) flax modules:
-``build_encoder`` (ResNet), ``arch_name`` (its inverse: the architecture name
-of a built encoder), ``build_simclr`` (victim), ``build_watermarked``
-(victim with the secret watermark MLP, ``models.watermark``) and
-``build_model`` (any checkpoint kind, from the model config stored with a
-checkpoint; ``training.checkpoint.load_model`` uses it).
+``build_encoder`` (a ResNet of ``models.resnet`` or a ViT of ``models.vit``),
+``arch_name`` / ``encoder_options`` (its inverse: the architecture name and the
+non-default options of a built encoder), ``encoder_from_config`` (from a model
+config dict), ``build_simclr`` (victim), ``build_watermarked`` (victim with
+the secret watermark MLP, ``models.watermark``) and ``build_model`` (any
+checkpoint kind, from the model config stored with a checkpoint, including
+imported PyTorch checkpoints, ``models.imported``;
+``training.checkpoint.load_model`` uses it).
 """
 from __future__ import annotations
 
@@ -16,56 +19,148 @@ import jax
 import jax.numpy as jnp
 
 from sslsteal_jax.errors import ConfigError
-from sslsteal_jax.models.heads import MLPHead, Predictor, ProjectionHead
-from sslsteal_jax.models.resnet import ARCHITECTURES, BasicBlock, Bottleneck, ResNet
+from sslsteal_jax.models.heads import MLPHead, Predictor, ProjectionHead, SequentialHead
+from sslsteal_jax.models.imported import ImportedModel
+from sslsteal_jax.models.resnet import (ARCHITECTURES, PIXEL_MEAN, PIXEL_STD, BasicBlock,
+                                       Bottleneck, ResNet)
+from sslsteal_jax.models.vit import VIT_ARCHITECTURES, VisionTransformer, build_vit
 from sslsteal_jax.models.watermark import WatermarkedSimCLR
 
-__all__ = ["ARCHITECTURES", "ResNet", "BasicBlock", "Bottleneck", "MLPHead", "ProjectionHead", "Predictor",
-           "SimCLRModel", "SurrogateModel", "WatermarkedSimCLR", "arch_name", "build_encoder",
-           "build_model", "build_simclr", "build_watermarked", "compute_dtype", "init_encoder",
+__all__ = ["ARCHITECTURES", "ENCODER_OPTIONS", "ResNet", "BasicBlock", "Bottleneck", "MLPHead",
+           "ProjectionHead", "Predictor", "SequentialHead", "ImportedModel", "VIT_ARCHITECTURES",
+           "VisionTransformer", "SimCLRModel", "SurrogateModel", "WatermarkedSimCLR", "arch_family",
+           "arch_name", "build_encoder", "build_model", "build_simclr", "build_watermarked",
+           "compute_dtype", "default_width", "encoder_from_config", "encoder_options", "init_encoder",
            "representation_dim"]
 
+#: Encoder options beyond (arch, width, stem) a model config may carry, per family
+#: (``build_encoder`` keywords): input normalisation for both, and the ViT's
+#: depth, heads, pooling and final-norm placement.
+ENCODER_OPTIONS = {"resnet": ("mean", "std"),
+                   "vit": ("mean", "std", "depth", "heads", "pool", "fc_norm")}
+_OPTION_DEFAULTS = {"mean": PIXEL_MEAN, "std": PIXEL_STD, "pool": "cls", "fc_norm": False}
 
-def build_encoder(arch: str, width: int = 64, stem: str = "cifar",
-                  dtype: Any = jnp.float32) -> ResNet:
-    """Return an (uninitialised) ResNet encoder.
+
+def arch_family(arch: str) -> str:
+    """``"resnet"`` or ``"vit"``: the family of an architecture name.
+
+    Raises:
+      ConfigError: unknown architecture (lists every allowed name).
+    """
+    if arch in ARCHITECTURES:
+        return "resnet"
+    if arch in VIT_ARCHITECTURES:
+        return "vit"
+    raise ConfigError(f"unknown architecture {arch!r}; allowed: "
+                      f"{sorted(ARCHITECTURES) + sorted(VIT_ARCHITECTURES)}")
+
+
+def default_width(arch: str) -> int:
+    """The standard width of an architecture: 64 for the ResNets (first-stage channels),
+    the embedding dimension for the ViTs (384 vit_s, 768 vit_b).
+
+    Raises:
+      ConfigError: unknown architecture.
+    """
+    return 64 if arch_family(arch) == "resnet" else VIT_ARCHITECTURES[arch][0]
+
+
+def build_encoder(arch: str, width: int | None = None, stem: str | None = None,
+                  dtype: Any = jnp.float32, **options):
+    """Return an (uninitialised) encoder: a ResNet or a ViT.
 
     Args:
-      arch: one of ``ARCHITECTURES`` ("resnet10", "resnet18", "resnet34", "resnet50").
-      width: first-stage channels (64 = standard ResNet; 16 or 32 for CPU scale).
-      stem: "cifar" or "imagenet".
+      arch: one of ``ARCHITECTURES`` ("resnet10", "resnet18", "resnet34", "resnet50")
+        or ``VIT_ARCHITECTURES`` ("vit_s", "vit_b").
+      width: ResNet: first-stage channels (None: 64 = standard; 16 or 32 for CPU
+        scale). ViT: embedding dimension (None or 0: 384 for vit_s, 768 for vit_b).
+      stem: ResNet "cifar" (None or "": the default) or "imagenet"; ViT "patch<N>"
+        (None or "": "patch16").
       dtype: compute dtype: "float32" / jnp.float32, or "bfloat16" /
         jnp.bfloat16 (mixed precision: bf16 convolutions and activations,
         float32 parameters, BatchNorm statistics and pooled output).
+      options: ``ENCODER_OPTIONS`` of the family: ``mean`` / ``std`` (input
+        normalisation, 1 or C values each; default 0.5 / 0.25) and, for a ViT,
+        ``depth``, ``heads``, ``pool`` ("cls" | "mean"), ``fc_norm`` (see
+        ``models.vit.build_vit``). None values mean the default.
+    Returns:
+      ``models.resnet.ResNet`` or ``models.vit.VisionTransformer``.
     Raises:
-      ValueError: unknown ``arch``/``stem``/``dtype`` or non-positive ``width``.
+      ConfigError (a ValueError): unknown ``arch``/``stem``/``dtype``/option,
+        non-positive ``width``.
     """
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {arch!r}; allowed: {sorted(ARCHITECTURES)}")
+    family = arch_family(arch)
+    bad = sorted(set(options) - set(ENCODER_OPTIONS[family]))
+    if bad:
+        raise ConfigError(f"encoder options {bad} do not apply to {arch}; allowed: "
+                          f"{list(ENCODER_OPTIONS[family])}")
+    opts = {k: v for k, v in options.items() if v is not None}
+    for k in ("mean", "std"):
+        if k in opts:
+            opts[k] = tuple(float(v) for v in opts[k])
+    if family == "vit":
+        return build_vit(arch, width, stem, compute_dtype(dtype), **opts)
+    stem = stem or "cifar"
     if stem not in ("cifar", "imagenet"):
-        raise ValueError(f"unknown stem {stem!r}; allowed: 'cifar', 'imagenet'")
+        raise ConfigError(f"unknown stem {stem!r}; allowed: 'cifar', 'imagenet'")
+    width = default_width(arch) if width is None else width
     if int(width) <= 0:
-        raise ValueError(f"width must be a positive integer, got {width!r}")
+        raise ConfigError(f"width must be a positive integer, got {width!r}")
     stages, block = ARCHITECTURES[arch]
     return ResNet(stage_sizes=stages, block_cls=block, width=int(width), stem=stem,
-                  dtype=compute_dtype(dtype))
+                  dtype=compute_dtype(dtype), **opts)
 
 
-def arch_name(encoder: ResNet) -> str:
-    """Name in ``ARCHITECTURES`` of a built encoder (the inverse of ``build_encoder``'s
-    ``arch``): the entry with the encoder's stage sizes and block class.
+def encoder_from_config(model_cfg) -> Any:
+    """``build_encoder`` from a model config (dict or ConfigDict) with ``arch``, ``width``,
+    ``stem``, optional ``dtype`` and any ``ENCODER_OPTIONS`` of the family it holds.
+
+    Raises:
+      ConfigError: as ``build_encoder``.
+    """
+    arch = model_cfg["arch"]
+    opts = {k: model_cfg[k] for k in ENCODER_OPTIONS[arch_family(arch)]
+            if k in model_cfg and model_cfg[k] not in (None, "")}
+    return build_encoder(arch, model_cfg.get("width"), model_cfg.get("stem"),
+                         model_cfg.get("dtype", "float32") or "float32", **opts)
+
+
+def arch_name(encoder) -> str:
+    """Name of a built encoder's architecture (the inverse of ``build_encoder``'s
+    ``arch``): a ViT's ``arch``, or the ``ARCHITECTURES`` entry with a ResNet's
+    stage sizes and block class.
 
     Args:
-      encoder: a ``ResNet`` (e.g. ``model.encoder`` of a loaded victim).
+      encoder: a ``ResNet`` or ``VisionTransformer`` (e.g. ``model.encoder`` of a
+        loaded victim).
     Returns:
-      e.g. "resnet10".
+      e.g. "resnet10", "vit_s".
     Raises:
       ValueError: no architecture has these stages and block.
     """
+    if isinstance(encoder, VisionTransformer):
+        return encoder.arch
     for name, (stages, block) in ARCHITECTURES.items():
         if tuple(stages) == tuple(encoder.stage_sizes) and block is encoder.block_cls:
             return name
     raise ValueError("victim encoder matches no known architecture")
+
+
+def encoder_options(encoder) -> dict:
+    """The ``ENCODER_OPTIONS`` of a built encoder that differ from the defaults, as
+    JSON-ready values (lists for ``mean``/``std``); ``{}`` for this toolkit's own
+    ResNets. With ``arch_name``, ``width`` and ``stem`` they rebuild the encoder."""
+    family = "vit" if isinstance(encoder, VisionTransformer) else "resnet"
+    out = {}
+    for k in ENCODER_OPTIONS[family]:
+        v = getattr(encoder, k)
+        default = _OPTION_DEFAULTS.get(k)
+        if isinstance(v, tuple):
+            if default is None or tuple(v) != tuple(default):
+                out[k] = list(v)
+        elif default is None or v != default:
+            out[k] = v
+    return out
 
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -89,7 +184,10 @@ def compute_dtype(name: Any):
 
 
 def representation_dim(arch: str, width: int) -> int:
-    """Dimension D of the pooled representation of ``build_encoder(arch, width)``."""
+    """Dimension D of the pooled representation of ``build_encoder(arch, width)``.
+
+    Raises:
+      ConfigError: unknown architecture."""
     return build_encoder(arch, width).representation_dim
 
 
@@ -101,7 +199,7 @@ class SimCLRModel(nn.Module):
     Parameters live under ``params['encoder']`` and ``params['head']``.
     """
 
-    encoder: ResNet
+    encoder: nn.Module  # a ResNet or a VisionTransformer
     head_hidden: int
     head_out: int
 
@@ -142,7 +240,7 @@ class SurrogateModel(nn.Module):
     ``predictor_hidden`` are None).
     """
 
-    encoder: ResNet
+    encoder: nn.Module  # a ResNet or a VisionTransformer
     out_dim: int | None = None
     predictor_hidden: int | None = None
 
@@ -163,8 +261,7 @@ def build_simclr(model_cfg) -> SimCLRModel:
     Raises:
       ValueError: unknown architecture, stem or dtype (see ``build_encoder``).
     """
-    enc = build_encoder(model_cfg.arch, model_cfg.width, model_cfg.stem,
-                        model_cfg.get("dtype", "float32"))
+    enc = encoder_from_config(model_cfg)
     return SimCLRModel(enc, int(model_cfg.head_hidden), int(model_cfg.head_out))
 
 
@@ -187,20 +284,26 @@ def build_model(kind: str, model_cfg: dict):
     """Rebuild the flax module of a checkpoint.
 
     Args:
-      kind: "simclr" (victim: encoder + projection head) or "surrogate".
-      model_cfg: dict with arch, width, stem (+ head_hidden, head_out for
-        simclr, and watermark_hidden, watermark_classes for a watermarked
-        victim, see ``models.watermark``; adapter_dim and optional
-        predictor_hidden for surrogate).
+      kind: "simclr" (a victim: encoder + projection head; trained here with
+        SimCLR, or imported from PyTorch) or "surrogate".
+      model_cfg: dict with arch, width, stem and any ``ENCODER_OPTIONS`` (+
+        head_hidden, head_out for a SimCLR victim, watermark_hidden,
+        watermark_classes for a watermarked victim, see ``models.watermark``;
+        head_layers and image_shape for an imported victim, see
+        ``models.imported``; adapter_dim and optional predictor_hidden for a
+        surrogate).
     Returns:
-      ``SimCLRModel``, ``WatermarkedSimCLR`` or ``SurrogateModel``.
+      ``SimCLRModel``, ``WatermarkedSimCLR``, ``ImportedModel`` or ``SurrogateModel``.
     Raises:
-      ValueError: unknown kind or architecture.
+      ValueError: unknown kind; ConfigError (a ValueError): unknown architecture
+        or option.
     """
-    enc = build_encoder(model_cfg["arch"], model_cfg["width"], model_cfg.get("stem", "cifar"),
-                        model_cfg.get("dtype", "float32"))
+    enc = encoder_from_config(model_cfg)
     if kind == "simclr" and model_cfg.get("watermark_classes"):
         return build_watermarked(model_cfg)
+    if kind == "simclr" and "head_layers" in model_cfg:
+        return ImportedModel(enc, tuple(tuple(layer) for layer in model_cfg["head_layers"] or ()),
+                             tuple(model_cfg.get("image_shape") or ()))
     if kind == "simclr":
         return SimCLRModel(enc, int(model_cfg["head_hidden"]), int(model_cfg["head_out"]))
     if kind == "surrogate":

@@ -7,6 +7,14 @@ victim encoders.
 
 The encoder's output is the *representation*: the globally average-pooled
 output of the last stage, shape ``(B, width * 8 * expansion)`` float32.
+
+The ImageNet stem's 3x3 max-pool pads one pixel of -inf on each side, as
+torchvision's ``MaxPool2d(3, 2, padding=1)``, so a torchvision-layout
+checkpoint imported with ``models.convert`` computes the same function.
+Normalisation happens inside the model: inputs are float images in [0, 1];
+``(x - mean) / std`` per channel (``mean``/``std`` attributes; the defaults
+0.5 / 0.25 are this toolkit's own victims', imported ImageNet encoders carry
+ImageNet's statistics).
 """
 from __future__ import annotations
 
@@ -16,9 +24,31 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-# Fixed input normalisation: images enter the encoder as float in [0, 1].
-_PIXEL_MEAN = 0.5
-_PIXEL_STD = 0.25
+from sslsteal_jax.errors import ConfigError
+
+# Default input normalisation of this toolkit's encoders: images enter as float in [0, 1].
+PIXEL_MEAN = (0.5,)
+PIXEL_STD = (0.25,)
+
+
+def normalize(x, mean, std, dtype):
+    """``(x - mean) / std`` per channel, cast to ``dtype``.
+
+    Args:
+      x: float32 ``(B, H, W, C)`` images in [0, 1].
+      mean, std: tuples of length 1 (every channel) or C.
+      dtype: compute dtype of the result.
+    Raises:
+      ConfigError: ``mean``/``std`` length neither 1 nor C.
+    """
+    c = x.shape[-1]
+    for name, v in (("mean", mean), ("std", std)):
+        if len(v) not in (1, c):
+            raise ConfigError(f"normalisation {name}={list(v)} has {len(v)} values for "
+                              f"{c}-channel images; allowed: 1 or {c} values")
+    m = jnp.asarray(mean, jnp.float32)
+    s = jnp.asarray(std, jnp.float32)
+    return ((x - m) / s).astype(dtype)
 
 
 class BasicBlock(nn.Module):
@@ -79,8 +109,10 @@ class ResNet(nn.Module):
       width: channels of the first stage (64 in the standard ResNet); stage i
         has ``width * 2**i`` channels (times 4 for bottlenecks).
       stem: ``"cifar"`` (3x3 conv stride 1, no max-pool; for 28-64 px images)
-        or ``"imagenet"`` (7x7 conv stride 2 + 3x3 max-pool).
+        or ``"imagenet"`` (7x7 conv stride 2 + 3x3 max-pool stride 2, padding 1).
       dtype: compute dtype (parameters stay float32).
+      mean, std: per-channel input normalisation (tuples of 1 or C floats),
+        applied inside the model to the [0, 1] input.
 
     Call: ``x`` float32 ``(B, H, W, C)`` in [0, 1] (any C), ``train`` bool.
     Returns float32 ``(B, representation_dim)``.
@@ -91,6 +123,8 @@ class ResNet(nn.Module):
     width: int = 64
     stem: str = "cifar"
     dtype: Any = jnp.float32
+    mean: tuple = PIXEL_MEAN
+    std: tuple = PIXEL_STD
 
     @property
     def representation_dim(self) -> int:
@@ -99,7 +133,7 @@ class ResNet(nn.Module):
 
     @nn.compact
     def __call__(self, x, train: bool = False):
-        x = ((x - _PIXEL_MEAN) / _PIXEL_STD).astype(self.dtype)
+        x = normalize(x, self.mean, self.std, self.dtype)
         norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                                  momentum=0.9, epsilon=1e-5, dtype=self.dtype)
         if self.stem == "cifar":
@@ -110,7 +144,7 @@ class ResNet(nn.Module):
             x = nn.Conv(self.width, (7, 7), (2, 2), padding=3, use_bias=False,
                         dtype=self.dtype, name="stem_conv")(x)
             x = nn.relu(norm(name="stem_bn")(x))
-            x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
         else:
             raise ValueError(f"stem={self.stem!r} is not one of 'cifar', 'imagenet'")
         for i, n_blocks in enumerate(self.stage_sizes):

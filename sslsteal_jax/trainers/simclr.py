@@ -46,7 +46,7 @@ def make_simclr_step(model: SimCLRModel, aug: AugmentConfig, temperature: float)
                                   mutable=["batch_stats"])
         b = x1.shape[0]
         loss = losses.nt_xent(z[:b], z[b:], temperature)
-        return loss, upd["batch_stats"]
+        return loss, upd.get("batch_stats", {})  # {} for encoders without BatchNorm (ViT)
 
     def step(state: TrainState, images, key):
         x = images.astype(jnp.float32) / 255.0
@@ -102,7 +102,7 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
     if cfg.get("init_from"):
         variables = warm_start_variables(cfg.init_from, dict(cfg.model), images.shape[1:])
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                              batch_stats=variables["batch_stats"])
+                              batch_stats=variables.get("batch_stats", {}))
     meta = {"kind": "simclr", "config": cfg.to_dict(), "image_shape": list(images.shape[1:])}
     step_fn = make_simclr_step(model, augment_config(cfg.augment), cfg.temperature)
     state, summary = run_training(

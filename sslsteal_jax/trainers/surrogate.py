@@ -34,7 +34,8 @@ from sslsteal_jax.data.augment import AugmentConfig, augment_batch
 from sslsteal_jax.defaults import default_steal_block
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.features import extract_features
-from sslsteal_jax.models import SurrogateModel, arch_name, build_encoder
+from sslsteal_jax.models import (SurrogateModel, arch_family, arch_name, default_width,
+                                 encoder_from_config, encoder_options)
 from sslsteal_jax.trainers.simclr import augment_config
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
@@ -44,19 +45,34 @@ def steal_config(steal, loss: str, victim_encoder=None, loss_overrides=None,
                  seed: int | None = None) -> ml_collections.ConfigDict:
     """The surrogate-training config of ``loss`` (what ``train_surrogate`` takes): a
     resolved copy of the ``steal`` block with ``loss`` (and ``seed``, when given) set,
-    an empty ``model.arch`` / ``width`` / ``stem`` taken from ``victim_encoder`` (a
-    ``models.resnet.ResNet``), then ``loss_overrides[loss]`` applied (the per-loss
-    ``LossSpec.scale_overrides`` of the CPU-scale configs). The one code path of the
-    main job, budget scan and defense matrix, and of :func:`surrogate_config`.
+    an empty ``model.arch`` taken from ``victim_encoder`` (a ``models.resnet.ResNet``
+    or ``models.vit.VisionTransformer``), then ``loss_overrides[loss]`` applied (the
+    per-loss ``LossSpec.scale_overrides`` of the CPU-scale configs). The one code path
+    of the main job, budget scan and defense matrix, and of :func:`surrogate_config`.
+
+    An empty ``model.width`` / ``stem`` and the encoder options (``models.encoder_options``:
+    input normalisation; a ViT's depth, heads, pooling) are the victim's when the
+    surrogate is of the victim's family (ResNet or ViT), else the architecture's
+    defaults (a ViT surrogate of a ResNet victim does not take the ResNet's width).
+
+    Raises:
+      ConfigError: unknown surrogate architecture.
     """
     scfg = steal.copy_and_resolve_references()
     scfg.loss = loss
     if seed is not None:
         scfg.seed = int(seed)
     if victim_encoder is not None:
-        scfg.model.arch = scfg.model.arch or arch_name(victim_encoder)
-        scfg.model.width = scfg.model.width or victim_encoder.width
-        scfg.model.stem = scfg.model.stem or victim_encoder.stem
+        victim_arch = arch_name(victim_encoder)
+        scfg.model.arch = scfg.model.arch or victim_arch
+        if arch_family(scfg.model.arch) == arch_family(victim_arch):
+            scfg.model.width = scfg.model.width or victim_encoder.width
+            scfg.model.stem = scfg.model.stem or victim_encoder.stem
+            for k, v in encoder_options(victim_encoder).items():
+                if scfg.model.get(k) in (None, ""):
+                    scfg.model[k] = v
+        else:
+            scfg.model.width = scfg.model.width or default_width(scfg.model.arch)
     if loss_overrides and loss in loss_overrides:
         scfg.update(dict(loss_overrides[loss]))
     return scfg
@@ -202,7 +218,7 @@ def make_steal_step(model: SurrogateModel, loss: str, temperature, aug=None, *,
             if len(xs) > 1:
                 val = val + view_weight * jnp.mean(jnp.stack(
                     [batch_loss(os_[j], ts[j], labels) for j in range(1, len(xs))]))
-        return val, upd["batch_stats"]
+        return val, upd.get("batch_stats", {})  # {} for encoders without BatchNorm (ViT)
 
     def step(state, images, answers, *rest):
         *extra, key = rest
@@ -290,8 +306,7 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
                          f"{answers.shape}, got {np.shape(pair[0])} and {np.shape(pair[1])}")
     n = len(images)
     bsz, total = surrogate_schedule(cfg, n)
-    enc = build_encoder(cfg.model.arch, cfg.model.width, cfg.model.stem,
-                        cfg.model.get("dtype", "float32"))
+    enc = encoder_from_config(cfg.model)
     out_dim = answers.shape[1]
     adapter = (None if enc.representation_dim == out_dim and "class_targets" not in needs
                else out_dim)
@@ -307,7 +322,7 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
     def init_state():
         variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
         return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 batch_stats=variables["batch_stats"])
+                                 batch_stats=variables.get("batch_stats", {}))
 
     state = jax.eval_shape(init_state) if abstract else init_state()
     aug = augment_config(cfg.augment) if cfg.get("augment") else None

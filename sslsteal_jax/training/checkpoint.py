@@ -285,7 +285,7 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
     target = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((2, *image_shape))))
     try:
         items, meta = restore(manager(ckpt_dir), {"model": {
-            "params": target["params"], "batch_stats": target["batch_stats"]}}, step)
+            "params": target["params"], "batch_stats": target.get("batch_stats", {})}}, step)
     except CheckpointCorruptError:
         raise
     except CheckpointMismatchError as e:
