@@ -279,13 +279,14 @@ def main(argv):
               f"{list(EXPERIMENTS)}")
     from sslsteal_jax.evaluation.parallel import default_workers
     from sslsteal_jax.host_devices import configure_cpu_devices
+    from sslsteal_jax.training.mesh import initialize_distributed
     try:
         configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; host_devices.py)
         default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
+        # multi-host (local N processes / SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED is set
+        initialize_distributed()
     except ValueError as e:  # bad environment variable: a usage error, not a traceback
         _fail(str(e))
-    from sslsteal_jax.training.mesh import initialize_distributed
-    initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
     from sslsteal_jax.experiments.common import WorkdirExistsError
     from sslsteal_jax.watchdog import Watchdog
     dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None

@@ -95,10 +95,14 @@ class VictimAPI:
         self.batch_size = None if batch_size is None else int(batch_size)
         self._accounts: dict[str, Account] = {}
         index = 0 if output == "representation" else 1
+        # Host copies of the parameters, baked into the program as constants: the same
+        # numbers as closing over the device arrays, and also possible on a multi-host run
+        # (a program may not close over arrays spanning other hosts' devices).
+        host_variables = mesh_lib.host_copy(variables)
 
         @jax.jit
         def answer(x):
-            return model.apply(variables, x, train=False)[index]
+            return model.apply(host_variables, x, train=False)[index]
 
         self._answer = answer
         self.output_dim = int(jax.eval_shape(answer, jax.ShapeDtypeStruct((1, *self.image_shape),

@@ -111,7 +111,9 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
         (xb,) = mesh_lib.shard_batch([b], mesh)
         # under the collective guard: never in flight with another thread's
         # multi-device program (training.mesh, concurrency rule)
-        out.append(np.asarray(mesh_lib.run_collective(apply_fn, xb, mesh=mesh))[:m])
+        # (a multi-host gather of a batch-sharded output is a collective too: same section)
+        out.append(mesh_lib.run_collective(lambda x: mesh_lib.to_host(apply_fn(x)), xb,
+                                           mesh=mesh)[:m])
         watchdog.progress("feature extraction")
     return np.concatenate(out, axis=0).astype(np.float32)
 

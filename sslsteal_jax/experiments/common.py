@@ -10,6 +10,7 @@ import jax
 from sslsteal_jax.evaluation.features import extract_features, make_apply, raw_pixels
 from sslsteal_jax.evaluation.parallel import default_workers, run_concurrently
 from sslsteal_jax.evaluation.report import COLUMNS, evaluate_features
+from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training.checkpoint import write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,12 +31,16 @@ def prepare_workdir(workdir: str, overwrite: bool) -> None:
     """
     os.makedirs(workdir, exist_ok=True)
     res = os.path.join(workdir, "results.json")
-    if os.path.exists(res):
+    exists = os.path.exists(res)
+    mesh_lib.sync("prepare_workdir")  # [multi-host] every process looked before any rename
+    if exists:
         if not overwrite:
             raise WorkdirExistsError(
                 f"{workdir!r} already holds results.json from a finished run; choose a new "
                 f"--workdir or pass --config.overwrite=True (the old results are kept as "
                 f"results.<time>.json)")
+        if not mesh_lib.is_writer():  # [multi-host] process 0 keeps the old results
+            return
         stamp = int(time.time())
         for ext in ("json", "csv", "png"):
             old = os.path.join(workdir, f"results.{ext}")
@@ -61,7 +66,10 @@ def _csv_value(v):
 def write_csv_atomic(path: str, rows: list[dict], fields) -> None:
     """Write ``rows`` (dicts) as CSV with header ``fields`` to ``path`` atomically
     (temporary file + rename); missing keys are empty cells, floats are written
-    with 10 significant digits (the full values are in results.json)."""
+    with 10 significant digits (the full values are in results.json). On a
+    multi-host run only process 0 writes (``training.mesh.is_writer``)."""
+    if not mesh_lib.is_writer():  # [multi-host] one writer per file
+        return
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields))
@@ -163,12 +171,19 @@ def evaluate_rows(jobs) -> list[dict]:
     multi-device programs and take turns under ``mesh.COLLECTIVES`` (two of
     them in flight at once could deadlock at their all-gather); the probes
     and kNN are single-device programs and overlap freely with the other
-    row's extraction.
+    row's extraction. On a multi-host run the rows are computed one at a time:
+    the lock orders programs within one process only, and every process must
+    run the same collectives in the same order.
 
     Raises:
       whatever a job raises (after the other rows in flight finish).
     """
     workers = min(ROWS_IN_FLIGHT, default_workers())
+    if jax.process_count() > 1:
+        # [multi-host] the rows' extractions are collectives across processes: every process
+        # must run them in the same order, which threads do not guarantee (a cross-host
+        # deadlock otherwise). One row at a time; its probes still run side by side.
+        workers = 1
     return run_concurrently(list(jobs), max_workers=workers)
 
 

@@ -43,6 +43,7 @@ from sslsteal_jax.losses import ALL_LOSSES, EXTRA_LOSSES, STEALING_LOSSES
 from sslsteal_jax.models import compute_dtype, SurrogateModel
 from sslsteal_jax.trainers.simclr import augment_config
 from sslsteal_jax.trainers.surrogate import steal_config, train_surrogate
+from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training.checkpoint import load_model
 
 # Salts folded into the run's PRNG key (one stream per purpose).
@@ -298,7 +299,9 @@ def _buy(plan, api, data, cfg, workdir: str, key) -> dict:
     cache = os.path.join(workdir, "query_cache.npz" if qs == "clean" else f"query_cache_{qs}.npz")
     user = "attacker" if qs == "clean" else f"attacker_{qs}"
     pool_name = data.names["query_pool"]
-    if os.path.exists(cache):
+    cached = os.path.exists(cache)
+    mesh_lib.sync(f"query cache {qs}")  # [multi-host] all looked before process 0 writes it
+    if cached:
         with np.load(cache) as z:
             q_images, answers = z["images"], z["answers"]
             charged = int(z["queries_charged"]) if "queries_charged" in z else len(answers)
@@ -321,10 +324,11 @@ def _buy(plan, api, data, cfg, workdir: str, key) -> dict:
                                                      plan.views, jax.random.fold_in(key, _VIEW_SALT),
                                                      aug)
         charged = api.queries_used(user)
-        tmp = cache + ".tmp.npz"
-        np.savez(tmp, images=q_images, answers=answers, queries_charged=charged, pool=pool_name,
-                 query_set=qs)
-        os.replace(tmp, cache)
+        if mesh_lib.is_writer():  # [multi-host] one writer (every process holds the answers)
+            tmp = cache + ".tmp.npz"
+            np.savez(tmp, images=q_images, answers=answers, queries_charged=charged,
+                     pool=pool_name, query_set=qs)
+            os.replace(tmp, cache)
         from_cache = False
     return {"images": q_images, "answers": answers,
             "info": {"queries_charged": charged, "from_cache": from_cache, "account": user,

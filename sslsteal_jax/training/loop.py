@@ -50,6 +50,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, step: int):
     return perm[i * batch_size:(i + 1) * batch_size]
 
 
+def process_batch_indices(n: int, batch_size: int, seed: int, step: int, mesh) -> np.ndarray:
+    """Indices of the examples this process reads for optimizer ``step``: its rows
+    (``mesh.process_rows``: a contiguous block of ``batch_size / process_count``)
+    of :func:`epoch_batches`. The processes' blocks are disjoint and together
+    form the global batch, so over an epoch every example (but the dropped
+    incomplete last batch) is read exactly once, by one host. Returns int64
+    ``(batch_size / process_count,)`` (the whole batch with one process)."""
+    return epoch_batches(n, batch_size, seed, step)[mesh_lib.process_rows(batch_size, mesh)]
+
+
 def _items(state: TrainState) -> dict:
     # ``TrainState.create`` sets ``step`` to the Python int 0; store / expect it as an
     # int32 array so a fresh state's tree matches a checkpoint's (resume needs this).
@@ -186,7 +196,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
     steps_per_epoch = n // batch_size
 
     def host_batch(step):
-        parts = [[a[epoch_batches(len(g[0]), batch_size, sd, step)] for a in g]
+        # this process's rows of the global batch only (each host reads a disjoint shard)
+        parts = [[a[process_batch_indices(len(g[0]), batch_size, sd, step, mesh)] for a in g]
                  for g, sd in zip(groups, seeds)]
         return parts[0] if not k else [np.stack(xs) for xs in zip(*parts)]
 
@@ -227,7 +238,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
     with mesh_lib.collective_section(mesh):
         try:
             while step < total_steps:
-                batch = mesh_lib.shard_batch(host_batch(step), mesh, leading_axes=int(k > 0))
+                batch = mesh_lib.place_local_rows(host_batch(step), batch_size, mesh,
+                                                  leading_axes=int(k > 0))
                 state, m = jstep(state, *batch, fold_in(key, step))
                 acc.append(m)  # right after the step: the window always matches the state
                 step += 1
