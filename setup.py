@@ -23,9 +23,12 @@ setup(
         "matplotlib",
         "tqdm",
         "mlxtend",
+        # TensorBoard event files without TensorFlow (sslsteal_jax/training/summaries.py)
+        "tensorboardX>=2.6",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        # tensorboard: its event reader checks the events the runs write (and it is the viewer)
+        "test": ["pytest>=7", "tensorboard>=2.15"],
         "gpu": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],
         "tpu": ["jax[tpu]"],

@@ -29,7 +29,7 @@ usage() {
   echo "       launch/local.sh --processes=2 configs/quickstart.py runs/quickstart_2proc"
   echo "  configs and flags: python -m sslsteal_jax.main --help"
 }
-PROCESSES=0
+PROCESSES=""
 PORT=""
 while [ "$#" -gt 0 ]; do
   case "$1" in
@@ -39,7 +39,7 @@ while [ "$#" -gt 0 ]; do
     *) break ;;
   esac
 done
-if ! [[ "$PROCESSES" =~ ^[1-9][0-9]*$ ]] && [ "$PROCESSES" != 0 ]; then
+if [ -n "$PROCESSES" ] && ! [[ "$PROCESSES" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: launch/local.sh --processes=$PROCESSES; allowed: an integer >= 1" >&2
   exit 2
 fi
@@ -60,7 +60,7 @@ cd "$(dirname "$0")/.."
 MODULE=sslsteal_jax.main
 if [[ "${DRY_RUN:-0}" == 1 ]]; then MODULE=sslsteal_jax.cluster; fi
 COMMAND=(python -m "$MODULE" --config="$CONFIG" --workdir="$WORKDIR" "$@")
-if [ "$PROCESSES" = 0 ]; then
+if [ -z "$PROCESSES" ]; then
   exec "${COMMAND[@]}"
 fi
 

@@ -173,8 +173,9 @@ def metadata_attribute(key: str, env: Mapping[str, str] | None = None, timeout: 
     host = env.get("GCE_METADATA_IP") or "metadata.google.internal"
     url = f"http://{host}/computeMetadata/v1/instance/attributes/{key}"
     req = urllib.request.Request(url, headers={"Metadata-Flavor": "Google"})
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with opener.open(req, timeout=timeout) as r:
             return r.read().decode().strip()
     except OSError as e:
         raise ConfigError(f"SSLSTEAL_DISTRIBUTED=tpu but the TPU VM metadata {url} could not be "
@@ -267,6 +268,16 @@ def _prefix_lines(stream, prefix: str, out) -> None:
     stream.close()
 
 
+def _stop_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when the launcher dies, so a killed
+    launcher leaves no processes behind (each saves its checkpoint part and exits)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: no such guard
+        pass
+
+
 def launch_local(processes: int, command: Sequence[str], port: int | None = None,
                  env: Mapping[str, str] | None = None, grace_seconds: float = 10.0) -> int:
     """Run ``command`` as ``processes`` processes on this host joined by jax.distributed.
@@ -279,7 +290,8 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
     through this launcher: SIGINT / SIGTERM received here are passed on to every
     process (each saves its part of the checkpoint). When one process exits with a
     non-zero status the others (then waiting at their next collective) get SIGTERM,
-    and SIGKILL after ``grace_seconds``.
+    and SIGKILL after ``grace_seconds``. On Linux the processes also get SIGTERM
+    when the launcher itself dies.
 
     Args:
       processes: N >= 1.
@@ -296,22 +308,20 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
         raise ConfigError(f"--processes={processes}; allowed: an integer >= 1")
     base = dict(os.environ if env is None else env)
     port = int(port) if port else free_port()
-    procs, threads = [], []
+    procs = []
     for i in range(int(processes)):
         penv = dict(base, SSLSTEAL_DISTRIBUTED="env", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
                     JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i),
                     SSLSTEAL_CPU_DEVICES=base.get("SSLSTEAL_CPU_DEVICES") or "1")
-        if i == 0:
-            p = subprocess.Popen(list(command), env=penv, start_new_session=True)
-        else:
+        out = {} if i == 0 else dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if i:
             penv["PYTHONUNBUFFERED"] = "1"
-            p = subprocess.Popen(list(command), env=penv, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, start_new_session=True)
-            t = threading.Thread(target=_prefix_lines, args=(p.stdout, f"[{i}] ", sys.stdout),
-                                 daemon=True)
-            t.start()
-            threads.append(t)
-        procs.append(p)
+        procs.append(subprocess.Popen(list(command), env=penv, start_new_session=True,
+                                      preexec_fn=_stop_with_parent, **out))
+    threads = [threading.Thread(target=_prefix_lines, args=(p.stdout, f"[{i}] ", sys.stdout),
+                                daemon=True) for i, p in enumerate(procs) if i]
+    for t in threads:
+        t.start()
 
     def send(sig):
         for p in procs:

@@ -252,6 +252,18 @@ def show_config(value: str, cfg) -> None:
     print(str(cfg).rstrip())  # ConfigDict.__str__: YAML, one field per line
 
 
+def _quiet_other_processes() -> None:
+    """On a multi-host run, drop the standard output and progress bars of every process
+    but process 0 (tables, "wrote ..." lines: every process computes the same
+    numbers, process 0 reports them); standard error (warnings, errors,
+    tracebacks) stays on everywhere. ``$SSLSTEAL_ALL_STDOUT=1`` keeps them all."""
+    import jax
+    if jax.process_index() != 0 and os.environ.get("SSLSTEAL_ALL_STDOUT", "") != "1":
+        os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is imported (by the experiments)
+        sys.stdout.flush()
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv):
     """absl entry point: validate flags, run the experiment; exit 130 after Ctrl-C/SIGTERM
     (the checkpoint is saved, rerunning the command resumes). User mistakes
@@ -284,9 +296,11 @@ def main(argv):
         configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; host_devices.py)
         default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
         # multi-host (local N processes / SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED is set
-        initialize_distributed()
+        distributed = initialize_distributed()
     except ValueError as e:  # bad environment variable: a usage error, not a traceback
         _fail(str(e))
+    if distributed:
+        _quiet_other_processes()
     from sslsteal_jax.experiments.common import WorkdirExistsError
     from sslsteal_jax.watchdog import Watchdog
     dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None

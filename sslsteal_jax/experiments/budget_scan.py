@@ -65,6 +65,7 @@ from sslsteal_jax.trainers.stacked import (available_memory_bytes, estimate_memb
 from sslsteal_jax.trainers.surrogate import (effective_batch_size, prepare_surrogate,
                                              resolve_hparams, steal_config,
                                              surrogate_schedule, train_surrogate)
+from sslsteal_jax.training import summaries
 from sslsteal_jax.training.checkpoint import write_json_atomic
 from sslsteal_jax.training.vmap import MODES
 
@@ -253,6 +254,9 @@ def run(cfg, workdir: str) -> dict:
                "wall_seconds": t_end - t0, "environment": common.run_environment(), "config": cfg.to_dict()}
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     common.write_csv_atomic(os.path.join(workdir, "results.csv"), rows, CSV_FIELDS)
+    # [TensorBoard] each cell's metrics against its budget, one curve per source/loss/seed
+    summaries.write_results_summary(workdir, rows, results, series=("source", "loss", "seed"),
+                                    step_key="budget")
     for source in sources:
         plot_scan([r for r in rows if r["source"] == source], reference,
                   os.path.join(workdir, f"scan_{source.replace(':', '-')}.png"),

@@ -10,7 +10,7 @@ import jax
 from sslsteal_jax.evaluation.features import extract_features, make_apply, raw_pixels
 from sslsteal_jax.evaluation.parallel import default_workers, run_concurrently
 from sslsteal_jax.evaluation.report import COLUMNS, evaluate_features
-from sslsteal_jax.training import mesh as mesh_lib
+from sslsteal_jax.training import mesh as mesh_lib, summaries
 from sslsteal_jax.training.checkpoint import write_json_atomic
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -81,10 +81,12 @@ def write_csv_atomic(path: str, rows: list[dict], fields) -> None:
 
 def write_results(workdir: str, results: dict, rows: list[dict], columns=None) -> None:
     """Write ``results.json`` and ``results.csv`` (one line per row, fields
-    ``name`` + ``columns``, default the evaluation report's) atomically."""
+    ``name`` + ``columns``, default the evaluation report's) atomically, and the rows
+    as TensorBoard scalars in ``<workdir>/tensorboard`` (``training.summaries``)."""
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     write_csv_atomic(os.path.join(workdir, "results.csv"), rows,
                      ["name", *(COLUMNS if columns is None else columns)])
+    summaries.write_results_summary(workdir, rows, results)  # [TensorBoard] process 0 only
 
 
 def encoder_row(name, module, variables, data, key, victim_test_out=None, output_index=0,

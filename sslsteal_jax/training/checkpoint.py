@@ -120,9 +120,11 @@ def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None,
         expected structure (e.g. ``{"model": variables}``).
       sharding: a ``jax.sharding.Sharding`` for every restored array (e.g.
         replicated over the data mesh on a multi-host run), or None: each
-        target leaf's own sharding (orbax's default placement for leaves
-        without one); on a multi-host run None means replicated over all
-        devices (``default_sharding``), since every process must take part.
+        target leaf's own sharding, and this process's first device for leaves
+        without one (``jax.eval_shape`` targets), never the devices recorded at
+        save time: a checkpoint written by a pod loads on one machine and vice
+        versa. On a multi-host run None means replicated over all devices
+        (``default_sharding``), since every process must take part.
     Raises:
       FileNotFoundError: no checkpoint in the manager's directory.
       CheckpointMismatchError: the stored tree does not match the target (e.g.
@@ -137,9 +139,11 @@ def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None,
     sharding = sharding if sharding is not None else default_sharding()
     abstract = {k: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, v)
                 for k, v in targets.items()}
-    if sharding is not None:
-        abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), abstract)
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=sharding or getattr(x, "sharding", None) or local),
+        abstract)
     directory = str(mngr.directory)
     try:
         stored = mngr.item_metadata(step)
