@@ -253,13 +253,13 @@ def show_config(value: str, cfg) -> None:
 
 
 def _quiet_other_processes() -> None:
-    """On a multi-host run, drop the standard output and progress bars of every process
-    but process 0 (tables, "wrote ..." lines: every process computes the same
-    numbers, process 0 reports them); standard error (warnings, errors,
-    tracebacks) stays on everywhere. ``$SSLSTEAL_ALL_STDOUT=1`` keeps them all."""
+    """On a multi-host run, drop the standard output of every process but process 0
+    (tables, "wrote ..." lines: every process computes the same numbers, process 0
+    reports them; progress bars are process 0's only, ``training.mesh.is_writer``);
+    standard error (warnings, errors, tracebacks) stays on everywhere.
+    ``$SSLSTEAL_ALL_STDOUT=1`` keeps every process's standard output."""
     import jax
     if jax.process_index() != 0 and os.environ.get("SSLSTEAL_ALL_STDOUT", "") != "1":
-        os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is imported (by the experiments)
         sys.stdout.flush()
         sys.stdout = open(os.devnull, "w")
 

@@ -287,7 +287,35 @@ def test_only_process_zero_writes_result_files(runs, name):
     for f in ("results.json", "results.csv", "results.png", "query_cache.npz",
               "victim/config.json", "victim/train_log.jsonl", "surrogate_infonce/train_log.jsonl"):
         assert f in mine, sorted(mine)
+    for d in ("tensorboard", "victim/tensorboard", "surrogate_infonce/tensorboard"):
+        assert any(p.startswith(d + os.sep + "events.out.tfevents") for p in mine), d
     assert not [p for p in os.listdir(r.workdir) if ".tmp" in p]
+
+
+def test_tensorboard_events_of_a_killed_and_resumed_pod_run(runs):
+    """TensorBoard's reader finds the victim's logged losses once per step although the
+    run was killed after logging step 4 past its checkpoint at 3, and the results."""
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    r = runs["two_by_one"]
+
+    def scalars(logdir, tag):
+        acc = event_accumulator.EventAccumulator(logdir, size_guidance={"scalars": 0})
+        acc.Reload()
+        return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+    loss = scalars(os.path.join(r.workdir, "victim", "tensorboard"), "train/loss")
+    logged = r.train_log("victim")
+    assert [s for s, _ in loss] == [x["step"] for x in logged] == [2, 4, 6, 8]
+    np.testing.assert_allclose([v for _, v in loss], [x["loss"] for x in logged], rtol=1e-6)
+    assert len(scalars(os.path.join(r.workdir, "victim", "tensorboard"),
+                       "train/learning_rate")) == 4
+    res = r.results()
+    row = next(x for x in res["rows"] if x["name"] == "surrogate (infonce)")
+    top = os.path.join(r.workdir, "tensorboard")
+    assert scalars(top, "results/probe_full/surrogate (infonce)")[0][1] == pytest.approx(
+        row["probe_full"])
+    assert scalars(top, "results/queries_charged") == [(0, float(BUDGET))]
 
 
 @pytest.mark.parametrize("name", ["two_by_one", "two_by_two"])

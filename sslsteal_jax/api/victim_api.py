@@ -95,10 +95,10 @@ class VictimAPI:
         self.batch_size = None if batch_size is None else int(batch_size)
         self._accounts: dict[str, Account] = {}
         index = 0 if output == "representation" else 1
-        # Host copies of the parameters, baked into the program as constants: the same
-        # numbers as closing over the device arrays, and also possible on a multi-host run
-        # (a program may not close over arrays spanning other hosts' devices).
-        host_variables = mesh_lib.host_copy(variables)
+        # Multi-host: host copies of the parameters, baked into the program as constants (a
+        # program may not close over arrays that span other hosts' devices; the numbers are
+        # the same as closing over the device arrays, checked bit for bit on CPU).
+        host_variables = mesh_lib.host_copy(variables) if jax.process_count() > 1 else variables
 
         @jax.jit
         def answer(x):

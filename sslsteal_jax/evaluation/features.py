@@ -103,7 +103,8 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
     n = len(images)
     size = mesh_lib.padded_size(min(int(batch_size), max(n, 1)), mesh)
     out = []
-    for i in tqdm(range(0, n, size), desc=desc, disable=desc is None, leave=False):
+    for i in tqdm(range(0, n, size), desc=desc, leave=False,
+                  disable=desc is None or not mesh_lib.is_writer()):  # one bar on a pod
         b = np.asarray(images[i:i + size])
         m = len(b)
         if m < size:
