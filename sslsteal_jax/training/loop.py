@@ -231,6 +231,7 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
             if lr_fn is not None and step > 0:
                 extra["train/learning_rate"] = float(lr_fn(step - 1))
             tb.scalars(step, {**{f"train/{name}": v for name, v in final.items()}, **extra})
+            tb.flush()  # on disk like the JSONL line: a hard kill loses no logged step
             window.update(step=step, time=now)
 
     if acc and (resumed_from % log_every == 0 or resumed_from == total_steps):

@@ -11,17 +11,19 @@ final metrics in TensorBoard's HPARAMS tab. Experiments add their results
 to ``<workdir>/tensorboard``. ``tensorboard --logdir <workdir>`` shows them all,
 one run per folder, during a pod job as for any JAX job.
 
-Writer: tensorboardX's ``SummaryWriter`` (event files in TensorBoard's format,
-no TensorFlow needed). On a multi-host run only process 0 writes
+Writer: tensorboardX (event files in TensorBoard's format, no TensorFlow
+needed). On a multi-host run only process 0 writes
 (``mesh.is_writer``); on the others every method is a no-op. A resumed run
 passes ``purge_step``: TensorBoard then drops the events an interrupted run wrote
 after its last checkpoint, as the JSONL log drops those lines.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
+import time
 from typing import Mapping, Sequence
 
 from sslsteal_jax.training import mesh as mesh_lib
@@ -57,6 +59,10 @@ def _number(v) -> float | None:
 class MetricWriter:
     """Scalars, hyperparameters and text for one TensorBoard run folder.
 
+    Events are written synchronously (tensorboardX's ``EventsWriter``: in the file
+    when a call returns, durable after :meth:`flush`), so a hard kill loses no
+    logged step; hyperparameters go to a folder of their own, ``hparams/``.
+
     Args:
       logdir: the run folder (created on first write); None: write nothing.
       purge_step: on resume, the first step TensorBoard should forget from
@@ -64,60 +70,83 @@ class MetricWriter:
     A no-op on processes other than 0 (:func:`mesh.is_writer`).
     """
 
+    _files = itertools.count()
+
     def __init__(self, logdir: str | None, purge_step: int | None = None):
         self.logdir = logdir if logdir and mesh_lib.is_writer() else None
         self._purge_step = purge_step
-        self._writer = None
+        self._events = None
 
     @property
     def active(self) -> bool:
         """Whether this process writes events."""
         return self.logdir is not None
 
-    def _w(self):
-        if self._writer is None:
-            from tensorboardX import SummaryWriter
-            self._writer = SummaryWriter(self.logdir, purge_step=self._purge_step, flush_secs=10)
-        return self._writer
+    def _writer(self):
+        if self._events is None:
+            from tensorboardX.event_file_writer import EventsWriter
+            from tensorboardX.proto.event_pb2 import Event, SessionLog
+            os.makedirs(self.logdir, exist_ok=True)
+            self._events = EventsWriter(os.path.join(self.logdir, "events"),
+                                        f".{os.getpid()}.{next(self._files)}")
+            if self._purge_step is not None:  # TensorBoard drops older events from this step on
+                self._events.write_event(Event(wall_time=time.time(), step=int(self._purge_step),
+                                               session_log=SessionLog(status=SessionLog.START)))
+                self._purge_step = None
+        return self._events
+
+    def _write(self, step: int, summary_proto) -> None:
+        from tensorboardX.proto.event_pb2 import Event
+        self._writer().write_event(Event(wall_time=time.time(), step=int(step),
+                                         summary=summary_proto))
 
     def scalars(self, step: int, values: Mapping[str, object]) -> None:
         """Write ``{tag: value}`` at ``step``; a list value (K stacked members) becomes
         ``<tag>/member_<k>``; non-numbers and NaN/inf are skipped."""
         if not self.active:
             return
-        w = self._w()
+        from tensorboardX import summary
         for tag, v in values.items():
             items = ([(f"{tag}/member_{k}", x) for k, x in enumerate(v)]
                      if isinstance(v, (list, tuple)) else [(tag, v)])
             for t, x in items:
                 x = _number(x)
                 if x is not None:
-                    w.add_scalar(t, x, int(step))
+                    self._write(step, summary.scalar(t, x))
 
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Write a text summary (shown in TensorBoard's TEXT tab, markdown)."""
         if self.active:
-            self._w().add_text(tag, text, int(step))
+            from tensorboardX import summary
+            self._write(step, summary.text(tag, text))
 
     def hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, object]) -> None:
-        """Write one HPARAMS-tab entry: ``hparams`` (flattened, see :func:`flatten`) and the
-        numeric ``metrics`` (tags should not repeat scalars', e.g. ``hparam/final_loss``)."""
+        """Write one HPARAMS-tab entry into ``<logdir>/hparams``: ``hparams`` (flattened,
+        see :func:`flatten`) and the numeric ``metrics`` (tags should not repeat
+        scalars', e.g. ``hparam/final_loss``)."""
         if not self.active:
             return
+        from tensorboardX.summary import hparams as hparams_summaries
         nums = {k: _number(v) for k, v in metrics.items()}
-        self._w().add_hparams(flatten(dict(hparams)),
-                              {k: v for k, v in nums.items() if v is not None}, name="hparams")
+        nums = {k: v for k, v in nums.items() if v is not None}
+        # the HPARAMS tab reads the experiment / session protos and the metric scalars of a
+        # run folder of their own (as tensorboardX's SummaryWriter.add_hparams lays them out)
+        sub = MetricWriter(os.path.join(self.logdir, "hparams"))
+        for proto in hparams_summaries(flatten(dict(hparams)), nums):
+            sub._write(0, proto)
+        sub.scalars(0, nums)
+        sub.close()
 
     def flush(self) -> None:
-        """Write pending events to disk."""
-        if self._writer is not None:
-            self._writer.flush()
+        """Make every event written so far durable on disk."""
+        if self._events is not None:
+            self._events.flush()
 
     def close(self) -> None:
         """Flush and close the event file (a later write opens a new one)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
 
 def write_results_summary(workdir: str, rows: Sequence[Mapping], results: Mapping | None = None,
