@@ -68,12 +68,15 @@ def configure_cpu_devices(env: dict | None = None, cores: int | None = None,
     ``trainers.surrogate.effective_batch_size``), else :func:`auto_device_count` of
     the usable cores. Nothing is changed (returns None) when N <= 1, when
     ``XLA_FLAGS`` already sets the device count (the user's choice wins), on
-    a multi-host run (``$SSLSTEAL_DISTRIBUTED`` true), when the installed
+    a multi-host run without ``$SSLSTEAL_CPU_DEVICES``, when the installed
     jaxlib is older than ``MIN_JAXLIB`` (no automatic split; an explicit
     ``$SSLSTEAL_CPU_DEVICES`` is then added without the timeout flags), or
     when JAX's backends are already initialised in this process (too late to
     take effect). On a GPU / TPU host the flag only adds CPU devices, which
     the data mesh does not use (it takes the default backend's devices).
+    A multi-host run (``$SSLSTEAL_DISTRIBUTED`` set, not 0/false) gets no
+    automatic split; an explicit ``$SSLSTEAL_CPU_DEVICES`` is honoured there
+    (``launch/local.sh --processes=N`` gives each process that many devices).
 
     Args:
       env: environment mapping to read and update (default ``os.environ``).
@@ -96,8 +99,8 @@ def configure_cpu_devices(env: dict | None = None, cores: int | None = None,
     flags = env.get("XLA_FLAGS", "")
     if n <= 1 or DEVICE_COUNT_FLAG in flags or _backends_initialised():
         return None
-    if str(env.get("SSLSTEAL_DISTRIBUTED", "")).strip().lower() in ("1", "true"):
-        return None
+    if not raw and str(env.get("SSLSTEAL_DISTRIBUTED", "")).strip().lower() not in ("", "0", "false"):
+        return None  # multi-host: no automatic split (an explicit count is honoured)
     timeouts_known = tuple(jaxlib_version or _jaxlib_version()) >= MIN_JAXLIB
     if not raw and not timeouts_known:
         return None

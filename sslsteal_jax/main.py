@@ -329,6 +329,18 @@ def show_config(value: str, cfg) -> None:
     configs.validate(cfg)
 
 
+def _quiet_other_processes() -> None:
+    """On a multi-host run, drop the standard output of every process but process 0
+    (tables, "wrote ..." lines: every process computes the same numbers, process 0
+    reports them; progress bars are process 0's only, ``training.mesh.is_writer``);
+    standard error (warnings, errors, tracebacks) stays on everywhere.
+    ``$SSLSTEAL_ALL_STDOUT=1`` keeps every process's standard output."""
+    import jax
+    if jax.process_index() != 0 and os.environ.get("SSLSTEAL_ALL_STDOUT", "") != "1":
+        sys.stdout.flush()
+        sys.stdout = open(os.devnull, "w")
+
+
 def main(argv):
     """absl entry point: validate flags, run the experiment; exit 130 after Ctrl-C/SIGTERM
     (the checkpoint is saved, rerunning the command resumes). User mistakes
@@ -362,9 +374,12 @@ def main(argv):
               f"{list(EXPERIMENTS)}")
     from sslsteal_jax.evaluation.parallel import default_workers
     from sslsteal_jax.host_devices import configure_cpu_devices
+    from sslsteal_jax.training.mesh import initialize_distributed
     try:
         configure_cpu_devices()  # one XLA CPU device per core (before JAX starts; host_devices.py)
         default_workers()  # a bad $SSLSTEAL_EVAL_WORKERS fails now, not after training
+        # multi-host (local N processes / SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED is set
+        distributed = initialize_distributed()
     except ValueError as e:  # bad environment variable: a usage error, not a traceback
         _fail(str(e))
     from sslsteal_jax import configs
@@ -372,8 +387,8 @@ def main(argv):
         configs.validate(_CONFIG.value)  # names and ranges, before any data or training
     except ConfigError as e:
         _fail(str(e))
-    from sslsteal_jax.training.mesh import initialize_distributed
-    initialize_distributed()  # multi-host (SLURM / TPU pod) when $SSLSTEAL_DISTRIBUTED=1
+    if distributed:
+        _quiet_other_processes()
     from sslsteal_jax.pipeline.workdir import WorkdirExistsError
     from sslsteal_jax.watchdog import Watchdog
     dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None

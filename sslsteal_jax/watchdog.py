@@ -158,7 +158,10 @@ class Watchdog:
     def _report_file(self) -> str:
         if not hasattr(self, "_stamp"):
             self._stamp = int(time.time())
-        return os.path.join(self.report_dir, f"stalled.{self._stamp}.txt")
+        # one report per process of a multi-host run (each has its own stacks)
+        proc = os.environ.get("JAX_PROCESS_ID") or os.environ.get("SLURM_PROCID") or ""
+        return os.path.join(self.report_dir,
+                            f"stalled.{self._stamp}{'.p' + proc if proc else ''}.txt")
 
     def _run_callbacks(self) -> None:
         def run_all():

@@ -62,7 +62,8 @@ def _numbers(tree):
 
 #: Configs whose one-step run is tested elsewhere (they need an input made by a test).
 SMOKE_ELSEWHERE = {
-    "import_checkpoint": "tests/test_public_encoders.py::test_import_experiment (needs a "
+    "import_checkpoint": "tests/test_public_encoders.py::test_import_experiment_writes_a_victim_checkpoint "
+                         "(needs a "
                          "PyTorch checkpoint file, written there with torch)"}
 
 

@@ -57,3 +57,15 @@ def test_bad_value_named():
         configure_cpu_devices({"SSLSTEAL_CPU_DEVICES": "0"}, cores=2)
     with pytest.raises(ValueError, match="SSLSTEAL_CPU_DEVICES='two'"):
         configure_cpu_devices({"SSLSTEAL_CPU_DEVICES": "two"}, cores=2)
+
+
+def test_multi_host_honours_an_explicit_count(monkeypatch):
+    """local.sh --processes=N gives each process SSLSTEAL_CPU_DEVICES devices; without it a
+    multi-host process gets no automatic split."""
+    import sslsteal_jax.host_devices as hd
+    monkeypatch.setattr(hd, "_backends_initialised", lambda: False)
+    env = {"SSLSTEAL_DISTRIBUTED": "env", "SSLSTEAL_CPU_DEVICES": "2"}
+    assert configure_cpu_devices(env, cores=8, jaxlib_version=(0, 10)) == 2
+    assert f"{DEVICE_COUNT_FLAG}=2" in env["XLA_FLAGS"]
+    env = {"SSLSTEAL_DISTRIBUTED": "slurm"}
+    assert configure_cpu_devices(env, cores=8, jaxlib_version=(0, 10)) is None and "XLA_FLAGS" not in env

@@ -330,7 +330,8 @@ def test_launch_local_without_arguments_is_a_usage_error(args):
 
 def test_launch_local_help_exits_0():
     rc, out, _ = _run("bash", os.path.join(ROOT, "launch", "local.sh"), "--help", module=False)
-    assert rc == 0 and out.startswith("usage: launch/local.sh CONFIG WORKDIR [flags...]")
+    assert rc == 0 and out.startswith(
+        "usage: launch/local.sh [--processes=N [--port=P]] CONFIG WORKDIR [flags...]")
 
 
 @pytest.mark.parametrize("var,value,more", [

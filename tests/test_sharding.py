@@ -187,3 +187,23 @@ def test_vmapped_steal_step_equals_sequential_members():
         stack_trees([states[0], _state(SurrogateModel(build_encoder("resnet10", 4), 10))])
     with pytest.raises(ValueError, match="unknown mode 'pmap'"):
         make_vmapped_steal_step(step, "pmap")
+
+
+def test_one_process_reads_the_whole_batch_and_local_rows_must_fit():
+    """With one process, process_batch_indices is the whole global batch and
+    place_local_rows is shard_batch; a local block of the wrong size is refused."""
+    from sslsteal_jax.training.loop import epoch_batches, process_batch_indices
+    mesh = mesh_lib.data_mesh()
+    np.testing.assert_array_equal(process_batch_indices(100, 16, 3, 7, mesh),
+                                  epoch_batches(100, 16, 3, 7))
+    x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+    (a,), (b,) = mesh_lib.place_local_rows([x], 16, mesh), mesh_lib.shard_batch([x], mesh)
+    assert a.sharding == b.sharding and np.array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match=r"rows \[0, 16\) of a global batch of 16, got 8 rows"):
+        mesh_lib.place_local_rows([x[:8]], 16, mesh)
+    # replicate keeps typed PRNG keys and numpy leaves, host_copy/to_host give numpy back
+    tree = mesh_lib.replicate({"k": jax.random.key(1), "w": np.ones(3, np.float32)}, mesh)
+    assert tree["w"].sharding.is_fully_replicated and jax.dtypes.issubdtype(
+        tree["k"].dtype, jax.dtypes.prng_key)
+    assert isinstance(mesh_lib.host_copy(tree["w"]), np.ndarray)
+    np.testing.assert_array_equal(mesh_lib.to_host(a), x)

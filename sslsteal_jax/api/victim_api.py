@@ -118,10 +118,14 @@ class VictimAPI:
         self._ledger_lock = threading.Lock()  # accounts: reserve / refund / register
         self._user_locks: dict[str, threading.Lock] = {}  # per-user defense state and calls
         index = 0 if output == "representation" else 1
+        # Multi-host: host copies of the parameters, baked into the program as constants (a
+        # program may not close over arrays that span other hosts' devices; the numbers are
+        # the same as closing over the device arrays, checked bit for bit on CPU).
+        host_variables = mesh_lib.host_copy(variables) if jax.process_count() > 1 else variables
 
         @jax.jit
         def answer(x):
-            return model.apply(variables, x, train=False)[index]
+            return model.apply(host_variables, x, train=False)[index]
 
         self._answer = answer
         self.output_dim = int(jax.eval_shape(answer, jax.ShapeDtypeStruct((1, *self.image_shape),

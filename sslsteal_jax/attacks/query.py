@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sslsteal_jax.data.augment import AugmentConfig, augment_image
+from sslsteal_jax.training import mesh as mesh_lib
 
 
 def collect_answers(api, user: str, images: np.ndarray, budget: int,
@@ -43,7 +44,8 @@ def collect_answers(api, user: str, images: np.ndarray, budget: int,
         raise ValueError(f"query budget {budget} must be between 1 and the query pool size {n}")
     budget = int(budget)
     out = []
-    for i in tqdm(range(0, budget, chunk), desc="querying victim API", disable=not progress,
+    for i in tqdm(range(0, budget, chunk), desc="querying victim API",
+                  disable=not progress or not mesh_lib.is_writer(),  # one bar on a pod
                   leave=False):
         out.append(api.query(user, images[i:min(i + chunk, budget)], **(query_kwargs or {})))
     return images[:budget], np.concatenate(out, axis=0)

@@ -103,7 +103,8 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
     n = len(images)
     size = mesh_lib.padded_size(min(int(batch_size), max(n, 1)), mesh)
     out = []
-    for i in tqdm(range(0, n, size), desc=desc, disable=desc is None, leave=False):
+    for i in tqdm(range(0, n, size), desc=desc, leave=False,
+                  disable=desc is None or not mesh_lib.is_writer()):  # one bar on a pod
         b = np.asarray(images[i:i + size])
         m = len(b)
         if m < size:
@@ -111,7 +112,9 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
         (xb,) = mesh_lib.shard_batch([b], mesh)
         # under the collective guard: never in flight with another thread's
         # multi-device program (training.mesh, concurrency rule)
-        out.append(np.asarray(mesh_lib.run_collective(apply_fn, xb, mesh=mesh))[:m])
+        # (a multi-host gather of a batch-sharded output is a collective too: same section)
+        out.append(mesh_lib.run_collective(lambda x: mesh_lib.to_host(apply_fn(x)), xb,
+                                           mesh=mesh)[:m])
         watchdog.progress("feature extraction")
     return np.concatenate(out, axis=0).astype(np.float32)
 

@@ -15,6 +15,7 @@ from sslsteal_jax.evaluation import fidelity as fid
 from sslsteal_jax.evaluation.parallel import run_concurrently
 from sslsteal_jax.evaluation.probe import (few_labels_subset, knn_accuracy, linear_probe,
                                            selected_linear_probe)
+from sslsteal_jax.training import mesh as mesh_lib
 
 COLUMNS = ("probe_full", "probe_100", "knn", "cosine_fidelity", "l2_fidelity")
 
@@ -127,7 +128,11 @@ def plot_results(rows, path: str, title: str) -> None:
         percent, fidelity in [-1, 1]; None = not measured, no bar drawn).
       path: output ``.png`` path (its directory must exist).
       title: figure title (wrapped at ~110 characters).
+
+    On a multi-host run only process 0 writes (``training.mesh.is_writer``).
     """
+    if not mesh_lib.is_writer():
+        return
     import os
     import textwrap
     import matplotlib

@@ -224,7 +224,8 @@ def run(cfg, workdir: str) -> dict:
         for s in o["sources"]]
     return results.finish(workdir, out, rows, fields=CSV_FIELDS,
                           table=format_scan(rows, reference), plots=plots,
-                          seconds=time.time() - t0)
+                          seconds=time.time() - t0,  # TensorBoard: metrics against budget
+                          series=("source", "loss", "seed"), step_key="budget")
 
 
 def _load_data(cfg, sources, budget: int) -> dict:

@@ -181,8 +181,9 @@ def _set_info(qs: str, b: queries.Answers, plans) -> dict:
 def _train_surrogates(cfg, workdir, victim, data, key, plans, bought, losses,
                       num_classes=None):
     """Train one surrogate per (loss, strategy) (label strategies: one knockoff each,
-    ``num_classes`` the classifier API's classes) on the bought answers; returns ``(surrogates, training summaries, head summary)``
-    with ``surrogates[(loss, strategy)] = (module, variables)``."""
+    ``num_classes`` the classifier API's classes) on the bought answers; returns
+    ``(surrogates, training summaries, head summary)`` with
+    ``surrogates[(loss, strategy)] = (module, variables)``."""
     surrogates, summaries, head_summary, head_fn = {}, {}, None, None
     enc = victim.module.encoder
     pool_labels = (query_pool_labels(data.names["query_pool"]) if "supcon" in losses else None)

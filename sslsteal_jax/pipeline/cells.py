@@ -17,6 +17,7 @@ import re
 import time
 
 from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training.checkpoint import write_json_atomic
 
 _SETTINGS = "_settings.json"
@@ -44,8 +45,11 @@ class CellStore:
     """
 
     def __init__(self, root: str, settings: dict, fresh: bool = False):
-        if fresh and os.path.isdir(root) and os.listdir(root):
+        stale = fresh and os.path.isdir(root) and bool(os.listdir(root))
+        mesh_lib.sync(f"cells {root}")  # [multi-host] every process looked before a rename
+        if stale and mesh_lib.is_writer():
             os.replace(root, f"{root}.{int(time.time())}")
+        mesh_lib.sync(f"cells {root} moved")
         os.makedirs(root, exist_ok=True)
         self.root = root
         self.settings = _jsonable(settings)
@@ -60,13 +64,19 @@ class CellStore:
                                   f"{diff}); use another --workdir or --config.overwrite=True")
         else:
             write_json_atomic(path, self.settings)
+        # The finished cells as of opening (plus those put since): every process of a
+        # multi-host run decides the same cells to compute, whatever process 0 writes meanwhile.
+        self._done = {f[:-len(".json")] for f in os.listdir(root)
+                      if f.endswith(".json") and f != _SETTINGS}
+        self._put: dict = {}
+        mesh_lib.sync(f"cells {root} listed")
 
     def path(self, cell: str) -> str:
         """The JSON file of ``cell``."""
         return os.path.join(self.root, safe_name(cell) + ".json")
 
     def __contains__(self, cell: str) -> bool:
-        return os.path.exists(self.path(cell))
+        return safe_name(cell) in self._done
 
     def get(self, cell: str, settings: dict | None = None):
         """The stored value of ``cell`` or None.
@@ -76,8 +86,11 @@ class CellStore:
         """
         if cell not in self:
             return None
-        with open(self.path(cell)) as f:
-            rec = json.load(f)
+        if cell in self._put:  # put by this run (on a pod's process > 0: never written)
+            rec = self._put[cell]
+        else:
+            with open(self.path(cell)) as f:
+                rec = json.load(f)
         if settings is not None and rec.get("settings") != _jsonable(settings):
             raise ConfigError(f"cell {cell} in {self.root} was computed with other settings "
                               f"({rec.get('settings')}) than this run asks for "
@@ -86,8 +99,10 @@ class CellStore:
 
     def put(self, cell: str, value, settings: dict | None = None):
         """Store ``value`` (JSON-able) for ``cell`` atomically; returns ``value``."""
-        write_json_atomic(self.path(cell), {"cell": cell, "settings": _jsonable(settings),
-                                            "value": value})
+        rec = {"cell": cell, "settings": _jsonable(settings), "value": value}
+        write_json_atomic(self.path(cell), rec)
+        self._put[cell] = rec
+        self._done.add(safe_name(cell))
         return value
 
     def get_or_compute(self, cell: str, compute, settings: dict | None = None):

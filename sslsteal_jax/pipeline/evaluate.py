@@ -87,12 +87,19 @@ def evaluate_rows(jobs) -> list[dict]:
 
     Concurrency rule (``training.mesh``): the rows' feature extractions are
     multi-device programs and take turns under ``mesh.COLLECTIVES``; the probes
-    and kNN are single-device programs and overlap freely.
+    and kNN are single-device programs and overlap freely. On a multi-host run the
+    rows are computed one at a time: the lock orders programs within one process
+    only, and every process must run the same collectives in the same order.
 
     Raises:
       whatever a job raises (after the other rows in flight finish).
     """
     workers = min(ROWS_IN_FLIGHT, default_workers())
+    if jax.process_count() > 1:
+        # [multi-host] the rows' extractions are collectives across processes: every process
+        # must run them in the same order, which threads do not guarantee (a cross-host
+        # deadlock otherwise). One row at a time; its probes still run side by side.
+        workers = 1
     return run_concurrently(list(jobs), max_workers=workers)
 
 

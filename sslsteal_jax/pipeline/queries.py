@@ -6,7 +6,8 @@ sent, the answers and the queries charged to an ``.npz`` file atomically
 (temporary file + rename); a resumed or repeated run in the same work
 directory loads them and is not charged again. The file records a fingerprint
 of what was bought (query pool, query set, account, ...); a file bought under
-other settings raises instead of being reused. With ``extend=True`` (budget
+other settings raises instead of being reused (on a multi-host run every process
+buys and holds the answers, process 0 writes the file). With ``extend=True`` (budget
 scans: every budget is a prefix of the pool) a cache holding fewer answers is
 topped up by buying only the missing ones.
 
@@ -24,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.training import mesh as mesh_lib
 
 
 @dataclasses.dataclass
@@ -77,7 +79,9 @@ def cached_answers(path: str, fingerprint: dict, count: int,
         another count (without ``extend``): use a new workdir.
     """
     fp = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
-    if os.path.exists(path):
+    cached = os.path.exists(path)
+    mesh_lib.sync(f"answer cache {path}")  # [multi-host] all looked before process 0 writes it
+    if cached:
         with np.load(path) as z:
             images, answers = z["images"], z["answers"]
             total = int(z["queries_charged"]) if "queries_charged" in z else len(answers)
@@ -101,9 +105,10 @@ def cached_answers(path: str, fingerprint: dict, count: int,
         new_images = np.concatenate([images, new_images])
         new_answers = np.concatenate([answers, new_answers])
     total += int(charged)
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, images=new_images, answers=new_answers, queries_charged=total,
-             fingerprint=json.dumps(fp, sort_keys=True), **{k: str(v) for k, v in fp.items()
-                                                             if k in ("pool", "query_set")})
-    os.replace(tmp, path)
+    if mesh_lib.is_writer():  # [multi-host] one writer (every process holds the answers)
+        tmp = path + ".tmp.npz"
+        np.savez(tmp, images=new_images, answers=new_answers, queries_charged=total,
+                 fingerprint=json.dumps(fp, sort_keys=True),
+                 **{k: str(v) for k, v in fp.items() if k in ("pool", "query_set")})
+        os.replace(tmp, path)
     return Answers(new_images, new_answers, int(charged), total, False, path)

@@ -6,6 +6,7 @@ import csv
 import os
 
 from sslsteal_jax.evaluation.report import COLUMNS
+from sslsteal_jax.training import mesh as mesh_lib, summaries
 from sslsteal_jax.training.checkpoint import write_json_atomic
 
 
@@ -18,7 +19,10 @@ def _csv_value(v):
 def write_csv_atomic(path: str, rows: list[dict], fields) -> None:
     """Write ``rows`` (dicts) as CSV with header ``fields`` to ``path`` atomically
     (temporary file + rename); missing keys are empty cells, floats are written
-    with 10 significant digits (the full values are in results.json)."""
+    with 10 significant digits (the full values are in results.json). On a
+    multi-host run only process 0 writes (``training.mesh.is_writer``)."""
+    if not mesh_lib.is_writer():  # [multi-host] one writer per file
+        return
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(fields))
@@ -30,14 +34,17 @@ def write_csv_atomic(path: str, rows: list[dict], fields) -> None:
 
 def write_results(workdir: str, results: dict, rows: list[dict], columns=None) -> None:
     """Write ``results.json`` and ``results.csv`` (one line per row, fields
-    ``name`` + ``columns``, default the evaluation report's) atomically."""
+    ``name`` + ``columns``, default the evaluation report's) atomically, and the rows
+    as TensorBoard scalars in ``<workdir>/tensorboard`` (``training.summaries``)."""
+    summaries.write_results_summary(workdir, rows, results)  # [TensorBoard] process 0 only
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     write_csv_atomic(os.path.join(workdir, "results.csv"), rows,
                      ["name", *(COLUMNS if columns is None else columns)])
 
 
 def finish(workdir: str, results: dict, rows: list[dict], *, fields, table: str = "",
-           plots=(), seconds: float | None = None) -> dict:
+           plots=(), seconds: float | None = None, series=("name",),
+           step_key: str | None = None) -> dict:
     """The end of every experiment: print ``table``, write ``results.json`` and
     ``results.csv`` (header ``fields``) atomically, draw each plot, print what
     was written.
@@ -51,6 +58,8 @@ def finish(workdir: str, results: dict, rows: list[dict], *, fields, table: str 
       plots: ``(file name, function(path))`` pairs; each function writes its PNG
         atomically to the path it is given.
       seconds: wall time reported in the last line (None: not reported).
+      series, step_key: how rows become TensorBoard curves in ``<workdir>/tensorboard``
+        (``training.summaries.write_results_summary``; process 0 only).
     Returns:
       ``results``.
     """
@@ -58,9 +67,11 @@ def finish(workdir: str, results: dict, rows: list[dict], *, fields, table: str 
         print(table)
     write_json_atomic(os.path.join(workdir, "results.json"), results)
     write_csv_atomic(os.path.join(workdir, "results.csv"), rows, list(fields))
+    summaries.write_results_summary(workdir, rows, results, series=series, step_key=step_key)
     names = ["results.json", "results.csv"]
     for name, draw in plots:
-        draw(os.path.join(workdir, name))
+        if mesh_lib.is_writer():  # [multi-host] one writer per file
+            draw(os.path.join(workdir, name))
         names.append(name)
     took = "" if seconds is None else f" ({seconds:.0f} s)"
     print(f"wrote {', '.join(names)} in {workdir}{took}")

@@ -7,6 +7,7 @@ import time
 import jax
 
 from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.training import mesh as mesh_lib
 
 #: The repository root (shipped victims and configs are resolved against it).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,7 +22,8 @@ def prepare_workdir(workdir: str, overwrite: bool) -> None:
 
     With ``overwrite`` the old results are kept as ``results.<unix time>.{json,csv,png}``
     (never deleted). A workdir without results (an interrupted run) is reused
-    and the run resumes from its checkpoints.
+    and the run resumes from its checkpoints. On a multi-host run every process
+    checks and only process 0 renames (``training.mesh.is_writer``).
 
     Raises:
       WorkdirExistsError: results exist and ``overwrite`` is False.
@@ -31,13 +33,16 @@ def prepare_workdir(workdir: str, overwrite: bool) -> None:
         raise ConfigError(f"--workdir {workdir!r} is an existing file, not a directory; "
                           "choose a directory path")
     os.makedirs(workdir, exist_ok=True)
-    res = os.path.join(workdir, "results.json")
-    if os.path.exists(res):
+    exists = os.path.exists(os.path.join(workdir, "results.json"))
+    mesh_lib.sync("prepare_workdir")  # [multi-host] every process looked before any rename
+    if exists:
         if not overwrite:
             raise WorkdirExistsError(
                 f"{workdir!r} already holds results.json from a finished run; choose a new "
                 f"--workdir or pass --config.overwrite=True (the old results are kept as "
                 f"results.<time>.json)")
+        if not mesh_lib.is_writer():  # [multi-host] process 0 keeps the old results
+            return
         stamp = int(time.time())
         for ext in ("json", "csv", "png"):
             old = os.path.join(workdir, f"results.{ext}")

@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 
 from sslsteal_jax.errors import ConfigError, root_cause
 from sslsteal_jax.models import build_model
+from sslsteal_jax.training import mesh as mesh_lib
 
 
 class CheckpointNotFoundError(ConfigError, FileNotFoundError):
@@ -110,12 +111,20 @@ def save(mngr: ocp.CheckpointManager, step: int, items: dict, meta: dict) -> Non
     mngr.wait_until_finished()
 
 
-def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None):
+def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None,
+            sharding=None):
     """Restore ``(items, meta)`` from ``step`` (default latest).
 
     Args:
       targets: item name -> pytree of arrays/ShapeDtypeStructs giving the
         expected structure (e.g. ``{"model": variables}``).
+      sharding: a ``jax.sharding.Sharding`` for every restored array (e.g.
+        replicated over the data mesh on a multi-host run), or None: each
+        target leaf's own sharding, and this process's first device for leaves
+        without one (``jax.eval_shape`` targets), never the devices recorded at
+        save time: a checkpoint written by a pod loads on one machine and vice
+        versa. On a multi-host run None means replicated over all devices
+        (``default_sharding``), since every process must take part.
     Raises:
       FileNotFoundError: no checkpoint in the manager's directory.
       CheckpointMismatchError: the stored tree does not match the target (e.g.
@@ -127,8 +136,14 @@ def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None)
     step = mngr.latest_step() if step is None else step
     if step is None:
         raise CheckpointNotFoundError(f"no checkpoint found in {mngr.directory}")
+    sharding = sharding if sharding is not None else default_sharding()
     abstract = {k: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, v)
                 for k, v in targets.items()}
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                       sharding=sharding or getattr(x, "sharding", None) or local),
+        abstract)
     directory = str(mngr.directory)
     try:
         stored = mngr.item_metadata(step)
@@ -152,6 +167,14 @@ def restore(mngr: ocp.CheckpointManager, targets: dict, step: int | None = None)
             raise
         raise corrupt_error(directory, step, e) from e
     return {k: out[k] for k in targets}, dict(out["meta"])
+
+
+def default_sharding():
+    """None with one process; on a multi-host run, replicated over the data mesh of
+    all devices (restored arrays are then global arrays every process holds)."""
+    if jax.process_count() == 1:
+        return None
+    return mesh_lib.replicated(mesh_lib.data_mesh())
 
 
 def _key_name(k) -> str:
@@ -227,7 +250,13 @@ def read_meta(directory: str, step: int | None = None) -> dict:
 
 
 def write_json_atomic(path: str, obj) -> None:
-    """Write JSON to ``path`` atomically (temp file + rename)."""
+    """Write JSON to ``path`` atomically (temp file + rename).
+
+    On a multi-host run only process 0 writes (``mesh.is_writer``): every process
+    holds the same values, and two writers would race on the temporary file.
+    """
+    if not mesh_lib.is_writer():
+        return
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True, default=float)

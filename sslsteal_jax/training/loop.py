@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from sslsteal_jax import watchdog
 from sslsteal_jax.training import checkpoint as ckpt
 from sslsteal_jax.training import mesh as mesh_lib
+from sslsteal_jax.training import optim, summaries
 from sslsteal_jax.training.state import TrainState
 
 
@@ -48,6 +49,16 @@ def epoch_batches(n: int, batch_size: int, seed: int, step: int):
     epoch, i = divmod(step, steps_per_epoch)
     perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
     return perm[i * batch_size:(i + 1) * batch_size]
+
+
+def process_batch_indices(n: int, batch_size: int, seed: int, step: int, mesh) -> np.ndarray:
+    """Indices of the examples this process reads for optimizer ``step``: its rows
+    (``mesh.process_rows``: a contiguous block of ``batch_size / process_count``)
+    of :func:`epoch_batches`. The processes' blocks are disjoint and together
+    form the global batch, so over an epoch every example (but the dropped
+    incomplete last batch) is read exactly once, by one host. Returns int64
+    ``(batch_size / process_count,)`` (the whole batch with one process)."""
+    return epoch_batches(n, batch_size, seed, step)[mesh_lib.process_rows(batch_size, mesh)]
 
 
 def _items(state: TrainState) -> dict:
@@ -125,6 +136,10 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
       log_path: JSONL file receiving ``{"step", "epoch", <metrics>}`` every
         ``log_every`` steps; on resume, lines past the restored step (written
         after the last checkpoint of an interrupted run) are dropped first.
+        The same steps go to TensorBoard events in ``tensorboard/`` beside it
+        (``training.summaries``: ``train/<metric>``, ``train/learning_rate``,
+        ``train/examples_per_second``; at the end the flattened ``meta["config"]``
+        as hyperparameters with the final metrics). Process 0 writes both.
       members: 0 (one model, as above) or K >= 1 stacked models trained by
         one compiled step (``training.vmap.make_vmapped_steal_step``): then
         ``state`` has a leading axis K on every leaf, ``arrays`` is a
@@ -176,6 +191,10 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
             print(f"{desc}: resumed from checkpoint at step {resumed_from} of {total_steps}")
     if log_path and jax.process_index() == 0:
         _truncate_log(log_path, resumed_from)
+    tb = summaries.MetricWriter(
+        os.path.join(os.path.dirname(os.path.abspath(log_path)), summaries.TB_DIR)
+        if log_path else None, purge_step=resumed_from + 1 if resumed_from else None)
+    lr_fn = optim.learning_rate_fn(state.tx)
     # Metrics window: per-step metrics since the last log line (acc) and the means
     # written there (final); restored with the state so a resume continues it.
     logged_at, acc, final = _restored_window(ckpt_meta, resumed_from, desc)
@@ -186,7 +205,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
     steps_per_epoch = n // batch_size
 
     def host_batch(step):
-        parts = [[a[epoch_batches(len(g[0]), batch_size, sd, step)] for a in g]
+        # this process's rows of the global batch only (each host reads a disjoint shard)
+        parts = [[a[process_batch_indices(len(g[0]), batch_size, sd, step, mesh)] for a in g]
                  for g, sd in zip(groups, seeds)]
         return parts[0] if not k else [np.stack(xs) for xs in zip(*parts)]
 
@@ -195,11 +215,24 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
                for name in ms[0]}
         return {name: v.tolist() if k else float(v) for name, v in out.items()}
 
+    window = {"step": resumed_from, "time": time.time()}  # start of the images/s window
+
     def log_line(step):
         if log_path and jax.process_index() == 0:  # one log line per step on a pod
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": step, "epoch": step / steps_per_epoch,
                                     **final}) + "\n")
+        if tb.active:
+            now = time.time()
+            extra = {"train/epoch": step / steps_per_epoch}
+            if step > window["step"]:
+                extra["train/examples_per_second"] = (batch_size * max(k, 1) * (step - window["step"])
+                                                      / max(now - window["time"], 1e-9))
+            if lr_fn is not None and step > 0:
+                extra["train/learning_rate"] = float(lr_fn(step - 1))
+            tb.scalars(step, {**{f"train/{name}": v for name, v in final.items()}, **extra})
+            tb.flush()  # on disk like the JSONL line: a hard kill loses no logged step
+            window.update(step=step, time=now)
 
     if acc and (resumed_from % log_every == 0 or resumed_from == total_steps):
         # Interrupted between a step and its log line: write the line now.
@@ -227,7 +260,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
     with mesh_lib.collective_section(mesh):
         try:
             while step < total_steps:
-                batch = mesh_lib.shard_batch(host_batch(step), mesh, leading_axes=int(k > 0))
+                batch = mesh_lib.place_local_rows(host_batch(step), batch_size, mesh,
+                                                  leading_axes=int(k > 0))
                 state, m = jstep(state, *batch, fold_in(key, step))
                 acc.append(m)  # right after the step: the window always matches the state
                 step += 1
@@ -245,6 +279,10 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
                     last_save = time.time()
             if mngr is not None and (mngr.latest_step() or -1) < total_steps:
                 save(total_steps)
+            if resumed_from < total_steps:  # trained here: the run's entry in the HPARAMS tab
+                tb.hparams(dict(meta.get("config") or {}, steps=total_steps,
+                                batch_size=batch_size, members=k),
+                           {f"hparam/final_{name}": v for name, v in final.items()})
         except (KeyboardInterrupt, _Preempted):
             bar.close()
             save(_step_of(state))
@@ -255,6 +293,7 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
             bar.close()
+            tb.close()
     wall = time.time() - t0
     return state, {"steps": total_steps, "wall_seconds": wall, "resumed_from": resumed_from,
                    "examples_per_second": batch_size * max(k, 1) * (total_steps - resumed_from)

@@ -195,9 +195,11 @@ def process_rows(global_batch: int, mesh: Mesh) -> slice:
 def shard_batch(arrays: Sequence[np.ndarray], mesh: Mesh, leading_axes: int = 0) -> list[jax.Array]:
     """Place host arrays holding the *global* batch on the mesh, batch axis split over "data".
 
-    Every process passes the same global arrays (the loop computes the same
-    indices everywhere); each keeps only its own rows, so no host ever sends
-    another host's data to a device.
+    Every process passes the same global arrays (e.g. the same images to
+    embed); each keeps only its own rows (:func:`process_rows`), so no host
+    ever sends another host's data to a device. The training loop, which can
+    compute its own rows' indices, reads only those and calls
+    :func:`place_local_rows` directly.
 
     Args:
       arrays: numpy arrays with equal size along the batch axis (axis
@@ -210,19 +212,91 @@ def shard_batch(arrays: Sequence[np.ndarray], mesh: Mesh, leading_axes: int = 0)
     Raises:
       ValueError: batch size not divisible by the device count.
     """
-    sharding = batch_sharding(mesh, leading_axes)
     out = []
     for a in arrays:
         a = np.asarray(a)
         rows = process_rows(a.shape[leading_axes], mesh)
-        local = a[(slice(None),) * leading_axes + (rows,)]
-        out.append(jax.make_array_from_process_local_data(sharding, local, a.shape))
+        out += place_local_rows([a[(slice(None),) * leading_axes + (rows,)]],
+                                a.shape[leading_axes], mesh, leading_axes)
+    return out
+
+
+def place_local_rows(local: Sequence[np.ndarray], global_batch: int, mesh: Mesh,
+                     leading_axes: int = 0) -> list[jax.Array]:
+    """Assemble global arrays from this process's rows of a global batch.
+
+    Args:
+      local: numpy arrays holding rows ``process_rows(global_batch, mesh)`` of
+        the global batch along axis ``leading_axes`` (all rows with one process).
+      global_batch: size of the global batch axis.
+      mesh: the data mesh.
+      leading_axes: replicated axes before the batch axis.
+    Returns:
+      list of global ``jax.Array`` of shape ``local.shape`` with the batch axis
+      ``global_batch``, split over "data"
+      (``jax.make_array_from_process_local_data``).
+    Raises:
+      ValueError: ``global_batch`` not divisible by the device count, or a local
+        array without ``global_batch / process_count`` rows.
+    """
+    sharding = batch_sharding(mesh, leading_axes)
+    rows = process_rows(global_batch, mesh)
+    out = []
+    for a in local:
+        a = np.asarray(a)
+        if a.shape[leading_axes] != rows.stop - rows.start:
+            raise ValueError(f"this process holds rows [{rows.start}, {rows.stop}) of a global "
+                             f"batch of {global_batch}, got {a.shape[leading_axes]} rows")
+        shape = a.shape[:leading_axes] + (int(global_batch),) + a.shape[leading_axes + 1:]
+        out.append(jax.make_array_from_process_local_data(sharding, a, shape))
     return out
 
 
 def replicate(tree, mesh: Mesh):
-    """``jax.device_put`` every leaf of ``tree`` replicated over the mesh."""
-    return jax.device_put(tree, replicated(mesh))
+    """Every leaf of ``tree`` replicated over the mesh (``jax.device_put`` with one process).
+
+    With several processes every process must pass the same values (all
+    compute them identically); each leaf (numpy, a local or a global replicated
+    ``jax.Array``, a typed PRNG key array) is rebuilt as a global array from this
+    process's copy, since ``jax.device_put`` cannot target other hosts' devices.
+    """
+    sharding = replicated(mesh)
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    return jax.tree_util.tree_map(lambda x: _replicate_leaf(x, sharding), tree)
+
+
+def to_host(x) -> np.ndarray:
+    """A numpy copy of the whole of ``x``: ``np.asarray`` when this process holds
+    all of it (one process, or a replicated output); an array split across
+    hosts (e.g. the batch-sharded output of a jit without ``out_shardings``) is
+    gathered from every process first (``multihost_utils.process_allgather``,
+    a collective: every process must call it)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def host_copy(tree):
+    """Numpy copies of every array leaf of ``tree`` (this process's copy of a fully
+    replicated global array on a multi-host run; local arrays as they are).
+
+    Raises:
+      RuntimeError: (from JAX) a leaf sharded across hosts, of which no process
+        holds a whole copy.
+    """
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def _replicate_leaf(x, sharding: NamedSharding):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _replicate_leaf(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+    host = np.asarray(x)  # local array, or a fully replicated global one: this process's copy
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def compile_step(step_fn: Callable, mesh: Mesh, num_batch_args: int, leading_axes: int = 0,
@@ -267,32 +341,54 @@ def compile_fold_in(mesh: Mesh, batched: bool = False):
 
 
 def initialize_distributed(env: dict | None = None) -> bool:
-    """Join a multi-host run when ``$SSLSTEAL_DISTRIBUTED`` is 1/true; return whether it did.
+    """Join a multi-host run when ``$SSLSTEAL_DISTRIBUTED`` asks for one; return whether it did.
 
-    Calls ``jax.distributed.initialize()`` with no arguments, so JAX detects
-    the cluster itself (SLURM: one process per GPU, ``SLURM_*`` variables;
-    Cloud TPU VM pods: the TPU metadata server; Open MPI) or reads
-    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID``-style
-    arguments passed by the launcher. Must run before any other JAX call;
-    afterwards ``jax.devices()`` lists every device of every process and
-    :func:`data_mesh` spans the whole pod. See ``launch/`` and BUILD.md.
+    The coordinator address, process count, process id and local device ids come
+    from ``sslsteal_jax.cluster.resolve`` (``env``: explicit ``JAX_*`` variables,
+    SLURM's, a Cloud TPU pod's; see that module) and are passed to
+    ``jax.distributed.initialize`` as arguments; fields it cannot work out are left
+    to JAX's own detection. CPU collectives across processes use gloo (set here
+    unless ``$JAX_CPU_COLLECTIVES_IMPLEMENTATION`` chooses another), so a
+    multi-process run also works on CPU-only hosts (``launch/local.sh
+    --processes=N``). Must run before any other JAX computation; afterwards
+    ``jax.devices()`` lists every device of every process and :func:`data_mesh`
+    spans the whole pod. See ``launch/`` and BUILD.md.
 
     Raises:
-      ValueError: ``$SSLSTEAL_DISTRIBUTED`` holds something other than
-        0/1/true/false/empty.
+      ConfigError (a ValueError): a bad ``$SSLSTEAL_DISTRIBUTED`` or missing /
+        malformed cluster variables (``cluster.resolve``).
     """
     import os
 
+    from sslsteal_jax import cluster
+
     env = os.environ if env is None else env
-    val = str(env.get("SSLSTEAL_DISTRIBUTED", "")).strip().lower()
-    if val in ("", "0", "false"):
+    spec = cluster.resolve(env)
+    if spec is None:
         return False
-    if val not in ("1", "true"):
-        raise ValueError(f"SSLSTEAL_DISTRIBUTED={val!r}; allowed: 0, 1, true, false or unset")
-    kwargs = {}
-    if env.get("JAX_NUM_PROCESSES"):
-        kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
-    if env.get("JAX_PROCESS_ID"):
-        kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
-    jax.distributed.initialize(**kwargs)
+    if not env.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**spec.initialize_kwargs())
     return True
+
+
+def is_writer() -> bool:
+    """True in the one process that writes result files, logs and caches (process 0).
+
+    Every process of a multi-host run computes the same replicated numbers; only
+    process 0 writes them, so no two processes race on one file of a shared
+    work directory. Checkpoints are the exception: orbax writes them from all
+    processes together (``training.checkpoint``).
+    """
+    return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+    """Barrier: return once every process has called ``sync(name)`` (no-op with one process).
+
+    Use it where one process acts for all (e.g. process 0 writes a file the others
+    then read) and the others must not run ahead.
+    """
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

@@ -6,6 +6,9 @@ step and sized by the total number of steps.
 """
 from __future__ import annotations
 
+import weakref
+from typing import Callable
+
 import optax
 
 from sslsteal_jax.errors import ConfigError
@@ -38,10 +41,27 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float, total_s
     else:
         raise ValueError(f"unknown schedule {schedule!r}; allowed: 'cosine', 'constant'")
     if name == "adam":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(),
-                           optax.scale_by_learning_rate(lr))
-    if name == "adamw":
-        return optax.adamw(lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=0.9))
-    raise ValueError(f"unknown optimizer {name!r}; allowed: 'adam', 'adamw', 'sgd'")
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(),
+                         optax.scale_by_learning_rate(lr))
+    elif name == "adamw":
+        tx = optax.adamw(lr, weight_decay=weight_decay)
+    elif name == "sgd":
+        tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum=0.9))
+    else:
+        raise ValueError(f"unknown optimizer {name!r}; allowed: 'adam', 'adamw', 'sgd'")
+    _SCHEDULES[tx.update] = lr
+    return tx
+
+
+# optimizer (its update function) -> its learning-rate schedule, for logging
+_SCHEDULES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def learning_rate_fn(tx) -> Callable[[int], float] | None:
+    """The schedule ``step -> learning rate`` of an optimizer made by :func:`make_optimizer`
+    (the rate of update number ``step``, counting from 0), or None for any other
+    optimizer. Used to log the learning rate (``training.summaries``)."""
+    try:
+        return _SCHEDULES.get(tx.update)
+    except (AttributeError, TypeError):
+        return None

@@ -1,0 +1,97 @@
+"""Observation hooks for the multi-process tests (tests/test_multihost.py).
+
+Python imports ``sitecustomize`` at start-up from ``sys.path``; the tests put this
+folder on ``PYTHONPATH`` of the processes that ``launch/local.sh`` starts, so
+the hooks run inside the real processes without any test code in the library.
+Nothing happens unless ``$SSLSTEAL_TEST_HOOK_DIR`` is set. Then each process
+appends JSON lines to ``$SSLSTEAL_TEST_HOOK_DIR/p<JAX_PROCESS_ID>.<pid>.jsonl``:
+
+* ``{"kind": "indices", "n", "batch", "seed", "step", "idx"}`` for every call of
+  ``training.loop.process_batch_indices`` (the examples this process reads);
+* ``{"kind": "write", "path"}`` for every file under ``$SSLSTEAL_TEST_WORKDIR``
+  opened for writing with ``open`` or made with ``os.replace`` (what the
+  process wrote; orbax's own checkpoint writes go through TensorStore, not these).
+
+``$SSLSTEAL_TEST_PAUSE=N:B:S``: when a process is about to read the batch of
+step S of a loop over N examples with batch size B, it writes
+``paused.<JAX_PROCESS_ID>`` in the hook folder and sleeps, so the test can kill
+every process at a known point (checkpoints and logs of the steps before exist).
+"""
+import builtins
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import sys
+import time
+
+_DIR = os.environ.get("SSLSTEAL_TEST_HOOK_DIR")
+
+
+def _record(obj):
+    path = os.path.join(_DIR, f"p{os.environ.get('JAX_PROCESS_ID', '0')}.{os.getpid()}.jsonl")
+    with _open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+
+
+def _patch_loop(module):
+    orig = module.process_batch_indices
+    pause = os.environ.get("SSLSTEAL_TEST_PAUSE")
+    pause = tuple(int(x) for x in pause.split(":")) if pause else None
+
+    def process_batch_indices(n, batch_size, seed, step, mesh):
+        if pause == (int(n), int(batch_size), int(step)):
+            with _open(os.path.join(_DIR, f"paused.{os.environ.get('JAX_PROCESS_ID', '0')}"),
+                       "w") as f:
+                f.write(str(os.getpid()))
+            time.sleep(3600)
+        idx = orig(n, batch_size, seed, step, mesh)
+        _record({"kind": "indices", "n": int(n), "batch": int(batch_size), "seed": int(seed),
+                 "step": int(step), "idx": [int(i) for i in idx]})
+        return idx
+
+    module.process_batch_indices = process_batch_indices
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Patch ``sslsteal_jax.training.loop`` right after it is first imported."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "sslsteal_jax.training.loop":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None:
+            return None
+        loader_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            loader_exec(module)
+            _patch_loop(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if _DIR:
+    _open, _replace = builtins.open, os.replace
+    _WORKDIR = os.path.abspath(os.environ.get("SSLSTEAL_TEST_WORKDIR", "/nonexistent"))
+
+    def _mine(path) -> bool:
+        try:
+            return os.path.abspath(os.fspath(path)).startswith(_WORKDIR + os.sep)
+        except TypeError:  # a file descriptor
+            return False
+
+    def open(file, mode="r", *args, **kwargs):  # noqa: A001 - the hook replaces builtins.open
+        if any(c in mode for c in "wax+") and _mine(file):
+            _record({"kind": "write", "path": os.path.abspath(os.fspath(file))})
+        return _open(file, mode, *args, **kwargs)
+
+    def replace(src, dst, *args, **kwargs):
+        if _mine(dst):
+            _record({"kind": "write", "path": os.path.abspath(os.fspath(dst))})
+        return _replace(src, dst, *args, **kwargs)
+
+    builtins.open = open
+    os.replace = replace
+    sys.meta_path.insert(0, _PatchOnImport())

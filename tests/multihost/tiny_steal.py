@@ -1,0 +1,34 @@
+"""The main job at toy scale for the multi-process tests (tests/test_multihost.py).
+
+A ResNet-10 width-4 victim trained here (SimCLR, 1 epoch of 8 steps on 256
+Fashion-MNIST images, batch 32, a checkpoint every 3 steps and a log line every
+2), 256 InfoNCE queries, a surrogate trained for 2 epochs of 4 steps (batch 64),
+evaluation on 256 / 128 probe images (every feature batch 128 images: one
+compiled program per encoder). Usage (from the repository root):
+  launch/local.sh --processes=2 tests/multihost/tiny_steal.py WORKDIR
+"""
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(_ROOT, "configs"))
+import quickstart  # noqa: E402
+import victim_simclr  # noqa: E402
+
+
+def get_config(arg: str = ""):
+    """The toy config (no arguments)."""
+    c = quickstart.get_config("losses=infonce,budget=256,victim=scratch,epochs=2")
+    c.victim.checkpoint = ""  # never the shipped victim
+    c.victim.train = victim_simclr.get_config("width=4,epochs=1,batch_size=32,head_hidden=16,"
+                                              "head_out=8")
+    c.victim.train.log_every_steps = 2
+    c.victim.train.checkpoint_every_steps = 3
+    c.victim_train_size = 256
+    c.probe_train_size = 256
+    c.probe_test_size = 128
+    c.loss_overrides.infonce.batch_size = 64
+    c.eval.probe_epochs = 5
+    c.eval.per_class = 5
+    c.eval.select_probe = False
+    return c
