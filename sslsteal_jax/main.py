@@ -146,8 +146,10 @@ def usage_text() -> str:
               "A config's arguments (CONFIG.py:ARG=VALUE) and fields (--config.FIELD=VALUE), "
               "without running it:",
               f"  {_PROG} --config={example} --show_config",
-              "Exit status: 0 done, 1 a user mistake (one line 'error: ...'), 3 stalled "
-              "(watchdog), 130 interrupted (rerun the command to resume).", "",
+              "(each configs/NAME.py is defined in sslsteal_jax/configs/NAME.py; --show_config "
+              "also checks the config)",
+              "Exit status: 0 done, 1 a user mistake (one line 'error: ...'), 2 no arguments, "
+              "3 stalled (watchdog), 130 interrupted (rerun the command to resume).", "",
               "flags:", flags.FLAGS.main_module_help()]
     return "\n".join(lines)
 

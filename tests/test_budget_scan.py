@@ -63,6 +63,7 @@ def test_scan_files_accounting_and_fresh_cells(scan):
     print("\n" + budget_scan.format_scan(res["cells"], res["reference"]))
 
 
+@pytest.mark.slow
 def test_infonce_improves_with_budget(scan):
     _, res = scan
     cells = {c["budget"]: c for c in res["cells"]}
@@ -122,6 +123,7 @@ def test_equal_examples_protocol_steps():
     assert budget_scan.cell_steps(250, 256, 60000) == -(-60000 // (250 // n * n))
 
 
+@pytest.mark.slow
 def test_cell_trained_with_other_settings_is_not_reused(scan, tiny_victim):
     wd, _ = scan
     cfg = scan_config(tiny_victim, overwrite=True)
@@ -231,6 +233,7 @@ def test_stacked_group_resumes_and_finished_cells_are_skipped(stacked_scan, tiny
     assert after == pytest.approx(before, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_memory_guard_falls_back_to_sequential(stacked_scan, tiny_victim, monkeypatch):
     wd, _ = stacked_scan
     for name in STACK_CELLS:
@@ -274,6 +277,7 @@ def test_bad_stack_options_raise_before_any_work(tiny_victim, tmp_path, field, v
     assert _config_module("budget_scan").get_config("stack=3").stack == 3
 
 
+@pytest.mark.slow
 def test_fit_stack_size_and_stackable_checks(scan):
     from sslsteal_jax.trainers import stacked
     assert stacked.fit_stack_size(8, 100, 1000, 0.5) == 5

@@ -91,6 +91,7 @@ def test_uninterrupted_run_writes_checkpoint_and_log(run_a):
                            variables)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override", [{"width": 8}, {"arch": "resnet18"},
                                       {"head_out": 16}])
 def test_load_model_refuses_other_architecture(run_a, override):
@@ -232,6 +233,7 @@ def test_resume_reports_the_uninterrupted_final_loss(run_a, images, tmp_path, mo
     assert got["final_loss"] == want["final_loss"]
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_run_reports_its_final_loss(run_a, images, tmp_path):
     """Killed after the last checkpoint (before the results were written): the rerun
     resumes at the last step, trains nothing and still reports the run's final loss."""

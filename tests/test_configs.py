@@ -90,6 +90,14 @@ def test_every_config_loads_and_its_defaults_validate(name):
     validate(cfg)
 
 
+def test_one_default_victim():
+    """The main job's victim is evaluate's fidelity reference (sslsteal_jax.defaults)."""
+    from sslsteal_jax.defaults import DEFAULT_VICTIM_CHECKPOINT
+    assert load_config("quickstart").victim.checkpoint == DEFAULT_VICTIM_CHECKPOINT
+    assert load_config("evaluate").victim_checkpoint == DEFAULT_VICTIM_CHECKPOINT
+    assert load_config("budget_scan").victim.checkpoint == DEFAULT_VICTIM_CHECKPOINT
+
+
 def test_derived_configs_share_the_base_blocks():
     qs = load_config("quickstart")
     scan = load_config("budget_scan")

@@ -91,6 +91,7 @@ def test_real_values(matrix):
         assert a["coverage"] > s["coverage"] and a["sigma"] >= s["sigma"]
 
 
+@pytest.mark.slow
 def test_outputs_atomic_and_complete(matrix):
     _, workdir, results, replaced = matrix
     for name in OUTPUTS:

@@ -81,6 +81,7 @@ def test_end_to_end_steal(finished):
     assert os.path.isdir(os.path.join(wd, "surrogate_infonce", "checkpoints"))
 
 
+@pytest.mark.slow
 def test_rerun_into_finished_workdir_refused(finished):
     wd, _ = finished
     with pytest.raises(WorkdirExistsError, match="overwrite"):

@@ -56,12 +56,14 @@ def test_unknown_config_argument(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_config_argument_not_key_value(tmp_path):
     rc, _, err = _run("--config=configs/victim_simclr.py:width", f"--workdir={tmp_path / 'w'}")
     _assert_one_error_line(rc, err, "error: --config=configs/victim_simclr.py:width: config "
                            "argument 'width' is not key=value")
 
 
+@pytest.mark.slow
 def test_missing_workdir():
     rc, _, err = _run("--config=configs/quickstart.py")
     _assert_one_error_line(rc, err, "error: both --config and --workdir are required, e.g. "
@@ -106,6 +108,7 @@ def test_negative_budget(tmp_path, how, expected):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_negative_budget_fails_before_data_loading(tmp_path):
     """The budget >= 1 check comes before the query dataset is loaded: with an unknown query
     dataset as well, the budget is what is reported."""
@@ -134,6 +137,7 @@ def test_unknown_split(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_unknown_strategy(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py:strategies=direct+bogus",
                       f"--workdir={tmp_path / 'w'}")
@@ -144,6 +148,7 @@ def test_unknown_strategy(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_budget_not_a_multiple_of_views(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py:strategies=augmented_queries,views=3,"
                       "budget=100", f"--workdir={tmp_path / 'w'}")
@@ -153,6 +158,7 @@ def test_budget_not_a_multiple_of_views(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_unknown_dtype(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py", "--config.steal.model.dtype=float16",
                       f"--workdir={tmp_path / 'w'}")
@@ -207,6 +213,7 @@ def test_unknown_dataset(tmp_path, field, name, hint):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_evaluate_nonexistent_checkpoint(tmp_path):
     """A missing checkpoint is reported by path in one line; run from another
     directory with the config given by absolute path."""
@@ -218,6 +225,7 @@ def test_evaluate_nonexistent_checkpoint(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+@pytest.mark.slow
 def test_evaluate_nonexistent_victim_checkpoint(tmp_path):
     missing = str(tmp_path / "no_such_victim" / "checkpoints")
     rc, _, err = _run("--config=configs/evaluate.py", f"--workdir={tmp_path / 'w'}",
@@ -256,24 +264,19 @@ def test_no_arguments_prints_a_short_usage_and_exits_2():
         "python -m sslsteal_jax.main --help lists every config and flag."], err
 
 
-def test_show_config_prints_resolved_fields_and_exits_0():
+def test_show_config_prints_docs_arguments_fields_and_validates():
+    """The definition module's docstring, the typed ARGS table and the resolved fields;
+    steal.batch_size / temperature can be overridden (they were None fields ml_collections
+    refused to override); exit 0 = the config passed its validate."""
     rc, out, err = _run("--config=configs/quickstart.py:budget=200", "--config.steal.epochs=3",
-                        "--show_config")
-    assert rc == 0, err
+                        "--config.steal.batch_size=128", "--config.steal.temperature=0.3",
+                        "--config.loss_overrides.infonce.temperature=0.3", "--show_config")
+    assert rc == 0 and "error" not in err, err
     assert out.startswith("# configs/quickstart.py (arguments: budget=200)\n"
                           "The main job: steal the shipped")  # sslsteal_jax/configs/quickstart.py
     assert "Arguments (configs/quickstart.py:NAME=VALUE,...;" in out  # the typed ARGS table
     assert "\n  budget (default 5000; an integer >= 1)\n" in out, out
     assert "\nbudget: 200\n" in out and "\n  epochs: 3\n" in out, out
-
-
-def test_show_config_sets_steal_settings_and_validates():
-    """steal.batch_size / temperature can be overridden (they were None fields ml_collections
-    refused to override), and --show_config checks the config (exit 0 = valid)."""
-    rc, out, err = _run("--config=configs/quickstart.py", "--config.steal.batch_size=128",
-                        "--config.steal.temperature=0.3",
-                        "--config.loss_overrides.infonce.temperature=0.3", "--show_config")
-    assert rc == 0 and "error" not in err, err
     assert "\n  batch_size: 128\n" in out and "\n  temperature: 0.3\n" in out, out
 
 
@@ -310,6 +313,7 @@ def test_workdir_that_is_a_file(tmp_path):
                            "directory; give a new or existing directory")
 
 
+@pytest.mark.slow
 def test_evaluate_config_defaults_to_the_main_victim():
     """The evaluate config's fidelity reference is the victim the main job steals from."""
     rc, out, err = _run("--config=configs/evaluate.py", "--show_config",
@@ -334,6 +338,7 @@ def test_launch_local_help_exits_0():
         "usage: launch/local.sh [--processes=N [--port=P]] CONFIG WORKDIR [flags...]")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("var,value,more", [
     ("SSLSTEAL_CPU_DEVICES", "0", " (1 = one device, exactly the single-device numbers)"),
     ("SSLSTEAL_EVAL_WORKERS", "two", "")])
@@ -356,6 +361,7 @@ def test_finished_workdir_refused_in_one_line(tmp_path):
                            "results.<time>.json)")
 
 
+@pytest.mark.slow
 def test_misspelt_victim_checkpoint_is_an_error_not_hours_of_training(tmp_path):
     """A named victim checkpoint that does not exist must not silently start training a
     new victim (quickstart's train_if_missing only applies when no checkpoint is named)."""
@@ -373,6 +379,7 @@ def test_misspelt_victim_checkpoint_is_an_error_not_hours_of_training(tmp_path):
     (["--config=configs/verify.py:victim=/nonexistent/ckpt"],
      "error: checkpoint directory '/nonexistent/ckpt' does not exist"),
 ])
+@pytest.mark.slow
 def test_more_user_mistakes_are_one_line(tmp_path, args, expected):
     rc, _, err = _run(*args, f"--workdir={tmp_path / 'w'}")
     _assert_one_error_line(rc, err, expected)
