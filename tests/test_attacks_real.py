@@ -25,7 +25,8 @@ from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.trainers.surrogate import train_surrogate
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.fidelity import cosine_fidelity
-from sslsteal_jax.experiments import common, steal
+from sslsteal_jax.experiments import steal
+from sslsteal_jax.pipeline import evaluate
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.main import run
 
@@ -107,14 +108,14 @@ def test_every_query_charged_exactly_once(tmp_path, monkeypatch):
         m = SurrogateModel(build_encoder("resnet10", 1), answers.shape[1])
         return m, m.init(jax.random.key(0), images[:2] / 255.0), {"steps": 0}
 
-    def fake_row(name, *a, **k):
-        return {"name": name, "probe_full": 50.0, "probe_100": 40.0, "knn": 45.0,
+    def fake_row(encoder, *a, **k):
+        return {"name": getattr(encoder, "name", encoder), "probe_full": 50.0, "probe_100": 40.0, "knn": 45.0,
                 "cosine_fidelity": None, "l2_fidelity": None}
 
     monkeypatch.setattr(VictimAPI, "query", spy)
     monkeypatch.setattr(steal, "train_surrogate", fake_train)
-    monkeypatch.setattr(common, "encoder_row", fake_row)
-    monkeypatch.setattr(common, "raw_pixels_row", lambda data, key, ev=None: fake_row("raw pixels"))
+    monkeypatch.setattr(evaluate, "encoder_row", fake_row)
+    monkeypatch.setattr(evaluate, "raw_pixels_row", lambda data, key, ev=None: fake_row("raw pixels"))
     cfg = _load_quickstart("losses=mse,budget=120,strategies=all,views=3")
     wd = str(tmp_path / "w")
     res = run(cfg, wd)

@@ -11,7 +11,7 @@ import pytest
 
 from sslsteal_jax import configs
 from sslsteal_jax.configs import base, load_config, validate
-from sslsteal_jax.experiments.common import REPO_ROOT
+from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.main import run
 
 # Small probes: 200 labelled train images, 100 test images, 5 labels per class for the
