@@ -13,7 +13,6 @@ import json
 import os
 import re
 import socket
-import sqlite3
 import threading
 import time
 
@@ -30,7 +29,7 @@ import uvicorn  # noqa: E402
 import test_api  # noqa: E402  (the tiny victim fixture)
 from sslsteal_jax.api import BudgetExceededError, QueryValidationError, VictimAPI  # noqa: E402
 from sslsteal_jax.api.factory import make_api, read_keys_file  # noqa: E402
-from sslsteal_jax.api.remote import AuthenticationError, RemoteVictimAPI  # noqa: E402
+from sslsteal_jax.api.remote import RemoteVictimAPI  # noqa: E402
 from sslsteal_jax.api.wire import (WireFormatError, decode_array, decode_embeddings,  # noqa: E402
                                    encode_array)
 from sslsteal_jax.errors import ConfigError  # noqa: E402
