@@ -313,7 +313,7 @@ def test_tensorboard_events_of_a_killed_and_resumed_pod_run(runs):
     res = r.results()
     row = next(x for x in res["rows"] if x["name"] == "surrogate (infonce)")
     top = os.path.join(r.workdir, "tensorboard")
-    assert scalars(top, "results/probe_full/surrogate (infonce)")[0][1] == pytest.approx(
+    assert scalars(top, "results/probe_full/surrogate_infonce")[0][1] == pytest.approx(
         row["probe_full"])
     assert scalars(top, "results/queries_charged") == [(0, float(BUDGET))]
 

@@ -105,6 +105,12 @@ def test_only_the_writer_process_writes(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "tb") and not os.path.exists(tmp_path / "tensorboard")
 
 
+def test_tag_parts():
+    assert [summaries.tag_part(s) for s in ("surrogate (infonce)", "independent (random init)",
+                                            "in", 0, "a/b")] == [
+        "surrogate_infonce", "independent_random_init", "in", "0", "a_b"]
+
+
 def test_flatten_config():
     assert summaries.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {
         "a.b": 1, "a.c": "[1, 2]", "d": "None", "e": "x"}

@@ -23,6 +23,7 @@ import itertools
 import math
 import numbers
 import os
+import re
 import time
 from typing import Mapping, Sequence
 
@@ -46,6 +47,12 @@ def flatten(tree, prefix: str = "") -> dict:
         else:
             out[name] = str(v)
     return out
+
+
+def tag_part(text) -> str:
+    """``text`` as one part of a TensorBoard tag: runs of characters other than letters,
+    digits, ``_ . -`` become one ``_`` (``"surrogate (infonce)"`` -> ``"surrogate_infonce"``)."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(text)).strip("_") or "_"
 
 
 def _number(v) -> float | None:
@@ -152,7 +159,8 @@ class MetricWriter:
 def write_results_summary(workdir: str, rows: Sequence[Mapping], results: Mapping | None = None,
                           series: Sequence[str] = ("name",), step_key: str | None = None) -> None:
     """Experiment results to ``<workdir>/tensorboard``: for every row and numeric field
-    (probe accuracies, kNN, fidelity, ...) the scalar ``results/<field>/<series>`` at step
+    (probe accuracies, kNN, fidelity, ...) the scalar ``results/<field>/<series>`` (the
+    ``series`` fields' values through :func:`tag_part`, joined with "/") at step
     ``row[step_key]`` (e.g. the query budget of a scan cell: accuracy against budget)
     or 0; ``results/queries_charged`` when ``results`` has it; the config as
     hyperparameters. Process 0 only.
@@ -168,7 +176,7 @@ def write_results_summary(workdir: str, rows: Sequence[Mapping], results: Mappin
         return
     skip = set(series) | ({step_key} if step_key else set())
     for row in rows:
-        label = "/".join(str(row.get(s)) for s in series)
+        label = "/".join(tag_part(row.get(s)) for s in series)
         step = int(row.get(step_key) or 0) if step_key else 0
         w.scalars(step, {f"results/{k}/{label}": v for k, v in row.items() if k not in skip})
     results = results or {}
