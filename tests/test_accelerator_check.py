@@ -110,6 +110,7 @@ def test_write_json_atomic_strict_and_clean(tmp_path):
     assert json.loads(path.read_text()) == {"x": 1} and os.listdir(path.parent) == ["r.json"]
 
 
+@pytest.mark.slow
 def test_failing_section_is_recorded_and_the_rest_run(tmp_path, monkeypatch, capsys):
     """One section raising (here: inference of ResNet-18) leaves an {"error"} record, the
     next section still runs and is written, and the exit status is 1."""
@@ -180,6 +181,7 @@ def test_help_and_summary_lines(capsys):
     assert ac.summarize("s", {"error": "boom"}) == "[s] ERROR boom"
 
 
+@pytest.mark.slow
 def test_host_init_shapes_match_flax():
     """Host-side initial variables have flax's tree structure, shapes and dtypes."""
     import jax

@@ -72,6 +72,7 @@ def test_fit_linear_map_recovers_affine_map():
         adaptive.fit_linear_map(src, dst[:49])
 
 
+@pytest.mark.slow
 def test_sybil_merges_accounts_into_first_accounts_space():
     api = FakeAPI(affine=True)
     x, y, info = adaptive.sybil_answers(api, ["s0", "s1", "s2"], IMAGES[:100], n_shared=20, chunk=50)
@@ -85,6 +86,7 @@ def test_sybil_merges_accounts_into_first_accounts_space():
         adaptive.sybil_answers(api, ["only"], IMAGES, 10)
 
 
+@pytest.mark.slow
 def test_task_subset_and_legit_user_accuracy():
     y = np.array([3, 1, 3, 2, 1, 3])
     x = np.arange(6)[:, None, None, None].astype(np.uint8)

@@ -41,7 +41,7 @@ def test_augment_batch_shape_dtype_range(c):
     assert o.min() >= 0.0 and o.max() <= 1.0
 
 
-@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("c", [1, pytest.param(3, marks=pytest.mark.slow)])
 def test_augment_batch_same_key_same_output_different_key_differs(c):
     x = _images(c)
     a = _aug(jax.random.PRNGKey(1), x, _FULL)
@@ -51,6 +51,7 @@ def test_augment_batch_same_key_same_output_different_key_differs(c):
     assert not np.allclose(np.asarray(a), np.asarray(d))
 
 
+@pytest.mark.slow
 def test_augment_batch_views_independent_across_batch():
     # The same image repeated in the batch should get different views.
     x = jnp.repeat(_images(3, b=1), 3, axis=0)
@@ -58,6 +59,7 @@ def test_augment_batch_views_independent_across_batch():
     assert not np.allclose(out[0], out[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 3])
 def test_crop_full_scale_unit_ratio_is_identity(c):
     img = _images(c, b=1)[0]
@@ -90,12 +92,14 @@ def test_crop_area_fraction_on_ramp():
         assert out.min() >= -1e-5 and out.max() <= W - 1 + 1e-5
 
 
+@pytest.mark.slow
 def test_pipeline_all_off_is_identity():
     x = _images(3)
     out = _aug(jax.random.PRNGKey(0), x, _OFF)
     np.testing.assert_allclose(np.asarray(out), np.asarray(x), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 3])
 def test_flip_probability_one_mirrors(c):
     x = _images(c)
@@ -104,6 +108,7 @@ def test_flip_probability_one_mirrors(c):
     np.testing.assert_allclose(np.asarray(out), np.asarray(x)[:, :, ::-1, :], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_gray_probability_one_makes_channels_equal():
     x = _images(3)
     cfg = dataclasses.replace(_OFF, gray_p=1.0)
@@ -124,6 +129,7 @@ def test_color_jitter_grayscale_keeps_one_channel_and_range():
     assert not np.allclose(o, np.asarray(img))
 
 
+@pytest.mark.slow
 def test_color_jitter_rgb_shape_range_and_changes():
     img = _images(3, b=1)[0]
     out = color_jitter(jax.random.PRNGKey(1), img, strength=1.0)
@@ -139,6 +145,7 @@ def test_color_jitter_zero_strength_is_identity():
     np.testing.assert_allclose(np.asarray(out), np.asarray(img), atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("c", [1, 3])
 def test_gaussian_blur_preserves_constant_image(c):
     img = jnp.full((H, W, c), 0.37, jnp.float32)
@@ -162,6 +169,7 @@ def test_gaussian_blur_smooths_delta():
     assert out.argmax() == np.ravel_multi_index((H // 2, W // 2, 0), out.shape)
 
 
+@pytest.mark.slow
 def test_gaussian_blur_in_pipeline_probability_one():
     img = jnp.zeros((3, H, W, 1), jnp.float32).at[0, H // 2, W // 2, 0].set(1.0)
     cfg = dataclasses.replace(_OFF, blur_p=1.0, blur_sigma=(1.0, 1.0))

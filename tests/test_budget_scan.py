@@ -99,6 +99,7 @@ def test_resume_skips_finished_cells_and_never_requeries(scan, tiny_victim, monk
     assert after == pytest.approx(before, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_budget_above_pool_fails_before_querying(tiny_victim, tmp_path):
     cfg = scan_config(tiny_victim, budgets=(256, 9001))
     with pytest.raises(ValueError, match=r"budget 9001 exceeds the query pool .*9000 images"):

@@ -328,6 +328,7 @@ WATERMARKED = os.path.join(REPO, "victims", "fashion_mnist_resnet10_w16_watermar
 SHIPPED = os.path.join(REPO, "victims", "fashion_mnist_resnet10_w16_ft6", "checkpoints")
 
 
+@pytest.mark.slow
 def test_watermarked_victim_loaded_as_plain_simclr_names_the_extra_arrays():
     """Overriding watermark_classes=0 builds a plain SimCLR model; the error names the
     watermark arrays the checkpoint holds and says how to load it (not another width)."""
@@ -390,6 +391,7 @@ def test_missing_checkpoint_file_is_named(tmp_path, rel):
     assert path in str(info.value), str(info.value)
 
 
+@pytest.mark.slow
 def test_cli_evaluate_corrupt_checkpoint_is_one_line(tmp_path):
     import subprocess
     import sys

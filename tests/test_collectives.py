@@ -101,6 +101,7 @@ def test_no_two_collective_programs_overlap(recorded_programs, data):
     assert not bad, f"{len(bad)} overlapping collective programs of different threads, e.g. {bad[:3]}"
 
 
+@pytest.mark.slow
 def test_single_device_programs_do_not_wait_for_the_guard():
     """The rule costs no concurrency where there are no collectives: a linear probe
     (single-device programs) finishes while another thread holds the guard, so one

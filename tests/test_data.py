@@ -81,6 +81,7 @@ def test_fashion_mnist_round_trip_matches_raw(data_dir):
     assert int(ex["label"]) == yr[0]
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_tfds_slices(data_dir):
     x, y = registry.load_split("fashion_mnist", "test[:100]+train[:10]", data_dir=data_dir)

@@ -145,6 +145,7 @@ def test_api_without_defenses_unchanged(victim, images):
     assert plain.defenses == "none" and plain.defense_summary("a") == {}
 
 
+@pytest.mark.slow
 def test_api_defended_answers_reproducible_per_user_and_call(victim, images):
     model, variables = victim
     clean = VictimAPI(model, variables, SHAPE).query("a", images)

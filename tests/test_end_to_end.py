@@ -109,6 +109,7 @@ def test_unknown_loss_fails_before_anything(tmp_path):
     assert not os.path.exists(tmp_path / "w")  # rejected before the workdir is created
 
 
+@pytest.mark.slow
 def test_budget_larger_than_pool_fails_before_training(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("the victim must not be trained when the budget is invalid")
