@@ -87,6 +87,13 @@ def test_every_config_loads_and_its_defaults_validate(name):
         with pytest.raises(ConfigError, match="config.checkpoints is empty"):
             validate(cfg)
         cfg.checkpoints = base.MAIN_VICTIM
+    if name == "import_checkpoint":  # its two required arguments
+        with pytest.raises(ConfigError, match="source is required"):
+            validate(cfg)
+        cfg.source = "simsiam.pth.tar"
+        with pytest.raises(ConfigError, match=r"arch=''; allowed: \['resnet18'"):
+            validate(cfg)
+        cfg.arch = "resnet50"
     validate(cfg)
 
 
