@@ -73,6 +73,8 @@ def build(a) -> ml_collections.ConfigDict:
     c.victim_train_size = a.train_size
     _check_train_size(c)
     c.probe_train_size = base.placeholder(int)
+    # the victim's report rows (probe / kNN settings; the experiments' defaults)
+    c.eval = base.eval_block(select_probe=True)
     # Warm restart from a SimCLR checkpoint (fresh optimizer and schedule).
     c.init_from = base.placeholder(str)
     return c

@@ -29,7 +29,8 @@ def run(cfg, workdir: str) -> dict:
     key = jax.random.key(int(cfg.seed) + 1)
     ind = evaluate.independent_encoder(build_model("simclr", dict(cfg.model)), data, cfg.seed)
     rows = evaluate.evaluate_encoders(
-        [Encoder("victim", model, variables, 0, 0, "victim"), ind], data, key)
+        [Encoder("victim", model, variables, 0, 0, "victim"), ind], data, key, None,
+        evaluate.eval_kwargs(cfg))
     out = {"experiment": "train_victim", "training": summary, "rows": rows,
            "splits": data.names, "environment": wd.run_environment(), "config": cfg.to_dict()}
     return results.finish(workdir, out, rows, fields=["name", *COLUMNS],
