@@ -456,3 +456,23 @@ def test_defense_fields_refused_outside_research_mode(plain, images):
     r = post(url, keys["alice"], dict(b64(images[:1]), defenses="gaussian"))
     assert r.status_code == 422 and "only accepted by a server started with --research" in r.text
     assert lg.key_by_name("alice").used == before
+
+
+def test_server_cli_user_errors_are_one_line(tmp_path, capsys):
+    from sslsteal_jax.serve import __main__ as cli
+
+    db = str(tmp_path / "l.sqlite")
+    for argv, pattern in [
+        ([f"--db={db}"], "the following arguments are required: --victim"),
+        (["--victim=/no/such/dir", f"--db={db}"], "--victim='/no/such/dir' is not a directory"),
+        ([f"--victim={tmp_path}", f"--db={db}", "--max_batch=0"], "--max_batch=0 must be >= 1"),
+        ([f"--victim={tmp_path}", f"--db={db}", "--port=x"], "invalid int value: 'x'"),
+    ]:
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: ") and pattern in err, err
+    held = cli._lock_ledger(db)  # one server per ledger
+    with pytest.raises(ConfigError, match="in use by another server"):
+        cli._lock_ledger(db)
+    held.close()
+    cli._lock_ledger(db).close()  # free again once the holder is gone

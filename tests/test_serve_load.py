@@ -201,7 +201,7 @@ def test_main_job_against_served_victim(server, tmp_path):
     through the service (tiny budget), and are answered as in-process."""
     s, keys, lg = server
     secret = Ledger(lg.path).create_key("steal2", 100 + 300)[1]
-    env = dict(server_env(), SSLSTEAL_API_KEY=secret, PYTHONPATH=ROOT)
+    env = dict(server_env(devices=1), SSLSTEAL_API_KEY=secret, PYTHONPATH=ROOT)  # 1 device: fewer compiles
     cmd = [sys.executable, "-m", "sslsteal_jax.main",
            "--config=configs/quickstart.py:budget=100,epochs=1",
            f"--config.api.url={s.url}", "--config.probe_test_size=300",

@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reset_defense_state", action="store_true", help="forget every key's "
                    "defense state (needed after changing --defenses, --seed, --output or --victim)")
     p.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"),
-                   help="SQLite synchronous pragma (FULL: charges survive a machine crash)")
+                   help="SQLite synchronous pragma of charges (FULL: fsynced, they survive a "
+                   "machine crash; NORMAL: they survive a process crash)")
+    p.add_argument("--answers_synchronous", default="NORMAL", choices=("FULL", "NORMAL"),
+                   help="the same for answer records and defense states (FULL: two fsyncs per "
+                   "request)")
     p.add_argument("--no_warmup", action="store_true", help="skip compiling the forward "
                    "passes at start (the first requests compile them)")
     p.add_argument("--log_level", default="warning", choices=("debug", "info", "warning", "error"))
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
         _check(args)
         from sslsteal_jax.serve.ledger import Ledger, fingerprint
 
-        ledger = Ledger(args.db, args.synchronous)
+        ledger = Ledger(args.db, args.synchronous, args.answers_synchronous)
         lock = _lock_ledger(args.db)  # noqa: F841 -- held until exit
         import uvicorn
 

@@ -1,8 +1,10 @@
 """Dynamic batching: concurrent requests share one compiled forward pass.
 
 Requests (image batches) are queued; a single worker takes the oldest one,
-waits up to ``max_wait_s`` for more to arrive (or until ``max_batch`` rows are
-queued), and answers all of them with one forward pass run on one inference
+waits up to ``max_wait_s`` for more to arrive (until ``max_batch`` rows are
+queued, or no other request is on its way: the service announces requests it
+is admitting with :meth:`DynamicBatcher.expect`, so a lone client never
+waits), and answers all of them with one forward pass run on one inference
 thread. Rows of several requests are concatenated and padded to a *bucket*
 size (a power of two times the device count, at most ``max_batch``), so the
 number of compiled programs stays small whatever the traffic.
@@ -75,6 +77,7 @@ class DynamicBatcher:
         self.multiple, self._on_batch = int(multiple), on_batch
         self._queue: collections.deque[_Item] = collections.deque()
         self._wake: asyncio.Event | None = None
+        self._expected = 0  # requests being admitted: about to be submitted
         self._task: asyncio.Task | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="forward")
 
@@ -96,6 +99,13 @@ class DynamicBatcher:
             if not item.future.done():
                 item.future.set_exception(RuntimeError("service stopping"))
         self._pool.shutdown(wait=True)
+
+    def expect(self, delta: int) -> None:
+        """Announce (+1) a request on its way to :meth:`submit`, or withdraw it (-1)
+        once submitted or refused (event loop thread)."""
+        self._expected += int(delta)
+        if self._wake is not None:
+            self._wake.set()
 
     async def submit(self, x: np.ndarray, kind: str = "") -> np.ndarray:
         """Queue validated images float32 ``(B, H, W, C)`` for the forward program
@@ -131,8 +141,16 @@ class DynamicBatcher:
                 await self._wake.wait()
                 continue
             deadline = self._queue[0].arrived + self.max_wait_s
-            while self._queued_rows() < self.max_batch and time.monotonic() < deadline:
-                await asyncio.sleep(min(0.001, max(deadline - time.monotonic(), 0.0)))
+            # wait for companions only while some are on their way (one wake-up per change)
+            while self._expected > 0 and self._queued_rows() < self.max_batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
             items = [i for i in self._take() if not i.future.cancelled()]
             if not items:
                 continue

@@ -13,9 +13,12 @@ Guarantees (docs/serving.md, "Ledger"):
   ``pending`` under its idempotency key. :meth:`Ledger.finish_request` stores the
   answer and the key's new defense state in a second transaction, before the
   answer is sent. So at any instant, also right after ``kill -9``, the ledger
-  has charged at least every answer that was delivered (WAL journal,
-  ``synchronous=FULL``: committed transactions survive a crash of the process
-  and of the machine).
+  has charged at least every answer that was delivered (WAL journal; charges
+  are committed with ``synchronous=FULL``, i.e. fsynced: they survive a crash
+  of the process and of the machine. Answer records and defense states are
+  committed with ``synchronous=NORMAL`` by default: they survive a process
+  crash; a power cut may lose the last ones, whose requests then count as
+  charged but unanswered and are answered without a new charge when retried).
 * **Nothing is charged twice for one request.** A request repeated with the
   same idempotency key gets the stored answer back (``replay``) or, if the
   first attempt was charged but never answered because the server died,
@@ -143,9 +146,11 @@ class Ledger:
 
     Args:
       path: the database file.
-      synchronous: SQLite ``synchronous`` pragma, "FULL" (default: a committed
-        charge survives a machine crash too) or "NORMAL" (survives a process
-        crash, ``kill -9``; faster commits).
+      synchronous: SQLite ``synchronous`` pragma of the charge transactions (and
+        admin changes): "FULL" (default: a committed charge survives a machine
+        crash too) or "NORMAL" (survives a process crash, ``kill -9``; no fsync).
+      answers_synchronous: the same for the transactions that record answers and
+        defense states (default "NORMAL": one fsync per request, not two).
     Raises:
       ConfigError: the file is not a ledger of this schema version, or a bad
         ``synchronous`` value.
@@ -153,10 +158,13 @@ class Ledger:
     transaction.
     """
 
-    def __init__(self, path: str, synchronous: str = "FULL"):
-        if synchronous not in ("FULL", "NORMAL"):
-            raise ConfigError(f"synchronous={synchronous!r}; allowed: 'FULL' or 'NORMAL'")
+    def __init__(self, path: str, synchronous: str = "FULL", answers_synchronous: str = "NORMAL"):
+        for name, v in (("synchronous", synchronous), ("answers_synchronous", answers_synchronous)):
+            if v not in ("FULL", "NORMAL"):
+                raise ConfigError(f"{name}={v!r}; allowed: 'FULL' or 'NORMAL'")
         self.path = path
+        self._sync = {True: synchronous, False: answers_synchronous}
+        self._sync_now = synchronous
         self._lock = threading.Lock()
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
@@ -176,12 +184,16 @@ class Ledger:
 
     # ----- plumbing -----------------------------------------------------------------------
     class _Tx:
-        def __init__(self, ledger):
-            self.ledger = ledger
+        def __init__(self, ledger, durable):
+            self.ledger, self.durable = ledger, durable
 
         def __enter__(self):
             self.ledger._lock.acquire()
             try:
+                sync = self.ledger._sync[self.durable]
+                if sync != self.ledger._sync_now:  # per transaction: charges fsynced, answers not
+                    self.ledger._db.execute(f"PRAGMA synchronous={sync}")
+                    self.ledger._sync_now = sync
                 self.ledger._db.execute("BEGIN IMMEDIATE")
             except BaseException:
                 self.ledger._lock.release()
@@ -195,9 +207,10 @@ class Ledger:
                 self.ledger._lock.release()
             return False
 
-    def _tx(self):
-        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error)."""
-        return Ledger._Tx(self)
+    def _tx(self, durable: bool = True):
+        """One write transaction (``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on error),
+        committed with ``synchronous`` (durable) or ``answers_synchronous``."""
+        return Ledger._Tx(self, durable)
 
     def _read(self, sql: str, args=()) -> list:
         with self._lock:
@@ -361,8 +374,8 @@ class Ledger:
                        defense: tuple[str, str, int, bytes] | None = None) -> None:
         """Record a request as answered (its body stored for replays) together with
         the new defense state ``(chain, account, calls, state blob)`` (None: the
-        service has no defenses), in one transaction."""
-        with self._tx() as db:
+        service has no defenses), in one transaction (``answers_synchronous``)."""
+        with self._tx(durable=False) as db:
             db.execute("UPDATE requests SET status = 'done', finished = ?, response = ? "
                        "WHERE key_id = ? AND idem = ?", (time.time(), response, key_id, idem))
             if defense is not None:

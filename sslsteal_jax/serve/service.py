@@ -93,11 +93,16 @@ class _RateLimiter:
 
     def __init__(self):
         self._buckets: dict[int, tuple[float, float]] = {}
+        self._lock = threading.Lock()
 
     def take(self, key_id: int, rate: float | None, n: int) -> float:
         """Take ``n`` tokens; returns 0 when admitted, else the seconds to wait."""
         if rate is None:
             return 0.0
+        with self._lock:
+            return self._take(key_id, float(rate), n)
+
+    def _take(self, key_id, rate, n):
         cap, now = max(float(rate), 1.0), time.monotonic()
         tokens, last = self._buckets.get(key_id, (cap, now))
         tokens = min(cap, tokens + (now - last) * rate)
@@ -110,6 +115,10 @@ class _RateLimiter:
 
     def give_back(self, key_id: int, n: int) -> None:
         """Return ``n`` tokens (a replayed request costs nothing)."""
+        with self._lock:
+            self._give_back(key_id, n)
+
+    def _give_back(self, key_id, n):
         if key_id in self._buckets:
             tokens, last = self._buckets[key_id]
             self._buckets[key_id] = (tokens + n, last)
@@ -299,42 +308,22 @@ class Service:
                                f"request body of {len(body)} bytes exceeds the limit of "
                                f"{self.limits.max_request_bytes} bytes; send fewer images "
                                f"per request")
-        rec = await asyncio.to_thread(self.authenticate, authorization)
-        idem = idempotency_key or ("auto-" + uuid.uuid4().hex)
-        if not IDEMPOTENCY_RE.match(idem):
-            raise self._reject(422, "invalid_idempotency_key",
-                               f"Idempotency-Key {idem[:40]!r} must be 1-128 characters of "
-                               f"A-Z a-z 0-9 _ . : -")
-        # decoding, checks and the digest off the event loop (large bodies take ms)
-        images, encoding, fields, x, digest = await asyncio.to_thread(self._decode_and_check, body)
-        n = len(images)
-        chain_api, identity, slot = await asyncio.to_thread(
-            self._chain_and_identity, rec, fields.get("defenses"), fields.get("account"),
-            fields.get("session"))
-        wait = self._rate.take(rec.id, rec.rate, n)
-        if wait > 0:
-            raise self._reject(429, "rate_limited",
-                               f"key {rec.name!r} is limited to {rec.rate:g} queries per second; "
-                               f"retry in {wait:.2f} s", {"Retry-After": f"{max(1, round(wait))}"})
-        begin = await asyncio.to_thread(self.ledger.begin_request, rec.id, idem, n, digest,
-                                        self.boot)
+        # admission in one worker-thread hop (key lookup, decoding, checks, rate limit,
+        # the charge): large bodies take milliseconds to decode, SQLite commits too
+        self.batcher.expect(+1)  # companions for the batcher to wait for
+        try:
+            rec, idem, n, x, encoding, chain_api, identity, slot, begin = await asyncio.to_thread(
+                self._admit, authorization, idempotency_key, body)
+        except BaseException:
+            self.batcher.expect(-1)
+            raise
         if begin.kind == "replay":
-            self._rate.give_back(rec.id, n)
+            self.batcher.expect(-1)
             self.metrics.replays.inc()
             return begin.response, {"Idempotent-Replayed": "true"}
-        if begin.kind == "in_progress":
-            raise self._reject(409, "in_progress", f"a request with Idempotency-Key {idem!r} is "
-                               f"being answered; retry later", {"Retry-After": "1"})
-        if begin.kind == "mismatch":
-            raise self._reject(422, "idempotency_key_reused", begin.detail)
-        if begin.kind == "revoked":
-            raise self._reject(401, "unauthorized", f"API key {rec.name!r} has been revoked")
-        if begin.kind == "budget":
-            raise self._reject(402, "budget_exceeded",
-                               f"key {rec.name!r} asked for {n} queries but has {begin.remaining} "
-                               f"left of a budget of {begin.budget}; nothing was charged")
         try:
             defended = chain_api.defenses != "none"
+            self.batcher.expect(-1)
             raw = await self.batcher.submit(x, "head" if defended else "plain")
             body_out = await self._defend_and_finish(rec, idem, raw, encoding, n, begin,
                                                      chain_api, identity, slot)
@@ -354,6 +343,45 @@ class Service:
         return body_out, {}
 
     # ----- steps -------------------------------------------------------------------------
+    def _admit(self, authorization, idempotency_key, body):
+        """Steps 1-2 of a request (module docstring), in a worker thread. Returns
+        ``(key record, idempotency key, n, validated images, encoding, chain API,
+        defenses' user, state slot, Begin)``; Begin is "new", "resume" or "replay".
+
+        Raises:
+          ServiceError: 401, 402, 409, 413, 422, 429 (nothing charged).
+        """
+        rec = self.authenticate(authorization)
+        idem = idempotency_key or ("auto-" + uuid.uuid4().hex)
+        if not IDEMPOTENCY_RE.match(idem):
+            raise self._reject(422, "invalid_idempotency_key",
+                               f"Idempotency-Key {idem[:40]!r} must be 1-128 characters of "
+                               f"A-Z a-z 0-9 _ . : -")
+        images, encoding, fields, x, digest = self._decode_and_check(body)
+        n = len(images)
+        chain_api, identity, slot = self._chain_and_identity(
+            rec, fields.get("defenses"), fields.get("account"), fields.get("session"))
+        wait = self._rate.take(rec.id, rec.rate, n)
+        if wait > 0:
+            raise self._reject(429, "rate_limited",
+                               f"key {rec.name!r} is limited to {rec.rate:g} queries per second; "
+                               f"retry in {wait:.2f} s", {"Retry-After": f"{max(1, round(wait))}"})
+        begin = self.ledger.begin_request(rec.id, idem, n, digest, self.boot)
+        if begin.kind == "replay":
+            self._rate.give_back(rec.id, n)
+        elif begin.kind == "in_progress":
+            raise self._reject(409, "in_progress", f"a request with Idempotency-Key {idem!r} is "
+                               f"being answered; retry later", {"Retry-After": "1"})
+        elif begin.kind == "mismatch":
+            raise self._reject(422, "idempotency_key_reused", begin.detail)
+        elif begin.kind == "revoked":
+            raise self._reject(401, "unauthorized", f"API key {rec.name!r} has been revoked")
+        elif begin.kind == "budget":
+            raise self._reject(402, "budget_exceeded",
+                               f"key {rec.name!r} asked for {n} queries but has {begin.remaining} "
+                               f"left of a budget of {begin.budget}; nothing was charged")
+        return rec, idem, n, x, encoding, chain_api, identity, slot, begin
+
     def _reject(self, status: int, code: str, message: str, headers: dict | None = None):
         self.metrics.rejections.labels(code).inc()
         return ServiceError(status, code, message, headers)
@@ -404,9 +432,12 @@ class Service:
                                "queries_used": begin.used, "budget": begin.budget}).encode()
 
         if api.defenses == "none":
-            out = body(raw)
-            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out)
-            return out
+            def record():
+                out = body(raw)
+                self.ledger.finish_request(rec.id, idem, out)
+                return out
+
+            return await asyncio.to_thread(record)
         sk = (rec.id, api.defenses, slot)
         async with self._state_locks[sk]:  # one state's updates in a sequential order
             if sk not in self._states:
@@ -414,11 +445,14 @@ class Service:
                 fresh = api.initial_defense_state(identity)
                 self._states[sk] = (calls, fresh if blob is None else load_state(blob, fresh))
             calls, state = self._states[sk]
-            answer, new_state = await asyncio.to_thread(api.apply_defenses, identity, raw, state,
-                                                        calls)
-            out = body(answer)
-            blob = await asyncio.to_thread(dump_state, new_state)
-            await asyncio.to_thread(self.ledger.finish_request, rec.id, idem, out,
-                                    (api.defenses, slot, calls + 1, blob))
+
+            def defend_and_record():
+                answer, new_state = api.apply_defenses(identity, raw, state, calls)
+                out = body(answer)
+                self.ledger.finish_request(rec.id, idem, out, (api.defenses, slot, calls + 1,
+                                                               dump_state(new_state)))
+                return out, new_state
+
+            out, new_state = await asyncio.to_thread(defend_and_record)
             self._states[sk] = (calls + 1, new_state)
         return out
