@@ -114,7 +114,8 @@ def test_budget_larger_than_pool_fails_before_training(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("the victim must not be trained when the budget is invalid")
 
-    monkeypatch.setattr(steal.train_victim, "train", no_training)
+    from sslsteal_jax.pipeline import victim as victim_lib
+    monkeypatch.setattr(victim_lib, "train_victim", no_training)
     monkeypatch.setattr(steal, "train_surrogate", no_training)
     cfg = tiny_config(budget=10 ** 6)
     with pytest.raises(ValueError, match=r"query budget 1000000 .*query pool size 9000 "
