@@ -377,7 +377,8 @@ def test_misspelt_victim_checkpoint_is_an_error_not_hours_of_training(tmp_path):
     (["--config=configs/quickstart.py", "--config.api_output=bogus"],
      "error: unknown API output 'bogus'; allowed: ['representation', 'projection']"),
     (["--config=configs/verify.py:victim=/nonexistent/ckpt"],
-     "error: checkpoint directory '/nonexistent/ckpt' does not exist"),
+     "error: victim_checkpoint '/nonexistent/ckpt' not found (/nonexistent/ckpt); "
+     "give a checkpoint directory (e.g. victims/fashion_mnist_resnet10_w16_ft6/checkpoints)"),
 ])
 @pytest.mark.slow
 def test_more_user_mistakes_are_one_line(tmp_path, args, expected):
