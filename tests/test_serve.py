@@ -23,6 +23,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
+import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import uvicorn  # noqa: E402
 
@@ -313,8 +314,11 @@ def test_remote_client_same_interface(plain, victim, images, tmp_path, monkeypat
     assert isinstance(make_api(cfg, *victim, SHAPE), VictimAPI)
     monkeypatch.setenv("MY_KEY", secret)
     cfg.url = url
-    remote = make_api(cfg, None, None, SHAPE, output="representation")
+    remote = make_api(cfg, *victim, SHAPE, output="representation")  # same victim: accepted
     assert isinstance(remote, RemoteVictimAPI) and remote.key == secret
+    other = jax.tree_util.tree_map(lambda v: v + 1, victim[1])
+    with pytest.raises(ConfigError, match=r"is not the victim checkpoint this run evaluates"):
+        make_api(cfg, victim[0], other, SHAPE)
     with pytest.raises(ConfigError, match=r"applies defenses 'none', this run asks for 'gaussian'"):
         make_api(cfg, None, None, SHAPE, defenses="gaussian:scale=0.1")
     with pytest.raises(ConfigError, match=r"returns the 'representation', this run asks for 'projection'"):

@@ -54,9 +54,9 @@ def make_api(api_cfg, model, variables, image_shape, **kwargs):
       api_cfg: the config's ``api`` block (None or ``url`` empty: in-process).
       model, variables, image_shape: the victim (``VictimAPI``'s arguments).
       **kwargs: ``VictimAPI`` keyword arguments (``output``, ``defenses``, ``seed``,
-        ``defense_reference``, ...). With a URL, ``output`` and the defense chain's
-        link names are checked against the served victim; the service's own seed
-        and reference apply.
+        ``defense_reference``, ...). With a URL, the victim (weights fingerprint, when
+        ``variables`` is given), ``output`` and the defense chain's link names are
+        checked against the served victim; the service's own seed and reference apply.
     Returns:
       ``VictimAPI`` or ``RemoteVictimAPI`` (same ``query`` / ``register`` /
       ``queries_used`` / ``defense_summary`` interface).
@@ -76,5 +76,5 @@ def make_api(api_cfg, model, variables, image_shape, **kwargs):
                              timeout_s=float(api_cfg.get("timeout_s") or 120.0),
                              retries=int(api_cfg.get("retries", 8)))
     remote.check_compatible(image_shape, kwargs.get("output", "representation"),
-                            kwargs.get("defenses"))
+                            kwargs.get("defenses"), variables)
     return remote

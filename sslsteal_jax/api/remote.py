@@ -46,7 +46,8 @@ import uuid
 
 import numpy as np
 
-from sslsteal_jax.api.victim_api import BudgetExceededError, QueryValidationError
+from sslsteal_jax.api.victim_api import (BudgetExceededError, QueryValidationError,
+                                         victim_fingerprint)
 from sslsteal_jax.api.wire import WireFormatError, decode_embeddings, encode_array
 from sslsteal_jax.defenses.chain import format_spec, parse_spec
 from sslsteal_jax.errors import ConfigError
@@ -171,7 +172,7 @@ class RemoteVictimAPI:
         return "+".join(self.info.get("defenses") or []) or "none"
 
     def check_compatible(self, image_shape, output: str = "representation",
-                         defenses=None) -> None:
+                         defenses=None, variables=None) -> None:
         """Check that the served victim is what an experiment expects.
 
         Args:
@@ -180,6 +181,8 @@ class RemoteVictimAPI:
           defenses: the experiment's defense chain spec (None: none); compared by
             link names (the service does not reveal parameters). A research-mode
             server applies it instead: it is sent with every request from now on.
+          variables: the victim's variables as the experiment knows them (None: not
+            checked); compared by ``victim_fingerprint`` with the served victim's.
         Raises:
           ConfigError: a mismatch (names both values and how to fix it).
         """
@@ -190,6 +193,12 @@ class RemoteVictimAPI:
                 self.request_defenses = format_spec(parse_spec(defenses))
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+        served = self.info.get("victim_fingerprint")
+        if variables is not None and served and victim_fingerprint(variables) != served:
+            raise ConfigError(f"the served victim at {self.url} ({self.info.get('victim')}, "
+                              f"fingerprint {served}) is not the victim checkpoint this run "
+                              f"evaluates (fingerprint {victim_fingerprint(variables)}); serve "
+                              f"that checkpoint (--victim) or point the run at the served one")
         if tuple(image_shape) != self.image_shape:
             raise ConfigError(f"the served victim at {self.url} takes images of shape "
                               f"{list(self.image_shape)}, this run's images are "

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import threading
 
 import jax
@@ -51,6 +52,16 @@ def _answer_and_head(model, index, variables, x):
     Compiled once per (model, output, shape), shared by every defended API instance."""
     h, z = model.apply(variables, x, train=False)
     return jnp.concatenate([(h, z)[index], z], axis=1)
+
+
+def victim_fingerprint(variables) -> str:
+    """A short public identifier of a victim's weights: the first 16 hex digits of the
+    SHA-256 of every leaf of ``variables`` (tree order, float32 bytes). Lets a client
+    check that a served victim is the checkpoint it evaluates, revealing nothing usable."""
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(variables):
+        h.update(np.ascontiguousarray(np.asarray(leaf, np.float32)).tobytes())
+    return h.hexdigest()[:16]
 
 
 class BudgetExceededError(RuntimeError):
@@ -151,6 +162,11 @@ class VictimAPI:
             self._chain = DefenseChain(defenses, self.output_dim, self.head_dim, k_provider,
                                        reference=reference)
             self.output_dim = self._chain.output_dim
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """:func:`victim_fingerprint` of the victim's variables."""
+        return victim_fingerprint(self._variables)
 
     @property
     def defenses(self) -> str:

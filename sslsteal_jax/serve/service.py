@@ -218,7 +218,8 @@ class Service:
     def info(self) -> dict:
         """``/v1/info``: what a client needs to query (no secrets: defense names only)."""
         return {"service": "sslsteal_jax representation API", "wire_format": 1,
-                "victim": self.description, "input_shape": list(self.api.image_shape),
+                "victim": self.description, "victim_fingerprint": self.api.fingerprint,
+                "input_shape": list(self.api.image_shape),
                 "input_dtypes": {"uint8": "[0, 255]", "float32": "[0, 1]"},
                 "output": self.api.output, "output_dim": int(self.api.output_dim),
                 "defenses": self._defense_names, "research": self.research,
