@@ -1,7 +1,7 @@
 """A ViT-S surrogate steals the shipped victim on the main job's path; fidelity vs an independent ViT-S.
 
-    python benchmarks/vit_surrogate.py --workdir runs/vit_s_surrogate \
-        --out benchmarks/results/vit_surrogate.json
+    python benchmarks/vit_surrogate.py --budget 5000 --epochs 4 --workdir runs/vit_s_5000
+    (writes benchmarks/results/vit_surrogate_5000q.json; --out to change)
 
 1. Runs the steal job as a command (``python -m sslsteal_jax.main
    --config=configs/quickstart.py:losses=mse,...`` with
@@ -96,13 +96,15 @@ def analyse(workdir: str) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", default="runs/vit_s_surrogate")
-    p.add_argument("--out", default="benchmarks/results/vit_surrogate.json")
+    p.add_argument("--out", default=None,
+                   help="default: benchmarks/results/vit_surrogate_<budget>q.json")
     p.add_argument("--budget", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--stem", default="patch7")
     p.add_argument("--probe-train", type=int, default=2000)
     p.add_argument("--probe-test", type=int, default=1000)
     a = p.parse_args()
+    a.out = a.out or os.path.join(_ROOT, "benchmarks", "results", f"vit_surrogate_{a.budget}q.json")
     cmd = steal_command(a.workdir, a.budget, a.epochs, a.stem, a.probe_train, a.probe_test)
     t0 = time.time()
     if not os.path.exists(os.path.join(a.workdir, "results.json")):
