@@ -43,7 +43,9 @@ SMOKE = {
                {"probe_test_size": 100, "attack.steal.batch_size": 32,
                 "watermark.align_images": 32, "di.n_fit": 64, "di.n_private": 64,
                 "di.n_public": 64, "di.components": 2}),
-    "victim_simclr": ("epochs=1", {"probe_train_size": 200, **TINY_SIMCLR}),
+    # train_victim's few-label probe takes 100 labels per class: the first 1,200 train images
+    # hold at least 110 of each class.
+    "victim_simclr": ("epochs=1", {"probe_train_size": 1200, **TINY_SIMCLR}),
     "watermark_victim": ("init_from=,epochs=1",
                          {"probe_train_size": 200, **EVAL_BLOCK, **TINY_SIMCLR,
                           "model.watermark_hidden": 8,
