@@ -51,8 +51,8 @@ _WATCHDOG = flags.DEFINE_float(
 _SHOW_CONFIG = flags.DEFINE_bool(
     "show_config", False,
     "Print the config file's documentation (its :arguments) and the resolved config fields "
-    "(after :arguments and --config.<field> overrides), then exit 0 without running anything; "
-    "--workdir is not needed.")
+    "(after :arguments and --config.<field> overrides), then check the config and exit (0 "
+    "valid, 1 with one 'error:' line) without running anything; --workdir is not needed.")
 
 # config.experiment -> module sslsteal_jax.experiments.<name> (each defines run(cfg, workdir)).
 EXPERIMENTS = tuple(EXPERIMENT_CONFIGS)

@@ -132,6 +132,7 @@ def test_failing_section_is_recorded_and_the_rest_run(tmp_path, monkeypatch, cap
     assert any(ln.startswith("[inference/resnet50]") and "123.0 img/s" in ln for ln in lines)
 
 
+@pytest.mark.slow
 def test_budget_skips_sections(tmp_path, monkeypatch):
     monkeypatch.setattr(ac, "bench_inference_config", lambda *a, **k: pytest.fail("ran past the budget"))
     out = tmp_path / "r.json"

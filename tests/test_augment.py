@@ -69,6 +69,7 @@ def test_crop_full_scale_unit_ratio_is_identity(c):
         np.testing.assert_allclose(np.asarray(out), np.asarray(img), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_crop_small_scale_changes_image_keeps_shape():
     img = _images(3, b=1)[0]
     out = random_resized_crop(jax.random.PRNGKey(0), img, scale=(0.2, 0.3))
@@ -155,6 +156,7 @@ def test_gaussian_blur_preserves_constant_image(c):
     np.testing.assert_allclose(float(out.mean()), 0.37, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gaussian_blur_smooths_delta():
     img = jnp.zeros((H, W, 1), jnp.float32).at[H // 2, W // 2, 0].set(1.0)
     out = np.asarray(gaussian_blur(jax.random.PRNGKey(0), img, sigma_range=(1.0, 1.0)))

@@ -171,8 +171,8 @@ def test_steal_loss_is_not_a_field_of_the_main_job():
     ("quickstart", {"losses": "infonce,bogus"}, "unknown stealing loss(es) ['bogus']"),
     ("quickstart", {"strategies": "direct,bogus"}, "unknown query strategy(ies) ['bogus']"),
     ("quickstart", {"query_dataset": "fashion_mnist:tset"},
-     "unknown split 'tset' for dataset 'fashion_mnist' in query_dataset='fashion_mnist:tset'; "
-     "allowed splits: ['train', 'test']"),
+     "unknown split 'tset' for dataset 'fashion_mnist' (unknown: ['tset']); allowed splits: "
+     "['test', 'train']"),
     ("quickstart", {"steal.model.dtype": "float16"}, "unknown compute dtype 'float16'"),
     ("budget_scan", {"budgets": (250, 0)}, "budgets=(250, 0); allowed: integers >= 1"),
     ("budget_scan", {"budgets": ("250,x",)}, "budgets=('250,x',); allowed: integers >= 1"),

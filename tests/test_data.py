@@ -90,6 +90,7 @@ def test_tfds_slices(data_dir):
     np.testing.assert_array_equal(x[:100], xr[:100])
 
 
+@pytest.mark.slow
 @needs_fashion
 def test_caching_on_disk_and_in_process(data_dir):
     registry.load_split("fashion_mnist", "test", data_dir=data_dir)  # make sure it is prepared

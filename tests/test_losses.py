@@ -237,6 +237,7 @@ def test_soft_nearest_neighbor_hand_computed_1d():
     np.testing.assert_allclose(float(got), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("T", [0.5, 2.0, 100.0])
 def test_softnn_loss_matches_loop_reference(T):
     rng = np.random.default_rng(8)
@@ -263,6 +264,7 @@ def test_softnn_default_temperature_is_100():
         _ref_snn(np.concatenate([s, v]).tolist(), [0, 1, 0, 1], 3.0), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_softnn_lower_when_s_equals_v():
     rng = np.random.default_rng(10)
     v = jnp.asarray(rng.normal(size=(4, 3)) * 3, jnp.float32)

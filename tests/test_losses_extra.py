@@ -18,6 +18,7 @@ def test_cosine_loss_hand_computed():
     assert float(jnp.abs(g).sum()) == 0.0
 
 
+@pytest.mark.slow
 def test_barlow_loss_hand_computed():
     s = np.array([[1.0, 2.0], [3.0, 1.0], [2.0, 0.0]])
     v = np.array([[0.0, 1.0], [2.0, 2.0], [1.0, 0.0]])
@@ -42,6 +43,7 @@ def test_soft_cross_entropy_hand_computed():
     assert float(losses.soft_cross_entropy_loss(jnp.array(s), jnp.array(v))) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_supcon_hand_computed():
     z = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
     y = np.array([0, 0, 1])
@@ -56,6 +58,7 @@ def test_supcon_hand_computed():
 # symmetrized (SimSiam), supcon stealing, probability cross-entropy, dispatch
 # ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_symmetrized_hand_computed():
     p1, p2 = jnp.array([[1.0, 0.0]]), jnp.array([[0.0, 2.0]])
     v1, v2 = jnp.array([[1.0, 1.0]]), jnp.array([[3.0, 0.0]])

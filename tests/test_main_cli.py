@@ -86,6 +86,7 @@ def test_helper_module_is_not_a_config(tmp_path):
     assert rc == 1
 
 
+@pytest.mark.slow
 def test_unknown_config_field(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py", "--config.steal.nosuch=1",
                       f"--workdir={tmp_path / 'w'}")

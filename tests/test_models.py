@@ -84,6 +84,7 @@ def test_init_encoder_concrete():
     assert h.shape == (2, WIDTH * 8) and np.all(np.isfinite(np.asarray(h)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet34", "resnet50"])
 def test_deep_encoders_shapes_abstract(arch):
     # Abstract evaluation (no compile) of train-mode apply: shape and dtype of h and batch_stats.
@@ -96,6 +97,7 @@ def test_deep_encoders_shapes_abstract(arch):
     assert "batch_stats" in upd
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("channels", [1, 3])
 def test_encoder_accepts_1_and_3_channels(channels):
     enc = build_encoder("resnet10", width=WIDTH)
@@ -106,6 +108,7 @@ def test_encoder_accepts_1_and_3_channels(channels):
     assert h.shape == (2, WIDTH * 8) and h.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_imagenet_stem_32x32():
     enc = build_encoder("resnet10", width=WIDTH, stem="imagenet")
     variables = _variables(enc, (2, 32, 32, 3))
@@ -115,6 +118,7 @@ def test_imagenet_stem_32x32():
     assert np.all(np.isfinite(np.asarray(h)))
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_returns_float32():
     enc = build_encoder("resnet10", width=WIDTH, dtype=jnp.bfloat16)
     abstract = jax.eval_shape(lambda k: enc.init(k, jnp.zeros((2, 16, 16, 1)), train=False),

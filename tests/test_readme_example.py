@@ -50,6 +50,7 @@ def test_readme_example_runs_and_steals(tmp_path):
     assert 0.5 < fidelity <= 1.0, p.stdout
 
 
+@pytest.mark.slow
 def test_import_is_light_and_names_resolve():
     code = ("import sys, sslsteal_jax as s; assert 'jax' not in sys.modules, 'jax imported'; "
             "from sslsteal_jax.training.checkpoint import load_model; "

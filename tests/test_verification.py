@@ -63,6 +63,7 @@ def test_rotate_images_matches_numpy_rot90():
         rotate_images(np.zeros((1, 2, 3, 1)), [0])
 
 
+@pytest.mark.slow
 def test_rotation_task_labels_and_balance():
     x, y = rotation_task(marked_images(3), 4)
     assert x.shape == (12, 5, 5, 1) and x.dtype == np.uint8
@@ -112,6 +113,7 @@ def test_watermark_linear_map_for_other_sizes():
     assert r["linear_map"] and r["accuracy"] == 1.0
 
 
+@pytest.mark.slow
 def test_fit_linear_map_recovers_affine_map():
     k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
     src = jax.random.normal(k1, (50, 3))

@@ -136,10 +136,8 @@ def check_dataset(field: str, name: str) -> None:
     offline = {**{k: k for k in registry.OFFLINE_DATASETS},
                **{b: k for k, b in registry.OFFLINE_BUILDER_NAMES.items()}}
     if base in offline:
-        allowed = registry.OFFLINE_SPLITS[offline[base]]
-        if split and split.split("[", 1)[0] not in allowed:
-            raise ConfigError(f"unknown split {split!r} for dataset {base!r} in {field}="
-                              f"{name!r}; allowed splits: {list(allowed)}")
+        if split:  # the registry's own check (and message) of a split of an offline dataset
+            registry._check_split(base, split, registry.OFFLINE_SPLITS[offline[base]])
         return
     try:
         import tensorflow_datasets as tfds
