@@ -2,8 +2,10 @@
 
 Reimplements Dziedzic et al., "On the Difficulty of Defending Self-Supervised
 Learning against Model Extraction" (ICML 2022) in JAX/Flax. Subpackages:
-``data``, ``models``, ``losses``, ``api``, ``attacks``,
-``evaluation``, ``training``, ``experiments``; entry point ``sslsteal_jax.main``.
+``configs`` (every experiment's config and its checks), ``data``, ``models``,
+``losses``, ``api``, ``serve``, ``attacks``, ``defenses``, ``trainers``,
+``verification``, ``evaluation``, ``training``, ``pipeline``, ``experiments``;
+entry point ``sslsteal_jax.main``.
 
 Python API (for notebooks; README "Python API"): the objects a researcher composes
 by hand, importable from the package top level. They are imported lazily on first

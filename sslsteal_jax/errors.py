@@ -28,3 +28,40 @@ def root_cause(e: BaseException) -> BaseException:
             break
         e = nxt
     return e
+
+
+def name_some(keys, n: int = 5) -> str:
+    """``"a, b, c, ... (9 in all)"``: the first ``n`` of ``keys`` (an iterable of str)."""
+    keys = list(keys)
+    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def key_mismatch(missing, extra, shape_mismatches, *, missing_label: str, extra_label: str,
+                 shown: int, shapes_shown: int, shape_hint: str = "") -> str:
+    """The ``"; "``-joined description of how stored arrays differ from a model's: one
+    part for missing names, one for extra names, one for shape mismatches (each only
+    when non-empty). Shared by the orbax checkpoint check and the PyTorch importer, so
+    both report a mismatch the same way.
+
+    Args:
+      missing, extra: lists of array names (str).
+      shape_mismatches: ``[(name, stored shape, expected shape)]``.
+      missing_label, extra_label: e.g. ``"missing keys"``.
+      shown: how many names of each list to show (:func:`name_some`).
+      shapes_shown: how many shape mismatches to spell out.
+      shape_hint: appended to the shape part (e.g. a question about the width).
+    Returns:
+      the message ("" when nothing differs).
+    """
+    parts = []
+    if missing:
+        parts.append(f"{missing_label}: {name_some(missing, shown)}")
+    if extra:
+        parts.append(f"{extra_label}: {name_some(extra, shown)}")
+    if shape_mismatches:
+        spelled = "; ".join(f"{k} stored {s} expected {e}"
+                            for k, s, e in shape_mismatches[:shapes_shown])
+        more = "; ..." if len(shape_mismatches) > shapes_shown else ""
+        parts.append(f"{len(shape_mismatches)} shape mismatches: {spelled}{more}{shape_hint}")
+    return "; ".join(parts)

@@ -36,6 +36,7 @@ import textwrap
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from sslsteal_jax import configs
 from sslsteal_jax.configs import EXPERIMENT_CONFIGS
 from sslsteal_jax.errors import ConfigError, root_cause
 
@@ -278,13 +279,15 @@ def _unknown_field_message(flag: str, value: str, e: BaseException) -> str:
 
 
 def run(cfg, workdir: str):
-    """Dispatch ``cfg.experiment``; returns the experiment's results dict.
+    """Check ``cfg`` (``sslsteal_jax.configs.validate``), then run ``cfg.experiment``;
+    returns the experiment's results dict. The Python entry point: the same checks as
+    the command line, so a hand-built config is refused before any data is loaded.
 
     Raises:
-      ConfigError: unknown experiment name (or a user mistake the experiment finds).
+      ConfigError: unknown experiment name, a bad field (the first one) or a user
+        mistake the experiment finds.
     """
-    if cfg.experiment not in EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {cfg.experiment!r}; allowed: {list(EXPERIMENTS)}")
+    configs.validate(cfg)
     exp = importlib.import_module(f"sslsteal_jax.experiments.{cfg.experiment}")
     return exp.run(cfg, workdir)
 
@@ -311,7 +314,6 @@ def show_config(value: str, cfg) -> None:
     Raises:
       ConfigError: the config does not pass its experiment's ``validate``.
     """
-    from sslsteal_jax import configs
     from sslsteal_jax.configs.args import describe
 
     path = value.split(":", 1)[0]
@@ -384,7 +386,6 @@ def main(argv):
         distributed = initialize_distributed()
     except ValueError as e:  # bad environment variable: a usage error, not a traceback
         _fail(str(e))
-    from sslsteal_jax import configs
     try:
         configs.validate(_CONFIG.value)  # names and ranges, before any data or training
     except ConfigError as e:

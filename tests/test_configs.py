@@ -15,20 +15,20 @@ from sslsteal_jax.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 
-SPEC = {"n": Arg(3, "an int", minimum=1), "x": Arg(0.5, "a float"), "on": Arg(True, "a bool"),
+ARG_SPEC = {"n": Arg(3, "an int", minimum=1), "x": Arg(0.5, "a float"), "on": Arg(True, "a bool"),
         "name": Arg("a", "text", choices=("a", "b")), "items": Arg((1, 2), "ints", minimum=0),
         "words": Arg(("w",), "names"), "size": Arg(None, "optional", kind=int, optional=True)}
 
 
 def test_parse_types_come_from_the_defaults():
-    a = args.parse("n=7,x=2,on=0,name=b,items=4+5;6,words=mse+infonce,size=none", SPEC)
+    a = args.parse("n=7,x=2,on=0,name=b,items=4+5;6,words=mse+infonce,size=none", ARG_SPEC)
     assert (a.n, a.x, a.on, a.name, a.items, a.words, a.size) == (
         7, 2.0, False, "b", (4, 5, 6), ("mse", "infonce"), None)
     assert isinstance(a.x, float) and isinstance(a.n, int)
-    d = args.parse("", SPEC)
+    d = args.parse("", ARG_SPEC)
     assert (d.n, d.x, d.on, d.items, d.size) == (3, 0.5, True, (1, 2), None)
-    assert args.parse("items=,size=12", SPEC).items == () and args.parse("size=12", SPEC).size == 12
-    assert args.defaults(SPEC, n=9).n == 9
+    assert args.parse("items=,size=12", ARG_SPEC).items == () and args.parse("size=12", ARG_SPEC).size == 12
+    assert args.defaults(ARG_SPEC, n=9).n == 9
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -46,7 +46,7 @@ def test_parse_types_come_from_the_defaults():
 ])
 def test_parse_errors_are_one_line_naming_the_argument(arg, message):
     with pytest.raises(ConfigError) as e:
-        args.parse(arg, SPEC)
+        args.parse(arg, ARG_SPEC)
     assert str(e.value) == message
 
 
@@ -55,7 +55,7 @@ def test_arg_needs_a_supported_type():
         Arg(None, "no type")
     with pytest.raises(TypeError, match="not supported"):
         Arg([1], "a list")
-    assert "n (default 3; an integer >= 1)" in args.describe(SPEC)
+    assert "n (default 3; an integer >= 1)" in args.describe(ARG_SPEC)
 
 
 def _thin_files():
@@ -146,14 +146,19 @@ def test_steal_settings_are_typed_placeholders():
         load_config("quickstart", **{"steal.batch_size": "128"})
 
 
-def test_a_steal_setting_a_loss_override_would_replace_is_an_error():
+def test_an_explicit_steal_setting_wins_over_the_loss_overrides():
+    """``steal.learning_rate`` set by the user holds for every loss; a
+    ``loss_overrides.<loss>`` entry only fills fields nobody set (it used to replace
+    the explicit value silently, then to be refused by validate)."""
+    from sslsteal_jax.trainers.surrogate import resolve_hparams, steal_config
+
     cfg = load_config("quickstart", **{"steal.learning_rate": 0.01})
-    with pytest.raises(ConfigError) as e:
-        validate(cfg)
-    assert str(e.value) == (
-        "steal.learning_rate=0.01 would be replaced by loss_overrides.infonce.learning_rate=0.001 "
-        "for loss 'infonce'; set --config.loss_overrides.infonce.learning_rate=0.01 instead")
-    validate(load_config("quickstart", "losses=mse", **{"steal.learning_rate": 0.01}))
+    validate(cfg)
+    hp = resolve_hparams(steal_config(cfg.steal, "infonce", None, cfg.loss_overrides))
+    assert hp["learning_rate"] == 0.01
+    assert hp["temperature"] == cfg.loss_overrides.infonce.temperature
+    hp = resolve_hparams(steal_config(cfg.steal, "mse", None, cfg.loss_overrides))
+    assert hp["learning_rate"] == 0.01
 
 
 def test_steal_loss_is_not_a_field_of_the_main_job():

@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import types
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from sslsteal_jax.errors import ConfigError
 
@@ -168,6 +168,28 @@ def parse(arg: str | None, spec: Mapping[str, Arg]) -> types.SimpleNamespace:
             raise ConfigError(f"config argument {name!r} given twice")
         given[name] = convert(name, raw, spec[name])
     return defaults(spec, **given)
+
+
+def config_getter(build: Callable[[types.SimpleNamespace], Any], spec: Mapping[str, Arg],
+                  what: str) -> Callable[[str], Any]:
+    """The ``get_config(arg)`` of a config module: :func:`parse` ``arg`` against
+    ``spec``, then ``build`` the ConfigDict from the parsed namespace.
+
+    Args:
+      build: ``namespace -> ml_collections.ConfigDict``, the module's builder.
+      spec: the module's ``ARGS``.
+      what: the first line of the returned function's docstring (e.g. "The main
+        job's config").
+    Returns:
+      ``get_config(arg: str = "") -> ConfigDict``; it raises ConfigError for an
+      unknown argument or a bad value (names it).
+    """
+    def get_config(arg: str = ""):
+        return build(parse(arg, spec))
+
+    get_config.__doc__ = (f"{what} (arguments: ``ARGS``).\n\n    Raises:\n"
+                          "      ConfigError: unknown argument or bad value (names it).\n    ")
+    return get_config
 
 
 def _show(value) -> str:

@@ -149,10 +149,10 @@ def check_dataset(field: str, name: str) -> None:
         raise registry.unknown_dataset_error(base) from None
 
 
-def check_steal(prefix: str, steal, loss_overrides, loss_list) -> None:
+def check_steal(prefix: str, steal) -> None:
     """The ``steal`` block: epochs >= 1; batch_size / learning_rate / temperature None
-    (the loss's registry setting) or positive; the compute dtype; and no explicit
-    setting that a ``loss_overrides`` entry of a chosen loss would silently replace.
+    (the loss's registry setting, or its ``loss_overrides`` entry) or positive; the
+    compute dtype.
 
     Raises:
       ConfigError: the first bad field (``<prefix>.steal.<field>``).
@@ -166,13 +166,6 @@ def check_steal(prefix: str, steal, loss_overrides, loss_list) -> None:
     check_number(f"{p}.temperature", steal.temperature, optional=True)
     check_number(f"{p}.weight_decay", steal.weight_decay, zero=True)
     compute_dtype(steal.model.dtype)
-    for loss in loss_list:
-        for k, v in dict((loss_overrides or {}).get(loss, {})).items():
-            if steal.get(k) is not None and steal.get(k) != v:
-                raise ConfigError(
-                    f"{p}.{k}={steal.get(k)!r} would be replaced by {prefix}loss_overrides."
-                    f"{loss}.{k}={v!r} for loss {loss!r}; set --config.{prefix}loss_overrides."
-                    f"{loss}.{k}={steal.get(k)!r} instead")
 
 
 def check_eval(ev) -> None:

@@ -78,13 +78,7 @@ def build(a) -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """The budget scan's config (arguments: :data:`ARGS`).
-
-    Raises:
-      ConfigError: unknown argument or bad value (names it).
-    """
-    return build(args.parse(arg, ARGS))
+get_config = args.config_getter(build, ARGS, "The budget scan's config")
 
 
 def validate(cfg) -> None:
@@ -98,7 +92,7 @@ def validate(cfg) -> None:
 
     base.check_int_tuple("budgets", cfg.budgets, minimum=1)
     base.check_int_tuple("seeds", cfg.seeds, minimum=0)
-    names = base.check_losses("losses", cfg.losses)
+    base.check_losses("losses", cfg.losses)
     base.check_choice("protocol", cfg.protocol, ("examples", "epochs"))
     base.check_int("examples_per_cell", cfg.examples_per_cell)
     base.check_int("stack", cfg.stack)
@@ -106,7 +100,7 @@ def validate(cfg) -> None:
     if cfg.stack_mode not in MODES:
         raise ConfigError(f"stack_mode={cfg.stack_mode!r}; allowed: {list(MODES)}")
     base.check_api_output(cfg.api_output)
-    base.check_steal("", cfg.steal, cfg.get("loss_overrides"), names)
+    base.check_steal("", cfg.steal)
     base.check_eval(cfg.eval)
     base.check_int("probe_test_size", cfg.probe_test_size)
     base.check_int("probe_train_size", cfg.probe_train_size, optional=True)

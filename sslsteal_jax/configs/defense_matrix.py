@@ -145,13 +145,7 @@ def build(a) -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """The defense matrix's config (arguments: :data:`ARGS`).
-
-    Raises:
-      ConfigError: unknown argument, scale or defense family.
-    """
-    return build(args.parse(arg, ARGS))
+get_config = args.config_getter(build, ARGS, "The defense matrix's config")
 
 
 def validate(cfg) -> None:
@@ -167,7 +161,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"budget {cfg.budget} must be >= 1 (and at most the query pool size)")
     if cfg.steal.loss not in losses.LOSSES:
         base.fail("steal.loss", cfg.steal.loss, " | ".join(losses.LOSSES))
-    base.check_steal("", cfg.steal, cfg.get("loss_overrides"), [cfg.steal.loss])
+    base.check_steal("", cfg.steal)
     base.check_eval(cfg.eval)
     n_test = cfg.legit.test_size
     if isinstance(n_test, bool) or not isinstance(n_test, int) or not 1 <= n_test < cfg.budget:

@@ -38,6 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.experiment = EXPERIMENT
     base.data_fields(c)
+    c.probe_train_size = base.placeholder(int)  # None = the whole labelled train split
     c.checkpoints = ""
     c.victim_checkpoint = base.MAIN_VICTIM
     c.api_output = "representation"
@@ -62,4 +63,5 @@ def validate(cfg) -> None:
     base.check_api_output(cfg.api_output)
     base.check_eval(cfg.eval)
     base.check_int("probe_test_size", cfg.probe_test_size)
+    base.check_int("probe_train_size", cfg.probe_train_size, optional=True)
     base.check_dataset("dataset", cfg.dataset)

@@ -80,13 +80,7 @@ def build(a) -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """The import experiment's config (arguments: :data:`ARGS`).
-
-    Raises:
-      ConfigError: unknown argument or bad value (names it).
-    """
-    return build(args.parse(arg, ARGS))
+get_config = args.config_getter(build, ARGS, "The import experiment's config")
 
 
 def validate(cfg) -> None:

@@ -80,13 +80,7 @@ def build(a) -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """The main job's config (arguments: :data:`ARGS`).
-
-    Raises:
-      ConfigError: unknown argument or bad value (names it).
-    """
-    return build(args.parse(arg, ARGS))
+get_config = args.config_getter(build, ARGS, "The main job's config")
 
 
 def validate(cfg) -> None:
@@ -101,12 +95,12 @@ def validate(cfg) -> None:
     if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int) or cfg.budget < 1:
         raise ConfigError(f"query budget {cfg.budget} must be >= 1 (and at most the query "
                           "pool size)")
-    names = base.check_losses("losses", cfg.losses)
+    base.check_losses("losses", cfg.losses)
     parse_strategies(cfg.strategies)
     base.check_int("views", cfg.views)
     base.check_int("surrogate_views", cfg.surrogate_views, minimum=0)
     base.check_api_output(cfg.api_output)
-    base.check_steal("", cfg.steal, cfg.get("loss_overrides"), names)
+    base.check_steal("", cfg.steal)
     base.check_eval(cfg.eval)
     base.check_int("probe_test_size", cfg.probe_test_size)
     base.check_int("probe_train_size", cfg.probe_train_size, optional=True)

@@ -85,13 +85,7 @@ def build(a) -> ml_collections.ConfigDict:
     return c
 
 
-def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    """The verification config (arguments: :data:`ARGS`).
-
-    Raises:
-      ConfigError: unknown argument or bad value (names it).
-    """
-    return build(args.parse(arg, ARGS))
+get_config = args.config_getter(build, ARGS, "The verification config")
 
 
 def validate(cfg) -> None:
@@ -115,7 +109,7 @@ def validate(cfg) -> None:
         raise ConfigError(f"unknown stealing loss(es) {bad} in attack.losses; allowed: "
                           f"{list(losses.ALL_LOSSES)}")
     base.check_int("attack.samples", cfg.attack.samples)
-    base.check_steal("attack.", cfg.attack.steal, cfg.attack.get("loss_overrides"), names)
+    base.check_steal("attack.", cfg.attack.steal)
     base.check_int("independent.seeds", cfg.independent.seeds)
     base.check_int("independent.simclr_epochs", cfg.independent.simclr_epochs, minimum=0)
     if cfg.independent.simclr_epochs:

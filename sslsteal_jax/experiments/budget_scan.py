@@ -58,7 +58,7 @@ from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.losses import parse_losses
-from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.models import SurrogateModel, encoder_from_config
 from sslsteal_jax.pipeline import evaluate, queries, results, workdir as wd
 from sslsteal_jax.pipeline.cells import CellStore
 from sslsteal_jax.pipeline.victim import load_victim
@@ -259,7 +259,7 @@ def _reference_rows(cfg, victim, api_dim: int, data, key, owner, ev) -> dict:
     """The victim's and an independent surrogate-architecture encoder's rows."""
     enc = victim.module.encoder
     m = steal_config(cfg.steal, parse_losses(cfg.losses)[0], enc).model
-    senc = build_encoder(m.arch, m.width, m.stem)
+    senc = encoder_from_config(m)
     smod = SurrogateModel(senc, None if senc.representation_dim == api_dim else api_dim)
     ind = evaluate.independent_encoder(smod, data, cfg.seed,
                                        1 if smod.out_dim is None else None)

@@ -58,7 +58,7 @@ from sslsteal_jax.evaluation.detection import detector_report
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.legit_user import coverage_curve, legit_user_accuracy, task_subset
-from sslsteal_jax.models import SurrogateModel, build_encoder
+from sslsteal_jax.models import SurrogateModel, encoder_from_config
 from sslsteal_jax.pipeline import evaluate, results, workdir as wd
 from sslsteal_jax.pipeline.cells import CellStore
 from sslsteal_jax.pipeline.victim import load_victim
@@ -224,7 +224,7 @@ def run(cfg, workdir: str) -> dict:
     key, ev = jax.random.key(int(cfg.seed)), evaluate.eval_kwargs(cfg)
     smodel_cfg = steal_config(cfg.steal, cfg.steal.loss, victim.module.encoder,
                               cfg.loss_overrides)
-    enc = build_encoder(smodel_cfg.model.arch, smodel_cfg.model.width, smodel_cfg.model.stem)
+    enc = encoder_from_config(smodel_cfg.model)
     reference = {
         "victim": store.get_or_compute("reference/victim", lambda: evaluate.encoder_row(
             victim.encoder(), data, key, None, ev)),

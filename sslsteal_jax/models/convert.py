@@ -47,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.errors import ConfigError, key_mismatch, name_some
 from sslsteal_jax.models import (ARCHITECTURES, VIT_ARCHITECTURES, ImportedModel, SequentialHead,
                                  arch_family, build_encoder)
 from sslsteal_jax.models.resnet import Bottleneck
@@ -106,13 +106,6 @@ class ImportedCheckpoint:
     variables: dict
     image_shape: tuple
     info: dict
-
-
-def _names(keys, n: int = 5) -> str:
-    """``"a, b, c, ... (9 in all)"``: the first ``n`` of ``keys``."""
-    keys = list(keys)
-    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
 
 
 def sha256_file(path: str, chunk: int = 1 << 20) -> str:
@@ -223,7 +216,7 @@ def find_state_dict(obj, wrapper: str | None = None, source: str = "checkpoint")
                 keys = sorted(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
                 raise CheckpointImportError(
                     f"{source}: wrapper key {'.'.join(path + [part])!r} not found; the object "
-                    f"there has keys {_names(keys, 10)}")
+                    f"there has keys {name_some(keys, 10)}")
             obj = obj[part]
             path.append(part)
     while not _is_state_dict(obj):
@@ -237,7 +230,7 @@ def find_state_dict(obj, wrapper: str | None = None, source: str = "checkpoint")
                     "no tensors")
             raise CheckpointImportError(
                 f"{source}: unknown layout, {'.'.join(path) or 'the top level'} holds {what} "
-                f"(keys {_names(sorted(map(str, obj)), 10)}) and none of the wrappers "
+                f"(keys {name_some(sorted(map(str, obj)), 10)}) and none of the wrappers "
                 f"{list(WRAPPERS)}; pass wrapper=KEY naming the state dict")
         obj = obj[nxt]
         path.append(nxt)
@@ -268,7 +261,7 @@ def find_prefix(keys, family: str, prefix: str | None = None, source: str = "che
         if absent:
             raise CheckpointImportError(
                 f"{source}: prefix {prefix!r} does not lead to a {family} encoder: missing keys "
-                f"{_names(absent)}", missing=absent)
+                f"{name_some(absent)}", missing=absent)
         return prefix
     cands = {k[:-len(anchors[0])] for k in keys if k.endswith(anchors[0])}
     cands = {p for p in cands if all(p + a in keys for a in anchors)}
@@ -283,7 +276,7 @@ def find_prefix(keys, family: str, prefix: str | None = None, source: str = "che
             f"known convention {list(PREFIXES)}; pass prefix=... to choose one")
     raise CheckpointImportError(
         f"{source}: unknown layout, no {family} encoder keys ({', '.join(anchors)}) under any "
-        f"prefix; its keys start with {_names(sorted(keys), 6)}; pass prefix=... if the "
+        f"prefix; its keys start with {name_some(sorted(keys), 6)}; pass prefix=... if the "
         "encoder's keys carry another prefix, or check arch")
 
 
@@ -397,7 +390,7 @@ def parse_head(sd: dict, head_prefix: str, in_dim: int, source: str) -> tuple:
         if odd:
             raise CheckpointImportError(
                 f"{source}: the head under {head_prefix!r} is not an nn.Sequential of Linear / "
-                f"BatchNorm1d layers (keys {_names(odd)}); import without a head (head=none)",
+                f"BatchNorm1d layers (keys {name_some(odd)}); import without a head (head=none)",
                 unexpected=odd)
         for r, k in zip(rest, keys):
             i, name = r.split(".", 1)
@@ -428,7 +421,7 @@ def parse_head(sd: dict, head_prefix: str, in_dim: int, source: str) -> tuple:
         else:
             raise CheckpointImportError(
                 f"{source}: head layer {head_prefix}{i} is neither Linear nor BatchNorm1d (keys "
-                f"{_names(sorted(g.values()))}); import without a head (head=none)",
+                f"{name_some(sorted(g.values()))}); import without a head (head=none)",
                 unexpected=sorted(g.values()))
     if not any(layer[0] == "linear" for layer in layers):
         raise CheckpointImportError(f"{source}: the head under {head_prefix!r} has no Linear layer")
@@ -518,7 +511,7 @@ def convert_state_dict(sd: dict, arch: str, *, stem: str | None = None, pool: st
     absent = [a for a in _ANCHORS[family] if a not in sd]
     if absent:
         raise CheckpointImportError(
-            f"{source}: not a {family} state dict (missing {_names(absent)}; it looks like "
+            f"{source}: not a {family} state dict (missing {name_some(absent)}; it looks like "
             f"{detect_arch(sd) or 'an unknown layout'})", missing=absent)
     head_prefix = _HEAD_PREFIX[family]
     opts = {"mean": tuple(mean), "std": tuple(std)}
@@ -594,19 +587,12 @@ def convert_state_dict(sd: dict, arch: str, *, stem: str | None = None, pool: st
     unexpected = sorted(k for k in sd if k not in used and not k.endswith(_BOOKKEEPING)
                         and k not in dropped)
     if missing or unexpected or bad:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_names(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_names(unexpected)}")
-        if bad:
-            parts.append(f"{len(bad)} shape mismatches: " + "; ".join(
-                f"{k} stored {s} expected {e}" for k, s, e in bad[:3]) + ("; ..." if len(bad) > 3
-                                                                          else ""))
+        parts = key_mismatch(missing, unexpected, bad, missing_label="missing keys",
+                             extra_label="unexpected keys", shown=5, shapes_shown=3)
         looks = detect_arch(sd)
         hint = f"; the keys look like {looks}" if looks and looks != arch else ""
         raise CheckpointImportError(f"{source} does not fit {arch} (stem {stem}): "
-                                    + "; ".join(parts) + hint,
+                                    + parts + hint,
                                     missing=missing, unexpected=unexpected, shape_mismatches=bad)
     variables.setdefault("params", {})
     variables.setdefault("batch_stats", {})

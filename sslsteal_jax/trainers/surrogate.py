@@ -46,8 +46,11 @@ def steal_config(steal, loss: str, victim_encoder=None, loss_overrides=None,
     """The surrogate-training config of ``loss`` (what ``train_surrogate`` takes): a
     resolved copy of the ``steal`` block with ``loss`` (and ``seed``, when given) set,
     an empty ``model.arch`` taken from ``victim_encoder`` (a ``models.resnet.ResNet``
-    or ``models.vit.VisionTransformer``), then ``loss_overrides[loss]`` applied (the
-    per-loss ``LossSpec.scale_overrides`` of the CPU-scale configs). The one code path
+    or ``models.vit.VisionTransformer``), then ``loss_overrides[loss]`` applied to the
+    fields the ``steal`` block leaves None (the per-loss ``LossSpec.scale_overrides`` of
+    the CPU-scale configs): an explicit ``steal.learning_rate`` (or batch size,
+    temperature) holds for every loss, a ``loss_overrides.<loss>`` entry for the
+    fields nobody set. The one code path
     of the main job, budget scan and defense matrix, and of :func:`surrogate_config`.
 
     An empty ``model.width`` / ``stem`` and the encoder options (``models.encoder_options``:
@@ -74,7 +77,8 @@ def steal_config(steal, loss: str, victim_encoder=None, loss_overrides=None,
         else:
             scfg.model.width = scfg.model.width or default_width(scfg.model.arch)
     if loss_overrides and loss in loss_overrides:
-        scfg.update(dict(loss_overrides[loss]))
+        scfg.update({k: v for k, v in dict(loss_overrides[loss]).items()
+                     if scfg.get(k) is None})
     return scfg
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sslsteal_jax.errors import ConfigError, root_cause
+from sslsteal_jax.errors import ConfigError, key_mismatch, root_cause
 from sslsteal_jax.models import build_model
 from sslsteal_jax.training import mesh as mesh_lib
 
@@ -193,12 +193,6 @@ def _shapes(tree) -> dict:
             for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _names(keys: list[str], n: int = 4) -> str:
-    """``"a, b, c, d, ... (9 in all)"``: the first ``n`` array paths of ``keys``."""
-    more = f", ... ({len(keys)} in all)" if len(keys) > n else ""
-    return ", ".join(keys[:n]) + more
-
-
 def _check_structure(stored, expected, where: str) -> None:
     """Compare stored array metadata with the expected tree.
 
@@ -214,17 +208,13 @@ def _check_structure(stored, expected, where: str) -> None:
     missing, extra = sorted(set(e) - set(s)), sorted(set(s) - set(e))
     bad = [(k, s[k], e[k]) for k in sorted(set(s) & set(e)) if s[k] != e[k]]
     if missing or extra or bad:
-        parts = []
-        if missing:
-            parts.append(f"the model needs arrays the checkpoint does not hold: {_names(missing)}")
-        if extra:
-            parts.append(f"the checkpoint holds arrays the model does not have: {_names(extra)}")
-        if bad:
-            k, got, want = bad[0]
-            parts.append(f"{len(bad)} shape mismatches (first: {k} stored {got}, model "
-                         f"expects {want}); is it a checkpoint of another architecture or width?")
+        parts = key_mismatch(
+            missing, extra, bad, shown=4, shapes_shown=1,
+            missing_label="the model needs arrays the checkpoint does not hold",
+            extra_label="the checkpoint holds arrays the model does not have",
+            shape_hint="; is it a checkpoint of another architecture or width?")
         err = CheckpointMismatchError(
-            f"checkpoint {where} does not fit the requested model: " + "; ".join(parts))
+            f"checkpoint {where} does not fit the requested model: {parts}")
         err.missing, err.extra, err.shape_mismatches = missing, extra, bad
         raise err
 
