@@ -2,7 +2,6 @@
 one optimizer step at tiny sizes into a fresh workdir, writing ``results.json``
 with finite numbers. A config without an entry in ``SMOKE`` fails
 ``test_every_config_has_a_smoke_entry``: add one when you add a config."""
-import functools
 import json
 import math
 import os
@@ -15,9 +14,8 @@ from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.main import run
 
 # Small probes: 200 labelled train images, 100 test images, 5 labels per class for the
-# few-label probe, one probe epoch (evaluate has no probe_train_size: it probes on the
-# whole train split; victim_simclr and watermark_victim have no probe_test_size: the last
-# 5,000 test images; train_victim has no eval block: 100 labels per class, 60 epochs).
+# few-label probe, one probe epoch (victim_simclr and watermark_victim have no
+# probe_test_size: the last 5,000 test images).
 EVAL_BLOCK = {"eval.per_class": 5, "eval.probe_epochs": 1, "eval.select_probe": False}
 PROBES = {"probe_train_size": 200, "probe_test_size": 100, **EVAL_BLOCK}
 # SimCLR / watermark training from scratch: the smallest ResNet-10, one step of 32 images.
@@ -38,7 +36,7 @@ SMOKE = {
                         "detector.images": 16, "detector.views": 2,
                         "detector.thresholds": (0.9,), "b4b_measure.specs": ("b4b:beta=12",),
                         "b4b_measure.queries": 64, "b4b_measure.step": 32}),
-    "evaluate": ("", {"probe_test_size": 100, **EVAL_BLOCK, "checkpoints": base.STAGE1_VICTIM}),
+    "evaluate": ("", {**PROBES, "checkpoints": base.STAGE1_VICTIM}),
     "verify": ("budgets=32,samples=32,simclr_epochs=0,seeds=1",
                {"probe_test_size": 100, "attack.steal.batch_size": 32,
                 "watermark.align_images": 32, "di.n_fit": 64, "di.n_private": 64,
@@ -79,12 +77,6 @@ def test_every_config_has_a_smoke_entry():
 @pytest.mark.parametrize("name", sorted(SMOKE))
 def test_config_runs_one_step(name, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # shipped victims are given relative to the repository
-    if name == "evaluate":
-        # evaluate has no probe_train_size field: it probes on all 60,000 train images,
-        # minutes of feature extraction on a CPU. Its data at the others' probe size:
-        from sslsteal_jax.experiments import evaluate
-        monkeypatch.setattr(evaluate, "experiment_data", functools.partial(
-            evaluate.experiment_data, probe_train_size=PROBES["probe_train_size"]))
     arg, overrides = SMOKE[name]
     cfg = load_config(name, arg, overrides)
     validate(cfg)
