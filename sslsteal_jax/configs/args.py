@@ -187,6 +187,7 @@ def config_getter(build: Callable[[types.SimpleNamespace], Any], spec: Mapping[s
     def get_config(arg: str = ""):
         return build(parse(arg, spec))
 
+    get_config.__module__ = build.__module__  # --show_config prints that module's docstring
     get_config.__doc__ = (f"{what} (arguments: ``ARGS``).\n\n    Raises:\n"
                           "      ConfigError: unknown argument or bad value (names it).\n    ")
     return get_config
