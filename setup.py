@@ -27,11 +27,11 @@ setup(
         "tensorboardX>=2.6",
     ],
     extras_require={
-        # the test extra: tensorboard's event reader (it checks the events the runs
+        # the test extra: pytest-xdist (the suite runs its files on 2 workers), tensorboard's event reader (it checks the events the runs
         # write), the HTTP service's client/server (tests/test_serve.py) and torch +
         # safetensors, the oracles of tests/test_convert.py / tests/test_public_encoders.py
         # (CPU wheel: --extra-index-url https://download.pytorch.org/whl/cpu)
-        "test": ["pytest>=7", "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
                  "prometheus-client>=0.20", "torch==2.13.0", "safetensors",
                  "tensorboard>=2.15"],
         # the HTTP service: python -m sslsteal_jax.serve (docs/serving.md)
