@@ -1,7 +1,7 @@
 """Scan-level side-by-side: the reference protocol in PyTorch vs our budget scan in JAX.
 
     python benchmarks/scan_side_by_side.py --out benchmarks/results/scan_side_by_side.json
-    python benchmarks/scan_side_by_side.py --tiny --out /tmp/sbs.json   # well under a minute
+    python benchmarks/scan_side_by_side.py --tiny --out /tmp/sbs.json   # smoke run
 
 What a user feels when scanning query budgets (issue 13, item 4): wall time,
 queries charged and final linear-probe accuracy of a ``len(budgets)`` x 1-loss
@@ -82,7 +82,8 @@ if _ROOT not in sys.path:
 #: The victim both sides steal from (stage-1 shipped victim, ``victims/.../README.md``).
 DEFAULT_VICTIM = "victims/fashion_mnist_resnet10_w16/checkpoints"
 DEFAULT_BUDGETS = (500, 1000, 2000, 4000)
-#: ``--tiny``: sizes for a smoke run (both sides in well under a minute each).
+#: ``--tiny``: sizes for a smoke run. Measured on the loaded 2-core host: torch side 10 s,
+#: JAX side 130 s (start-up, a compile per cell and the reference rows' probes dominate).
 TINY = dict(budgets=(64, 128), epochs=1, probe_train_size=1000, probe_test_size=200, per_class=5)
 #: The query source: the victim's test split minus the probe hold-out (``data.splits``).
 QUERY_SOURCE = "fashion_mnist"
@@ -573,7 +574,8 @@ def run_jax_scan(cmd: list[str], workdir: str, env=None, timeout: float | None =
     for r in rows:
         name = cell_name(r["source"], r["loss"], r["budget"], r["seed"])
         per.append({"budget": int(r["budget"]), "steps": int(r["steps"]), "epochs": r["epochs"],
-                    "batch_size": r["surrogate_config"].get("batch_size"),
+                    # the resolved batch (the stored config leaves it None = the loss's)
+                    "batch_size": round(r["epochs"] * r["budget"] / r["steps"]),
                     "train_seconds": r["train_seconds"], "wall_seconds": from_files.get(name),
                     "probe_full": r["probe_full"], "probe_100": r["probe_100"], "knn": r["knn"],
                     "cosine_fidelity": r["cosine_fidelity"], "stacked": r.get("stacked")})
@@ -613,14 +615,16 @@ def parse_args(argv=None):
     p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
                    help="comma list of query budgets (default %(default)s)")
     p.add_argument("--loss", default="mse", help="stealing loss: mse | infonce (default mse)")
-    p.add_argument("--epochs", type=int, default=10, help="surrogate epochs over every budget")
+    p.add_argument("--epochs", type=int, default=6, help="surrogate epochs over every budget")
     p.add_argument("--probe_train_size", type=int, default=5000)
     p.add_argument("--probe_test_size", type=int, default=2000)
     p.add_argument("--victim", default=DEFAULT_VICTIM, help="victim checkpoint directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sides", default="torch,jax",
                    help="which sides to run, in this order (default torch,jax)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads (0: torch's default; 1 on a loaded host, where 2 threads "
+                        "on 2 cores ran steps 10x slower)")
     p.add_argument("--workdir", default="", help="JAX scan workdir (default: a temporary one, "
                    "removed afterwards)")
     p.add_argument("--tiny", action="store_true", help=f"smoke sizes {TINY}")
