@@ -138,6 +138,46 @@ def _autocast(torch, device, dtype: str):
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
+#: Stealing losses the torch reference implements.
+TORCH_LOSSES = ("mse", "infonce")
+
+
+def torch_stealing_loss(loss: str, temperature: float = 0.1, device="cpu"):
+    """The stealing loss ``fn(s float32 (B, D), v float32 (B, D)) -> scalar tensor`` in torch.
+
+    ``"mse"``: mean over batch and dimensions of ``(s - v)^2`` (``losses.mse_loss``);
+    ``"infonce"``: NT-Xent over the 2B rows ``[s; v]`` (L2-normalised, cosine / ``temperature``,
+    each row's positive its partner, self-similarity masked), as ``losses.infonce_loss``.
+    ``v`` (the API's answers) carries no gradient in either.
+
+    Raises:
+      ValueError: ``loss`` not in :data:`TORCH_LOSSES`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if loss not in TORCH_LOSSES:
+        raise ValueError(f"torch reference supports loss 'mse' or 'infonce', got {loss!r}")
+    dev = torch.device(device)
+    masks = {}
+
+    def loss_fn(s, v):
+        v = v.detach()
+        if loss == "mse":
+            return F.mse_loss(s, v)
+        n = s.shape[0]
+        if n not in masks:
+            masks[n] = (torch.eye(2 * n, dtype=torch.bool, device=dev),
+                        torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(dev))
+        eye, partner = masks[n]
+        u = F.normalize(torch.cat([s, v]), dim=1)
+        logits = u @ u.T / temperature
+        logits = logits.masked_fill(eye, float("-inf"))
+        return F.cross_entropy(logits, partner)
+
+    return loss_fn
+
+
 def build_torch_step(arch: str, width: int, channels: int, loss: str = "mse",
                      temperature: float = 0.1, channels_last: bool = False, *,
                      stem: str = "cifar", device="cpu", dtype: str = "float32",
@@ -157,29 +197,13 @@ def build_torch_step(arch: str, width: int, channels: int, loss: str = "mse",
       ValueError: architecture, stem, loss or dtype not supported by the reference.
     """
     import torch
-    import torch.nn.functional as F
 
-    if loss not in ("mse", "infonce"):
-        raise ValueError(f"torch reference supports loss 'mse' or 'infonce', got {loss!r}")
+    loss_fn = torch_stealing_loss(loss, temperature, device)  # validates loss
     _autocast(torch, device, dtype)  # validates dtype
     net = build_torch_encoder(arch, width, channels, stem, device, channels_last)
     dev = next(net.parameters()).device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     opt = torch.optim.Adam(net.parameters(), lr=1e-3, weight_decay=1e-4)
-    masks = {}
-
-    def loss_fn(s, v):
-        if loss == "mse":
-            return F.mse_loss(s, v)
-        n = s.shape[0]
-        if n not in masks:
-            masks[n] = (torch.eye(2 * n, dtype=torch.bool, device=dev),
-                        torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(dev))
-        eye, partner = masks[n]
-        u = F.normalize(torch.cat([s, v]), dim=1)
-        logits = u @ u.T / temperature
-        logits = logits.masked_fill(eye, float("-inf"))
-        return F.cross_entropy(logits, partner)
 
     def step(images, answers):
         x = _prepare(images, memory_format)
