@@ -115,7 +115,8 @@ def test_collect_view_answers_charges_each_view_once(victim, images):
 # ---- training steps ----------------------------------------------------------------------
 
 def _state(model, key=0):
-    variables = model.init(jax.random.key(key), jnp.zeros((2, *SHAPE)))
+    # jitted: one compilation instead of one per operation of an eager ResNet init
+    variables = jax.jit(model.init)(jax.random.key(key), jnp.zeros((2, *SHAPE)))
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              tx=make_optimizer("adam", 1e-3, 0.0, 10),
                              batch_stats=variables["batch_stats"])
@@ -123,6 +124,14 @@ def _state(model, key=0):
 
 def _loss_at(step_fn, state, *arrays):
     return float(jax.jit(step_fn)(state, *arrays, jax.random.key(7))[1]["loss"])
+
+
+def _train_outputs(model, variables, x):
+    """The surrogate's outputs on uint8 ``x`` in train mode (batch statistics), as the
+    steal step computes them; jitted (one compilation, not one per eager operation)."""
+    f = jax.jit(lambda v, x: model.apply(v, jnp.asarray(x, jnp.float32) / 255.0, train=True,
+                                         mutable=["batch_stats"])[0][1])
+    return f(variables, x)
 
 
 @pytest.mark.slow
@@ -138,7 +147,7 @@ def test_stolenencoder_views_with_identity_augmentation(images):
                                   view_aug=IDENTITY), state, x, v)
     assert se == pytest.approx(1.5 * direct, rel=1e-4)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    _, o = model.apply(variables, x.astype(np.float32) / 255.0, train=True, mutable=["batch_stats"])[0]
+    o = _train_outputs(model, variables, x)
     assert direct == pytest.approx(float(losses.cosine_loss(o, v)), rel=1e-5)
 
 
@@ -152,14 +161,12 @@ def test_symmetrized_step_uses_predictor_and_cross_view_answers(images):
     rng = np.random.default_rng(2)
     v1, v2 = (rng.uniform(0, 1, (6, 8)).astype(np.float32) for _ in range(2))
     paired = _loss_at(make_steal_step(model, "symmetrized", None, paired=True), state, x1, v1, x2, v2)
-    both = jnp.concatenate([x1, x2]).astype(jnp.float32) / 255.0
-    _, p = model.apply(variables, both, train=True, mutable=["batch_stats"])[0]
+    p = _train_outputs(model, variables, np.concatenate([x1, x2]))
     expected = float(losses.symmetrized_loss(p[:6], p[6:], v1, v2))
     assert paired == pytest.approx(expected, rel=1e-5)
     # one answer per image: the second view is a surrogate-side view with the same target
     single = _loss_at(make_steal_step(model, "symmetrized", None, view_aug=IDENTITY), state, x1, v1)
-    both = jnp.concatenate([x1, x1]).astype(jnp.float32) / 255.0
-    _, p = model.apply(variables, both, train=True, mutable=["batch_stats"])[0]
+    p = _train_outputs(model, variables, np.concatenate([x1, x1]))
     assert single == pytest.approx(float(losses.symmetrized_loss(p[:6], p[6:], v1, v1)), rel=1e-5)
 
 
@@ -173,7 +180,7 @@ def test_target_head_and_supcon_labels_in_step(images):
     w = jnp.asarray(np.random.default_rng(4).normal(size=(8, 5)), jnp.float32)
     head = lambda z: jnp.tanh(z @ w)  # noqa: E731
     got = _loss_at(make_steal_step(model, "mse", None, target_head=head), state, x, np.asarray(head(v)))
-    _, o = model.apply(variables, x.astype(np.float32) / 255.0, train=True, mutable=["batch_stats"])[0]
+    o = _train_outputs(model, variables, x)
     assert got == pytest.approx(float(jnp.mean((head(o) - head(v)) ** 2)), rel=1e-5)
     y = np.array([0, 1, 0, 1, 2, 2, 0, 1], np.int32)
     got = _loss_at(make_steal_step(model, "supcon", 0.2, with_labels=True), state, x, v, y)

@@ -26,12 +26,18 @@ def tiny_victim():
 
 
 def scan_config(victim, **overrides):
-    cfg = _config_module("budget_scan").get_config("losses=infonce,protocol=epochs,epochs=3,probe_train_size=2000")
+    # Small probes (1,000 / 500 images, no weight-decay selection): the budget effect
+    # is measured by cosine fidelity on the 500 held-out images, and the probes only
+    # have to rank the 256- and 4,096-query cells. (A 2,048-query top cell was tried:
+    # fidelity still rose, 0.566 / 0.735 / 0.818, but its probe (30 epochs) did not
+    # beat the 256-query cell's, 49.4 vs 51.6 %.) Measured at these sizes: fidelity
+    # 0.566 / 0.735 / 0.862 (independent 0.529), probe 54.4 / 53.8 / 57.6 %.
+    cfg = _config_module("budget_scan").get_config("losses=infonce,protocol=epochs,epochs=3,probe_train_size=1000")
     cfg.victim.checkpoint = victim
     cfg.budgets = BUDGETS
     cfg.query_sources = "fashion_mnist"
-    cfg.probe_test_size = 1000
-    cfg.eval.per_class = 50
+    cfg.probe_test_size = 500
+    cfg.eval.update(dict(per_class=20, select_probe=False))
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg
@@ -101,8 +107,9 @@ def test_resume_skips_finished_cells_and_never_requeries(scan, tiny_victim, monk
 
 @pytest.mark.slow
 def test_budget_above_pool_fails_before_querying(tiny_victim, tmp_path):
-    cfg = scan_config(tiny_victim, budgets=(256, 9001))
-    with pytest.raises(ValueError, match=r"budget 9001 exceeds the query pool .*9000 images"):
+    # the query pool is the Fashion-MNIST test split less the 500 probe-test images
+    cfg = scan_config(tiny_victim, budgets=(256, 9501))
+    with pytest.raises(ValueError, match=r"budget 9501 exceeds the query pool .*9500 images"):
         budget_scan.run(cfg, str(tmp_path / "w"))
     assert not os.path.exists(tmp_path / "w")
 

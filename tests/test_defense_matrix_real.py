@@ -33,10 +33,10 @@ OUTPUTS = ("results.json", "results.csv", "tradeoff.png", "b4b_coverage.png")
 def tiny_config():
     c = load_config("defense_matrix", "scale=tiny,budget=300,epochs=4")
     c.probe_test_size, c.probe_train_size = 500, 300
-    c.eval.per_class, c.eval.probe_epochs = 20, 40
-    c.legit.test_size, c.legit.probe_epochs = 100, 60
+    c.eval.per_class, c.eval.probe_epochs = 20, 20
+    c.legit.test_size, c.legit.probe_epochs = 100, 30
     c.b4b_reference = 300
-    c.detector.images, c.detector.views, c.detector.thresholds = 40, 2, [0.8, 0.99]
+    c.detector.images, c.detector.views, c.detector.thresholds = 20, 2, [0.8, 0.99]
     c.b4b_measure.specs, c.b4b_measure.queries, c.b4b_measure.step = ["b4b:beta=12"], 300, 100
     c.families = [dict(name="none", template="none", strengths=[0], attacks=["direct"]),
                   dict(name="gaussian", template="gaussian:scale={s}", strengths=[3.0],
@@ -72,6 +72,8 @@ def test_real_values(matrix):
     assert list(cells) == ["none/0/direct", "gaussian/3.0/direct", "b4b/12.0/direct"]
     none, noise, b4b = cells.values()
     ref = results["reference"]
+    print("\n" + dm.format_matrix(results["cells"], ref))
+    print("phases:", results["seconds_per_phase_this_invocation"])
     # Extraction works: the undefended surrogate beats an independent encoder.
     assert none["attacker_probe_full"] > ref["independent"]["probe_full"] + 2.0, (none, ref)
     # Noise costs the honest 10-class user.

@@ -303,6 +303,12 @@ def test_resize_suffix():
     for bad in ("digits@32x32", "digits@0x32x3", "digits@32x32x2"):
         with pytest.raises(ConfigError, match="HxWxC"):
             parse_resize(bad)
+    # config validation (main.run) accepts a resized dataset and checks its suffix
+    from sslsteal_jax.configs import base
+    base.check_dataset("dataset", "fashion_mnist@32x32x3")
+    base.check_dataset("query_dataset", "fashion_mnist@32x32x3:test")
+    with pytest.raises(ConfigError, match="HxWxC"):
+        base.check_dataset("dataset", "fashion_mnist@32x32")
 
 
 def test_surrogate_architecture_defaults():
@@ -355,8 +361,9 @@ def test_main_job_on_imported_victim(tmp_path):
     """Import a random-init torchvision-layout ResNet-18 (CIFAR stem; width 8 to fit CI,
     same keys as torchvision's) whose BatchNorm statistics were collected on Fashion-MNIST,
     then run the steal experiment on real Fashion-MNIST resized to 32x32x3 at tiny scale
-    (500 MSE queries, 5 epochs, 1,000 / 500 probe images): the surrogate imitates the
-    imported victim better than an independent encoder."""
+    (500 MSE queries, 3 epochs, 500 / 300 probe images; fidelity on the 300): the
+    surrogate imitates the imported victim better than an independent encoder
+    (measured: cosine fidelity 0.884 vs 0.596)."""
     torch.manual_seed(0)
     m = tr.ResNet("resnet18", "cifar", width=E2E_WIDTH)
     for mod in m.modules():  # cumulative averages: running statistics of the data
@@ -373,13 +380,13 @@ def test_main_job_on_imported_victim(tmp_path):
     vdir = str(tmp_path / "victim")
     run(_config("import_checkpoint", f"source={path},arch=resnet18"), vdir)
 
-    cfg = _config("quickstart", "losses=mse,budget=500,epochs=5")
+    cfg = _config("quickstart", "losses=mse,budget=500,epochs=3")
     cfg.dataset = "fashion_mnist@32x32x3"
     cfg.victim.checkpoint = os.path.join(vdir, "checkpoints")
     cfg.victim.train_if_missing = False
-    cfg.probe_train_size = 1000
-    cfg.probe_test_size = 500
-    cfg.eval.update(dict(probe_epochs=20, per_class=20, select_probe=False))
+    cfg.probe_train_size = 500
+    cfg.probe_test_size = 300
+    cfg.eval.update(dict(probe_epochs=10, per_class=10, select_probe=False))
     results = run(cfg, str(tmp_path / "steal"))
     rows = {r["name"]: r for r in results["rows"]}
     vic, sur, ind = rows["victim"], rows["surrogate (mse)"], rows["independent (random init)"]
@@ -391,7 +398,7 @@ def test_main_job_on_imported_victim(tmp_path):
     assert vic["cosine_fidelity"] == pytest.approx(1.0, abs=1e-4)
     assert sur["cosine_fidelity"] > ind["cosine_fidelity"] + 0.1
     assert sur["l2_fidelity"] < ind["l2_fidelity"]
-    assert results["surrogate_training"]["mse"]["steps"] == 5 * (500 // 64)
+    assert results["surrogate_training"]["mse"]["steps"] == 3 * (500 // 64)
 
 
 @pytest.mark.slow  # a fresh interpreter importing JAX and torch (~10 s)

@@ -133,6 +133,7 @@ def check_dataset(field: str, name: str) -> None:
     if not base:
         fail(field, name, f"a dataset name ({', '.join(registry.OFFLINE_DATASETS)}, or a "
              "tensorflow-datasets name)")
+    base, _ = registry.parse_resize(base)  # "name@HxWxC": the resized dataset "name"
     offline = {**{k: k for k in registry.OFFLINE_DATASETS},
                **{b: k for k, b in registry.OFFLINE_BUILDER_NAMES.items()}}
     if base in offline:
