@@ -3,7 +3,8 @@
 Used in-process by ``tests/test_collectives.py`` (with a dispatch recorder)
 and as a subprocess stress script:
 
-    python tests/concurrency_workload.py --devices 2 --rounds 6 --timeout 20
+    python tests/concurrency_workload.py --devices 2 --rounds 6 --timeout 20 \
+        [--n-train 512 --n-test 256 --probe-epochs 3]
 
 which sets ``XLA_FLAGS`` (device count, short collective timeouts) before JAX
 starts, runs the workload ``--rounds`` times and exits 0 (any deadlock hangs
@@ -120,14 +121,14 @@ def training_and_features(data, surrogate, victim) -> None:
                      max_workers=2)
 
 
-def run_all(rounds: int = 1, data=None, log=print) -> None:
+def run_all(rounds: int = 1, data=None, log=print, probe_epochs: int = 3) -> None:
     """Every concurrent path, ``rounds`` times (new random keys each round)."""
     import jax
     data = small_data() if data is None else data
     victim, surrogate = tiny_models()
     t0 = time.time()
     for r in range(rounds):
-        main_job_evaluation(data, victim, surrogate, jax.random.key(r))
+        main_job_evaluation(data, victim, surrogate, jax.random.key(r), probe_epochs)
         api_and_features(data, victim, surrogate)
         training_and_features(data, surrogate, victim)
         log(f"round {r + 1}/{rounds} done at {time.time() - t0:.1f} s "
@@ -139,9 +140,13 @@ if __name__ == "__main__":
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--timeout", type=int, default=20, help="XLA collective timeouts (s)")
+    ap.add_argument("--n-train", type=int, default=512, help="probe-train images")
+    ap.add_argument("--n-test", type=int, default=256, help="probe-test images")
+    ap.add_argument("--probe-epochs", type=int, default=3)
     args = ap.parse_args()
     os.environ["XLA_FLAGS"] = xla_flags(args.devices, args.timeout)
     os.environ.setdefault("SSLSTEAL_EVAL_WORKERS", "2")
     sys.path.insert(0, ROOT)
-    run_all(args.rounds, log=lambda m: print(m, flush=True))
+    run_all(args.rounds, small_data(args.n_train, args.n_test),
+            log=lambda m: print(m, flush=True), probe_epochs=args.probe_epochs)
     print("ok", flush=True)

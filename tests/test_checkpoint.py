@@ -170,14 +170,16 @@ def test_hard_kill_loses_little_and_log_has_no_duplicates(run_a, images, tmp_pat
             return real(n, batch_size, seed, step)
         return batches
 
-    # 1. time-based checkpoints (after every step here): a crash before batch 6 keeps step 6
+    # 1. time-based checkpoints (after every step here): a crash before batch 3 keeps step 3
+    # (step checkpoints come every 4, so step 3's is time-based; batch 3, not 6 as before:
+    # the same check with 3 checkpoint writes fewer)
     wd = str(tmp_path / "timed")
     monkeypatch.setattr(simclr, "run_training",
                         functools.partial(loop.run_training, checkpoint_seconds=1e-9))
-    monkeypatch.setattr(loop, "epoch_batches", crash_at(6))
+    monkeypatch.setattr(loop, "epoch_batches", crash_at(3))
     with pytest.raises(RuntimeError, match="simulated abort"):
         train_simclr(_cfg(), wd, images, progress=False)
-    assert read_meta(os.path.join(wd, "checkpoints"))["step"] == 6
+    assert read_meta(os.path.join(wd, "checkpoints"))["step"] == 3
     monkeypatch.undo()
 
     # 2. step checkpoints every 8, log every 4: crash at 14 leaves log lines 4, 8, 12 and
@@ -207,7 +209,7 @@ def test_hard_kill_loses_little_and_log_has_no_duplicates(run_a, images, tmp_pat
 def test_resume_reports_the_uninterrupted_final_loss(run_a, images, tmp_path, monkeypatch,
                                                      capsys):
     """``final_loss`` (results.json's ``final_loss``) is the mean over the last log
-    window (steps 13-16 here). A crash after step 14 (checkpoint after every step)
+    window (steps 13-16 here). A crash after step 14 (step checkpoints at 7 and 14)
     resumes at 14: the window's steps 13-14 come from the checkpoint's metadata, so the
     resumed run reports the uninterrupted run's value, not the mean of steps 15-16."""
     import functools
@@ -219,16 +221,21 @@ def test_resume_reports_the_uninterrupted_final_loss(run_a, images, tmp_path, mo
             raise RuntimeError("simulated abort")  # no interrupt save: hard kill
         return real(n, batch_size, seed, step)
 
+    # Step checkpoints every 7 (at 7 and 14), not a time-based checkpoint after every
+    # step: the same checkpoint at 14 with 12 checkpoint writes fewer.
+    cfg = _cfg()
+    cfg.checkpoint_every_steps = 7
     wd = str(tmp_path / "crash14")
     monkeypatch.setattr(simclr, "run_training",
-                        functools.partial(loop.run_training, checkpoint_seconds=1e-9))
+                        functools.partial(loop.run_training, checkpoint_seconds=0))
     monkeypatch.setattr(loop, "epoch_batches", crash_at_14)
     with pytest.raises(RuntimeError):
-        train_simclr(_cfg(), wd, images, progress=False)
-    window = read_meta(os.path.join(wd, "checkpoints"))[loop.METRICS_WINDOW_KEY]
-    assert window["logged_at"] == 12 and len(window["pending"]) == 2
+        train_simclr(cfg, wd, images, progress=False)
+    meta = read_meta(os.path.join(wd, "checkpoints"))
+    window = meta[loop.METRICS_WINDOW_KEY]
+    assert meta["step"] == 14 and window["logged_at"] == 12 and len(window["pending"]) == 2
     monkeypatch.setattr(loop, "epoch_batches", real)
-    _, _, got = train_simclr(_cfg(), wd, images, progress=False)
+    _, _, got = train_simclr(cfg, wd, images, progress=False)
     assert f"resumed from checkpoint at step 14 of {TOTAL}" in capsys.readouterr().out
     assert got["final_loss"] == want["final_loss"]
 

@@ -198,14 +198,16 @@ def test_kill_9_under_load_then_restart(tmp_path):
 
 def test_main_job_against_served_victim(server, tmp_path):
     """configs/quickstart.py with api.url: the attacker's and the owner's queries go
-    through the service (tiny budget), and are answered as in-process."""
+    through the service (tiny budget), and are answered as in-process. (Probe train /
+    test sets of 200 / 100 images, 500 / 300 before: the same paths, fewer owner queries
+    and less evaluation.)"""
     s, keys, lg = server
-    secret = Ledger(lg.path).create_key("steal2", 100 + 300)[1]
+    secret = Ledger(lg.path).create_key("steal2", 100 + 100)[1]
     env = dict(server_env(devices=1), SSLSTEAL_API_KEY=secret, PYTHONPATH=ROOT)  # 1 device: fewer compiles
     cmd = [sys.executable, "-m", "sslsteal_jax.main",
            "--config=configs/quickstart.py:budget=100,epochs=1",
-           f"--config.api.url={s.url}", "--config.probe_test_size=300",
-           "--config.probe_train_size=500", "--config.eval.probe_epochs=2",
+           f"--config.api.url={s.url}", "--config.probe_test_size=100",
+           "--config.probe_train_size=200", "--config.eval.probe_epochs=2",
            "--config.eval.select_probe=False", "--config.eval.per_class=10",
            f"--workdir={tmp_path / 'run'}"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -214,7 +216,7 @@ def test_main_job_against_served_victim(server, tmp_path):
         res = json.load(f)
     assert res["queries_charged"] == 100 and res["config"]["api"]["url"] == s.url
     assert secret not in json.dumps(res)  # keys never reach results files
-    assert Ledger(lg.path).key_by_name("steal2").used == 400  # 100 attacker + 300 owner
+    assert Ledger(lg.path).key_by_name("steal2").used == 200  # 100 attacker + 100 owner
     with np.load(tmp_path / "run" / "query_cache.npz") as z:
         ref = VictimAPI.from_checkpoint(VICTIM).query("ref", z["images"])
         np.testing.assert_allclose(z["answers"], ref, rtol=1e-5, atol=1e-5)
