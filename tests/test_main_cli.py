@@ -133,8 +133,8 @@ def test_unknown_split(tmp_path):
     rc, _, err = _run("--config=configs/quickstart.py", "--config.query_dataset=fashion_mnist:tset",
                       f"--workdir={tmp_path / 'w'}")
     _assert_one_error_line(
-        rc, err, "error: unknown split 'tset' for dataset 'fashion_mnist' in "
-        "query_dataset='fashion_mnist:tset'; allowed splits: ['train', 'test']")
+        rc, err, "error: unknown split 'tset' for dataset 'fashion_mnist' (unknown: ['tset']); "
+        "allowed splits: ['test', 'train'] (tfds slices such as 'train[:1000]' are accepted too)")
     assert not os.path.exists(tmp_path / "w")
 
 
