@@ -15,20 +15,20 @@ from sslsteal_jax.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
 
-ARG_SPEC = {"n": Arg(3, "an int", minimum=1), "x": Arg(0.5, "a float"), "on": Arg(True, "a bool"),
+DECLARED_ARGS = {"n": Arg(3, "an int", minimum=1), "x": Arg(0.5, "a float"), "on": Arg(True, "a bool"),
         "name": Arg("a", "text", choices=("a", "b")), "items": Arg((1, 2), "ints", minimum=0),
         "words": Arg(("w",), "names"), "size": Arg(None, "optional", kind=int, optional=True)}
 
 
 def test_parse_types_come_from_the_defaults():
-    a = args.parse("n=7,x=2,on=0,name=b,items=4+5;6,words=mse+infonce,size=none", ARG_SPEC)
+    a = args.parse("n=7,x=2,on=0,name=b,items=4+5;6,words=mse+infonce,size=none", DECLARED_ARGS)
     assert (a.n, a.x, a.on, a.name, a.items, a.words, a.size) == (
         7, 2.0, False, "b", (4, 5, 6), ("mse", "infonce"), None)
     assert isinstance(a.x, float) and isinstance(a.n, int)
-    d = args.parse("", ARG_SPEC)
+    d = args.parse("", DECLARED_ARGS)
     assert (d.n, d.x, d.on, d.items, d.size) == (3, 0.5, True, (1, 2), None)
-    assert args.parse("items=,size=12", ARG_SPEC).items == () and args.parse("size=12", ARG_SPEC).size == 12
-    assert args.defaults(ARG_SPEC, n=9).n == 9
+    assert args.parse("items=,size=12", DECLARED_ARGS).items == () and args.parse("size=12", DECLARED_ARGS).size == 12
+    assert args.defaults(DECLARED_ARGS, n=9).n == 9
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -46,7 +46,7 @@ def test_parse_types_come_from_the_defaults():
 ])
 def test_parse_errors_are_one_line_naming_the_argument(arg, message):
     with pytest.raises(ConfigError) as e:
-        args.parse(arg, ARG_SPEC)
+        args.parse(arg, DECLARED_ARGS)
     assert str(e.value) == message
 
 
@@ -55,7 +55,7 @@ def test_arg_needs_a_supported_type():
         Arg(None, "no type")
     with pytest.raises(TypeError, match="not supported"):
         Arg([1], "a list")
-    assert "n (default 3; an integer >= 1)" in args.describe(ARG_SPEC)
+    assert "n (default 3; an integer >= 1)" in args.describe(DECLARED_ARGS)
 
 
 def _thin_files():

@@ -22,7 +22,7 @@ A defense's user identity is the key's name: a served victim answers key
 would answer the same sequence of calls.
 
 Research mode (``chain_api`` given; ``--research`` on the command line): a
-request may choose its defense chain (``"defenses": DEFENSE_SPEC``), name a simulated
+request may choose its defense chain (``"defenses": CHAIN``), name a simulated
 user (``"account": NAME``, the defenses' user identity) and a ``"session"``
 (the client object's: a fresh client, or a re-registered account, starts a
 fresh state, as a fresh in-process ``VictimAPI`` does); each (key, chain,
