@@ -138,7 +138,7 @@ def check_dataset(field: str, name: str) -> None:
                **{b: k for k, b in registry.OFFLINE_BUILDER_NAMES.items()}}
     if base in offline:
         if split:  # the registry's own check (and message) of a split of an offline dataset
-            registry._check_split(base, split, registry.OFFLINE_SPLITS[offline[base]])
+            registry.check_split(base, split, registry.OFFLINE_SPLITS[offline[base]])
         return
     try:
         import tensorflow_datasets as tfds

@@ -147,7 +147,14 @@ def _split_parts(split: str) -> list[str]:
     return [part.split("[", 1)[0].strip() for part in split.split("+")]
 
 
-def _check_split(name: str, split: str, allowed) -> None:
+def check_split(name: str, split: str, allowed) -> None:
+    """Check a split string (``"train"``, ``"train[:1000]"``, ``"train+test"``) of
+    dataset ``name`` against its ``allowed`` split names; used by data loading and by
+    config validation (``configs.base.check_dataset``), so both give one message.
+
+    Raises:
+      ConfigError: an empty or non-string split, or a part that names no allowed split.
+    """
     allowed = sorted(allowed)
     if not isinstance(split, str) or not split:
         raise ConfigError(f"split {split!r} for dataset {name!r} must be a non-empty string; "
@@ -240,7 +247,7 @@ def _load_online(name: str, split: str, data_dir: str | None, download: bool):
         except Exception as e:  # no network, no TensorFlow, missing packages, ...
             raise unavailable(f"download_and_prepare failed ({type(e).__name__}: "
                               f"{str(e)[:300]})") from e
-    _check_split(name, split, builder.info.splits.keys())
+    check_split(name, split, builder.info.splits.keys())
     keys = builder.info.supervised_keys or ("image", "label")
     image_key, label_key = (keys[0], keys[1]) if len(keys) >= 2 else ("image", "label")
     if not isinstance(image_key, str) or not isinstance(label_key, str):
@@ -307,7 +314,7 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
         return hit[0].copy(), hit[1].copy()
     short = _canonical_offline(name)
     if short is not None:
-        _check_split(short, split, OFFLINE_SPLITS[short])
+        check_split(short, split, OFFLINE_SPLITS[short])
         ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(True)
     else:
         ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(False)
