@@ -33,8 +33,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def xla_flags(devices: int, timeout_s: int) -> str:
-    """XLA_FLAGS for ``devices`` host devices and collective timeouts of ``timeout_s`` s."""
+    """XLA_FLAGS for ``devices`` host devices and collective timeouts of ``timeout_s`` s.
+
+    LLVM optimisation level 0, as in the test suite (tests/conftest.py): the workload
+    tests when programs run, not how fast their code is, and compiles about half as
+    long."""
     return (f"--xla_force_host_platform_device_count={devices} "
+            "--xla_backend_optimization_level=0 "
             f"--xla_cpu_collective_call_terminate_timeout_seconds={timeout_s} "
             f"--xla_cpu_collective_call_warn_stuck_timeout_seconds={max(1, timeout_s // 4)} "
             f"--xla_cpu_collective_timeout_seconds={timeout_s}")
