@@ -71,7 +71,22 @@ def default_batch_size(mesh=None) -> int:
     return ACCELERATOR_INFERENCE_BATCH_PER_DEVICE * mesh_lib.num_devices(mesh)
 
 
-def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None,
+def _batches_of(images, size: int):
+    """``images`` in pieces of at most ``size`` rows: slices of an array-like (an array,
+    ``data.stream.StreamSource``, ``pipeline.queries.ChunkedArray``), or the batches of
+    an iterable (each an array or an ``(images, labels)`` pair, e.g. from
+    ``data.stream.sequential_batches``) cut to ``size`` rows."""
+    if hasattr(images, "__getitem__") and hasattr(images, "__len__"):
+        for i in range(0, len(images), size):
+            yield np.asarray(images[i:i + size])
+        return
+    for b in images:
+        b = np.asarray(b[0] if isinstance(b, tuple) else b)
+        for i in range(0, len(b), size):
+            yield b[i:i + size]
+
+
+def extract_features(apply_fn, images, batch_size: int | None = None,
                      desc: str | None = None) -> np.ndarray:
     """Apply ``apply_fn`` over ``images`` in batches, data-parallel over all devices.
 
@@ -81,10 +96,15 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
 
     Args:
       apply_fn: jitted function ``(B,H,W,C) -> (B,D)`` (e.g. from ``make_apply``).
-      images: uint8 ``(N,H,W,C)`` in [0,255] or float32 in [0,1].
+      images: uint8 ``(N,H,W,C)`` in [0,255] or float32 in [0,1]: an array, a lazy
+        array-like that is sliced a batch at a time (``data.stream.StreamSource``,
+        ``pipeline.queries.ChunkedArray``), or an iterable of such batches (or of
+        ``(images, labels)`` pairs: ``data.stream.sequential_batches``, read ahead on
+        worker threads). Only one batch of images is in memory at a time; the
+        features are returned whole.
       batch_size: images per call (rounded up to a multiple of the device
         count); None: :func:`default_batch_size` of the mesh. Outputs do not
-        depend on it beyond float rounding.
+        depend on it beyond float rounding, nor on how an iterable cuts its batches.
       desc: progress-bar label (None: no bar).
     Returns:
       float32 numpy ``(N, D)``.
@@ -100,12 +120,13 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
     batch_size = default_batch_size(mesh) if batch_size is None else batch_size
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    n = len(images)
-    size = mesh_lib.padded_size(min(int(batch_size), max(n, 1)), mesh)
+    n = len(images) if hasattr(images, "__len__") else None
+    size = mesh_lib.padded_size(min(int(batch_size), max(n, 1) if n is not None
+                                    else int(batch_size)), mesh)
     out = []
-    for i in tqdm(range(0, n, size), desc=desc, leave=False,
+    for b in tqdm(_batches_of(images, size), desc=desc, leave=False,
+                  total=None if n is None else -(-n // size),
                   disable=desc is None or not mesh_lib.is_writer()):  # one bar on a pod
-        b = np.asarray(images[i:i + size])
         m = len(b)
         if m < size:
             b = np.concatenate([b, np.zeros((size - m, *b.shape[1:]), b.dtype)])
@@ -116,6 +137,8 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
         out.append(mesh_lib.run_collective(lambda x: mesh_lib.to_host(apply_fn(x)), xb,
                                            mesh=mesh)[:m])
         watchdog.progress("feature extraction")
+    if not out:
+        raise ValueError("extract_features got no images")
     return np.concatenate(out, axis=0).astype(np.float32)
 
 
