@@ -14,7 +14,7 @@ import pytest
 from sslsteal_jax.data import registry, stream
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.pipeline import queries
-from sslsteal_jax.training.loop import epoch_batches
+from sslsteal_jax.data.order import epoch_batches
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,3 +201,31 @@ def test_kill9_during_streamed_query_run_charges_the_budget_once(tmp_path):
     np.testing.assert_array_equal(np.asarray(mine.images), np.asarray(theirs.images))
     x, _ = registry.load_split("fashion_mnist", "test")
     np.testing.assert_array_equal(np.asarray(mine.images), x[:budget])
+
+
+@pytest.mark.parametrize("config, field, value, message", [
+    ("quickstart", "stream.threads", -1, "stream.threads=-1; allowed: an integer >= 0"),
+    ("quickstart", "stream.answer_chunk", 0, "stream.answer_chunk=0; allowed: an integer >= 1"),
+    ("quickstart", "stream.enabled", "yes", "stream.enabled='yes'; allowed: True | False"),
+    ("budget_scan", "stream.enabled", True, "stream.enabled=True; allowed: False"),
+])
+def test_stream_config_is_validated_in_one_line(config, field, value, message):
+    from sslsteal_jax.configs import load_config, validate
+
+    cfg = load_config(config)
+    block, key = field.split(".")
+    with cfg[block].ignore_type():  # a value of the wrong type, as a hand-edited config has
+        cfg[block][key] = value
+    with pytest.raises(ConfigError) as e:
+        validate(cfg)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+
+
+def test_streamed_run_refuses_strategies_it_does_not_stream():
+    from sslsteal_jax.configs import load_config, validate
+
+    cfg = load_config("quickstart", "strategies=direct+augmented_queries")
+    cfg.stream.enabled = True
+    with pytest.raises(ConfigError, match=r"^strategies='augmented_queries'; allowed: with "
+                                          r"stream.enabled=True: direct \| stolenencoder"):
+        validate(cfg)

@@ -18,9 +18,9 @@ access, no TensorFlow) one batch at a time:
   (``grain.MapDataset`` over batch numbers, ``.to_iter_dataset`` with a bounded
   prefetch): each batch is read, decoded and resized on grain's worker threads
   while the caller computes on the previous one. The training order is the
-  in-memory path's, ``training.loop.epoch_batches`` (a numpy permutation seeded by
-  ``(seed, epoch)``), and each host reads only its rows of every global batch
-  (``training.mesh.process_rows``), so a resumed run reads exactly what an
+  in-memory path's, ``data.order.epoch_batches`` (a numpy permutation seeded by
+  ``(seed, epoch)``, also ``training.loop``'s), and each host reads only its rows of
+  every global batch (``training.mesh.process_rows``), so a resumed run reads exactly what an
   uninterrupted one does.
 
 Streamed and in-memory batches are bit-identical for the same seed
@@ -79,6 +79,8 @@ class StreamSource:
       match_shape: optional ``(H, W, C)`` every image is resized to after reading
         (``registry.resize_images``, as ``data.splits`` does for an out-of-distribution
         pool); None keeps the split's shape.
+      threads, prefetch: grain worker threads and batches read ahead when the view is
+        read in order (:meth:`batches`, used by ``extract_features``).
 
     ``source[idx]`` returns uint8 ``(B, H, W, C)`` images equal to
     ``load_split(name, split)[0][start:stop][idx]`` (resized like the in-memory path
@@ -92,13 +94,17 @@ class StreamSource:
     """
 
     def __init__(self, name: str, split: str, data_dir: str | None = None, *, start: int = 0,
-                 stop: int | None = None, download: bool = True, match_shape=None, _parts=None):
+                 stop: int | None = None, download: bool = True, match_shape=None,
+                 threads: int = DEFAULT_THREADS, prefetch: int = DEFAULT_PREFETCH, _parts=None):
         self.name, self.split = name, split
+        self.threads, self.prefetch = int(threads), int(prefetch)
         if _parts is None:
             _parts = _resolve(name, split, data_dir, download)
         self._parts = _parts
         self._records, self._features, self._image_key, self._label_key, shape = _parts
-        self._resize = tuple(match_shape) if match_shape is not None else shape
+        # the name's @HxWxC resize, then match_shape's (as data.splits resizes a loaded pool)
+        self._match = tuple(match_shape) if match_shape is not None else None
+        self._resizes = [r for r in (shape, self._match) if r is not None]
         n = len(self._records)
         stop = n if stop is None else int(stop)
         if not 0 <= int(start) <= stop <= n:
@@ -109,6 +115,22 @@ class StreamSource:
         self.shape = (stop - start, *first.shape[1:])
         self.dtype = np.dtype(np.uint8)
 
+    @classmethod
+    def from_builder(cls, builder, split: str, image_key: str = "image",
+                     label_key: str = "label") -> "StreamSource":
+        """A view of split ``split`` of a prepared tfds ``builder`` (ArrayRecord), for
+        datasets outside the registry (e.g. ``benchmarks/stream_memory.py``'s pool).
+
+        Raises:
+          ConfigError: ``split`` is not one of the builder's splits.
+        """
+        from sslsteal_jax.data import builders
+
+        registry.check_split(builder.name, split, builder.info.splits.keys())
+        parts = (builders.raw_source(builder, split), builder.info.features, image_key,
+                 label_key, None)
+        return cls(builder.name, split, _parts=parts)
+
     def subset(self, start: int, stop: int | None = None, match_shape=None) -> "StreamSource":
         """Rows ``[start, stop)`` of this view (sharing the open reader), optionally
         resized to ``match_shape``; raises ConfigError for rows outside it."""
@@ -117,7 +139,14 @@ class StreamSource:
             raise ConfigError(f"rows [{start}, {stop}) must lie in [0, {len(self)}] of {self!r}")
         return StreamSource(self.name, self.split, start=self.start + int(start),
                             stop=self.start + stop, _parts=self._parts,
-                            match_shape=self._resize if match_shape is None else match_shape)
+                            match_shape=self._match if match_shape is None else match_shape,
+                            threads=self.threads, prefetch=self.prefetch)
+
+    def batches(self, batch_size: int):
+        """The view in order, ``batch_size`` rows at a time, read ahead on grain worker
+        threads (:func:`sequential_batches` with the view's threads and prefetch)."""
+        return sequential_batches(self, batch_size, threads=self.threads,
+                                  prefetch=self.prefetch)
 
     def __len__(self) -> int:
         return self.stop - self.start
@@ -131,19 +160,19 @@ class StreamSource:
         return 4
 
     def _read(self, idx):
-        """Decode rows ``idx`` (int64 array, relative to ``start``; None: one sample row
-        to learn the shape) -> normalised, resized ``(images, labels)``."""
+        """Decode rows ``idx`` (int64 array, relative to ``start``; None: the split's
+        first row, to learn the shape) -> normalised, resized ``(images, labels)``."""
         from sslsteal_jax.data import builders
 
-        rows = [self.start] if idx is None else (np.asarray(idx, np.int64) + self.start).tolist()
+        rows = [0] if idx is None else (np.asarray(idx, np.int64) + self.start).tolist()
         if not rows:
             return np.zeros((0, *self.shape[1:]), np.uint8), np.zeros((0,), np.int32)
         images, labels = builders.decode_records(self._records.__getitems__(rows),
                                                  self._features, self._image_key,
                                                  self._label_key)
         images, labels = registry.normalize(self.name, images, labels)
-        if self._resize is not None:
-            images = registry.resize_images(images, self._resize)
+        for shape in self._resizes:
+            images = registry.resize_images(images, shape)
         return images, labels
 
     def _indices(self, key) -> np.ndarray:
@@ -170,10 +199,18 @@ class StreamSource:
         return self.get(key)[0]
 
     def labels(self) -> np.ndarray:
-        """All labels of the view, int32 ``(N,)`` (decodes every record once, keeps only
-        the labels: N x 4 bytes)."""
-        return np.concatenate([self.get(slice(i, i + 4096))[1] for i in range(0, len(self), 4096)]
-                              or [np.zeros((0,), np.int32)])
+        """All labels of the view, int32 ``(N,)`` (reads every record once, 4,096 at a
+        time, and keeps only the labels; images are not resized)."""
+        from sslsteal_jax.data import builders
+
+        out = [np.zeros((0,), np.int32)]
+        for i in range(self.start, self.stop, 4096):
+            rows = list(range(i, min(i + 4096, self.stop)))
+            images, labels = builders.decode_records(self._records.__getitems__(rows),
+                                                     self._features, self._image_key,
+                                                     self._label_key)
+            out.append(registry.normalize(self.name, images, labels)[1])
+        return np.concatenate(out)
 
     def __array__(self, dtype=None, copy=None):
         """The whole view as one array (what streaming avoids; for small views only)."""
@@ -194,12 +231,12 @@ def _pipeline(source, batches: int, indices_of, threads: int, prefetch: int):
 
 
 def training_batches(source, batch_size: int, seed: int, start_step: int, stop_step: int,
-                     rows: slice | None = None, mesh=None, threads: int = DEFAULT_THREADS,
+                     rows: slice, threads: int = DEFAULT_THREADS,
                      prefetch: int = DEFAULT_PREFETCH):
     """This host's rows of the training batches of steps ``[start_step, stop_step)``.
 
     The order is the in-memory path's: step ``s`` reads
-    ``training.loop.epoch_batches(len(source), batch_size, seed, s)[rows]`` (a fresh
+    ``data.order.epoch_batches(len(source), batch_size, seed, s)[rows]`` (a fresh
     numpy permutation per ``(seed, epoch)``, the incomplete last batch dropped), so
     starting at a resumed step reads exactly what an uninterrupted run reads there.
 
@@ -208,9 +245,9 @@ def training_batches(source, batch_size: int, seed: int, start_step: int, stop_s
       batch_size: global examples per step.
       seed: the data-order seed.
       start_step, stop_step: optimizer steps to read.
-      rows: the rows of each global batch this host reads; None:
-        ``training.mesh.process_rows(batch_size, mesh)`` (``mesh`` default: all
-        devices), i.e. each host of a pod reads only its disjoint block.
+      rows: the rows of each global batch this host reads: ``slice(0, batch_size)``
+        on one host, ``training.mesh.process_rows(batch_size, mesh)`` on a pod (each
+        host reads only its disjoint block, as ``training.loop.process_batch_indices``).
       threads, prefetch: grain worker threads and batches read ahead.
     Returns:
       an iterator of ``(images uint8 (b, H, W, C), labels int32 (b,))``, one per step,
@@ -219,19 +256,16 @@ def training_batches(source, batch_size: int, seed: int, start_step: int, stop_s
       ConfigError: ``batch_size`` outside [1, len(source)], bad step range, threads or
         prefetch.
     """
-    from sslsteal_jax.training import loop, mesh as mesh_lib
+    from sslsteal_jax.data.order import epoch_batches
 
     n = len(source)
     if not 1 <= int(batch_size) <= n:
         raise ConfigError(f"batch_size={batch_size} must be in [1, number of examples={n}]")
     if not 0 <= int(start_step) <= int(stop_step):
         raise ConfigError(f"steps [{start_step}, {stop_step}) must satisfy 0 <= start <= stop")
-    if rows is None:
-        rows = mesh_lib.process_rows(int(batch_size),
-                                     mesh_lib.data_mesh() if mesh is None else mesh)
     start = int(start_step)
     return _pipeline(source, int(stop_step) - start,
-                     lambda b: loop.epoch_batches(n, int(batch_size), int(seed), start + b)[rows],
+                     lambda b: epoch_batches(n, int(batch_size), int(seed), start + b)[rows],
                      threads, prefetch)
 
 
