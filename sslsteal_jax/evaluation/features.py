@@ -76,6 +76,10 @@ def _batches_of(images, size: int):
     ``data.stream.StreamSource``, ``pipeline.queries.ChunkedArray``), or the batches of
     an iterable (each an array or an ``(images, labels)`` pair, e.g. from
     ``data.stream.sequential_batches``) cut to ``size`` rows."""
+    if hasattr(images, "batches"):  # a StreamSource: read ahead on worker threads
+        for b, _ in images.batches(size):
+            yield b
+        return
     if hasattr(images, "__getitem__") and hasattr(images, "__len__"):
         for i in range(0, len(images), size):
             yield np.asarray(images[i:i + size])
@@ -142,6 +146,12 @@ def extract_features(apply_fn, images, batch_size: int | None = None,
     return np.concatenate(out, axis=0).astype(np.float32)
 
 
-def raw_pixels(images: np.ndarray) -> np.ndarray:
-    """Baseline 'encoder': flattened pixels in [0,1], float32 ``(N, H*W*C)``."""
+def raw_pixels(images) -> np.ndarray:
+    """Baseline 'encoder': flattened pixels in [0,1], float32 ``(N, H*W*C)``.
+
+    ``images``: uint8 (N,H,W,C) in [0,255] or float in [0,1]; an array, or a lazy
+    array-like (``data.stream.StreamSource``) read 4,096 rows at a time."""
+    if not isinstance(images, np.ndarray):
+        return np.concatenate([raw_pixels(np.asarray(images[i:i + 4096]))
+                               for i in range(0, len(images), 4096)])
     return images.reshape(len(images), -1).astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)

@@ -23,7 +23,10 @@ bought with the same request id (``<fingerprint digest>:<start>-<stop>``) on eve
 attempt: an API with idempotent requests (the served API's ledger,
 ``api.remote.RemoteVictimAPI``) answers a chunk charged before the crash but never
 committed without charging it again. The stored arrays are read back memory-mapped
-(:class:`ChunkedArray`), a batch at a time, never as one array in memory.
+(:class:`ChunkedArray`), a batch at a time, never as one array in memory. On a
+multi-host run process 0 writes the chunks and every process reads them back, so the
+directory must be on a filesystem all hosts share (the ``.npz`` file needs none: every
+process holds its answers).
 
 Source: the paper's threat model counts every image sent to the API as one
 query (Dziedzic et al., ICML 2022, Section 3); caching keeps that count exact
