@@ -229,3 +229,21 @@ def test_streamed_run_refuses_strategies_it_does_not_stream():
     with pytest.raises(ConfigError, match=r"^strategies='augmented_queries'; allowed: with "
                                           r"stream.enabled=True: direct \| stolenencoder"):
         validate(cfg)
+
+
+@pytest.mark.slow  # ~25 s: the in-memory side resizes all 70,000 Fashion-MNIST images
+def test_streamed_experiment_data_equals_in_memory():
+    """experiment_data(stream=True): every part holds the in-memory part's bytes, also an
+    out-of-distribution pool resized to a resized victim dataset's shape."""
+    from sslsteal_jax.data.splits import experiment_data
+
+    kw = dict(dataset="fashion_mnist@32x32x3", query_dataset="digits", probe_test_size=300,
+              victim_train_size=200, probe_train_size=400)
+    mem, lazy = experiment_data(**kw), experiment_data(**kw, stream=True)
+    assert lazy.names == mem.names
+    for part in ("victim_train", "query_pool", "probe_train_x", "probe_test_x"):
+        assert isinstance(getattr(lazy, part), stream.StreamSource), part
+        np.testing.assert_array_equal(np.asarray(getattr(lazy, part)), getattr(mem, part))
+    for part in ("probe_train_y", "probe_test_y"):
+        np.testing.assert_array_equal(getattr(lazy, part), getattr(mem, part))
+        assert getattr(lazy, part).dtype == np.int32
