@@ -247,3 +247,26 @@ def test_streamed_experiment_data_equals_in_memory():
     for part in ("probe_train_y", "probe_test_y"):
         np.testing.assert_array_equal(getattr(lazy, part), getattr(mem, part))
         assert getattr(lazy, part).dtype == np.int32
+
+
+@pytest.mark.slow
+def test_two_process_streamed_extraction_reads_only_each_hosts_rows(tmp_path):
+    """A pod in miniature (2 processes x 1 CPU device, jax.distributed over gloo, the
+    launcher of launch/local.sh): each process reads only its half of every batch of a
+    lazy source, and both get every row's features, equal to one process's."""
+    env = dict(os.environ, XLA_FLAGS="", PYTHONPATH=ROOT)
+    run = subprocess.run([sys.executable, "-m", "sslsteal_jax.cluster", "launch", "2", "0",
+                          sys.executable, os.path.join(ROOT, "tests", "multihost",
+                                                       "stream_features.py"), str(tmp_path)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = [json.load(open(tmp_path / f"process_{i}.json")) for i in (0, 1)]
+    assert out[0]["devices"] == out[1]["devices"] == 2
+    assert out[0]["reads"] == [[i, i + 32] for i in range(0, 1000, 64)]
+    assert out[1]["reads"] == [[i + 32, min(i + 64, 1000)] for i in range(0, 1000, 64)]
+    x, _ = registry.load_split("fashion_mnist", "test")
+    x = x[:1000].astype(np.float32)
+    want = np.stack([x.mean((1, 2, 3)), x[:, 3, 5, 0]], 1)
+    for o in out:
+        np.testing.assert_allclose(np.asarray(o["features"], np.float32), want, rtol=1e-6)
+    np.testing.assert_array_equal(out[0]["features"], out[1]["features"])
