@@ -49,7 +49,7 @@ def _builder(data_dir: str, n_images: int):
     ``data_dir/<n_images>`` so pools of other sizes never mix."""
     from sslsteal_jax.data import builders, raw
 
-    class StreamMemoryPool(builders._OfflineImageBuilder, skip_registration=True):
+    class StreamMemoryPool(builders.ImageLabelBuilder, skip_registration=True):
         """``n_images`` Fashion-MNIST test images upsampled 8x (nearest) to 224x224x3
         with a per-image tint; labels are the Fashion-MNIST labels."""
 

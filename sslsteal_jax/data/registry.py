@@ -135,7 +135,9 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _canonical_offline(name: str) -> str | None:
+def canonical_offline(name: str) -> str | None:
+    """The offline dataset's short name (``"fashion_mnist"``) for either of its names
+    (short or builder name, e.g. ``"fashion_mnist_offline"``); None for other names."""
     for short, builder_name in OFFLINE_BUILDER_NAMES.items():
         if name in (short, builder_name):
             return short
@@ -351,7 +353,7 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
                     arr.flags.writeable = False
                 _CACHE[key] = hit
         return hit[0].copy(), hit[1].copy()
-    short = _canonical_offline(name)
+    short = canonical_offline(name)
     if short is not None:
         check_split(short, split, OFFLINE_SPLITS[short])
         ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(True)

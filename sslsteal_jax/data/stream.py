@@ -52,7 +52,7 @@ def _resolve(name: str, split: str, data_dir: str | None, download: bool):
         raise ConfigError(f"dataset name must be a non-empty string, got {name!r}. "
                           f"{registry.INSTALL_HINT}")
     base, shape = registry.parse_resize(name)
-    short = registry._canonical_offline(base)
+    short = registry.canonical_offline(base)
     if short is not None:
         registry.check_split(short, split, registry.OFFLINE_SPLITS[short])
         ddir = (os.path.abspath(os.path.expanduser(data_dir)) if data_dir
