@@ -15,6 +15,8 @@ setup(
         "orbax-checkpoint>=0.6",
         "tensorflow-datasets>=4.9.6",
         "array_record>=0.5",
+        # streaming input (sslsteal_jax/data/stream.py): batches read on worker threads
+        "grain>=0.2.18,<0.3",
         "numpy>=1.26",
         "absl-py",
         "ml-collections",

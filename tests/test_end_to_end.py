@@ -84,6 +84,26 @@ def test_end_to_end_steal(finished):
 
 
 @pytest.mark.slow
+def test_streamed_run_gives_the_in_memory_numbers(finished, tmp_path):
+    """stream.enabled: the pool and probes read lazily, the answers bought into the
+    chunked cache (3 chunks of 400) and read back memory-mapped; every number of the
+    in-memory run's rows is reproduced bit for bit (same victim, same seed)."""
+    wd, results = finished
+    cfg = tiny_config(victim="shipped")
+    cfg.victim.checkpoint = os.path.join(wd, "victim", "checkpoints")
+    cfg.stream.update(dict(enabled=True, answer_chunk=400))
+    streamed = run(cfg, str(tmp_path / "streamed"))
+    assert streamed["queries_charged"] == BUDGET
+    chunks = sorted(f for f in os.listdir(tmp_path / "streamed" / "query_cache")
+                    if f.endswith(".json") and f.startswith("chunk_"))
+    assert chunks == ["chunk_000000000_000000400.json", "chunk_000000400_000000800.json",
+                      "chunk_000000800_000001000.json"]
+    keys = ("probe_full", "probe_100", "knn", "cosine_fidelity", "l2_fidelity")
+    assert ([{k: r[k] for k in ("name", *keys)} for r in streamed["rows"]]
+            == [{k: r[k] for k in ("name", *keys)} for r in results["rows"]])
+
+
+@pytest.mark.slow
 def test_rerun_into_finished_workdir_refused(finished):
     wd, _ = finished
     with pytest.raises(WorkdirExistsError, match="overwrite"):

@@ -362,6 +362,22 @@ class _FlakyEndpoint(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def test_remote_request_id_is_charged_once_across_clients(plain, images):
+    """The chunked answer cache's request ids (pipeline.queries): a chunk asked again
+    under its id by a new client (a restarted process) is answered from the ledger,
+    not charged again; other ids are charged."""
+    url, keys, lg, ref = plain
+    secret = lg.create_key("erin", 20)[1]
+    first = RemoteVictimAPI(url, secret).query("attacker", images[:6], request_id="c0ffee:0-6.0")
+    again = RemoteVictimAPI(url, secret).query("attacker", images[:6], request_id="c0ffee:0-6.0")
+    np.testing.assert_array_equal(again, first)
+    assert lg.key_by_name("erin").used == 6
+    RemoteVictimAPI(url, secret).query("attacker", images[:6], request_id="c0ffee:6-12.0")
+    assert lg.key_by_name("erin").used == 12
+    with pytest.raises(ConfigError, match="request_id 'a b' must be 1-100 characters"):
+        RemoteVictimAPI(url, secret).query("attacker", images[:1], request_id="a b")
+
+
 def test_remote_client_retries_with_one_idempotency_key_on_any_endpoint(images):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FlakyEndpoint)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -38,6 +38,7 @@ import http.client
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -272,12 +273,18 @@ class RemoteVictimAPI:
         return self.usage(user).get("defense", {})
 
     # ----- queries -----------------------------------------------------------------------
-    def query(self, user: str, images) -> np.ndarray:
+    def query(self, user: str, images, request_id: str | None = None) -> np.ndarray:
         """Answer a batch through the service, one charged query per image.
 
         Args:
           user: account name (selects the key; capped by ``register``).
           images: uint8 ``(B, H, W, C)`` in [0, 255] or float32/float64 in [0, 1].
+          request_id: None (each request gets a fresh idempotency key) or a caller's id
+            that is the same for the same images on every attempt (the chunked answer
+            cache's, ``pipeline.queries``): request ``j`` of the call is sent with the
+            idempotency key ``<request_id>.<j>``, so a call repeated after a crash is
+            answered from the server's ledger without a new charge. At most 100
+            characters of ``[A-Za-z0-9_.:-]``.
         Returns:
           float32 numpy ``(B, output_dim)``.
         Raises:
@@ -292,12 +299,16 @@ class RemoteVictimAPI:
         if x.ndim < 1 or len(x) == 0:
             raise QueryValidationError(f"query images must be a non-empty batch (B, H, W, C), "
                                        f"got shape {x.shape}")
+        if request_id is not None and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", request_id):
+            raise ConfigError(f"request_id {request_id!r} must be 1-100 characters of "
+                              "letters, digits and _.:-")
         out = []
-        for i in range(0, len(x), self.max_images):
-            out.append(self._query_chunk(user, x[i:i + self.max_images]))
+        for j, i in enumerate(range(0, len(x), self.max_images)):
+            idem = "req-" + uuid.uuid4().hex if request_id is None else f"{request_id}.{j}"
+            out.append(self._query_chunk(user, x[i:i + self.max_images], idem))
         return np.concatenate(out, axis=0)
 
-    def _query_chunk(self, user: str, x: np.ndarray) -> np.ndarray:
+    def _query_chunk(self, user: str, x: np.ndarray, idem: str) -> np.ndarray:
         n = len(x)
         with self._lock:
             acct = self._accounts.setdefault(user, _Account(None))
@@ -315,8 +326,7 @@ class RemoteVictimAPI:
                 payload = json.dumps(req).encode()
             except WireFormatError as e:
                 raise QueryValidationError(str(e)) from None
-            _, body, _ = self._send("POST", self._embed_path, payload, user,
-                                    "req-" + uuid.uuid4().hex)
+            _, body, _ = self._send("POST", self._embed_path, payload, user, idem)
             try:
                 emb = decode_embeddings(json.loads(body))
             except (WireFormatError, json.JSONDecodeError) as e:

@@ -345,7 +345,7 @@ class VictimAPI:
                                      head=raw[:, self.raw_dim:])
         return np.asarray(out, np.float32), new
 
-    def query(self, user: str, images) -> np.ndarray:
+    def query(self, user: str, images, request_id: str | None = None) -> np.ndarray:
         """Answer a batch of queries for ``user`` and charge one query per image.
 
         Thread-safe with exact accounting (module docstring): the queries are
@@ -354,6 +354,9 @@ class VictimAPI:
         Args:
           user: account name.
           images: uint8 ``(B, H, W, C)`` in [0, 255] or float32 in [0, 1].
+          request_id: accepted for the interface of ``RemoteVictimAPI.query`` (whose
+            served ledger never charges one id twice) and ignored: an in-process API
+            keeps no ledger across processes, each call is charged.
         Returns:
           float32 numpy ``(B, output_dim)`` (defended when the API has defenses).
         Raises:

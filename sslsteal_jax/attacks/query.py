@@ -21,34 +21,52 @@ from sslsteal_jax.training import mesh as mesh_lib
 
 def collect_answers(api, user: str, images: np.ndarray, budget: int,
                     chunk: int = 1000, progress: bool = True,
-                    query_kwargs: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Query the first ``budget`` images of ``images`` once each.
+                    query_kwargs: dict | None = None, start: int = 0,
+                    request_id: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Query images ``[start, budget)`` of ``images`` once each (the first ``budget``
+    with the default ``start=0``).
 
     Args:
       api: object with ``query(user, images) -> (B, D) float32`` (a ``VictimAPI``).
       user: attacker's account name.
-      images: uint8 ``(N, H, W, C)`` query pool, in the attacker's fixed order.
+      images: uint8 ``(N, H, W, C)`` query pool, in the attacker's fixed order: an
+        array, or any array-like that slices lazily (``data.stream.StreamSource``:
+        only ``chunk`` images are in memory at a time).
       budget: number of queries to spend (images sent), 1 <= budget <= N.
       chunk: images per API call.
       query_kwargs: extra keyword arguments of ``api.query`` (e.g.
         ``{"output": "probabilities"}`` for a ``ClassifierAPI``).
+      start: first image to query (a resumed chunk of ``pipeline.queries``).
+      request_id: None, or the id of this range (the same on every attempt); API call
+        ``j`` then passes ``request_id=f"{request_id}.{j}"`` to ``api.query`` (the
+        served API's ledger never charges one id twice).
     Returns:
-      ``(queried_images uint8 (budget, H, W, C), answers (budget, ...))``:
-      float32 ``(budget, D)`` representations for a ``VictimAPI``.
+      ``(queried_images uint8 (budget - start, H, W, C), answers (budget - start, ...))``:
+      float32 ``(budget - start, D)`` representations for a ``VictimAPI``.
     Raises:
-      ValueError: ``budget`` outside [1, N] (names the pool size).
+      ValueError: ``budget`` outside [1, N] (names the pool size) or ``start`` outside
+        [0, budget).
       BudgetExceededError: from the API when the account's budget is smaller.
     """
     n = len(images)
     if not 1 <= int(budget) <= n:
         raise ValueError(f"query budget {budget} must be between 1 and the query pool size {n}")
-    budget = int(budget)
-    out = []
-    for i in tqdm(range(0, budget, chunk), desc="querying victim API",
-                  disable=not progress or not mesh_lib.is_writer(),  # one bar on a pod
-                  leave=False):
-        out.append(api.query(user, images[i:min(i + chunk, budget)], **(query_kwargs or {})))
-    return images[:budget], np.concatenate(out, axis=0)
+    budget, start = int(budget), int(start)
+    if not 0 <= start < budget:
+        raise ValueError(f"query range start {start} must be in [0, budget={budget})")
+    sent, out = [], []
+    for j, i in enumerate(tqdm(range(start, budget, chunk), desc="querying victim API",
+                               disable=not progress or not mesh_lib.is_writer(),  # one bar on a pod
+                               leave=False)):
+        kw = dict(query_kwargs or {})
+        if request_id is not None:
+            kw["request_id"] = f"{request_id}.{j}"
+        batch = np.asarray(images[i:min(i + chunk, budget)])
+        sent.append(batch)
+        out.append(api.query(user, batch, **kw))
+    if isinstance(images, np.ndarray):
+        return images[start:budget], np.concatenate(out, axis=0)
+    return np.concatenate(sent, axis=0), np.concatenate(out, axis=0)
 
 
 def augmented_views(images: np.ndarray, views: int, key: jax.Array,

@@ -50,6 +50,19 @@ def data_fields(c: ml_collections.ConfigDict, dataset: str = "fashion_mnist",
     c.probe_test_size = probe_test_size
 
 
+def stream_block() -> ml_collections.ConfigDict:
+    """The ``stream`` block (streaming input, ``data.stream``; BUILD.md "Data").
+
+    Fields: ``enabled`` (False: every split in memory, the shipped numbers; True: the
+    query pool and probe sets are read lazily a batch at a time and the answers go
+    to the chunked on-disk cache, ``pipeline.queries``), ``answer_chunk`` (queries
+    per committed cache chunk: a crash loses at most one), ``threads`` (grain worker
+    threads decoding batches) and ``prefetch`` (batches read ahead).
+    """
+    return ml_collections.ConfigDict(dict(enabled=False, answer_chunk=1000, threads=2,
+                                          prefetch=2))
+
+
 def eval_block(select_probe: bool) -> ml_collections.ConfigDict:
     """The ``eval`` block: 100 labels per class for the few-label probe, 60 probe
     epochs, ``select_probe`` (choose the probe's weight decay on a validation split)."""
@@ -167,6 +180,30 @@ def check_steal(prefix: str, steal) -> None:
     check_number(f"{p}.temperature", steal.temperature, optional=True)
     check_number(f"{p}.weight_decay", steal.weight_decay, zero=True)
     compute_dtype(steal.model.dtype)
+
+
+def check_stream(st, strategies=None) -> None:
+    """The ``stream`` block: ``enabled`` a bool, ``answer_chunk`` >= 1, ``threads`` >= 0,
+    ``prefetch`` >= 1; when enabled, only the strategies that send clean pool images
+    (``strategies``: direct, stolenencoder) are streamed.
+
+    Raises:
+      ConfigError: the first bad field (``stream.<field>``).
+    """
+    if not isinstance(st.enabled, bool):
+        fail("stream.enabled", st.enabled, "True | False")
+    check_int("stream.answer_chunk", st.answer_chunk)
+    check_int("stream.threads", st.threads, minimum=0)
+    check_int("stream.prefetch", st.prefetch)
+    bad = [s for s in (strategies or ()) if s not in STREAMED_STRATEGIES]
+    if st.enabled and bad:
+        fail("strategies", ",".join(bad), "with stream.enabled=True: "
+             + " | ".join(STREAMED_STRATEGIES) + " (augmented views and label answers are "
+             "bought in memory)")
+
+
+#: Query strategies a streamed run supports (they send clean pool images, one per query).
+STREAMED_STRATEGIES = ("direct", "stolenencoder")
 
 
 def check_eval(ev) -> None:

@@ -90,6 +90,9 @@ def validate(cfg) -> None:
     """
     from sslsteal_jax.training.vmap import MODES
 
+    if cfg.stream.enabled is not False:
+        base.fail("stream.enabled", cfg.stream.enabled, "False (the budget scan reads its "
+                  "pools in memory; streaming is the steal job's)")
     base.check_int_tuple("budgets", cfg.budgets, minimum=1)
     base.check_int_tuple("seeds", cfg.seeds, minimum=0)
     base.check_losses("losses", cfg.losses)

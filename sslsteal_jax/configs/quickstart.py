@@ -54,6 +54,7 @@ def build(a) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.experiment = EXPERIMENT
     base.data_fields(c)
+    c.stream = base.stream_block()  # --config.stream.enabled=True: lazy input, chunked answers
     c.query_dataset = a.query_dataset
     c.probe_train_size = base.placeholder(int)  # None = the whole labelled train split
     c.victim_train_size = base.placeholder(int)  # only used when the victim is trained here
@@ -96,7 +97,8 @@ def validate(cfg) -> None:
         raise ConfigError(f"query budget {cfg.budget} must be >= 1 (and at most the query "
                           "pool size)")
     base.check_losses("losses", cfg.losses)
-    parse_strategies(cfg.strategies)
+    strategies = parse_strategies(cfg.strategies)
+    base.check_stream(cfg.stream, strategies)
     base.check_int("views", cfg.views)
     base.check_int("surrogate_views", cfg.surrogate_views, minimum=0)
     base.check_api_output(cfg.api_output)

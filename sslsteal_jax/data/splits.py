@@ -21,7 +21,9 @@ class ExperimentData:
     """All arrays one experiment needs.
 
     victim_train: uint8 (N_v, H, W, C); query_pool: uint8 (N_q, H, W, C);
-    probe_train_x/_y, probe_test_x/_y: uint8 images and int32 labels;
+    probe_train_x/_y, probe_test_x/_y: uint8 images and int32 labels; with
+    ``experiment_data(stream=True)`` the image parts are lazy
+    ``data.stream.StreamSource`` views of the same rows;
     names: where each part came from (dataset/split/slice).
     """
 
@@ -43,7 +45,8 @@ def _match_shape(images: np.ndarray, shape) -> np.ndarray:
 def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = None,
                     probe_test_size: int = 5000, with_victim_train: bool = True,
                     victim_train_size: int | None = None,
-                    probe_train_size: int | None = None) -> ExperimentData:
+                    probe_train_size: int | None = None, stream: bool = False,
+                    stream_threads: int = 2, stream_prefetch: int = 2) -> ExperimentData:
     """Build the fixed splits.
 
     Args:
@@ -56,17 +59,31 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
       probe_test_size: size of the probe test hold-out (last images of 'test').
       victim_train_size / probe_train_size: None = the whole train split, or
         the first N train images (small configs and tests).
+      stream: False: every image part is a uint8 array in memory. True: each is a lazy
+        ``data.stream.StreamSource`` view of the same rows (read a batch at a time,
+        bit-identical to the arrays; labels stay int32 arrays), so a pool or probe
+        set larger than memory never loads whole (the ``stream`` config block).
+      stream_threads, stream_prefetch: the views' grain worker threads and batches
+        read ahead (``StreamSource``).
     Raises:
       ConfigError (a ValueError): unknown dataset or split, a ``probe_train_size`` /
         ``victim_train_size`` outside (0, train size], or ``probe_test_size`` not
         smaller than the test split.
     """
-    train_x, train_y = load_split(dataset, "train")
+    if stream:
+        from sslsteal_jax.data.stream import StreamSource
+
+        opts = dict(threads=stream_threads, prefetch=stream_prefetch)
+        train = StreamSource(dataset, "train", **opts)
+        test = StreamSource(dataset, "test", **opts)
+        train_x, test_x = train, test
+    else:
+        train_x, train_y = load_split(dataset, "train")
+        test_x, test_y = load_split(dataset, "test")
     for name, size in (("victim_train_size", victim_train_size),
                        ("probe_train_size", probe_train_size)):
         if size is not None and not 0 < size <= len(train_x):
             raise ConfigError(f"{name}={size} must be in (0, {len(train_x)}]")
-    test_x, test_y = load_split(dataset, "test")
     if not 0 < probe_test_size < len(test_x):
         raise ConfigError(f"probe_test_size={probe_test_size} must be in (0, {len(test_x)})")
     cut = len(test_x) - probe_test_size
@@ -74,18 +91,25 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
              "probe_test": f"{dataset}/test[{cut}:]"}
     q_name, _, q_split = (query_dataset or "").partition(":")
     if q_name in ("", dataset) and q_split in ("", "test"):
-        pool = test_x[:cut]
+        pool = test_x.subset(0, cut) if stream else test_x[:cut]
         names["query_pool"] = f"{dataset}/test[:{cut}]"
     elif q_name == dataset and q_split == "train":
         pool = train_x
         names["query_pool"] = f"{dataset}/train"
+    elif stream:
+        pool = StreamSource(q_name, q_split or "train", match_shape=train_x.shape[1:], **opts)
+        names["query_pool"] = f"{q_name}/{q_split or 'train'}"
     else:
         pool = _match_shape(load_split(q_name, q_split or "train")[0], train_x.shape[1:])
         names["query_pool"] = f"{q_name}/{q_split or 'train'}"
-    vt = train_x[:victim_train_size] if with_victim_train else train_x[:0]
-    pt = slice(0, probe_train_size)
     if victim_train_size:
         names["victim_train"] += f"[:{victim_train_size}]"
     if probe_train_size:
         names["probe_train"] += f"[:{probe_train_size}]"
+    if stream:
+        vt = train.subset(0, victim_train_size if with_victim_train else 0)
+        pt, te = train.subset(0, probe_train_size), test.subset(cut)
+        return ExperimentData(vt, pool, pt, pt.labels(), te, te.labels(), names)
+    vt = train_x[:victim_train_size] if with_victim_train else train_x[:0]
+    pt = slice(0, probe_train_size)
     return ExperimentData(vt, pool, train_x[pt], train_y[pt], test_x[cut:], test_y[cut:], names)

@@ -71,7 +71,53 @@ def default_batch_size(mesh=None) -> int:
     return ACCELERATOR_INFERENCE_BATCH_PER_DEVICE * mesh_lib.num_devices(mesh)
 
 
-def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None,
+def _placed_batches(images, size: int, mesh):
+    """``(global batch of `size` rows on the mesh, rows that are real)`` over ``images``.
+
+    An array (or a lazy array-like with one process) is sliced ``size`` rows at a time
+    and padded with zeros; every process passes the global batch and keeps its rows
+    (``mesh.shard_batch``). A lazy array-like (``data.stream.StreamSource``,
+    ``pipeline.queries.ChunkedArray``) on a multi-process run is read only at this
+    process's rows of each batch (``mesh.process_rows``), so each host reads its shard.
+    A ``StreamSource`` with one process is read ahead on grain worker threads
+    (``StreamSource.batches``). An iterable yields batches (arrays or ``(images,
+    labels)`` pairs), each cut to ``size`` rows.
+    """
+    import jax
+
+    lazy = not isinstance(images, np.ndarray) and hasattr(images, "__getitem__")
+    if lazy and jax.process_count() > 1:
+        rows, n = mesh_lib.process_rows(size, mesh), len(images)
+        for i in range(0, n, size):
+            b = np.asarray(images[min(i + rows.start, n):min(i + rows.stop, n)])
+            b = _padded(b, rows.stop - rows.start, images.shape[1:], images.dtype)
+            yield mesh_lib.place_local_rows([b], size, mesh)[0], min(size, n - i)
+        return
+    if hasattr(images, "batches"):  # a StreamSource: read ahead on worker threads
+        pieces = (b for b, _ in images.batches(size))
+    elif hasattr(images, "__getitem__") and hasattr(images, "__len__"):
+        pieces = (np.asarray(images[i:i + size]) for i in range(0, len(images), size))
+    else:
+        pieces = (piece for b in images
+                  for piece in _cut(np.asarray(b[0] if isinstance(b, tuple) else b), size))
+    for b in pieces:
+        yield mesh_lib.shard_batch([_padded(b, size, b.shape[1:], b.dtype)], mesh)[0], len(b)
+
+
+def _cut(b: np.ndarray, size: int):
+    """``b`` in pieces of at most ``size`` rows."""
+    return (b[i:i + size] for i in range(0, len(b), size))
+
+
+def _padded(b: np.ndarray, rows: int, shape, dtype) -> np.ndarray:
+    """``b`` with zero rows appended up to ``rows`` rows (of ``shape`` and ``dtype``)."""
+    if len(b) == rows:
+        return b
+    return np.concatenate([b.reshape(-1, *shape).astype(dtype, copy=False),
+                           np.zeros((rows - len(b), *shape), dtype)])
+
+
+def extract_features(apply_fn, images, batch_size: int | None = None,
                      desc: str | None = None) -> np.ndarray:
     """Apply ``apply_fn`` over ``images`` in batches, data-parallel over all devices.
 
@@ -81,10 +127,16 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
 
     Args:
       apply_fn: jitted function ``(B,H,W,C) -> (B,D)`` (e.g. from ``make_apply``).
-      images: uint8 ``(N,H,W,C)`` in [0,255] or float32 in [0,1].
+      images: uint8 ``(N,H,W,C)`` in [0,255] or float32 in [0,1]: an array, a lazy
+        array-like that is sliced a batch at a time (``data.stream.StreamSource``,
+        ``pipeline.queries.ChunkedArray``), or an iterable of such batches (or of
+        ``(images, labels)`` pairs: ``data.stream.sequential_batches``, read ahead on
+        worker threads). Only one batch of images is in memory at a time; the
+        features are returned whole. On a multi-process run each process reads only
+        its rows of a lazy array-like's batches (:func:`_placed_batches`).
       batch_size: images per call (rounded up to a multiple of the device
         count); None: :func:`default_batch_size` of the mesh. Outputs do not
-        depend on it beyond float rounding.
+        depend on it beyond float rounding, nor on how an iterable cuts its batches.
       desc: progress-bar label (None: no bar).
     Returns:
       float32 numpy ``(N, D)``.
@@ -100,25 +152,30 @@ def extract_features(apply_fn, images: np.ndarray, batch_size: int | None = None
     batch_size = default_batch_size(mesh) if batch_size is None else batch_size
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
-    n = len(images)
-    size = mesh_lib.padded_size(min(int(batch_size), max(n, 1)), mesh)
+    n = len(images) if hasattr(images, "__len__") else None
+    size = mesh_lib.padded_size(min(int(batch_size), max(n, 1) if n is not None
+                                    else int(batch_size)), mesh)
     out = []
-    for i in tqdm(range(0, n, size), desc=desc, leave=False,
-                  disable=desc is None or not mesh_lib.is_writer()):  # one bar on a pod
-        b = np.asarray(images[i:i + size])
-        m = len(b)
-        if m < size:
-            b = np.concatenate([b, np.zeros((size - m, *b.shape[1:]), b.dtype)])
-        (xb,) = mesh_lib.shard_batch([b], mesh)
+    for xb, m in tqdm(_placed_batches(images, size, mesh), desc=desc, leave=False,
+                      total=None if n is None else -(-n // size),
+                      disable=desc is None or not mesh_lib.is_writer()):  # one bar on a pod
         # under the collective guard: never in flight with another thread's
         # multi-device program (training.mesh, concurrency rule)
         # (a multi-host gather of a batch-sharded output is a collective too: same section)
         out.append(mesh_lib.run_collective(lambda x: mesh_lib.to_host(apply_fn(x)), xb,
                                            mesh=mesh)[:m])
         watchdog.progress("feature extraction")
+    if not out:
+        raise ValueError("extract_features got no images")
     return np.concatenate(out, axis=0).astype(np.float32)
 
 
-def raw_pixels(images: np.ndarray) -> np.ndarray:
-    """Baseline 'encoder': flattened pixels in [0,1], float32 ``(N, H*W*C)``."""
+def raw_pixels(images) -> np.ndarray:
+    """Baseline 'encoder': flattened pixels in [0,1], float32 ``(N, H*W*C)``.
+
+    ``images``: uint8 (N,H,W,C) in [0,255] or float in [0,1]; an array, or a lazy
+    array-like (``data.stream.StreamSource``) read 4,096 rows at a time."""
+    if not isinstance(images, np.ndarray):
+        return np.concatenate([raw_pixels(np.asarray(images[i:i + 4096]))
+                               for i in range(0, len(images), 4096)])
     return images.reshape(len(images), -1).astype(np.float32) / (255.0 if images.dtype == np.uint8 else 1.0)

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sslsteal_jax import watchdog
+from sslsteal_jax.data.order import epoch_batches  # noqa: F401  (the data order; re-exported)
 from sslsteal_jax.training import checkpoint as ckpt
 from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training import optim, summaries
@@ -39,16 +40,6 @@ class _Preempted(Exception):
 #: steps after it (host floats, or lists of K floats for stacked members),
 #: "last": the means written at ``logged_at``}``.
 METRICS_WINDOW_KEY = "metrics_window"
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, step: int):
-    """Indices of the batch used at optimizer ``step``: a fresh permutation of
-    ``range(n)`` per epoch (numpy PCG64 seeded by ``(seed, epoch)``), the last
-    incomplete batch dropped. Returns int64 ``(batch_size,)``."""
-    steps_per_epoch = n // batch_size
-    epoch, i = divmod(step, steps_per_epoch)
-    perm = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-    return perm[i * batch_size:(i + 1) * batch_size]
 
 
 def process_batch_indices(n: int, batch_size: int, seed: int, step: int, mesh) -> np.ndarray:
