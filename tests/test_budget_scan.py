@@ -310,6 +310,11 @@ def test_fit_stack_size_and_stackable_checks(scan):
     members = [(x[:256], a[:256], cfg(steps=3)), (x, a, cfg(seed=1, steps=3)),
                (x[:256], a[:256], cfg(learning_rate=1e-2))]
     setups = [prepare_surrogate(*m) for m in members]
+    # each seed's cell starts from its own initialisation (key(seed)); equal seeds, equal init
+    init = [jax.tree.leaves(su.state.params) for su in setups]
+    assert not any(np.allclose(p0, p1) for p0, p1 in zip(init[0], init[1]) if p0.size > 1)
+    assert all(np.array_equal(p0, p2) for p0, p2 in zip(init[0], init[2]))
+    assert [su.seed for su in setups] == [0, 1, 0]
     # seed and budget may differ
     stacked.check_stackable(setups[:2], [members[0][2], members[1][2]])
     with pytest.raises(ValueError, match=r"member 1 differs .* \['learning_rate', 'steps'\]"):

@@ -59,7 +59,7 @@ from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.losses import parse_losses
 from sslsteal_jax.models import SurrogateModel, encoder_from_config
-from sslsteal_jax.pipeline import evaluate, queries, results, workdir as wd
+from sslsteal_jax.pipeline import evaluate, queries, results, seeds, workdir as wd
 from sslsteal_jax.pipeline.cells import CellStore
 from sslsteal_jax.pipeline.victim import load_victim
 from sslsteal_jax.trainers.stacked import (available_memory_bytes, estimate_member_bytes,
@@ -365,13 +365,17 @@ def _train_group(cells, cache, store, workdir, data, owner, key, ev, mode) -> di
 
 
 def aggregate(rows: list[dict], metric: str) -> dict:
-    """``{loss: (budgets, mean, std)}`` of ``metric`` over seeds, budgets ascending."""
+    """``{loss: (budgets, mean, std)}`` of ``metric`` over seeds (sample std, see
+    :func:`sslsteal_jax.pipeline.seeds.seed_summary`), budgets ascending; ``rows`` of
+    one query source."""
     out = {}
-    for loss in dict.fromkeys(r["loss"] for r in rows):
-        bs = sorted({r["budget"] for r in rows if r["loss"] == loss})
-        vals = [[r[metric] for r in rows if r["loss"] == loss and r["budget"] == b] for b in bs]
-        out[loss] = (bs, [float(np.mean(v)) for v in vals], [float(np.std(v)) for v in vals])
-    return out
+    for s in sorted(seeds.seed_summary(rows, ("loss", "budget"), (metric,)),
+                    key=lambda s: s["budget"]):
+        bs, mean, std = out.setdefault(s["loss"], ([], [], []))
+        bs.append(s["budget"])
+        mean.append(s[f"{metric}_mean"])
+        std.append(s[f"{metric}_std"])
+    return {loss: out[loss] for loss in dict.fromkeys(r["loss"] for r in rows)}
 
 
 def plot_scan(rows: list[dict], reference: dict, path: str, title: str) -> None:
@@ -406,19 +410,18 @@ def plot_scan(rows: list[dict], reference: dict, path: str, title: str) -> None:
 
 
 def format_scan(rows: list[dict], reference: dict) -> str:
-    """Markdown table: one line per (source, loss, budget), means over seeds."""
-    lines = ["| source | loss | queries | probe acc (%) | 100/class (%) | kNN (%) | cos fidelity |",
-             "|---|---|---|---|---|---|---|"]
-    keys = list(dict.fromkeys((r["source"], r["loss"], r["budget"]) for r in rows))
-    for s, l, b in keys:
-        sel = [r for r in rows if (r["source"], r["loss"], r["budget"]) == (s, l, b)]
-        m = {k: np.mean([r[k] for r in sel]) for k in ("probe_full", "probe_100", "knn",
-                                                         "cosine_fidelity")}
-        lines.append(f"| {s} | {l} | {b} | {m['probe_full']:.2f} | {m['probe_100']:.2f} | "
-                     f"{m['knn']:.2f} | {m['cosine_fidelity']:.3f} |")
+    """Markdown table: one line per (source, loss, budget), mean +- sample std over
+    the seeds (``n`` of them)."""
+    metrics = ("probe_full", "probe_100", "knn", "cosine_fidelity")
+    lines = ["| source | loss | queries | n | probe acc (%) | 100/class (%) | kNN (%) | cos fidelity |",
+             "|---|---|---|---|---|---|---|---|"]
+    for m in seeds.seed_summary(rows, ("source", "loss", "budget"), metrics):
+        cells = [seeds.mean_std(m, k, 3 if k == "cosine_fidelity" else 2) for k in metrics]
+        lines.append(f"| {m['source']} | {m['loss']} | {m['budget']} | {m['n']} | "
+                     + " | ".join(cells) + " |")
     for ref in ("victim", "independent"):
         r = reference[ref]
         fid = r.get("cosine_fidelity")
-        lines.append(f"| {ref} | | | {r['probe_full']:.2f} | {r['probe_100']:.2f} | "
+        lines.append(f"| {ref} | | | | {r['probe_full']:.2f} | {r['probe_100']:.2f} | "
                      f"{r['knn']:.2f} | {'' if fid is None else f'{fid:.3f}'} |")
     return "\n".join(lines)
