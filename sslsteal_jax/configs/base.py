@@ -153,12 +153,13 @@ def check_dataset(field: str, name: str) -> None:
 def check_steal(prefix: str, steal) -> None:
     """The ``steal`` block: epochs >= 1; batch_size / learning_rate / temperature None
     (the loss's registry setting, or its ``loss_overrides`` entry) or positive; the
-    compute dtype.
+    optimizer (``training.optim.OPTIMIZERS``); the compute dtype.
 
     Raises:
       ConfigError: the first bad field (``<prefix>.steal.<field>``).
     """
     from sslsteal_jax.models import compute_dtype
+    from sslsteal_jax.training.optim import OPTIMIZERS
 
     p = f"{prefix}steal"
     check_int(f"{p}.epochs", steal.epochs)
@@ -166,6 +167,7 @@ def check_steal(prefix: str, steal) -> None:
     check_number(f"{p}.learning_rate", steal.learning_rate, optional=True)
     check_number(f"{p}.temperature", steal.temperature, optional=True)
     check_number(f"{p}.weight_decay", steal.weight_decay, zero=True)
+    check_choice(f"{p}.optimizer", steal.optimizer, OPTIMIZERS)
     compute_dtype(steal.model.dtype)
 
 
