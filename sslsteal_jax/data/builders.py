@@ -249,14 +249,11 @@ def prepare(builder: tfds.core.DatasetBuilder) -> bool:
     return True
 
 
-def _fast_image_label(records, features) -> tuple[np.ndarray, np.ndarray] | None:
+def _fast_image_label(records) -> tuple[np.ndarray, np.ndarray]:
     """Batch-decode serialized examples of the ``image_label_features`` layout.
 
-    Returns ``(images uint8 (N, 28, 28, 1), labels int64 (N,))`` or ``None`` if
-    the layout is different (the caller then decodes generically).
+    Returns ``(images uint8 (N, 28, 28, 1), labels int64 (N,))``.
     """
-    if features.to_json() != image_label_features().to_json():
-        return None
     from tensorflow_datasets.proto import tf_example_pb2
     parse = tf_example_pb2.Example.FromString
     image_bytes, labels = [], np.empty(len(records), np.int64)
@@ -268,34 +265,78 @@ def _fast_image_label(records, features) -> tuple[np.ndarray, np.ndarray] | None
     return images.reshape((len(records),) + IMAGE_SHAPE), labels
 
 
+def center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The central square of ``image`` (side = its shorter side), resized bilinearly
+    (PIL) to ``size`` = (H, W): how images of varying size (ImageNet) become one array.
+
+    Source: the evaluation transform of SimSiam's and the stealing reference's ImageNet
+    code is Resize(256) + CenterCrop(224), a central crop of 87.5 % of the shorter side;
+    this keeps the whole shorter side (the crop the stealing reference's queries see on
+    average is RandomResizedCrop's, not a fixed one).
+
+    Args:
+      image: uint8 ``(h, w, C)`` with C 1 or 3; size: ``(H, W)`` pixels.
+    Returns:
+      uint8 ``(H, W, C)``.
+    """
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = image[top:top + side, left:left + side]
+    squeeze = crop.shape[-1] == 1
+    pil = Image.fromarray(crop[..., 0] if squeeze else crop)
+    out = np.asarray(pil.resize((int(size[1]), int(size[0])), Image.BILINEAR), np.uint8)
+    return out[..., None] if squeeze else out
+
+
 def read_split_arrays(builder: tfds.core.DatasetBuilder, split: str,
-                      image_key: str = "image", label_key: str = "label"):
+                      image_key: str = "image", label_key: str = "label",
+                      resize_to: tuple[int, int] | None = None, chunk: int = 4096):
     """Read a whole prepared split of ``builder`` into numpy arrays.
 
     Uses ``builder.as_data_source(split=split)`` (ArrayRecord, no TensorFlow).
     For the offline builders' layout the records are fetched as raw bytes and
-    batch-decoded; any other layout is decoded per example by tfds and stacked.
+    batch-decoded; any other layout (tfds catalogue datasets: PNG / JPEG-encoded
+    ``tfds.features.Image``, decoded with PIL by tfds) is decoded ``chunk``
+    records at a time into one preallocated array, so peak memory is the output
+    plus one chunk of encoded records.
 
+    Args:
+      resize_to: ``(H, W)``: every image whose size differs is centre-cropped and
+        resized (:func:`center_crop_resize`) while it is decoded, for datasets whose
+        images vary in size (imagenet2012); None keeps the stored size.
+      chunk: records decoded at once (memory bound; results do not depend on it).
     Returns ``(images, labels)`` as the dataset stores them (e.g. uint8
     ``(N, H, W, C)`` or ``(N, H, W)``, int64 ``(N,)``); dtype/shape
     normalisation is left to :func:`sslsteal_jax.data.registry.load_split`.
-    Raises ``ValueError`` if the split's images do not share one shape.
+    Raises ``ValueError`` if the split is empty, or its images do not share one
+    shape and ``resize_to`` is None.
     """
     raw_source = builder.as_data_source(
         split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     n = len(raw_source)
     if n == 0:
         raise ValueError(f"{builder.name} split {split!r} is empty")
-    records = raw_source.__getitems__(list(range(n)))
-    fast = _fast_image_label(records, builder.info.features)
-    if fast is not None:
-        return fast
-    decode = builder.info.features.deserialize_example_np
-    examples = [decode(r) for r in records]
-    try:
-        images = np.stack([np.asarray(e[image_key]) for e in examples])
-    except ValueError as e:
-        raise ValueError(f"{builder.name} split {split!r}: images have different shapes; "
-                         "load_split needs a fixed image size") from e
-    labels = np.asarray([e[label_key] for e in examples])
+    features = builder.info.features
+    if features.to_json() == image_label_features().to_json():
+        return _fast_image_label(raw_source.__getitems__(list(range(n))))
+    decode = features.deserialize_example_np
+    images = labels = None
+    for start in range(0, n, chunk):
+        for i, rec in enumerate(raw_source.__getitems__(list(range(start, min(n, start + chunk)))),
+                                start):
+            ex = decode(rec)
+            img = np.asarray(ex[image_key])
+            if resize_to is not None and img.shape[:2] != tuple(resize_to):
+                img = center_crop_resize(img if img.ndim == 3 else img[..., None], resize_to)
+            if images is None:
+                images = np.empty((n, *img.shape), img.dtype)
+                labels = np.empty((n,), np.asarray(ex[label_key]).dtype)
+            if img.shape != images.shape[1:]:
+                raise ValueError(f"{builder.name} split {split!r}: images have different shapes "
+                                 f"({images.shape[1:]} and {img.shape}); load it with a size "
+                                 f"suffix, e.g. '{builder.name}@224x224x3'")
+            images[i], labels[i] = img, ex[label_key]
     return images, labels

@@ -235,7 +235,8 @@ def _load_data(cfg, sources, budget: int) -> dict:
       ConfigError: ``budget`` exceeds a source's pool (names the source and its size).
     """
     datas = {s: experiment_data(cfg.dataset, s, cfg.probe_test_size, with_victim_train=False,
-                                probe_train_size=cfg.probe_train_size) for s in sources}
+                                probe_train_size=cfg.probe_train_size,
+                                test_split=cfg.get("test_split", "test")) for s in sources}
     for s, d in datas.items():
         if budget > len(d.query_pool):
             raise ConfigError(f"budget {budget} exceeds the query pool of source {s!r} "

@@ -83,7 +83,8 @@ def run(cfg, workdir: str) -> dict:
     data = experiment_data(cfg.dataset, cfg.query_dataset, cfg.probe_test_size,
                            with_victim_train=not victim_lib.victim_available(cfg.victim),
                            victim_train_size=cfg.victim_train_size,
-                           probe_train_size=cfg.probe_train_size)
+                           probe_train_size=cfg.probe_train_size,
+                           test_split=cfg.get("test_split", "test"))
     if not 1 <= cfg.budget <= len(data.query_pool):
         raise ConfigError(f"query budget {cfg.budget} must be between 1 and the query pool size "
                           f"{len(data.query_pool)} ({data.names['query_pool']})")
