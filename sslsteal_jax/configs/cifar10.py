@@ -4,7 +4,7 @@ Needs the tensorflow-datasets data cifar10, svhn_cropped and stl10 prepared unde
 $SSLSTEAL_DATA_DIR (BUILD.md, "Paper-scale data"; this machine cannot download).
 
 Usage (two commands: the victim, then the scan):
-  python -m sslsteal_jax.main --config=configs/victim_simclr.py:dataset=cifar10,arch=resnet18,width=64,epochs=200,batch_size=256,lr=3e-4,temperature=0.07 --workdir=victims/cifar10_resnet18
+  python -m sslsteal_jax.main --config=configs/victim_simclr.py:dataset=cifar10,arch=resnet18,width=64,epochs=200,batch_size=256,lr=3e-4,temperature=0.07 --config.probe_test_size=1000 --workdir=victims/cifar10_resnet18
   python -m sslsteal_jax.main --config=configs/cifar10.py --workdir=runs/cifar10
 or import a public CIFAR-stem checkpoint as the victim instead of training it:
   python -m sslsteal_jax.main --config=configs/import_checkpoint.py:source=FILE.pth,arch=resnet18,stem=cifar --workdir=victims/cifar10_resnet18
