@@ -66,7 +66,12 @@ def _numbers(tree):
 SMOKE_ELSEWHERE = {
     "import_checkpoint": "tests/test_public_encoders.py::test_import_experiment_writes_a_victim_checkpoint "
                          "(needs a "
-                         "PyTorch checkpoint file, written there with torch)"}
+                         "PyTorch checkpoint file, written there with torch)",
+    "cifar10": "tests/test_paper_configs.py::test_cifar10_config_one_step_of_each_phase "
+               "(needs the mock tfds datasets of tests/mock_tfds.py)",
+    "imagenet_simsiam": "tests/test_paper_configs.py::"
+                        "test_imagenet_simsiam_config_one_step_of_each_phase (mock tfds "
+                        "datasets and an imported ResNet-50 written with torch)"}
 
 
 def test_every_config_has_a_smoke_entry():

@@ -64,7 +64,8 @@ def _thin_files():
 
 def test_every_config_file_is_a_thin_file_over_the_package():
     """configs/<name>.py = docstring + one import; the package lists exactly these."""
-    assert _thin_files() == sorted(configs.CONFIGS) == sorted(configs.EXPERIMENT_CONFIGS.values())
+    assert _thin_files() == sorted(configs.CONFIGS) == sorted(
+        [*configs.EXPERIMENT_CONFIGS.values(), *configs.PRESET_CONFIGS])
     for name in configs.CONFIGS:
         src = open(os.path.join(CONFIG_DIR, f"{name}.py")).read()
         tree = ast.parse(src)
@@ -80,7 +81,7 @@ def test_every_config_loads_and_its_defaults_validate(name):
     mod = configs.config_module(name)
     from sslsteal_jax.main import EXPERIMENTS
     assert mod.EXPERIMENT in EXPERIMENTS and mod.__doc__
-    assert configs.EXPERIMENT_CONFIGS[mod.EXPERIMENT] == name
+    assert configs.EXPERIMENT_CONFIGS[mod.EXPERIMENT] == configs.PRESET_CONFIGS.get(name, name)
     cfg = mod.get_config("")
     assert cfg.experiment == mod.EXPERIMENT
     if name == "evaluate":  # its one required field
@@ -234,3 +235,76 @@ def test_config_arguments_keep_their_meaning():
                                           r"'quickstart'\?\)"):
         load_config("quickstrat")
     assert isinstance(qs, ml_collections.ConfigDict)
+
+
+def test_paper_scale_configs_resolve_to_the_reference_settings():
+    """configs/cifar10.py and configs/imagenet_simsiam.py: the reference's per-loss
+    settings (CIFAR: the registry's, unscaled; ImageNet: SGD 0.1 x batch / 256, batch 512,
+    weight decay 0, tau 0.1, T 1000), budgets, sources and the victim command."""
+    from sslsteal_jax.configs import cifar10
+    from sslsteal_jax.trainers.surrogate import resolve_hparams, steal_config
+
+    def hparams(cfg, loss):
+        return resolve_hparams(steal_config(cfg.steal, loss, None, cfg.loss_overrides))
+
+    c10 = load_config("cifar10")
+    validate(c10)
+    assert (c10.experiment, c10.protocol, c10.steal.epochs, c10.dataset) == (
+        "budget_scan", "epochs", 100, "cifar10")
+    assert c10.budgets == (500, 1000, 5000, 10000, 20000, 30000, 40000, 50000)
+    assert c10.query_sources == "cifar10:train,svhn_cropped:train,stl10:unlabelled"
+    assert c10.losses == "all" and c10.probe_test_size == 1000 and c10.test_split == "test"
+    assert hparams(c10, "infonce") == {"batch_size": 256, "learning_rate": 3e-4,
+                                       "temperature": 0.07}
+    assert hparams(c10, "softnn")["temperature"] == 100.0
+    assert hparams(c10, "mse")["batch_size"] == 64
+    vic = load_config("victim_simclr", cifar10.VICTIM_ARG)
+    assert (vic.dataset, vic.model.arch, vic.model.width, vic.model.stem, vic.epochs,
+            vic.batch_size, vic.learning_rate, vic.temperature) == (
+        "cifar10", "resnet18", 64, "cifar", 200, 256, 3e-4, 0.07)
+    assert cifar10.VICTIM_ARG in cifar10.__doc__
+
+    im = load_config("imagenet_simsiam")
+    validate(im)
+    assert (im.dataset, im.test_split, im.stack) == ("imagenet2012@224x224x3", "validation", 1)
+    assert im.query_sources == "imagenet2012@224x224x3:train[:250000]"
+    assert im.budgets == (50000, 100000, 150000, 200000, 250000)
+    assert (im.steal.optimizer, im.steal.weight_decay, im.steal.model.dtype) == (
+        "sgd", 0.0, "bfloat16")
+    assert hparams(im, "infonce") == {"batch_size": 512, "learning_rate": 0.2,
+                                      "temperature": 0.1}
+    assert hparams(im, "softnn")["temperature"] == 1000.0
+    assert hparams(im, "mse")["learning_rate"] == 0.2
+    small = load_config("imagenet_simsiam", "optimizer=lars,batch_size=256,image_size=64,"
+                        "sources=imagenet2012:train+cifar10:train")
+    assert small.steal.optimizer == "lars" and small.steal.learning_rate == 0.1
+    assert small.query_sources == "imagenet2012@64x64x3:train,cifar10@64x64x3:train"
+    with pytest.raises(ConfigError, match=r"steal.optimizer='lamb'; allowed: adam \| adamw"):
+        validate(load_config("imagenet_simsiam", **{"steal.optimizer": "lamb"}))
+
+
+def test_paper_scale_time_estimates_match_their_docstrings():
+    """The docstrings' FLOP arithmetic, recomputed by each config's ``estimate``:
+    CIFAR scan 100 epochs x 156,500 queries x 4 losses x 3 sources x 3 x 0.967 GFLOP plus
+    5,148,000 encoded images; ImageNet 100 x 750,000 x 3 losses x 3 x 7.994 GFLOP plus
+    250,000 + 17 x 110,000 encoded images; hours at 40 % of the bf16 peak."""
+    from sslsteal_jax.configs import cifar10, imagenet_simsiam
+
+    est = cifar10.estimate(load_config("cifar10"))
+    assert est["scan"]["flops"] == pytest.approx(
+        3 * 0.967e9 * 100 * 156500 * 12 + 0.967e9 * 5148000)
+    assert est["victim"]["flops"] == pytest.approx(3 * 0.967e9 * 2e7)
+    assert est["scan"]["one H100/H200"] == pytest.approx(
+        est["scan"]["flops"] / (0.4 * 989e12) / 3600)
+    for part, text in (("victim", "victim ~{h:.2f} h on one H100/H200 (~{t:.2f} h on a v4-8)"),
+                       ("scan", "scan ~{h:.2f} h on one\nH100/H200 (~{t:.2f} h on a v4-8)")):
+        e = est[part]
+        assert text.format(h=e["one H100/H200"], t=e["TPU v4-8"]) in cifar10.__doc__
+    im = imagenet_simsiam.estimate(load_config("imagenet_simsiam"))
+    assert im["flops"] == pytest.approx(3 * 7.994e9 * 100 * 750000 * 3
+                                        + 7.994e9 * (250000 + 17 * 110000))
+    assert (f"~{im['one H100/H200']:.1f} h on one H100/H200, ~{im['TPU v4-8']:.1f} h on a "
+            "TPU v4-8") in imagenet_simsiam.__doc__
+    one = imagenet_simsiam.estimate(load_config("imagenet_simsiam", "losses=infonce,"
+                                                "budgets=250000"))
+    assert f"~{one['one H100/H200']:.2f} h / ~{one['TPU v4-8']:.2f} h" in imagenet_simsiam.__doc__

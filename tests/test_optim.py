@@ -95,7 +95,7 @@ def test_sgd_follows_cosine_schedule():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd", "lars"])
 def test_optimizers_on_pytree_reduce_quadratic(name):
     params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(3.0)}
     opt = make_optimizer(name, 0.05, 1e-4, total_steps=20, warmup_steps=2)
@@ -136,8 +136,25 @@ def test_unknown_optimizer_name_raises():
         make_optimizer("lamb", 1e-3, 0.0, total_steps=10)
     msg = str(exc.value)
     assert "'lamb'" in msg
-    for name in ("adam", "adamw", "sgd"):
+    for name in ("adam", "adamw", "sgd", "lars"):
         assert name in msg
+
+
+def test_lars_scales_matrices_by_trust_ratio_and_leaves_vectors_plain():
+    """First LARS update (momentum buffer empty): a matrix leaf moves by
+    ``-lr * 0.001 * |w| / |g + wd w| * (g + wd w)``; a vector leaf (bias, BatchNorm) by
+    ``-lr * g`` with neither weight decay nor trust ratio (SimSiam's LARS)."""
+    lr, wd = 0.5, 0.1
+    opt = make_optimizer("lars", lr, wd, total_steps=5, schedule="constant")
+    w = jnp.array([[3.0, 4.0], [0.0, 0.0]])  # |w| = 5
+    b = jnp.array([1.0, -1.0])
+    g = {"w": jnp.array([[1.0, 0.0], [0.0, 0.0]]), "b": jnp.array([2.0, 0.5])}
+    params = {"w": w, "b": b}
+    u, _ = opt.update(g, opt.init(params), params)
+    gw = g["w"] + wd * w
+    want_w = -lr * 1e-3 * 5.0 / float(jnp.linalg.norm(gw)) * gw
+    np.testing.assert_allclose(u["w"], want_w, rtol=1e-5)
+    np.testing.assert_allclose(u["b"], -lr * g["b"], rtol=1e-6)
 
 
 def test_unknown_schedule_raises():

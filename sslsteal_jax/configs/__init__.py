@@ -25,7 +25,12 @@ from sslsteal_jax.errors import ConfigError
 
 #: Every config module (``configs/<name>.py``), in the order ``--help`` suggests them.
 CONFIGS = ("quickstart", "budget_scan", "defense_matrix", "evaluate", "verify",
-           "victim_simclr", "watermark_victim", "import_checkpoint")
+           "victim_simclr", "watermark_victim", "import_checkpoint", "cifar10",
+           "imagenet_simsiam")
+
+#: Paper-scale presets: configs of an experiment whose own config module is another one
+#: (they are budget scans; ``validate`` goes through the experiment's module).
+PRESET_CONFIGS = {"cifar10": "budget_scan", "imagenet_simsiam": "budget_scan"}
 
 #: Experiment (``cfg.experiment``) -> the config module that defines and validates it.
 #: Each experiment is the module ``sslsteal_jax.experiments.<experiment>`` (``run(cfg, workdir)``).

@@ -43,11 +43,14 @@ def placeholder(kind: type):
 
 
 def data_fields(c: ml_collections.ConfigDict, dataset: str = "fashion_mnist",
-                probe_test_size: int = 5000) -> None:
-    """Set ``c.dataset`` (the victim's dataset, a ``data.registry`` name) and
-    ``c.probe_test_size`` (the last N test images hold out the probes' test set)."""
+                probe_test_size: int = 5000, test_split: str = "test") -> None:
+    """Set ``c.dataset`` (the victim's dataset, a ``data.registry`` name),
+    ``c.probe_test_size`` (the last N images of the test split hold out the probes' test
+    set) and ``c.test_split`` (that labelled held-out split: "test"; imagenet2012's
+    labelled one is "validation")."""
     c.dataset = dataset
     c.probe_test_size = probe_test_size
+    c.test_split = test_split
 
 
 def stream_block() -> ml_collections.ConfigDict:
@@ -83,6 +86,54 @@ def join(items) -> str:
     """A tuple argument as the comma string the experiments read (``("mse", "infonce")``
     -> ``"mse,infonce"``)."""
     return ",".join(str(i) for i in items)
+
+
+# ------------------------------------------------------------------- time estimates
+
+#: Dense bf16 peak FLOP/s of the machines the paper-scale configs quote times for (vendor
+#: data sheets, as ``benchmarks/run.py``'s ``PEAK_FLOPS``): one H100 / H200 GPU, and a
+#: Cloud TPU v4-8 (4 chips x 275e12).
+PEAK_BF16_FLOPS = {"one H100/H200": 989e12, "TPU v4-8": 4 * 275e12}
+#: Model FLOP utilisation the estimates assume (stated in each docstring).
+ASSUMED_MFU = 0.4
+
+
+def time_estimate(forward_flops: float, trained_images: float, forward_images: float) -> dict:
+    """Estimated compute of a run: ``3 x forward_flops`` per trained image (forward +
+    backward) plus ``forward_flops`` per image only encoded (API answers, probe features).
+
+    Args:
+      forward_flops: FLOPs of one image's forward pass (2 per multiply-add).
+      trained_images: images through a training step (views and epochs counted).
+      forward_images: images encoded without gradients.
+    Returns:
+      ``{"flops": float, "<machine>": hours}`` for each of :data:`PEAK_BF16_FLOPS`, at
+      :data:`ASSUMED_MFU`. An estimate: input pipelines, small batches and float32 are
+      not modelled.
+    """
+    flops = 3.0 * forward_flops * trained_images + forward_flops * forward_images
+    return {"flops": flops, **{m: flops / (ASSUMED_MFU * peak) / 3600.0
+                               for m, peak in PEAK_BF16_FLOPS.items()}}
+
+
+def scan_estimate(cfg, forward_flops: float, probe_train_size: int) -> dict:
+    """:func:`time_estimate` of a budget scan ``cfg`` (``configs/budget_scan.py``'s fields,
+    protocol ``epochs``). Trained images: per source and loss ``steal.epochs`` x the sum
+    of the budgets. Encoded images: each source's largest budget (the API's answers) and,
+    per cell plus the victim and independent reference rows, ``probe_train_size`` +
+    ``probe_test_size`` probe images.
+
+    Args:
+      forward_flops: FLOPs of one forward pass of the surrogate / victim architecture.
+      probe_train_size: labelled train images the probes use (the split's size when
+        ``cfg.probe_train_size`` is None).
+    """
+    sources = [s for s in cfg.query_sources.split(",") if s.strip()]
+    losses = check_losses("losses", cfg.losses)
+    trained = cfg.steal.epochs * sum(cfg.budgets) * len(losses) * len(sources)
+    cells = len(cfg.budgets) * len(losses) * len(sources) + 2
+    encoded = max(cfg.budgets) * len(sources) + cells * (probe_train_size + cfg.probe_test_size)
+    return time_estimate(forward_flops, trained, encoded)
 
 
 # ----------------------------------------------------------------------------- checks
@@ -166,12 +217,13 @@ def check_dataset(field: str, name: str) -> None:
 def check_steal(prefix: str, steal) -> None:
     """The ``steal`` block: epochs >= 1; batch_size / learning_rate / temperature None
     (the loss's registry setting, or its ``loss_overrides`` entry) or positive; the
-    compute dtype.
+    optimizer (``training.optim.OPTIMIZERS``); the compute dtype.
 
     Raises:
       ConfigError: the first bad field (``<prefix>.steal.<field>``).
     """
     from sslsteal_jax.models import compute_dtype
+    from sslsteal_jax.training.optim import OPTIMIZERS
 
     p = f"{prefix}steal"
     check_int(f"{p}.epochs", steal.epochs)
@@ -179,6 +231,7 @@ def check_steal(prefix: str, steal) -> None:
     check_number(f"{p}.learning_rate", steal.learning_rate, optional=True)
     check_number(f"{p}.temperature", steal.temperature, optional=True)
     check_number(f"{p}.weight_decay", steal.weight_decay, zero=True)
+    check_choice(f"{p}.optimizer", steal.optimizer, OPTIMIZERS)
     compute_dtype(steal.model.dtype)
 
 

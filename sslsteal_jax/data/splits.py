@@ -45,8 +45,9 @@ def _match_shape(images: np.ndarray, shape) -> np.ndarray:
 def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = None,
                     probe_test_size: int = 5000, with_victim_train: bool = True,
                     victim_train_size: int | None = None,
-                    probe_train_size: int | None = None, stream: bool = False,
-                    stream_threads: int = 2, stream_prefetch: int = 2) -> ExperimentData:
+                    probe_train_size: int | None = None, test_split: str = "test",
+                    stream: bool = False, stream_threads: int = 2,
+                    stream_prefetch: int = 2) -> ExperimentData:
     """Build the fixed splits.
 
     Args:
@@ -58,7 +59,13 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
         the victim's own training images, for budgets above the test pool).
       probe_test_size: size of the probe test hold-out (last images of 'test').
       victim_train_size / probe_train_size: None = the whole train split, or
-        the first N train images (small configs and tests).
+        the first N train images (small configs and tests; when both bound what is
+        needed and the query pool is not ``dataset:train``, only ``train[:N]`` is
+        read, so a 100,000-image probe set of ImageNet does not load the 1.28M-image
+        split).
+      test_split: the labelled held-out split the probe test set and the
+        in-distribution pool come from ("test"; "validation" for imagenet2012,
+        whose "test" split has no labels).
       stream: False: every image part is a uint8 array in memory. True: each is a lazy
         ``data.stream.StreamSource`` view of the same rows (read a batch at a time,
         bit-identical to the arrays; labels stay int32 arrays), so a pool or probe
@@ -70,30 +77,35 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
         ``victim_train_size`` outside (0, train size], or ``probe_test_size`` not
         smaller than the test split.
     """
+    sizes = (("victim_train_size", victim_train_size), ("probe_train_size", probe_train_size))
+    q_name, _, q_split = (query_dataset or "").partition(":")
+    pool_is_train = q_name == dataset and q_split == "train"
     if stream:
         from sslsteal_jax.data.stream import StreamSource
 
         opts = dict(threads=stream_threads, prefetch=stream_prefetch)
         train = StreamSource(dataset, "train", **opts)
-        test = StreamSource(dataset, "test", **opts)
+        test = StreamSource(dataset, test_split, **opts)
         train_x, test_x = train, test
     else:
-        train_x, train_y = load_split(dataset, "train")
-        test_x, test_y = load_split(dataset, "test")
-    for name, size in (("victim_train_size", victim_train_size),
-                       ("probe_train_size", probe_train_size)):
+        bounded = (probe_train_size is not None and not pool_is_train
+                   and (victim_train_size is not None or not with_victim_train))
+        needed = max(v for _, v in sizes if v is not None) if bounded else None
+        train_x, train_y = load_split(dataset, "train" if needed is None or needed < 1
+                                      else f"train[:{needed}]")
+        test_x, test_y = load_split(dataset, test_split)
+    for name, size in sizes:
         if size is not None and not 0 < size <= len(train_x):
             raise ConfigError(f"{name}={size} must be in (0, {len(train_x)}]")
     if not 0 < probe_test_size < len(test_x):
         raise ConfigError(f"probe_test_size={probe_test_size} must be in (0, {len(test_x)})")
     cut = len(test_x) - probe_test_size
     names = {"victim_train": f"{dataset}/train", "probe_train": f"{dataset}/train",
-             "probe_test": f"{dataset}/test[{cut}:]"}
-    q_name, _, q_split = (query_dataset or "").partition(":")
-    if q_name in ("", dataset) and q_split in ("", "test"):
+             "probe_test": f"{dataset}/{test_split}[{cut}:]"}
+    if q_name in ("", dataset) and q_split in ("", test_split):
         pool = test_x.subset(0, cut) if stream else test_x[:cut]
-        names["query_pool"] = f"{dataset}/test[:{cut}]"
-    elif q_name == dataset and q_split == "train":
+        names["query_pool"] = f"{dataset}/{test_split}[:{cut}]"
+    elif pool_is_train:
         pool = train_x
         names["query_pool"] = f"{dataset}/train"
     elif stream:

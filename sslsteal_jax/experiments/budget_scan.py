@@ -47,6 +47,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 
 import jax
@@ -124,8 +125,12 @@ def parse_sources(spec: str, dataset: str) -> list[str]:
 
 
 def cell_name(source: str, loss: str, budget: int, seed: int) -> str:
-    """File-system safe identifier of one scan cell."""
-    return f"{source.replace(':', '-').replace('/', '-')}__{loss}__b{budget}__s{seed}"
+    """File-system safe identifier of one scan cell: every character of ``source`` other
+    than letters, digits, ``_ . @ -`` becomes ``-`` (``imagenet2012@224x224x3:train[:250000]``
+    -> ``imagenet2012@224x224x3-train--250000-``; orbax / tensorstore cannot read a
+    checkpoint below a folder whose name holds ``[``)."""
+    safe = re.sub(r"[^A-Za-z0-9_.@-]", "-", source)
+    return f"{safe}__{loss}__b{budget}__s{seed}"
 
 
 def cell_steps(budget: int, batch_size: int, examples: int) -> int:
@@ -235,7 +240,8 @@ def _load_data(cfg, sources, budget: int) -> dict:
       ConfigError: ``budget`` exceeds a source's pool (names the source and its size).
     """
     datas = {s: experiment_data(cfg.dataset, s, cfg.probe_test_size, with_victim_train=False,
-                                probe_train_size=cfg.probe_train_size) for s in sources}
+                                probe_train_size=cfg.probe_train_size,
+                                test_split=cfg.get("test_split", "test")) for s in sources}
     for s, d in datas.items():
         if budget > len(d.query_pool):
             raise ConfigError(f"budget {budget} exceeds the query pool of source {s!r} "

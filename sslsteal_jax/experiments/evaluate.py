@@ -47,7 +47,8 @@ def run(cfg, workdir: str) -> dict:
     api = VictimAPI.from_checkpoint(victim_path, output=cfg.api_output) if victim_path else None
     wd.prepare_workdir(workdir, cfg.overwrite)
     data = experiment_data(cfg.dataset, None, cfg.probe_test_size, with_victim_train=False,
-                           probe_train_size=cfg.probe_train_size)
+                           probe_train_size=cfg.probe_train_size,
+                           test_split=cfg.get("test_split", "test"))
     key = jax.random.key(int(cfg.seed))
     owner = None if api is None else api.query("owner", data.probe_test_x)
     encoders = []

@@ -87,7 +87,8 @@ def run(cfg, workdir: str) -> dict:
     data = experiment_data(cfg.dataset, cfg.query_dataset, cfg.probe_test_size,
                            with_victim_train=not victim_lib.victim_available(cfg.victim),
                            victim_train_size=cfg.victim_train_size,
-                           probe_train_size=cfg.probe_train_size, stream=st is not None,
+                           probe_train_size=cfg.probe_train_size,
+                           test_split=cfg.get("test_split", "test"), stream=st is not None,
                            **({} if st is None else dict(stream_threads=int(st.threads),
                                                          stream_prefetch=int(st.prefetch))))
     if not 1 <= cfg.budget <= len(data.query_pool):

@@ -24,7 +24,8 @@ def run(cfg, workdir: str) -> dict:
     """
     wd.prepare_workdir(workdir, cfg.overwrite)
     data = experiment_data(cfg.dataset, victim_train_size=cfg.victim_train_size,
-                           probe_train_size=cfg.probe_train_size)
+                           probe_train_size=cfg.probe_train_size,
+                           probe_test_size=int(cfg.get("probe_test_size", 5000)))
     model, variables, summary = train_victim(cfg, workdir, data)
     key = jax.random.key(int(cfg.seed) + 1)
     ind = evaluate.independent_encoder(build_model("simclr", dict(cfg.model)), data, cfg.seed)
