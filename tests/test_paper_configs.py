@@ -100,6 +100,7 @@ def test_unprepared_imagenet_says_how_to_prepare_it(tmp_path):
     assert "BUILD.md" in msg and registry.DATA_DIR_ENV in msg
 
 
+@pytest.mark.slow  # SimCLR victim step and its probes, 2 surrogate cells, their probes
 def test_cifar10_config_one_step_of_each_phase(data_env, tmp_path, monkeypatch):
     """The victim command of configs/cifar10.py's docstring (VICTIM_ARG, one step at
     width 4), then the scan over two of its query sources with one loss, each cell one
