@@ -267,6 +267,7 @@ def test_paper_scale_configs_resolve_to_the_reference_settings():
     im = load_config("imagenet_simsiam")
     validate(im)
     assert (im.dataset, im.test_split, im.stack) == ("imagenet2012@224x224x3", "validation", 1)
+    assert im.stream.enabled is True and im.stream.answer_chunk == 1000  # 37.6 GB of queries
     assert im.query_sources == "imagenet2012@224x224x3:train[:250000]"
     assert im.budgets == (50000, 100000, 150000, 200000, 250000)
     assert (im.steal.optimizer, im.steal.weight_decay, im.steal.model.dtype) == (

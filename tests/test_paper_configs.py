@@ -72,6 +72,25 @@ def test_mock_datasets_read_like_the_real_ones(data_env):
         registry.load_split("imagenet2012", "validation")
 
 
+def test_streamed_imagenet_reads_like_load_split(data_env):
+    """data.stream reads varying-size imagenet2012 through decode_records(resize_to=):
+    a streamed view (its rows, a slice, an index array, its labels) equals load_split's
+    centre-cropped arrays; without a size suffix it says which suffix to add."""
+    from sslsteal_jax.data.stream import StreamSource, sequential_batches
+
+    x, y = registry.load_split("imagenet2012@24x24x3", "validation")
+    src = StreamSource("imagenet2012@24x24x3", "validation", threads=0)
+    assert src.shape == (48, 24, 24, 3) and src.dtype == np.uint8
+    np.testing.assert_array_equal(src[:], x)
+    np.testing.assert_array_equal(src[np.array([47, 3, 3])], x[[47, 3, 3]])
+    np.testing.assert_array_equal(src.labels(), y)
+    sub = src.subset(10, 30)
+    got = np.concatenate([b for b, _ in sequential_batches(sub, 7, threads=0)])
+    np.testing.assert_array_equal(got, x[10:30])
+    with pytest.raises(ConfigError, match=r"varying size.*'imagenet2012@224x224x3'"):
+        StreamSource("imagenet2012", "validation")
+
+
 def test_unprepared_imagenet_says_how_to_prepare_it(tmp_path):
     with pytest.raises(ConfigError) as e:
         registry.load_split("imagenet2012@64x64x3", "train", str(tmp_path))
@@ -81,13 +100,18 @@ def test_unprepared_imagenet_says_how_to_prepare_it(tmp_path):
     assert "BUILD.md" in msg and registry.DATA_DIR_ENV in msg
 
 
-@pytest.mark.slow  # SimCLR victim step, 8 surrogate cells, their probes
+@pytest.mark.slow  # SimCLR victim step and its probes, 2 surrogate cells, their probes
 def test_cifar10_config_one_step_of_each_phase(data_env, tmp_path, monkeypatch):
     """The victim command of configs/cifar10.py's docstring (VICTIM_ARG, one step at
-    width 4), then the scan over its three query sources and the paper's four losses,
-    each cell one step on 32 queries from its source (CIFAR-10 train and STL-10
-    unlabelled, 96x96 resized to 32x32; the SVHN source only differs in its name)."""
+    width 4), then the scan over two of its query sources with one loss, each cell one
+    step on 32 queries from its source (CIFAR-10 train and STL-10 unlabelled, 96x96
+    resized to 32x32; the SVHN source only differs in its name and is read in the test
+    above; every loss runs in tests/test_attacks_real.py, the config's loss list is
+    checked here without training)."""
     monkeypatch.chdir(tmp_path)
+    from sslsteal_jax.losses import parse_losses
+    assert parse_losses(load_config("cifar10", "").losses) == ["mse", "infonce", "softnn",
+                                                            "wasserstein"]
     vic = load_config("victim_simclr", cifar10.VICTIM_ARG,
                       {"epochs": 1, "model.width": 4, "batch_size": 32, "victim_train_size": 32,
                        "probe_train_size": 32, "probe_test_size": 16, **EVAL})
@@ -95,66 +119,71 @@ def test_cifar10_config_one_step_of_each_phase(data_env, tmp_path, monkeypatch):
     vres = run(vic, "victim")
     assert vres["rows"] and all(math.isfinite(r["probe_full"]) for r in vres["rows"])
 
-    cfg = load_config("cifar10", "victim=victim/checkpoints,budgets=32,epochs=1,"
+    cfg = load_config("cifar10", "victim=victim/checkpoints,budgets=32,epochs=1,losses=infonce,"
                       "probe_train_size=32,sources=cifar10:train+stl10:unlabelled",
                       {"probe_test_size": 16, "steal.batch_size": 32, **EVAL})
     validate(cfg)
     res = run(cfg, "scan")
     assert _results("scan")["cells"] == json.loads(json.dumps(res["cells"]))
-    assert res["losses"] == ["mse", "infonce", "softnn", "wasserstein"]
-    sources = ["cifar10:train", "stl10:unlabelled"]  # svhn_cropped: read in the test above
+    assert res["losses"] == ["infonce"]
+    sources = ["cifar10:train", "stl10:unlabelled"]
     assert res["queries_charged_this_run"] == {s: 32 for s in sources}
     assert res["query_pools"] == {"cifar10:train": "cifar10/train",
                                   "stl10:unlabelled": "stl10/unlabelled"}
     cells = res["cells"]
-    assert len(cells) == 8 and {(c["source"], c["loss"]) for c in cells} == {
-        (s, l) for s in sources for l in res["losses"]}
-    assert all(c["budget"] == 32 for c in cells)
+    assert [(c["source"], c["loss"], c["budget"], c["steps"]) for c in cells] == [
+        (s, "infonce", 32, 1) for s in sources]
     _finite(cells, ("probe_full", "knn", "cosine_fidelity"))
     _finite(res["reference"].values(), ("probe_full", "knn"))
 
 
-@pytest.mark.slow  # a full-width ResNet-50 victim, three surrogate losses, a probe
+@pytest.mark.slow  # a ResNet-50 victim and surrogate (LARS), streamed scan, a probe
 def test_imagenet_simsiam_config_one_step_of_each_phase(data_env, tmp_path, monkeypatch):
     """Import a SimSiam-convention torchvision ResNet-50 (``module.encoder.`` keys, fc
-    dropped: 2,048-d answers), scan the three losses one step each on 32 ImageNet queries
-    at 64x64 (surrogate ResNet-50 of width 8, LARS), then the downstream probe of one
-    stolen cell on CIFAR-10 resized like the ImageNet images."""
+    dropped; width 16, so 512-d answers: the keys and layout of the public checkpoint,
+    whose width 64 gives 2,048-d), scan one loss one step on 32 ImageNet queries at
+    32x32 through the config's default streamed path (lazy views, chunked answer
+    cache; surrogate ResNet-50 of width 8 with a 256 -> 512 adapter, LARS), then the
+    downstream probe of the stolen cell on CIFAR-10 resized like the ImageNet images."""
     torch = pytest.importorskip("torch")
     import torch_reference as tr
 
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
-    m = tr.ResNet("resnet50", "imagenet").eval()
+    m = tr.ResNet("resnet50", "imagenet", width=16).eval()
     torch.save({"state_dict": {f"module.encoder.{k}": v for k, v in m.state_dict().items()}},
                "checkpoint_0099.pth.tar")
     run(load_config("import_checkpoint", "source=checkpoint_0099.pth.tar,arch=resnet50,"
-                    "image_size=64"), "victim")
+                    "image_size=32"), "victim")
 
     cfg = load_config("imagenet_simsiam", "victim=victim/checkpoints,budgets=32,epochs=1,"
-                      "image_size=64,batch_size=16,optimizer=lars,probe_train_size=32,"
-                      "sources=imagenet2012:train[:40]",
+                      "image_size=32,batch_size=16,optimizer=lars,probe_train_size=32,"
+                      "losses=infonce,sources=imagenet2012:train[:40]",
                       {"probe_test_size": 16, "steal.model.width": 8, **EVAL})
     validate(cfg)
+    assert cfg.stream.enabled is True  # the config's default: the real path
     res = run(cfg, "scan")
+    src = "imagenet2012@32x32x3:train[:40]"
     assert _results("scan")["cells"] == json.loads(json.dumps(res["cells"]))
-    assert res["queries_charged_this_run"] == {"imagenet2012@64x64x3:train[:40]": 32}
-    assert res["query_pools"] == {
-        "imagenet2012@64x64x3:train[:40]": "imagenet2012@64x64x3/train[:40]"}
+    assert res["queries_charged_this_run"] == {src: 32}
+    assert res["query_pools"] == {src: "imagenet2012@32x32x3/train[:40]"}
+    cache = os.path.join("scan", "answers_" + src.replace(":", "-"))
+    assert os.path.isfile(os.path.join(cache, "chunk_000000000_000000032.json"))
+    assert not os.path.exists(cache + ".npz")
     cells = {c["loss"]: c for c in res["cells"]}
-    assert sorted(cells) == ["infonce", "mse", "softnn"]
+    assert sorted(cells) == ["infonce"]
     _finite(cells.values(), ("probe_full", "knn", "cosine_fidelity"))
     from sslsteal_jax.experiments.budget_scan import cell_name
-    cell_dir = os.path.join("scan", "cells",
-                            cell_name("imagenet2012@64x64x3:train[:40]", "infonce", 32, 0))
+    cell_dir = os.path.join("scan", "cells", cell_name(src, "infonce", 32, 0))
     with open(os.path.join(cell_dir, "train_log.jsonl")) as f:
         logs = [json.loads(line) for line in f]
     assert logs[-1]["step"] == 2 and math.isfinite(logs[-1]["loss"])  # 32 queries / batch 16
     from sslsteal_jax.training.checkpoint import read_meta
     meta = read_meta(os.path.join(cell_dir, "checkpoints"))
-    assert "[" not in cell_dir and meta["adapter_dim"] == 2048 and meta["config"]["model"]["arch"] == "resnet50"
+    assert "[" not in cell_dir and meta["adapter_dim"] == 512
+    assert meta["config"]["model"]["arch"] == "resnet50"
 
-    ev = load_config("evaluate", "", {"dataset": "cifar10@64x64x3", "probe_test_size": 16,
+    ev = load_config("evaluate", "", {"dataset": "cifar10@32x32x3", "probe_test_size": 16,
                                       "probe_train_size": 32, **EVAL,
                                       "victim_checkpoint": "victim/checkpoints",
                                       "checkpoints": os.path.join(cell_dir, "checkpoints")})

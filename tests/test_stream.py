@@ -207,7 +207,8 @@ def test_kill9_during_streamed_query_run_charges_the_budget_once(tmp_path):
     ("quickstart", "stream.threads", -1, "stream.threads=-1; allowed: an integer >= 0"),
     ("quickstart", "stream.answer_chunk", 0, "stream.answer_chunk=0; allowed: an integer >= 1"),
     ("quickstart", "stream.enabled", "yes", "stream.enabled='yes'; allowed: True | False"),
-    ("budget_scan", "stream.enabled", True, "stream.enabled=True; allowed: False"),
+    ("budget_scan", "stream.enabled", 1, "stream.enabled=1; allowed: True | False"),
+    ("budget_scan", "stream.prefetch", 0, "stream.prefetch=0; allowed: an integer >= 1"),
 ])
 def test_stream_config_is_validated_in_one_line(config, field, value, message):
     from sslsteal_jax.configs import load_config, validate

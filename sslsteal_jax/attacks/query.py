@@ -146,3 +146,16 @@ def collect_view_answers(api, user: str, images: np.ndarray, budget: int, views:
                          f"the query pool holds {len(images)}")
     sent = augmented_views(images[:n_img], views, key, aug, chunk)
     return collect_answers(api, user, sent, budget, chunk, progress)
+
+
+def owner_answers(api, images) -> np.ndarray:
+    """The API's answers to every image of ``images`` for its owner's (never limited)
+    account ``"owner"``: float32 ``(N, D)``.
+
+    ``images``: uint8 ``(N, H, W, C)``, an array (one ``api.query`` call) or a lazy view
+    (``data.stream.StreamSource``: queried ``collect_answers``' chunk at a time, so
+    only one chunk of images is in memory).
+    """
+    if isinstance(images, np.ndarray):
+        return api.query("owner", images)
+    return collect_answers(api, "owner", images, len(images), progress=False)[1]

@@ -66,6 +66,24 @@ def stream_block() -> ml_collections.ConfigDict:
                                           prefetch=2))
 
 
+def stream_settings(cfg):
+    """The config's ``stream`` block (:func:`stream_block`) when streaming is on, else None
+    (also for configs written before the block existed)."""
+    st = cfg.get("stream")
+    return st if st is not None and st.enabled else None
+
+
+def stream_data_kwargs(cfg) -> dict:
+    """``data.splits.experiment_data`` keyword arguments for the config's streaming:
+    ``{"stream": False}``, or ``{"stream": True, "stream_threads": int,
+    "stream_prefetch": int}`` from the enabled ``stream`` block."""
+    st = stream_settings(cfg)
+    if st is None:
+        return {"stream": False}
+    return {"stream": True, "stream_threads": int(st.threads),
+            "stream_prefetch": int(st.prefetch)}
+
+
 def eval_block(select_probe: bool) -> ml_collections.ConfigDict:
     """The ``eval`` block: 100 labels per class for the few-label probe, 60 probe
     epochs, ``select_probe`` (choose the probe's weight decay on a validation split)."""

@@ -13,7 +13,9 @@ scan fields); resumable cell by cell. Fields beyond the arguments:
 disjoint from everything the victim saw, budgets <= 5,000;
 ``fashion_mnist:train`` = the victim's own 60,000 training images;
 ``mnist_subset`` (5,000) and ``digits`` (1,797) = out-of-distribution queries),
-``stack_memory_fraction``, ``stack_mode`` (auto | vmap | unroll).
+``stack_memory_fraction``, ``stack_mode`` (auto | vmap | unroll), ``stream``
+(``enabled=True``: pools and probe sets read lazily a batch at a time, answers in the
+chunked on-disk cache, ``configs.base.stream_block``; the same results).
 
 Stacking (``stack``): cells with equal shapes and schedules train as up to
 ``stack`` members of one compiled program (jax.vmap on accelerators, the member
@@ -90,9 +92,7 @@ def validate(cfg) -> None:
     """
     from sslsteal_jax.training.vmap import MODES
 
-    if cfg.stream.enabled is not False:
-        base.fail("stream.enabled", cfg.stream.enabled, "False (the budget scan reads its "
-                  "pools in memory; streaming is the steal job's)")
+    base.check_stream(cfg.stream, ("direct",))
     base.check_int_tuple("budgets", cfg.budgets, minimum=1)
     base.check_int_tuple("seeds", cfg.seeds, minimum=0)
     base.check_losses("losses", cfg.losses)

@@ -30,10 +30,20 @@ LARS trust-ratio machinery unnecessary and the probe is a small share of the run
 The probe trains on the first ``probe_train_size`` (100,000) ImageNet train images
 and tests on the last 10,000 validation images (tfds's ``test`` split has no labels).
 
-Memory: the data are held in host memory (uint8): 250,000 query images at 224x224x3
-are 37.6 GB, the 100,000 probe images 15 GB, the 10,000 test images 1.5 GB, and the
-in-process cache of ``data.registry`` keeps one more copy of each; ``budgets`` up to
-100,000 with ``sources=imagenet2012:train[:100000]`` halve it.
+Memory: streamed (``stream.enabled=True``, the default; ``data.stream``): the query
+pool and the probe sets are lazy views of the ArrayRecord files, decoded and resized a
+batch at a time, and the 250,000 answers are bought into the chunked on-disk cache
+``<workdir>/answers_<source>/`` (1,000 per committed chunk, ``stream.answer_chunk``;
+an interrupted scan resumes from the first missing chunk, every budget reads a prefix
+of it), read back memory-mapped a batch at a time. Disk: the cache holds the images
+sent (uint8, 150,528 B each at 224x224x3: 37.6 GB for 250,000) and their float32
+answers (8 KiB each: 2.0 GB). Host memory: a few batches of images (512 x 150 KB =
+77 MB each; ``stream.prefetch`` batches read ahead per pipeline), the probe features
+(float32 2,048-d: 0.8 GB for 100,000 train images, 82 MB for 10,000 test images) and
+the page cache the OS gives the memory-mapped chunks; no split is ever whole in
+memory. ``--config.stream.enabled=False`` reads everything into host memory instead
+(250,000 query images 37.6 GB, 100,000 probe images 15 GB, 10,000 test images 1.5 GB,
+plus one more copy of each in ``data.registry``'s in-process cache).
 
 Expected time (an ESTIMATE from FLOP counts, not a measurement): XLA's cost analysis
 (the benchmarks' FLOP count) gives 7.99 GFLOP for one 224x224 ResNet-50 forward
@@ -100,8 +110,9 @@ def sized(name: str, side: int) -> str:
 def build(a) -> ml_collections.ConfigDict:
     """The ImageNet paper-scale scan from typed arguments ``a`` (:data:`ARGS`): the budget
     scan's config (:func:`budget_scan.build`, protocol ``epochs``) with ImageNet data read
-    at ``image_size``, the reference's optimizer, batch and temperatures, and one cell at
-    a time (``stack=1``: each cell keeps its checkpoint for the downstream probes)."""
+    at ``image_size``, the reference's optimizer, batch and temperatures, one cell at
+    a time (``stack=1``: each cell keeps its checkpoint for the downstream probes) and
+    streaming input (``stream.enabled=True``)."""
     c = budget_scan.build(args.defaults(budget_scan.ARGS, losses=a.losses, protocol="epochs",
                                         epochs=a.epochs, seed=a.seed, stack=1,
                                         probe_train_size=a.probe_train_size))
@@ -117,6 +128,7 @@ def build(a) -> ml_collections.ConfigDict:
     c.steal.model.dtype = a.dtype
     c.loss_overrides = ml_collections.ConfigDict(LOSS_OVERRIDES)
     c.eval.probe_epochs = 100
+    c.stream.enabled = True  # 37.6 GB of queries: streamed (module docstring, "Memory")
     return c
 
 

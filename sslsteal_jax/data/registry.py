@@ -264,8 +264,17 @@ def manual_data_error(name: str, data_dir: str | None) -> ConfigError:
         f"${DATA_DIR_ENV}={root} here (BUILD.md, 'Paper-scale data')")
 
 
-def _varying_size(builder, image_key: str) -> bool:
-    """True when the dataset's image feature has no fixed height and width (imagenet2012)."""
+def varying_size(builder, image_key: str) -> bool:
+    """True when the dataset's image feature has no fixed height and width (imagenet2012).
+
+    Args:
+      builder: a tensorflow-datasets builder (its ``info.features``).
+      image_key: the feature name of its images.
+    Returns:
+      bool: the feature's shape has ``None`` in its height or width (tfds ``Image``).
+    Raises:
+      KeyError: no feature named ``image_key``.
+    """
     shape = getattr(builder.info.features[image_key], "shape", None) or ()
     return None in tuple(shape)[:2]
 
@@ -320,7 +329,7 @@ def _load_online(name: str, split: str, data_dir: str | None, download: bool,
     from sslsteal_jax.data import builders
 
     builder, image_key, label_key = online_builder(name, split, data_dir, download)
-    varying = _varying_size(builder, image_key)
+    varying = varying_size(builder, image_key)
     if varying and resize_to is None:
         raise ConfigError(f"dataset {name!r} has images of varying size; give the size to load "
                           f"them at, e.g. '{name}@224x224x3'")

@@ -45,7 +45,16 @@ DEFAULT_THREADS = 2
 
 
 def _resolve(name: str, split: str, data_dir: str | None, download: bool):
-    """``(raw record source, features, image_key, label_key, resize shape or None)``."""
+    """``(raw record source, features, image_key, label_key, resize shape or None,
+    decode size (H, W) or None)``: the decode size is the resize shape's ``(H, W)`` for
+    datasets whose images vary in size (imagenet2012: centre-cropped and resized as they
+    are decoded, ``builders.decode_records(resize_to=)``, as ``registry.load_split``
+    reads them), None otherwise.
+
+    Raises:
+      ConfigError: a bad name or split, or a varying-size dataset without an
+        ``@HxWxC`` suffix (names the suffix to add).
+    """
     from sslsteal_jax.data import builders
 
     if not isinstance(name, str) or not name:
@@ -62,8 +71,14 @@ def _resolve(name: str, split: str, data_dir: str | None, download: bool):
         ddir = (os.path.abspath(os.path.expanduser(data_dir)) if data_dir
                 else registry.default_data_dir(False))
         builder, image_key, label_key = registry.online_builder(base, split, ddir, download)
+    decode_size = None
+    if short is None and registry.varying_size(builder, image_key):
+        if shape is None:
+            raise ConfigError(f"dataset {base!r} has images of varying size; give the size to "
+                              f"stream them at, e.g. '{base}@224x224x3'")
+        decode_size = tuple(shape[:2])
     return (builders.raw_source(builder, split), builder.info.features, image_key, label_key,
-            shape)
+            shape, decode_size)
 
 
 class StreamSource:
@@ -87,9 +102,13 @@ class StreamSource:
     when asked); :meth:`get` also returns int32 ``(B,)`` labels. Thread-safe: reads
     go to the ArrayRecord reader, which allows concurrent random access.
 
+    Datasets whose images vary in size (imagenet2012) need an ``@HxWxC`` suffix: each
+    image is centre-cropped and resized to ``(H, W)`` as it is decoded, exactly as
+    ``load_split`` reads them.
+
     Raises:
-      ConfigError: unknown dataset or split, a bad resize suffix, or rows outside the
-        split.
+      ConfigError: unknown dataset or split, a bad resize suffix, a varying-size dataset
+        without one, or rows outside the split.
       ValueError: records that are not uint8 images with integer labels.
     """
 
@@ -101,7 +120,8 @@ class StreamSource:
         if _parts is None:
             _parts = _resolve(name, split, data_dir, download)
         self._parts = _parts
-        self._records, self._features, self._image_key, self._label_key, shape = _parts
+        (self._records, self._features, self._image_key, self._label_key, shape,
+         self._decode_size) = _parts
         # the name's @HxWxC resize, then match_shape's (as data.splits resizes a loaded pool)
         self._match = tuple(match_shape) if match_shape is not None else None
         self._resizes = [r for r in (shape, self._match) if r is not None]
@@ -128,7 +148,7 @@ class StreamSource:
 
         registry.check_split(builder.name, split, builder.info.splits.keys())
         parts = (builders.raw_source(builder, split), builder.info.features, image_key,
-                 label_key, None)
+                 label_key, None, None)
         return cls(builder.name, split, _parts=parts)
 
     def subset(self, start: int, stop: int | None = None, match_shape=None) -> "StreamSource":
@@ -169,7 +189,7 @@ class StreamSource:
             return np.zeros((0, *self.shape[1:]), np.uint8), np.zeros((0,), np.int32)
         images, labels = builders.decode_records(self._records.__getitems__(rows),
                                                  self._features, self._image_key,
-                                                 self._label_key)
+                                                 self._label_key, self._decode_size)
         images, labels = registry.normalize(self.name, images, labels)
         for shape in self._resizes:
             images = registry.resize_images(images, shape)
@@ -208,7 +228,7 @@ class StreamSource:
             rows = list(range(i, min(i + 4096, self.stop)))
             images, labels = builders.decode_records(self._records.__getitems__(rows),
                                                      self._features, self._image_key,
-                                                     self._label_key)
+                                                     self._label_key, self._decode_size)
             out.append(registry.normalize(self.name, images, labels)[1])
         return np.concatenate(out)
 

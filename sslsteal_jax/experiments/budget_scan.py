@@ -4,7 +4,11 @@ Protocol (Dziedzic et al., ICML 2022, Section 4 / Figure "accuracy vs number
 of queries"; docs/science.md claims 1-4):
 * per query source the attacker opens ONE API account with a budget equal to
   the largest scanned budget and queries that many pool images once; the
-  answers are cached in ``<workdir>/answers_<source>.npz`` (the API is never
+  answers are cached in ``<workdir>/answers_<source>.npz`` (with
+  ``stream.enabled=True``: the pools and probe sets are lazy ``data.stream`` views
+  read a batch at a time and the answers go to the chunked, resumable store
+  ``<workdir>/answers_<source>/``, read back memory-mapped; budgets are its
+  prefixes; results equal the in-memory scan's) (the API is never
   asked for more than the largest budget, and a resumed scan reuses the cache);
 * every cell ``(source, loss, budget, seed)`` trains a FRESHLY initialised
   surrogate (never warm-started from a smaller budget) on the first ``budget``
@@ -54,7 +58,8 @@ import jax
 import numpy as np
 
 from sslsteal_jax.api.factory import make_api
-from sslsteal_jax.attacks.query import collect_answers
+from sslsteal_jax.attacks.query import collect_answers, owner_answers
+from sslsteal_jax.configs.base import stream_data_kwargs, stream_settings
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
@@ -190,11 +195,12 @@ def run(cfg, workdir: str) -> dict:
     victim = load_victim(cfg.victim.checkpoint)
     api = make_api(cfg.api, victim.module, victim.variables, data0.probe_test_x.shape[1:],
                     output=cfg.api_output)
-    owner = api.query("owner", data0.probe_test_x)
+    owner = owner_answers(api, data0.probe_test_x)  # streamed: a batch at a time
     ev, key = evaluate.eval_kwargs(cfg), jax.random.key(int(cfg.seed))
     reference = store.get_or_compute("_reference", lambda: _reference_rows(
         cfg, victim, api.output_dim, data0, key, owner, ev))
-    bought = {s: _answers(api, s, datas[s], o["budgets"][-1], workdir) for s in o["sources"]}
+    bought = {s: _answers(api, s, datas[s], o["budgets"][-1], workdir, stream_settings(cfg))
+              for s in o["sources"]}
     rows, pending = {}, []
     for s in o["sources"]:
         for loss in o["losses"]:
@@ -241,7 +247,8 @@ def _load_data(cfg, sources, budget: int) -> dict:
     """
     datas = {s: experiment_data(cfg.dataset, s, cfg.probe_test_size, with_victim_train=False,
                                 probe_train_size=cfg.probe_train_size,
-                                test_split=cfg.get("test_split", "test")) for s in sources}
+                                test_split=cfg.get("test_split", "test"),
+                                **stream_data_kwargs(cfg)) for s in sources}
     for s, d in datas.items():
         if budget > len(d.query_pool):
             raise ConfigError(f"budget {budget} exceeds the query pool of source {s!r} "
@@ -273,10 +280,19 @@ def _reference_rows(cfg, victim, api_dim: int, data, key, owner, ev) -> dict:
             "independent": evaluate.encoder_row(ind, data, key, owner, ev)}
 
 
-def _answers(api, source: str, data, budget: int, workdir: str) -> queries.Answers:
+def _answers(api, source: str, data, budget: int, workdir: str, stream=None) -> queries.Answers:
     """The first ``budget`` pool images of ``source`` and their answers, bought once
-    by one account per source (a cache holding fewer is topped up)."""
+    by one account per source (a cache holding fewer is topped up): in memory, one
+    ``answers_<source>.npz``; with the ``stream`` block (``configs.base.stream_settings``)
+    the chunked store ``answers_<source>/`` (``queries.streamed_answers``), read back
+    memory-mapped."""
     user = f"attacker[{source}]"
+    fp = {"pool": data.names["query_pool"], "account": user}
+    if stream is not None:
+        return queries.streamed_answers(
+            api, user, data.query_pool, budget,
+            os.path.join(workdir, f"answers_{source.replace(':', '-')}"), fp,
+            int(stream.answer_chunk))
 
     def buy(start, stop):
         api.register(user, stop - start)
@@ -285,7 +301,7 @@ def _answers(api, source: str, data, budget: int, workdir: str) -> queries.Answe
 
     return queries.cached_answers(
         os.path.join(workdir, f"answers_{source.replace(':', '-')}.npz"),
-        {"pool": data.names["query_pool"], "account": user}, budget, buy, extend=True)
+        fp, budget, buy, extend=True)
 
 
 def _cell_plan(cfg, store, victim_module, source, loss, budget, seed, examples) -> dict:
@@ -325,8 +341,9 @@ def _group_cells(pending: list[dict], cache: dict, stack: int, fraction: float) 
         if stack > 1 and len(cells) > 1:
             images, answers = cache[cells[0]["source"]]
             b = cells[0]["budget"]
-            per = estimate_member_bytes(prepare_surrogate(images[:b], answers[:b], cells[0]["cfg"],
-                                                          abstract=True))
+            per = estimate_member_bytes(prepare_surrogate(
+                queries.prefix(images, b), queries.prefix(answers, b), cells[0]["cfg"],
+                abstract=True))
             avail = available_memory_bytes()
             k = fit_stack_size(min(stack, len(cells)), per, avail, fraction)
             memory = {"members": k, "member_bytes": per, "available_bytes": avail}
@@ -345,7 +362,8 @@ def _train_group(cells, cache, store, workdir, data, owner, key, ev, mode) -> di
     if len(cells) == 1:
         c = cells[0]
         images, answers = cache[c["source"]]
-        trained = [train_surrogate(images[:c["budget"]], answers[:c["budget"]], c["cfg"],
+        trained = [train_surrogate(queries.prefix(images, c["budget"]),
+                                   queries.prefix(answers, c["budget"]), c["cfg"],
                                    os.path.join(workdir, "cells", c["name"]))]
     else:
         names = "|".join(c["name"] for c in cells)
@@ -354,7 +372,8 @@ def _train_group(cells, cache, store, workdir, data, owner, key, ev, mode) -> di
         os.makedirs(gdir, exist_ok=True)
         write_json_atomic(os.path.join(gdir, "members.json"), [c["name"] for c in cells])
         trained = train_surrogates_stacked(
-            [(cache[c["source"]][0][:c["budget"]], cache[c["source"]][1][:c["budget"]], c["cfg"])
+            [(queries.prefix(cache[c["source"]][0], c["budget"]),
+              queries.prefix(cache[c["source"]][1], c["budget"]), c["cfg"])
              for c in cells], gdir, mode=mode)
     train_s = time.time() - t
     rows = {}

@@ -30,10 +30,10 @@ import numpy as np
 from sslsteal_jax.api.factory import make_api
 from sslsteal_jax.api.classifier_api import ClassifierAPI
 from sslsteal_jax.attacks.head_recreation import fit_projection_head
-from sslsteal_jax.attacks.query import collect_answers, collect_view_answers
+from sslsteal_jax.attacks.query import collect_answers, collect_view_answers, owner_answers
 from sslsteal_jax.attacks.strategies import (LABEL_STRATEGIES, parse_strategies, partner_index,
                                              plan_queries, query_pool_labels)
-from sslsteal_jax.configs.base import check_stream
+from sslsteal_jax.configs.base import check_stream, stream_data_kwargs, stream_settings
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
@@ -83,14 +83,12 @@ def run(cfg, workdir: str) -> dict:
     """
     t = [time.time()]
     losses, strategies = check_config(cfg)
-    st = _stream(cfg)
     data = experiment_data(cfg.dataset, cfg.query_dataset, cfg.probe_test_size,
                            with_victim_train=not victim_lib.victim_available(cfg.victim),
                            victim_train_size=cfg.victim_train_size,
                            probe_train_size=cfg.probe_train_size,
-                           test_split=cfg.get("test_split", "test"), stream=st is not None,
-                           **({} if st is None else dict(stream_threads=int(st.threads),
-                                                         stream_prefetch=int(st.prefetch))))
+                           test_split=cfg.get("test_split", "test"),
+                           **stream_data_kwargs(cfg))
     if not 1 <= cfg.budget <= len(data.query_pool):
         raise ConfigError(f"query budget {cfg.budget} must be between 1 and the query pool size "
                           f"{len(data.query_pool)} ({data.names['query_pool']})")
@@ -134,13 +132,6 @@ def run(cfg, workdir: str) -> dict:
                           seconds=t[-1] - t[0])
 
 
-def _stream(cfg):
-    """The config's ``stream`` block when streaming is on (``configs.base.stream_block``),
-    else None (also for configs written before the block existed)."""
-    st = cfg.get("stream")
-    return st if st is not None and st.enabled else None
-
-
 def _apis(cfg, victim, data, key, strategies) -> dict:
     """``{"representation": VictimAPI, "classifier": ClassifierAPI or None}``: the
     provider's representation API and, when a label strategy runs, its downstream
@@ -180,23 +171,13 @@ def _buy(plan, api, data, cfg, workdir: str, key) -> queries.Answers:
 
     name = "query_cache.npz" if qs == "clean" else f"query_cache_{qs}.npz"
     fp = {"pool": data.names["query_pool"], "query_set": qs}
-    st = _stream(cfg)
+    st = stream_settings(cfg)
     if st is None:
         return queries.cached_answers(os.path.join(workdir, name), fp, plan.queries, buy)
-    before = {}  # streamed (clean images only, configs.base.check_stream): chunk by chunk
-
-    def buy_chunk(start, stop, request_id):
-        if not before:  # the account's budget: what is left to buy in this process
-            api.register(user, plan.queries - start)
-            before["used"] = 0
-        x, y = collect_answers(api, user, data.query_pool, stop, start=start,
-                               request_id=request_id)
-        used = api.queries_used(user)
-        charged, before["used"] = used - before["used"], used
-        return x, y, charged
-
-    return queries.cached_answers(os.path.join(workdir, name[:-len(".npz")]), fp, plan.queries,
-                                  buy_chunk, chunk=int(st.answer_chunk))
+    # streamed (clean images only, configs.base.check_stream): chunk by chunk
+    return queries.streamed_answers(api, user, data.query_pool, plan.queries,
+                                    os.path.join(workdir, name[:-len(".npz")]), fp,
+                                    int(st.answer_chunk))
 
 
 def _set_info(qs: str, b: queries.Answers, plans) -> dict:
@@ -270,11 +251,7 @@ def _evaluate(cfg, victim, apis, data, key, surrogates):
     and raw pixels; with a classifier API, each row's downstream ``classifier_accuracy``
     and ``agreement``. Returns ``(rows, victim classifier summary or None)``."""
     api, clf_api = apis["representation"], apis["classifier"]
-    if isinstance(data.probe_test_x, np.ndarray):
-        owner = api.query("owner", data.probe_test_x)
-    else:  # streamed: a batch at a time (the owner's account is never limited)
-        owner = collect_answers(api, "owner", data.probe_test_x, len(data.probe_test_x),
-                                progress=False)[1]
+    owner = owner_answers(api, data.probe_test_x)  # streamed: a batch at a time
     ev = evaluate.eval_kwargs(cfg)
     clf_pred, victim_clf = None, None
     if clf_api is not None:

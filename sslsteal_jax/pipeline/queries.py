@@ -176,6 +176,20 @@ class ChunkedArray:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def head(self, count: int) -> "ChunkedArray":
+        """The first ``count`` rows as another memory-mapped view (nothing is read).
+
+        Raises:
+          ValueError: ``count`` outside ``[0, len(self)]``.
+        """
+        if not 0 <= int(count) <= len(self):
+            raise ValueError(f"{count} rows asked of a view of {len(self)}")
+        out = object.__new__(ChunkedArray)
+        out._parts, out._starts = self._parts, self._starts
+        out.shape = (int(count), *self.shape[1:])
+        out.dtype, out.ndim = self.dtype, self.ndim
+        return out
+
     def __getitem__(self, key) -> np.ndarray:
         n = len(self)
         scalar = np.ndim(key) == 0 and not isinstance(key, slice)
@@ -281,3 +295,43 @@ def _chunked_answers(path: str, fp: dict, count: int, buy, chunk) -> Answers:
     return Answers(ChunkedArray([n + ".images.npy" for n in names], count),
                    ChunkedArray([n + ".answers.npy" for n in names], count),
                    charged_now, sum(c for _, _, c in done), stored_rows >= count, path)
+
+
+def prefix(rows, count: int):
+    """The first ``count`` rows of ``rows``: a :class:`ChunkedArray` view
+    (:meth:`ChunkedArray.head`, still memory-mapped) or ``rows[:count]`` for an array."""
+    return rows.head(count) if isinstance(rows, ChunkedArray) else rows[:count]
+
+
+def streamed_answers(api, user: str, pool, count: int, path: str, fingerprint: dict,
+                     chunk: int) -> Answers:
+    """The first ``count`` images of ``pool`` and the API's answers, bought by account
+    ``user`` into the chunked store ``path`` (:func:`cached_answers` with ``chunk``):
+    the account is registered once per process with a budget of what is left to buy
+    (``count`` - the rows already stored), each chunk is queried with its request id.
+
+    Args:
+      api: a ``VictimAPI`` (``register``, ``query``, ``queries_used``).
+      pool: uint8 ``(N, H, W, C)`` query pool (array or ``data.stream.StreamSource``),
+        N >= count.
+      count, path, fingerprint, chunk: as for :func:`cached_answers`.
+    Returns:
+      :class:`Answers` of memory-mapped :class:`ChunkedArray` rows: uint8 images
+      ``(count, H, W, C)``, float32 answers ``(count, D)``.
+    Raises:
+      everything :func:`cached_answers` and ``attacks.query.collect_answers`` raise.
+    """
+    from sslsteal_jax.attacks.query import collect_answers
+
+    used = {}
+
+    def buy_chunk(start, stop, request_id):
+        if not used:  # the account's budget: what is left to buy in this process
+            api.register(user, count - start)
+            used["n"] = 0
+        x, y = collect_answers(api, user, pool, stop, start=start, request_id=request_id)
+        now = api.queries_used(user)
+        charged, used["n"] = now - used["n"], now
+        return x, y, charged
+
+    return cached_answers(path, fingerprint, count, buy_chunk, chunk=int(chunk))
