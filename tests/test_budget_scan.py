@@ -312,7 +312,8 @@ def test_fit_stack_size_and_stackable_checks(scan):
     setups = [prepare_surrogate(*m) for m in members]
     # each seed's cell starts from its own initialisation (key(seed)); equal seeds, equal init
     init = [jax.tree.leaves(su.state.params) for su in setups]
-    assert not any(np.allclose(p0, p1) for p0, p1 in zip(init[0], init[1]) if p0.size > 1)
+    kernels = [(p0, p1) for p0, p1 in zip(init[0], init[1]) if p0.ndim >= 2]  # random init
+    assert kernels and not any(np.allclose(p0, p1) for p0, p1 in kernels)
     assert all(np.array_equal(p0, p2) for p0, p2 in zip(init[0], init[2]))
     assert [su.seed for su in setups] == [0, 1, 0]
     # seed and budget may differ
