@@ -385,3 +385,11 @@ def test_misspelt_victim_checkpoint_is_an_error_not_hours_of_training(tmp_path):
 def test_more_user_mistakes_are_one_line(tmp_path, args, expected):
     rc, _, err = _run(*args, f"--workdir={tmp_path / 'w'}")
     _assert_one_error_line(rc, err, expected)
+
+
+def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    rc, _, err = _run("--config=configs/quickstart.py", f"--workdir={blocker / 'w'}")
+    _assert_one_error_line(rc, err, f"error: --workdir {str(blocker / 'w')!r} cannot be created "
+                           "(Not a directory); choose a directory path you can write to")

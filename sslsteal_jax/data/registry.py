@@ -294,8 +294,9 @@ def online_builder(name: str, split: str, data_dir: str | None, download: bool):
             f"dataset {name!r} is not available: {reason}. Online, any tensorflow-datasets "
             "image dataset works by name once tfds can prepare it (catalogue builders need "
             "TensorFlow and 'pip install importlib_resources' to generate) or when it is "
-            f"already prepared in ArrayRecord format under data_dir={data_dir!r}. "
-            f"{INSTALL_HINT}")
+            f"already prepared in ArrayRecord format under data_dir={data_dir!r} (prepare it "
+            f"on a machine with internet and set ${DATA_DIR_ENV}: BUILD.md, 'Paper-scale "
+            f"data'). {INSTALL_HINT}")
 
     try:
         builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")

@@ -162,7 +162,8 @@ def check_config(cfg) -> dict:
         raise ConfigError(f"examples_per_cell={examples} must be >= 1")
     if not os.path.isdir(wd.resolve_path(cfg.victim.checkpoint) or ""):
         raise ConfigError(f"budget scan needs a trained victim checkpoint; "
-                          f"{cfg.victim.checkpoint!r} does not exist")
+                          f"{cfg.victim.checkpoint!r} does not exist (train or import it first: "
+                          "the config's --show_config prints the commands)")
     return dict(budgets=parse_int_list(cfg.budgets, "budgets", 1),
                 seeds=parse_int_list(cfg.seeds, "seeds", 0), losses=parse_losses(cfg.losses),
                 sources=parse_sources(cfg.query_sources, cfg.dataset), examples=examples,

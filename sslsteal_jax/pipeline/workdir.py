@@ -27,12 +27,17 @@ def prepare_workdir(workdir: str, overwrite: bool) -> None:
 
     Raises:
       WorkdirExistsError: results exist and ``overwrite`` is False.
-      ConfigError: ``workdir`` exists and is not a directory.
+      ConfigError: ``workdir`` exists and is not a directory, or cannot be created
+        (a parent that is a file, no permission).
     """
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise ConfigError(f"--workdir {workdir!r} is an existing file, not a directory; "
                           "choose a directory path")
-    os.makedirs(workdir, exist_ok=True)
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--workdir {workdir!r} cannot be created ({e.strerror}); choose a "
+                          "directory path you can write to") from e
     exists = os.path.exists(os.path.join(workdir, "results.json"))
     mesh_lib.sync("prepare_workdir")  # [multi-host] every process looked before any rename
     if exists:
