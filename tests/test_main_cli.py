@@ -175,7 +175,9 @@ def test_unknown_dtype(tmp_path):
                                "argument)"),
     ("--config.stack_mode=fast", "error: stack_mode='fast'; allowed: ['auto', 'vmap', 'unroll']"),
     ("--config.victim.checkpoint=no/such/victim", "error: budget scan needs a trained victim "
-                                                  "checkpoint; 'no/such/victim' does not exist")])
+                                                  "checkpoint; 'no/such/victim' does not exist (train or "
+                                                  "import it first: the config's --show_config "
+                                                  "prints the commands)")])
 def test_budget_scan_bad_settings(tmp_path, override, expected):
     rc, _, err = _run("--config=configs/budget_scan.py", override, f"--workdir={tmp_path / 'w'}")
     _assert_one_error_line(rc, err, expected)
