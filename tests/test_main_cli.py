@@ -308,12 +308,16 @@ def test_misnamed_field_is_one_line_with_a_hint(tmp_path, flag, expected):
     assert not os.path.exists(tmp_path / "w")
 
 
-def test_workdir_that_is_a_file(tmp_path):
+@pytest.mark.parametrize("below", [False, True])
+def test_workdir_that_is_a_file_or_below_one(tmp_path, below):
     path = tmp_path / "results.txt"
     path.write_text("x")
-    rc, _, err = _run("--config=configs/quickstart.py", f"--workdir={path}")
-    _assert_one_error_line(rc, err, f"error: --workdir={path} is an existing file, not a "
-                           "directory; give a new or existing directory")
+    wd = path / "w" if below else path
+    rc, _, err = _run("--config=configs/quickstart.py", f"--workdir={wd}")
+    _assert_one_error_line(rc, err, (
+        f"error: --workdir {str(wd)!r} cannot be created (Not a directory); choose a directory "
+        "path you can write to") if below else (f"error: --workdir={path} is an existing file, "
+                                                "not a directory; give a new or existing directory"))
 
 
 @pytest.mark.slow
@@ -388,10 +392,3 @@ def test_more_user_mistakes_are_one_line(tmp_path, args, expected):
     rc, _, err = _run(*args, f"--workdir={tmp_path / 'w'}")
     _assert_one_error_line(rc, err, expected)
 
-
-def test_a_workdir_that_cannot_be_created_is_one_line(tmp_path):
-    blocker = tmp_path / "a_file"
-    blocker.write_text("")
-    rc, _, err = _run("--config=configs/quickstart.py", f"--workdir={blocker / 'w'}")
-    _assert_one_error_line(rc, err, f"error: --workdir {str(blocker / 'w')!r} cannot be created "
-                           "(Not a directory); choose a directory path you can write to")
