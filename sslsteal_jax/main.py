@@ -247,7 +247,10 @@ def parse_flags(argv):
             _fail(f"--config={value}: {root}")
         if root is not e and not isinstance(root, ValueError):
             raise  # a bug in a config file: keep the traceback
-        _fail(f"{str(e).strip().splitlines()[0]} (see {_PROG} --help)")
+        first = str(e).strip().splitlines()[0]
+        if "Non-boolean argument to boolean flag" in first:  # absl's message is a raw tuple
+            _fail(f"{first.split(': (', 1)[0]}: not a boolean; allowed: true or false")
+        _fail(f"{first} (see {_PROG} --help)")
 
 
 def _unknown_field(head, e: BaseException) -> str | None:

@@ -381,6 +381,8 @@ def test_misspelt_victim_checkpoint_is_an_error_not_hours_of_training(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
+    (["--config=configs/quickstart.py", "--config.stream.enabled=maybe"],
+     "error: flag --config.stream.enabled=maybe: not a boolean; allowed: true or false"),
     (["--config=configs/quickstart.py", "--config.api_output=bogus"],
      "error: unknown API output 'bogus'; allowed: ['representation', 'projection']"),
     (["--config=configs/verify.py:victim=/nonexistent/ckpt"],
