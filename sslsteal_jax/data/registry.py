@@ -234,12 +234,6 @@ def offline_builder(short: str, data_dir: str):
     return builder
 
 
-def _load_offline(short: str, split: str, data_dir: str):
-    from sslsteal_jax.data import builders
-
-    return builders.read_split_arrays(offline_builder(short, data_dir), split)
-
-
 def unknown_dataset_error(name: str) -> ConfigError:
     """The one-line error for a dataset name that neither this package nor
     tensorflow-datasets knows (suggests the closest offline name)."""
@@ -325,22 +319,41 @@ def online_builder(name: str, split: str, data_dir: str | None, download: bool):
     return builder, image_key, label_key
 
 
-def _load_online(name: str, split: str, data_dir: str | None, download: bool,
-                 resize_to: tuple[int, int] | None = None):
-    from sslsteal_jax.data import builders
+def data_dir_for(data_dir: str | None, offline: bool) -> str:
+    """The absolute data dir for ``data_dir`` (``~`` expanded), or the default one of
+    offline / online datasets (:func:`default_data_dir`) when it is None."""
+    return os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(offline)
 
-    builder, image_key, label_key = online_builder(name, split, data_dir, download)
-    varying = varying_size(builder, image_key)
-    if varying and resize_to is None:
-        raise ConfigError(f"dataset {name!r} has images of varying size; give the size to load "
+
+def split_builder(name: str, split: str, data_dir: str | None, download: bool = True,
+                  shape=None):
+    """Where a split's records are: what :func:`load_split` and ``data.stream`` read.
+
+    Args:
+      name: a dataset name without a size suffix (offline short / builder name, or tfds).
+      split, data_dir, download: as for :func:`load_split`.
+      shape: the name's ``@HxWxC`` suffix as ``(H, W, C)``, or None.
+    Returns:
+      ``(builder, image_key, label_key, decode_size)``: a prepared tfds builder, the
+      feature names of images and labels, and ``(H, W)`` for datasets whose images vary
+      in size (imagenet2012: centre-cropped and resized as they are decoded,
+      ``builders.decode_records(resize_to=)``), else None.
+    Raises:
+      ConfigError: a bad name or split, a dataset that cannot be prepared, or a
+        varying-size dataset without a size suffix (names the suffix to add).
+    """
+    short = canonical_offline(name)
+    if short is not None:
+        check_split(short, split, OFFLINE_SPLITS[short])
+        return offline_builder(short, data_dir_for(data_dir, True)), "image", "label", None
+    builder, image_key, label_key = online_builder(name, split, data_dir_for(data_dir, False),
+                                                   download)
+    if not varying_size(builder, image_key):
+        return builder, image_key, label_key, None
+    if shape is None:
+        raise ConfigError(f"dataset {name!r} has images of varying size; give the size to read "
                           f"them at, e.g. '{name}@224x224x3'")
-    resize = resize_to if varying else None
-    try:
-        return builders.read_split_arrays(builder, split, image_key=image_key,
-                                          label_key=label_key, resize_to=resize)
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"dataset {name!r} split {split!r} could not be read as "
-                         f"(images, labels) with keys {image_key!r}/{label_key!r}: {e}") from e
+    return builder, image_key, label_key, tuple(shape[:2])
 
 
 def load_split(name: str, split: str, data_dir: str | None = None, *,
@@ -393,7 +406,7 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
-            images, labels = _load_cached(base, split, data_dir, download, shape[:2])
+            images, labels = _load_cached(base, split, data_dir, download, shape)
             hit = (resize_images(images, shape), labels)
             for arr in hit:
                 arr.flags.writeable = False
@@ -402,24 +415,31 @@ def load_split(name: str, split: str, data_dir: str | None = None, *,
 
 
 def _load_cached(name: str, split: str, data_dir: str | None, download: bool,
-                 resize_to: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``load_split`` of a name without a size suffix, cached in-process; ``resize_to``
-    (H, W) centre-crops and resizes the images of datasets whose images vary in size
-    while they are read (``builders.center_crop_resize``; ignored for fixed-size data)."""
+                 shape=None) -> tuple[np.ndarray, np.ndarray]:
+    """``load_split`` of a name without a size suffix, cached in-process; ``shape`` (the
+    suffix's ``(H, W, C)``) sets the size varying-size datasets are read at
+    (:func:`split_builder`; ignored for fixed-size data)."""
+    from sslsteal_jax.data import builders
+
     short = canonical_offline(name)
     if short is not None:
         check_split(short, split, OFFLINE_SPLITS[short])
-        ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(True)
-    else:
-        ddir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_data_dir(False)
-    key = (short or name, split, ddir, None if short else resize_to)
+    ddir = data_dir_for(data_dir, short is not None)
+    key = (short or name, split, ddir, None if short or shape is None else tuple(shape[:2]))
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is None:
-            if short is not None:
-                images, labels = _load_offline(short, split, ddir)
-            else:
-                images, labels = _load_online(name, split, ddir, download, resize_to)
+            builder, image_key, label_key, decode = split_builder(name, split, ddir, download,
+                                                                  shape)
+            try:
+                images, labels = builders.read_split_arrays(
+                    builder, split, image_key=image_key, label_key=label_key, resize_to=decode)
+            except (ValueError, KeyError) as e:
+                if short is not None:
+                    raise
+                raise ValueError(f"dataset {name!r} split {split!r} could not be read as "
+                                 f"(images, labels) with keys {image_key!r}/{label_key!r}: "
+                                 f"{e}") from e
             hit = normalize(name, images, labels)
             for arr in hit:
                 arr.flags.writeable = False

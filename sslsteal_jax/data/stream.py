@@ -30,7 +30,6 @@ every image on its own.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
@@ -61,22 +60,8 @@ def _resolve(name: str, split: str, data_dir: str | None, download: bool):
         raise ConfigError(f"dataset name must be a non-empty string, got {name!r}. "
                           f"{registry.INSTALL_HINT}")
     base, shape = registry.parse_resize(name)
-    short = registry.canonical_offline(base)
-    if short is not None:
-        registry.check_split(short, split, registry.OFFLINE_SPLITS[short])
-        ddir = (os.path.abspath(os.path.expanduser(data_dir)) if data_dir
-                else registry.default_data_dir(True))
-        builder, image_key, label_key = registry.offline_builder(short, ddir), "image", "label"
-    else:
-        ddir = (os.path.abspath(os.path.expanduser(data_dir)) if data_dir
-                else registry.default_data_dir(False))
-        builder, image_key, label_key = registry.online_builder(base, split, ddir, download)
-    decode_size = None
-    if short is None and registry.varying_size(builder, image_key):
-        if shape is None:
-            raise ConfigError(f"dataset {base!r} has images of varying size; give the size to "
-                              f"stream them at, e.g. '{base}@224x224x3'")
-        decode_size = tuple(shape[:2])
+    builder, image_key, label_key, decode_size = registry.split_builder(base, split, data_dir,
+                                                                        download, shape)
     return (builders.raw_source(builder, split), builder.info.features, image_key, label_key,
             shape, decode_size)
 
