@@ -30,7 +30,6 @@ every image on its own.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from sslsteal_jax.data import registry
