@@ -53,6 +53,14 @@ ARGS = {
     "seed": base.SEED_ARG,
     "stack": Arg(8, "most cells trained in one compiled program (1 = one after another)",
                  minimum=1),
+    "batch_size": Arg(None, "one surrogate batch size for every loss (none = each loss's own); "
+                      "with protocol=examples every cell then takes the same optimizer steps",
+                      kind=int, minimum=1, optional=True),
+    "lr_grid": Arg((), "learning rates tried per loss on a validation split before the scan; "
+                   "each loss then trains with its best (empty = each loss's own)",
+                   kind=float, minimum=1e-12),
+    "select_budget": Arg(None, "queries of the learning-rate selection cells (none = the "
+                         "largest budget)", kind=int, minimum=1, optional=True),
 }
 
 
@@ -75,6 +83,15 @@ def build(a) -> ml_collections.ConfigDict:
     c.stack = a.stack
     c.stack_memory_fraction = 0.5
     c.stack_mode = "auto"  # "auto" | "vmap" | "unroll" (training.vmap.MODES)
+    c.steal.batch_size = a.batch_size  # None = each loss's own (loss_overrides, registry)
+    # Learning-rate selection (docs/results/claim2_protocols.md): each loss x lr in lr_grid
+    # trains one cell (first source, first seed, select_budget queries), probed on the
+    # last validation_size labelled probe-train images after a probe fitted on the rest
+    # (never the probe test set); the best lr is the loss's learning rate for the scan.
+    c.lr_grid = tuple(float(v) for v in a.lr_grid)
+    c.select_budget = ml_collections.config_dict.placeholder(int)
+    c.select_budget = a.select_budget
+    c.validation_size = 5000
     c.victim.train_if_missing = False
     del c["budget"]
     return c
@@ -107,6 +124,37 @@ def validate(cfg) -> None:
     base.check_eval(cfg.eval)
     base.check_int("probe_test_size", cfg.probe_test_size)
     base.check_int("probe_train_size", cfg.probe_train_size, optional=True)
+    check_lr_selection(cfg)
     base.check_dataset("dataset", cfg.dataset)
     for source in (s.strip() for s in (cfg.query_sources or "").split(",") if s.strip()):
         base.check_dataset("query_sources", source)
+
+
+def check_lr_selection(cfg) -> None:
+    """The learning-rate selection fields: ``lr_grid`` (a tuple of positive numbers,
+    empty = off), ``select_budget`` (None or an int >= 1, at most the largest budget),
+    ``validation_size`` (int >= 1, smaller than the probe-train set) and, with a grid,
+    no ``steal.learning_rate`` (one explicit rate for every loss leaves nothing to select).
+
+    Raises:
+      ConfigError: the first bad field, naming its value and what is allowed.
+    """
+    grid = cfg.get("lr_grid", ())
+    if not isinstance(grid, (tuple, list)) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in grid):
+        base.fail("lr_grid", grid, "positive learning rates, e.g. --config.lr_grid=3e-4,1e-3,3e-3")
+    if not grid:
+        return
+    if cfg.steal.get("learning_rate") is not None:
+        raise ConfigError(f"steal.learning_rate={cfg.steal.learning_rate!r} with lr_grid="
+                          f"{tuple(grid)}; allowed: leave steal.learning_rate unset (the grid "
+                          "selects each loss's learning rate)")
+    base.check_int("select_budget", cfg.get("select_budget"), optional=True)
+    if cfg.get("select_budget") is not None and cfg.select_budget > max(cfg.budgets):
+        raise ConfigError(f"select_budget={cfg.select_budget} exceeds the largest budget "
+                          f"{max(cfg.budgets)}; allowed: at most the answers the scan buys")
+    base.check_int("validation_size", cfg.get("validation_size"))
+    n = cfg.probe_train_size
+    if n is not None and cfg.validation_size >= n:
+        raise ConfigError(f"validation_size={cfg.validation_size} must be smaller than "
+                          f"probe_train_size={n} (the probe is fitted on the rest)")

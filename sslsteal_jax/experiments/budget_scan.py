@@ -47,6 +47,7 @@ of queries"; docs/science.md claims 1-4):
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -202,6 +203,12 @@ def run(cfg, workdir: str) -> dict:
         cfg, victim, api.output_dim, data0, key, owner, ev))
     bought = {s: _answers(api, s, datas[s], o["budgets"][-1], workdir, stream_settings(cfg))
               for s in o["sources"]}
+    cache = {s: (b.images, b.answers) for s, b in bought.items()}
+    selection = None
+    if cfg.get("lr_grid"):
+        selection = select_learning_rates(cfg, o, store, victim.module, cache, workdir, data0,
+                                          key, ev)
+        cfg = with_learning_rates(cfg, selection["chosen"])
     rows, pending = {}, []
     for s in o["sources"]:
         for loss in o["losses"]:
@@ -211,7 +218,6 @@ def run(cfg, workdir: str) -> dict:
                                       o["examples"])
                     (pending.append(cell) if cell["row"] is None
                      else rows.__setitem__(cell["name"], cell["row"]))
-    cache = {s: (b.images, b.answers) for s, b in bought.items()}
     groups = []
     for group in _group_cells(pending, cache, o["stack"], o["stack_fraction"]):
         groups.append({"cells": [c["name"] for c in group["cells"]], **group["memory"]})
@@ -224,7 +230,7 @@ def run(cfg, workdir: str) -> dict:
            "examples_per_cell": o["examples"],
            "stack": {"max_members": o["stack"], "memory_fraction": o["stack_fraction"],
                      "mode": o["stack_mode"], "groups_trained_this_run": groups},
-           "reference": reference, "cells": rows,
+           "reference": reference, "cells": rows, "lr_selection": selection,
            "queries_charged_this_run": {s: b.queries_charged for s, b in bought.items()},
            "victim_checkpoint": victim.source,
            "query_pools": {s: d.names["query_pool"] for s, d in datas.items()},
@@ -235,7 +241,7 @@ def run(cfg, workdir: str) -> dict:
         f"{cfg.dataset} victim, queries from {datas[s].names['query_pool']}"))
         for s in o["sources"]]
     return results.finish(workdir, out, rows, fields=CSV_FIELDS,
-                          table=format_scan(rows, reference), plots=plots,
+                          table=format_scan(rows, reference, selection), plots=plots,
                           seconds=time.time() - t0,  # TensorBoard: metrics against budget
                           series=("source", "loss", "seed"), step_key="budget")
 
@@ -305,14 +311,15 @@ def _answers(api, source: str, data, budget: int, workdir: str, stream=None) -> 
         fp, budget, buy, extend=True)
 
 
-def _cell_plan(cfg, store, victim_module, source, loss, budget, seed, examples) -> dict:
-    """One cell: its name, surrogate config, batch size and step count, and its
-    finished row (None if it still has to be trained).
+def _cell_plan(cfg, store, victim_module, source, loss, budget, seed, examples,
+               tag: str = "") -> dict:
+    """One cell: its name (:func:`cell_name` + ``tag``), surrogate config, batch size
+    and step count, and its finished row (None if it still has to be trained).
 
     Raises:
       ConfigError: a finished row in the store was trained with another config.
     """
-    name = cell_name(source, loss, budget, seed)
+    name = cell_name(source, loss, budget, seed) + tag
     scfg = steal_config(cfg.steal, loss, victim_module.encoder, cfg.loss_overrides, seed)
     if examples is not None:
         scfg.steps = cell_steps(budget, int(resolve_hparams(scfg)["batch_size"]), examples)
@@ -435,9 +442,10 @@ def plot_scan(rows: list[dict], reference: dict, path: str, title: str) -> None:
     os.replace(tmp, path)
 
 
-def format_scan(rows: list[dict], reference: dict) -> str:
+def format_scan(rows: list[dict], reference: dict, selection: dict | None = None) -> str:
     """Markdown table: one line per (source, loss, budget), mean +- sample std over
-    the seeds (``n`` of them)."""
+    the seeds (``n`` of them); with a learning-rate ``selection``
+    (:func:`select_learning_rates`) a second table of its validation accuracies."""
     metrics = ("probe_full", "probe_100", "knn", "cosine_fidelity")
     lines = ["| source | loss | queries | n | probe acc (%) | 100/class (%) | kNN (%) | cos fidelity |",
              "|---|---|---|---|---|---|---|---|"]
@@ -450,4 +458,95 @@ def format_scan(rows: list[dict], reference: dict) -> str:
         fid = r.get("cosine_fidelity")
         lines.append(f"| {ref} | | | | {r['probe_full']:.2f} | {r['probe_100']:.2f} | "
                      f"{r['knn']:.2f} | {'' if fid is None else f'{fid:.3f}'} |")
+    if selection:
+        grid = selection["grid"]
+        lines += ["", f"learning rate selection: {selection['budget']} queries, seed "
+                      f"{selection['seed']}, linear probe accuracy (%) on {selection['validation']}",
+                  "| loss | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |",
+                  "|---|" + "---|" * (len(grid) + 1)]
+        for loss, accs in selection["accuracy"].items():
+            lines.append(f"| {loss} | " + " | ".join(f"{a:.2f}" for a in accs)
+                         + f" | {selection['chosen'][loss]:g} |")
     return "\n".join(lines)
+
+
+def validation_split(data, size: int):
+    """``data`` with its probe-train set cut in two: the probe is fitted on the first
+    ``N - size`` labelled images and tested on the last ``size`` (the validation split
+    used to select hyperparameters; ``data``'s probe test set is never looked at).
+
+    Args:
+      data: ``data.splits.ExperimentData`` (in-memory arrays or streamed views).
+      size: validation images (int, 0 < size < N probe-train images).
+    Returns:
+      a new ``ExperimentData`` (the same query pool); ``names`` give the two slices.
+    Raises:
+      ConfigError: ``size`` outside (0, N).
+    """
+    n = len(data.probe_train_y)
+    if not 0 < size < n:
+        raise ConfigError(f"validation_size={size} must be in (0, {n}) (the probe-train set "
+                          f"{data.names['probe_train']} holds {n} images)")
+    cut = n - size
+
+    def rows(x, a, b):
+        return x.subset(a, b) if hasattr(x, "subset") else x[a:b]
+
+    name = data.names["probe_train"]
+    return dataclasses.replace(
+        data, probe_train_x=rows(data.probe_train_x, 0, cut), probe_train_y=data.probe_train_y[:cut],
+        probe_test_x=rows(data.probe_train_x, cut, n), probe_test_y=data.probe_train_y[cut:n],
+        names={**data.names, "probe_train": f"{name} rows [0:{cut}]",
+               "probe_test": f"{name} rows [{cut}:{n}] (validation)"})
+
+
+def with_learning_rates(cfg, lrs: dict):
+    """A copy of the scan config whose ``loss_overrides.<loss>.learning_rate`` is
+    ``lrs[loss]`` (float) for every loss in ``lrs``."""
+    import ml_collections
+
+    c = cfg.copy_and_resolve_references()
+    for loss, lr in lrs.items():
+        if loss not in c.loss_overrides:
+            c.loss_overrides[loss] = ml_collections.ConfigDict()
+        c.loss_overrides[loss].learning_rate = float(lr)
+    return c
+
+
+def select_learning_rates(cfg, o, store, victim_module, cache, workdir, data, key, ev) -> dict:
+    """Pick each loss's learning rate from ``cfg.lr_grid`` on a validation split.
+
+    Every (loss, lr) trains one cell exactly like a scan cell (first query source, first
+    seed, ``cfg.select_budget`` queries or the largest budget, the scan's protocol and
+    batch size), named ``<cell>__lr<lr>__val<validation_size>`` in the cell store
+    (resumable, stacked like scan cells), and is scored by the full-label linear probe
+    on :func:`validation_split` (``cfg.validation_size`` labelled probe-train images,
+    never the probe test set); the best accuracy wins (ties: the smaller rate).
+    Protocol: the "equal batch, equal steps" comparison of the paper's losses
+    (docs/results/claim2_protocols.md), each loss at its own tuned rate.
+
+    Returns:
+      ``{"grid": [lr, ...], "budget", "seed", "source", "validation": slice names,
+      "accuracy": {loss: [percent per lr]}, "chosen": {loss: lr}, "cells": {name: row}}``.
+    """
+    grid = sorted(float(v) for v in cfg.lr_grid)
+    budget = int(cfg.get("select_budget") or o["budgets"][-1])
+    seed, source = o["seeds"][0], o["sources"][0]
+    val = validation_split(data, int(cfg.validation_size))
+    plans = {(loss, lr): _cell_plan(with_learning_rates(cfg, {loss: lr}), store, victim_module,
+                                    source, loss, budget, seed, o["examples"],
+                                    f"__lr{lr:g}__val{int(cfg.validation_size)}")
+             for loss in o["losses"] for lr in grid}
+    rows = {c["name"]: c["row"] for c in plans.values() if c["row"] is not None}
+    pending = [c for c in plans.values() if c["row"] is None]
+    for group in _group_cells(pending, cache, o["stack"], o["stack_fraction"]):
+        rows.update(_train_group(group["cells"], cache, store, workdir, val, None, key, ev,
+                                 o["stack_mode"]))
+    accuracy = {loss: [rows[plans[loss, lr]["name"]]["probe_full"] for lr in grid]
+                for loss in o["losses"]}
+    # a diverged cell (NaN features -> NaN accuracy) never wins
+    chosen = {loss: grid[int(np.argmax(np.nan_to_num(np.asarray(acc, float), nan=-np.inf)))]
+              for loss, acc in accuracy.items()}
+    return {"grid": grid, "budget": budget, "seed": seed, "source": source,
+            "validation": val.names["probe_test"], "accuracy": accuracy, "chosen": chosen,
+            "cells": {c["name"]: rows[c["name"]] for c in plans.values()}}
