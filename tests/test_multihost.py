@@ -292,6 +292,22 @@ def test_only_process_zero_writes_result_files(runs, name):
     assert not [p for p in os.listdir(r.workdir) if ".tmp" in p]
 
 
+@pytest.mark.parametrize("name", ["two_by_one", "two_by_two"])
+def test_only_process_zero_fits_the_probes(runs, name):
+    """Evaluation: both processes extract the features together, process 0 alone fits each
+    row's probes and computes kNN and fidelity, and the other process receives the same
+    row (``training.mesh.writer_computes``)."""
+    r = runs[name]
+    names = [x["name"] for x in r.results()["rows"]]
+    assert len(names) == 4
+    computed = {pid: [x["name"] for x in rs] for pid, rs in r.records("metrics").items()}
+    assert computed == {0: names, 1: []}
+    rows = {pid: [x["row"] for x in rs] for pid, rs in r.records("row").items()}
+    assert [x["name"] for x in rows[0]] == names
+    assert rows[1] == rows[0]
+    assert all(isinstance(x["probe_full"], float) for x in rows[1])
+
+
 def test_tensorboard_events_of_a_killed_and_resumed_pod_run(runs):
     """TensorBoard's reader finds the victim's logged losses once per step although the
     run was killed after logging step 4 past its checkpoint at 3, and the results."""
