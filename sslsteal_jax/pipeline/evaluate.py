@@ -92,6 +92,9 @@ def evaluate_rows(jobs) -> list[dict]:
     and kNN are single-device programs and overlap freely. On a multi-host run the
     rows are computed one at a time: the lock orders programs within one process
     only, and every process must run the same collectives in the same order.
+    There every process extracts each row's features (collectively), process 0
+    alone fits the probes and computes kNN and fidelity, and every process
+    returns the same rows (``evaluation.report.evaluate_features``).
 
     Raises:
       whatever a job raises (after the other rows in flight finish).
