@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from sslsteal_jax.models import (ARCHITECTURES, MLPHead, SimCLRModel, build_encoder,
-                                 init_encoder, representation_dim)
+                                 init_encoder, init_variables, representation_dim)
 
 WIDTH = 4
 EXPECTED_DIM = {"resnet10": WIDTH * 8, "resnet18": WIDTH * 8, "resnet34": WIDTH * 8,
@@ -82,6 +82,18 @@ def test_init_encoder_concrete():
             == jax.tree_util.tree_map(lambda a: a.shape, ref))
     h = jax.jit(lambda v, x: enc.apply(v, x, train=False))(variables, _x(2, 16, 3))
     assert h.shape == (2, WIDTH * 8) and np.all(np.isfinite(np.asarray(h)))
+
+
+def test_init_variables_equals_op_by_op_init():
+    """The jitted init (one program) gives the variables of flax's eager init bit for bit
+    (what the trainers and the independent baseline rely on: the same models as before)."""
+    model = SimCLRModel(encoder=build_encoder("resnet10", width=2), head_hidden=8, head_out=5)
+    key, x = jax.random.key(3), _x(2, 8, 1)
+    got, want = init_variables(model, key, x), model.init(key, x)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    assert np.std(np.asarray(got["params"]["encoder"]["stem_conv"]["kernel"])) > 0.1
 
 
 @pytest.mark.slow

@@ -207,3 +207,46 @@ def test_one_process_reads_the_whole_batch_and_local_rows_must_fit():
         tree["k"].dtype, jax.dtypes.prng_key)
     assert isinstance(mesh_lib.host_copy(tree["w"]), np.ndarray)
     np.testing.assert_array_equal(mesh_lib.to_host(a), x)
+
+
+def test_writer_computes_runs_on_process_zero_and_shares_the_value(monkeypatch):
+    """Two processes simulated in one (a dict as the coordination service's key-value
+    store): process 0 runs each function and publishes its value; process 1 runs none and
+    receives the same values, call by call, floats bit for bit."""
+    import itertools
+
+    from jax._src import distributed
+
+    assert mesh_lib.writer_computes(lambda: 7) == 7  # one process: just the call
+    store = {}
+
+    class Client:
+        def key_value_set(self, key, value):
+            assert key not in store
+            store[key] = value
+
+        def blocking_key_value_get(self, key, timeout_in_ms):
+            assert timeout_in_ms == mesh_lib.WRITER_WAIT_MS
+            return store[key]
+
+    monkeypatch.setattr(distributed.global_state, "client", Client())
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    values = [{"name": "a", "probe_full": 0.1 + 0.2, "knn": None, "settings": {"lr": 2e-3}},
+              [1e-300, 3, "b"]]
+    got = {}
+    for pid in (0, 1):
+        monkeypatch.setattr(jax, "process_index", lambda pid=pid: pid)
+        monkeypatch.setattr(mesh_lib, "_WRITER_CALLS", itertools.count())
+        calls = []
+
+        def fn(v, pid=pid):
+            if pid:
+                pytest.fail("process 1 ran the function")
+            calls.append(v)
+            return v
+
+        got[pid] = [mesh_lib.writer_computes(lambda v=v: fn(v)) for v in values]
+        assert len(calls) == (2 if pid == 0 else 0)
+    assert got[0] == got[1] == values
+    assert got[1][0]["probe_full"] == 0.30000000000000004 and got[1][1][0] == 1e-300
+    assert len(store) == 2

@@ -49,7 +49,22 @@ def evaluate_features(name, train_feats, test_feats, data, key, victim_test_out=
     The full-label probe, the few-label probe and kNN run concurrently
     (``evaluation.parallel.run_concurrently``; ``$SSLSTEAL_EVAL_WORKERS=1``
     runs them in order, with the same numbers).
+
+    Multi-host: the features are already on every process (replicated outputs of
+    the collective extraction); only process 0 fits the probes and computes kNN,
+    fidelity and agreement (single-device programs), and every other process
+    receives that row (``training.mesh.writer_computes``: the same numbers, no
+    program compiled or run there). Every process must call this in the same
+    order.
     """
+    return mesh_lib.writer_computes(functools.partial(
+        _metrics, name, train_feats, test_feats, data, key, victim_test_out, test_out,
+        per_class, probe_epochs, select_probe, reference_predictions))
+
+
+def _metrics(name, train_feats, test_feats, data, key, victim_test_out, test_out, per_class,
+             probe_epochs, select_probe, reference_predictions) -> dict:
+    """The row of :func:`evaluate_features` (same arguments), computed in this process."""
     k1, k2, k3 = jax.random.split(key, 3)
     sub = few_labels_subset(data.probe_train_y, per_class, k2)
     want = reference_predictions is not None

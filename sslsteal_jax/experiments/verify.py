@@ -54,7 +54,7 @@ from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.losses import parse_losses
-from sslsteal_jax.models import build_model
+from sslsteal_jax.models import build_model, init_variables
 from sslsteal_jax.models.watermark import rotation_task
 from sslsteal_jax.pipeline import queries, results, workdir as wd
 from sslsteal_jax.pipeline.victim import load_victim
@@ -239,7 +239,7 @@ def _independents(cfg, workdir, data, victim) -> list[Suspect]:
                                 "final_loss": summ["final_loss"]}, NULL_INDEPENDENT))
         if icfg.random_init:
             mod = build_model("simclr", plain)
-            var = mod.init(jax.random.key(seed + 1000), data.probe_test_x[:2] / 255.0)
+            var = init_variables(mod, jax.random.key(seed + 1000), data.probe_test_x[:2] / 255.0)
             out.append(Suspect(Encoder(f"independent (random init, seed {seed + 1000})", mod, var,
                                        0, 0, "independent"),
                                {"init_seed": seed + 1000}, NULL_INDEPENDENT))

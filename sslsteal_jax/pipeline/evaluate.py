@@ -15,6 +15,7 @@ from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features, raw_pixels
 from sslsteal_jax.evaluation.parallel import default_workers, run_concurrently
 from sslsteal_jax.evaluation.report import evaluate_features
+from sslsteal_jax.models import init_variables
 
 #: Label of the independent-encoder row.
 INDEPENDENT = "independent (random init)"
@@ -64,7 +65,8 @@ def independent_encoder(module, data, seed: int, victim_space: int | None = None
     """``module`` freshly initialised with PRNG key ``seed + 1000``: the independent
     encoder of the same architecture that every report includes (its output
     ``victim_space``, if given, is compared with the victim's answers)."""
-    variables = module.init(jax.random.key(int(seed) + 1000), data.probe_test_x[:2] / 255.0)
+    variables = init_variables(module, jax.random.key(int(seed) + 1000),
+                               data.probe_test_x[:2] / 255.0)
     return Encoder(INDEPENDENT, module, variables, 0, victim_space, "independent")
 
 
@@ -90,6 +92,9 @@ def evaluate_rows(jobs) -> list[dict]:
     and kNN are single-device programs and overlap freely. On a multi-host run the
     rows are computed one at a time: the lock orders programs within one process
     only, and every process must run the same collectives in the same order.
+    There every process extracts each row's features (collectively), process 0
+    alone fits the probes and computes kNN and fidelity, and every process
+    returns the same rows (``evaluation.report.evaluate_features``).
 
     Raises:
       whatever a job raises (after the other rows in flight finish).

@@ -15,7 +15,7 @@ import numpy as np
 
 from sslsteal_jax import losses
 from sslsteal_jax.data.augment import AugmentConfig, augment_batch
-from sslsteal_jax.models import SimCLRModel, build_simclr
+from sslsteal_jax.models import SimCLRModel, build_simclr, init_variables
 from sslsteal_jax.training.checkpoint import load_model
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
@@ -98,7 +98,7 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
                         min(int(cfg.warmup_epochs * steps_per_epoch), total // 10))
     key = jax.random.key(int(cfg.seed))
     init_key, _, aug_key = jax.random.split(key, 3)
-    variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
+    variables = init_variables(model, init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
     if cfg.get("init_from"):
         variables = warm_start_variables(cfg.init_from, dict(cfg.model), images.shape[1:])
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,

@@ -35,7 +35,7 @@ from sslsteal_jax.defaults import default_steal_block
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.models import (SurrogateModel, arch_family, arch_name, default_width,
-                                 encoder_from_config, encoder_options)
+                                 encoder_from_config, encoder_options, init_variables)
 from sslsteal_jax.trainers.simclr import augment_config
 from sslsteal_jax.training.loop import run_training
 from sslsteal_jax.training.optim import make_optimizer
@@ -324,7 +324,7 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
                         min(total // 20, 200))
 
     def init_state():
-        variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
+        variables = init_variables(model, init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
         return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                                  batch_stats=variables.get("batch_stats", {}))
 

@@ -40,8 +40,9 @@ Source: the data-parallel recipe of big_vision / the flax ImageNet example
 from __future__ import annotations
 
 import contextlib
+import itertools
 import threading
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -381,6 +382,51 @@ def is_writer() -> bool:
     processes together (``training.checkpoint``).
     """
     return jax.process_index() == 0
+
+
+#: Sequence number of :func:`writer_computes` calls in this process (the key of each answer).
+_WRITER_CALLS = itertools.count()
+#: How long the other processes wait for process 0's answer (milliseconds).
+WRITER_WAIT_MS = 24 * 3600 * 1000
+
+
+def writer_computes(fn: Callable[[], Any]) -> Any:
+    """``fn()`` computed by process 0 alone; every process returns that same value.
+
+    For work whose result every process needs but whose cost only one should
+    pay: single-device programs (the linear probes and kNN of an evaluation row)
+    that every process would otherwise run redundantly on a pod. Process 0 runs
+    ``fn`` and publishes its result, JSON-encoded, in the ``jax.distributed``
+    coordination service's key-value store; the other processes block until it is
+    there and decode it. No XLA program is involved (nothing to compile on the
+    other processes, no collective). With one process it is just ``fn()``.
+
+    ``fn`` must return a JSON-able value (dicts, lists, str, int, float, bool,
+    None); floats come back bit for bit (``json`` writes the shortest repr that
+    round-trips), dict key order is kept, tuples come back as lists. ``fn`` must
+    not run multi-device programs (the other processes would not join them).
+    Every process must make the same sequence of ``writer_computes`` calls: the
+    n-th call of each process receives the n-th result of process 0.
+
+    Raises:
+      whatever ``fn`` raises, on process 0; on the others the wait for the
+      answer ends with an error after ``WRITER_WAIT_MS`` (the run's watchdog
+      normally ends a pod whose process 0 died first). TypeError on process 0
+      when the result is not JSON-able.
+    """
+    if jax.process_count() == 1:
+        return fn()
+    import json
+
+    from jax._src import distributed  # the coordination service's client (no public handle)
+
+    client = distributed.global_state.client
+    key = f"sslsteal_jax/writer_computes/{next(_WRITER_CALLS)}"
+    if is_writer():
+        value = fn()
+        client.key_value_set(key, json.dumps(value))
+        return value
+    return json.loads(client.blocking_key_value_get(key, WRITER_WAIT_MS))
 
 
 def sync(name: str) -> None:

@@ -6,7 +6,10 @@ Fashion-MNIST images, batch 32, a checkpoint every 3 steps and a log line every
 evaluation on 128 / 128 probe images (every feature batch 128 images: one
 compiled program per encoder) with probes of 2 epochs (256 probe-train images and
 5 epochs before: the same rows and comparisons; the reference run's evaluation
-took 39 s instead of 64 s on a loaded machine).
+took 39 s instead of 64 s on a loaded machine). On the 2-process runs only
+process 0 fits the probes and computes kNN (``evaluation.report.evaluate_features``);
+the tests' module took 186 s of CPU for its four launches (273 s before that, the
+jitted model init and the test's XLA flags, 2026-12-01).
 The training batches stay 32 / 64: with 16 / 32 (4 / 8 rows per device on 2 x 2)
 the 2 x 2 run's victim losses drifted 1e-5 relative from the reference by step 6,
 past the 1e-6 the comparison asserts. Usage (from the repository root):

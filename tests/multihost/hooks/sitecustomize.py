@@ -10,7 +10,11 @@ appends JSON lines to ``$SSLSTEAL_TEST_HOOK_DIR/p<JAX_PROCESS_ID>.<pid>.jsonl``:
   ``training.loop.process_batch_indices`` (the examples this process reads);
 * ``{"kind": "write", "path"}`` for every file under ``$SSLSTEAL_TEST_WORKDIR``
   opened for writing with ``open`` or made with ``os.replace`` (what the
-  process wrote; orbax's own checkpoint writes go through TensorStore, not these).
+  process wrote; orbax's own checkpoint writes go through TensorStore, not these);
+* ``{"kind": "metrics", "name"}`` for every evaluation row whose probes, kNN and
+  fidelity this process computed (``evaluation.report._metrics``), and
+  ``{"kind": "row", "row"}`` for every row ``evaluation.report.evaluate_features``
+  returned in this process.
 
 ``$SSLSTEAL_TEST_PAUSE=N:B:S``: when a process is about to read the batch of
 step S of a loop over N examples with batch size B, it writes
@@ -53,11 +57,33 @@ def _patch_loop(module):
     module.process_batch_indices = process_batch_indices
 
 
+def _patch_report(module):
+    orig = module._metrics
+
+    def _metrics(name, *args):
+        _record({"kind": "metrics", "name": name})
+        return orig(name, *args)
+
+    def evaluate_features(*args, **kwargs):
+        row = evaluate(*args, **kwargs)
+        _record({"kind": "row", "row": row})
+        return row
+
+    evaluate = module.evaluate_features
+    module._metrics = _metrics
+    module.evaluate_features = evaluate_features
+
+
+#: module name -> function patching it right after its first import
+_PATCHES = {"sslsteal_jax.training.loop": _patch_loop,
+            "sslsteal_jax.evaluation.report": _patch_report}
+
+
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Patch ``sslsteal_jax.training.loop`` right after it is first imported."""
+    """Patch the modules of ``_PATCHES`` right after each is first imported."""
 
     def find_spec(self, name, path, target=None):
-        if name != "sslsteal_jax.training.loop":
+        if name not in _PATCHES:
             return None
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None:
@@ -66,7 +92,7 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             loader_exec(module)
-            _patch_loop(module)
+            _PATCHES[name](module)
 
         spec.loader.exec_module = exec_module
         return spec
