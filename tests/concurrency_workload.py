@@ -9,10 +9,11 @@ and as a subprocess stress script:
 which sets ``XLA_FLAGS`` (device count, short collective timeouts) before JAX
 starts, runs the workload ``--rounds`` times and exits 0 (any deadlock hangs
 it or makes XLA abort it; the caller's wall-clock limit catches the hang).
-``--record`` records every jitted program's dispatch (:func:`record_programs`)
-and prints, before the final ``ok``, one line ``recorded {json}`` with the
-number of collective programs, their threads and any cross-thread overlaps
-(:func:`overlaps`).
+``--record`` records every jitted program's dispatch in the first round
+(:func:`record_programs`; each program is waited for in its thread, so the later
+rounds, unrecorded, keep the toolkit's asynchronous dispatch) and prints, before
+the final ``ok``, one line ``recorded {json}`` with the number of collective
+programs, their threads and any cross-thread overlaps (:func:`overlaps`).
 
 Paths covered (every place that runs device programs from several threads):
   * the main job's evaluation: 4 result rows (victim with fidelity, surrogate
@@ -50,6 +51,9 @@ def xla_flags(devices: int, timeout_s: int) -> str:
             f"--xla_cpu_collective_timeout_seconds={timeout_s}")
 
 
+_RECORDING = threading.Event()
+
+
 class _Recorded:
     """A jitted function whose calls are recorded: (thread, dispatch time, completion
     time, whether the program spans several devices, i.e. may hold collectives)."""
@@ -62,8 +66,9 @@ class _Recorded:
 
     def __call__(self, *args, **kwargs):
         import jax
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves((args, kwargs))):
-            return self._jitted(*args, **kwargs)  # called inside another traced program
+        if not _RECORDING.is_set() or any(
+                isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves((args, kwargs))):
+            return self._jitted(*args, **kwargs)  # recording stopped, or inside a traced program
         start = time.perf_counter()
         out = self._jitted(*args, **kwargs)
         jax.block_until_ready(out)
@@ -80,7 +85,8 @@ class _Recorded:
 def record_programs(setattr_fn=setattr) -> list:
     """Replace ``jax.jit`` by a recording one (``setattr_fn(jax, "jit", ...)``: pytest's
     ``monkeypatch.setattr`` undoes it); returns the log every later-jitted program's calls
-    append to: ``(thread, dispatch time, completion time, spans several devices)``."""
+    append to: ``(thread, dispatch time, completion time, spans several devices)``, until
+    :func:`stop_recording`."""
     import jax
     log, lock = [], threading.Lock()
     real_jit = jax.jit
@@ -91,7 +97,13 @@ def record_programs(setattr_fn=setattr) -> list:
         return _Recorded(real_jit(fun, *args, **kwargs), log, lock)
 
     setattr_fn(jax, "jit", recording_jit)
+    _RECORDING.set()
     return log
+
+
+def stop_recording() -> None:
+    """Programs run as usual again (dispatched asynchronously, not recorded)."""
+    _RECORDING.clear()
 
 
 def overlaps(log) -> tuple[list, list]:
@@ -188,8 +200,10 @@ def training_and_features(data, surrogate, victim) -> None:
                      max_workers=2)
 
 
-def run_all(rounds: int = 1, data=None, log=print, probe_epochs: int = 3) -> None:
-    """Every concurrent path, ``rounds`` times (new random keys each round)."""
+def run_all(rounds: int = 1, data=None, log=print, probe_epochs: int = 3,
+            after_round=None) -> None:
+    """Every concurrent path, ``rounds`` times (new random keys each round);
+    ``after_round(r)`` is called after round ``r`` (from 0) when given."""
     import jax
     data = small_data() if data is None else data
     victim, surrogate = tiny_models()
@@ -200,6 +214,8 @@ def run_all(rounds: int = 1, data=None, log=print, probe_epochs: int = 3) -> Non
         training_and_features(data, surrogate, victim)
         log(f"round {r + 1}/{rounds} done at {time.time() - t0:.1f} s "
             f"({threading.active_count()} threads)")
+        if after_round is not None:
+            after_round(r)
 
 
 if __name__ == "__main__":
@@ -218,7 +234,8 @@ if __name__ == "__main__":
     sys.path.insert(0, ROOT)
     recorded = record_programs() if args.record else None
     run_all(args.rounds, small_data(args.n_train, args.n_test),
-            log=lambda m: print(m, flush=True), probe_epochs=args.probe_epochs)
+            log=lambda m: print(m, flush=True), probe_epochs=args.probe_epochs,
+            after_round=(lambda r: stop_recording()) if args.record else None)
     if recorded is not None:
         coll, bad = overlaps(recorded)
         print("recorded " + json.dumps({"collective_programs": len(coll),

@@ -5,8 +5,9 @@ the watchdog instead of hanging.
 
 ``test_concurrent_paths_no_overlap_no_deadlock`` runs the toolkit's concurrent paths
 (``tests/concurrency_workload.py``) twice in a subprocess with 2 devices and
-collective timeouts of 20 s, every jitted program recorded (thread, dispatch time,
-completion time, whether it spans several devices and so may hold collectives):
+collective timeouts of 20 s, every jitted program of the first round recorded
+(thread, dispatch time, completion time, whether it spans several devices and so
+may hold collectives), the second dispatched as usual:
 
 * two collective programs of different threads must never overlap (the cause of
   the deadlock itself: on the code before the fix the main job's evaluation
@@ -69,10 +70,11 @@ def test_guard_is_reentrant_and_blocks_until_done():
 
 @pytest.mark.slow
 def test_concurrent_paths_no_overlap_no_deadlock():
-    """Every concurrent path twice (the second round reuses the compiled programs, so it is
-    nearly all concurrent dispatch), 2 devices, 20 s collective timeouts, every program's
-    dispatch and completion recorded and checked for cross-thread overlap of collective
-    programs. Data and probes are small (256 / 128 images, 2 probe epochs): the
+    """Every concurrent path twice, 2 devices, 20 s collective timeouts. Round 1: every
+    program's dispatch and completion recorded (each waited for in its thread) and
+    checked for cross-thread overlap of collective programs. Round 2, unrecorded, reuses
+    the compiled programs, so it is nearly all concurrent, asynchronous dispatch: the
+    deadlock stress. Data and probes are small (256 / 128 images, 2 probe epochs): the
     concurrency is the same with fewer images.
 
     One launch for both checks: the overlap check used to run a third time in this
@@ -96,7 +98,7 @@ def test_concurrent_paths_no_overlap_no_deadlock():
     assert lines[-1] == "ok" and proc.stdout.count("done at") == rounds, proc.stdout[-2000:]
     rec = json.loads(lines[-2].removeprefix("recorded "))
     # the workload really dispatched collective programs from several threads ...
-    assert rec["collective_programs"] >= 40 and rec["threads"] >= 3, rec
+    assert rec["collective_programs"] >= 20 and rec["threads"] >= 3, rec
     # ... and none of them were in flight at the same time as another thread's
     assert rec["overlaps"] == 0, (f"{rec['overlaps']} overlapping collective programs of "
                                   f"different threads, e.g. {rec['examples']}")
