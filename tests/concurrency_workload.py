@@ -1,7 +1,6 @@
 """The toolkit's concurrent device paths, as one workload (not a test module).
 
-Used in-process by ``tests/test_collectives.py`` (with a dispatch recorder)
-and as a subprocess stress script:
+Run by ``tests/test_collectives.py`` as a subprocess (with ``--record``):
 
     python tests/concurrency_workload.py --devices 2 --rounds 6 --timeout 20 \
         [--n-train 512 --n-test 256 --probe-epochs 3] [--record]

@@ -112,10 +112,11 @@ def _single_process_array_handler() -> None:
     Orbax's default (replica-parallel saving) cuts a replicated array into one slice
     per device so that several hosts share the writing; with one process it gains
     nothing and compiles a slice program per (array shape, device): about 120 small
-    compiles (~37 s of CPU at the test suite's 8 host devices) on a process's first
-    save of a ResNet-10. The file format is the same either way. Registered once,
-    at the first save (never at import: that would start the backend before
-    ``jax.distributed.initialize``); a multi-process run keeps orbax's default."""
+    compiles (37 s of compile time on a busy 2-core machine at the test suite's 8
+    host devices) on a process's first save of a ResNet-10. The file format is the
+    same either way. Registered once, at the first save (never at import: that would
+    start the backend before ``jax.distributed.initialize``); a multi-process run
+    keeps orbax's default."""
     if _SERIAL_ARRAY_HANDLER or jax.process_count() > 1:
         return
     from orbax.checkpoint._src.metadata import array_metadata_store
