@@ -1,14 +1,18 @@
 """The toolkit's concurrent device paths, as one workload (not a test module).
 
-Used in-process by ``tests/test_collectives.py`` (with a dispatch recorder)
-and as a subprocess stress script:
+Run by ``tests/test_collectives.py`` as a subprocess (with ``--record``):
 
     python tests/concurrency_workload.py --devices 2 --rounds 6 --timeout 20 \
-        [--n-train 512 --n-test 256 --probe-epochs 3]
+        [--n-train 512 --n-test 256 --probe-epochs 3] [--record]
 
 which sets ``XLA_FLAGS`` (device count, short collective timeouts) before JAX
 starts, runs the workload ``--rounds`` times and exits 0 (any deadlock hangs
 it or makes XLA abort it; the caller's wall-clock limit catches the hang).
+``--record`` records every jitted program's dispatch in the first round
+(:func:`record_programs`; each program is waited for in its thread, so the later
+rounds, unrecorded, keep the toolkit's asynchronous dispatch) and prints, before
+the final ``ok``, one line ``recorded {json}`` with the number of collective
+programs, their threads and any cross-thread overlaps (:func:`overlaps`).
 
 Paths covered (every place that runs device programs from several threads):
   * the main job's evaluation: 4 result rows (victim with fidelity, surrogate
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import sys
 import threading
@@ -43,6 +48,74 @@ def xla_flags(devices: int, timeout_s: int) -> str:
             f"--xla_cpu_collective_call_terminate_timeout_seconds={timeout_s} "
             f"--xla_cpu_collective_call_warn_stuck_timeout_seconds={max(1, timeout_s // 4)} "
             f"--xla_cpu_collective_timeout_seconds={timeout_s}")
+
+
+_RECORDING = threading.Event()
+
+
+class _Recorded:
+    """A jitted function whose calls are recorded: (thread, dispatch time, completion
+    time, whether the program spans several devices, i.e. may hold collectives)."""
+
+    def __init__(self, jitted, log, lock):
+        self._jitted, self._log, self._lock = jitted, log, lock
+
+    def __getattr__(self, name):
+        return getattr(self._jitted, name)
+
+    def __call__(self, *args, **kwargs):
+        import jax
+        if not _RECORDING.is_set() or any(
+                isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves((args, kwargs))):
+            return self._jitted(*args, **kwargs)  # recording stopped, or inside a traced program
+        start = time.perf_counter()
+        out = self._jitted(*args, **kwargs)
+        jax.block_until_ready(out)
+        end = time.perf_counter()
+        devices = set()
+        for leaf in jax.tree_util.tree_leaves((args, kwargs, out)):
+            if isinstance(leaf, jax.Array):
+                devices |= set(leaf.sharding.device_set)
+        with self._lock:
+            self._log.append((threading.get_ident(), start, end, len(devices) > 1))
+        return out
+
+
+def record_programs(setattr_fn=setattr) -> list:
+    """Replace ``jax.jit`` by a recording one (``setattr_fn(jax, "jit", ...)``: pytest's
+    ``monkeypatch.setattr`` undoes it); returns the log every later-jitted program's calls
+    append to: ``(thread, dispatch time, completion time, spans several devices)``, until
+    :func:`stop_recording`."""
+    import jax
+    log, lock = [], threading.Lock()
+    real_jit = jax.jit
+
+    def recording_jit(fun=None, *args, **kwargs):
+        if fun is None:  # used as @jax.jit(...) with keyword arguments only
+            return lambda f: recording_jit(f, *args, **kwargs)
+        return _Recorded(real_jit(fun, *args, **kwargs), log, lock)
+
+    setattr_fn(jax, "jit", recording_jit)
+    _RECORDING.set()
+    return log
+
+
+def stop_recording() -> None:
+    """Programs run as usual again (dispatched asynchronously, not recorded)."""
+    _RECORDING.clear()
+
+
+def overlaps(log) -> tuple[list, list]:
+    """``(collective programs, pairs of them from different threads in flight at once)``."""
+    coll = sorted((e for e in log if e[3]), key=lambda e: e[1])
+    bad = []
+    for i, (ti, si, ei, _) in enumerate(coll):
+        for tj, sj, ej, _ in coll[i + 1:]:
+            if sj >= ei:
+                break
+            if tj != ti:
+                bad.append(((ti, si, ei), (tj, sj, ej)))
+    return coll, bad
 
 
 def small_data(n_train: int = 512, n_test: int = 256):
@@ -126,8 +199,10 @@ def training_and_features(data, surrogate, victim) -> None:
                      max_workers=2)
 
 
-def run_all(rounds: int = 1, data=None, log=print, probe_epochs: int = 3) -> None:
-    """Every concurrent path, ``rounds`` times (new random keys each round)."""
+def run_all(rounds: int = 1, data=None, log=print, probe_epochs: int = 3,
+            after_round=None) -> None:
+    """Every concurrent path, ``rounds`` times (new random keys each round);
+    ``after_round(r)`` is called after round ``r`` (from 0) when given."""
     import jax
     data = small_data() if data is None else data
     victim, surrogate = tiny_models()
@@ -138,6 +213,8 @@ def run_all(rounds: int = 1, data=None, log=print, probe_epochs: int = 3) -> Non
         training_and_features(data, surrogate, victim)
         log(f"round {r + 1}/{rounds} done at {time.time() - t0:.1f} s "
             f"({threading.active_count()} threads)")
+        if after_round is not None:
+            after_round(r)
 
 
 if __name__ == "__main__":
@@ -148,10 +225,19 @@ if __name__ == "__main__":
     ap.add_argument("--n-train", type=int, default=512, help="probe-train images")
     ap.add_argument("--n-test", type=int, default=256, help="probe-test images")
     ap.add_argument("--probe-epochs", type=int, default=3)
+    ap.add_argument("--record", action="store_true",
+                    help="record every program's dispatch; print the overlap check")
     args = ap.parse_args()
     os.environ["XLA_FLAGS"] = xla_flags(args.devices, args.timeout)
     os.environ.setdefault("SSLSTEAL_EVAL_WORKERS", "2")
     sys.path.insert(0, ROOT)
+    recorded = record_programs() if args.record else None
     run_all(args.rounds, small_data(args.n_train, args.n_test),
-            log=lambda m: print(m, flush=True), probe_epochs=args.probe_epochs)
+            log=lambda m: print(m, flush=True), probe_epochs=args.probe_epochs,
+            after_round=(lambda r: stop_recording()) if args.record else None)
+    if recorded is not None:
+        coll, bad = overlaps(recorded)
+        print("recorded " + json.dumps({"collective_programs": len(coll),
+                                        "threads": len({e[0] for e in coll}),
+                                        "overlaps": len(bad), "examples": bad[:3]}), flush=True)
     print("ok", flush=True)

@@ -78,8 +78,12 @@ def fit_linear_probe(train_x, train_y, key: jax.Array, epochs: int = 60, batch_s
         logits = x @ p["w"] + p["b"]
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
+    # The features are arguments, not constants closed over: the program then depends
+    # only on shapes and settings, so every encoder's probe of one size shares one
+    # compiled program (in-process and through the persistent compilation cache)
+    # instead of compiling its own with its features baked in.
     @jax.jit
-    def run(params, opt, key):
+    def run(params, opt, key, xtr, ytr):
         def epoch(carry, ek):
             params, opt = carry
             perm = jax.random.permutation(ek, n)[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
@@ -94,7 +98,7 @@ def fit_linear_probe(train_x, train_y, key: jax.Array, epochs: int = 60, batch_s
 
         return jax.lax.scan(epoch, (params, opt), jax.random.split(key, epochs))[0][0]
 
-    params = run(params, opt, key)
+    params = run(params, opt, key, xtr, ytr)
     return {"mean": mean, "std": std, "w": np.asarray(params["w"]), "b": np.asarray(params["b"])}
 
 
@@ -152,8 +156,8 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, chunk: int = 100
     tr, ytr = norm(train_x), jnp.asarray(train_y, jnp.int32)
     num_classes = int(max(np.max(train_y), np.max(test_y)) + 1)
 
-    @jax.jit
-    def predict(q):
+    @jax.jit  # train features as arguments: one program per shape (see fit_linear_probe)
+    def predict(q, tr, ytr):
         sims = q @ tr.T
         _, nn_idx = jax.lax.top_k(sims, k)
         votes = jax.nn.one_hot(ytr[nn_idx], num_classes).sum(axis=1)
@@ -165,7 +169,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, chunk: int = 100
         q = te[i:i + chunk]
         pad = chunk - len(q)
         qp = jnp.concatenate([q, jnp.zeros((pad, q.shape[1]))]) if pad and len(te) > chunk else q
-        preds.append(np.asarray(predict(qp))[:len(q)])
+        preds.append(np.asarray(predict(qp, tr, ytr))[:len(q)])
     return float(100.0 * np.mean(np.concatenate(preds) == np.asarray(test_y)))
 
 
