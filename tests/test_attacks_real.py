@@ -10,6 +10,7 @@
 * one tiny real run through ``main.run`` with head recreation and the
   probability baseline produces the classifier columns.
 """
+import json
 import os
 
 import jax
@@ -118,10 +119,15 @@ def test_every_query_charged_exactly_once(tmp_path, monkeypatch):
             sent[user] = sent.get(user, 0) + len(images)
         return real_query(self, user, images)
 
+    from sslsteal_jax.models import SurrogateModel, build_encoder
+    fakes = {}  # output dim -> (module, variables): one compiled init per dim, not 12 eager ones
+
     def fake_train(images, answers, cfg, workdir, progress=True, **kw):
-        from sslsteal_jax.models import SurrogateModel, build_encoder
-        m = SurrogateModel(build_encoder("resnet10", 1), answers.shape[1])
-        return m, m.init(jax.random.key(0), images[:2] / 255.0), {"steps": 0}
+        dim = answers.shape[1]
+        if dim not in fakes:
+            m = SurrogateModel(build_encoder("resnet10", 1), dim)
+            fakes[dim] = m, jax.jit(m.init)(jax.random.key(0), images[:2] / 255.0)
+        return (*fakes[dim], {"steps": 0})
 
     def fake_row(encoder, *a, **k):
         return {"name": getattr(encoder, "name", encoder), "probe_full": 50.0, "probe_100": 40.0, "knn": 45.0,
@@ -131,6 +137,8 @@ def test_every_query_charged_exactly_once(tmp_path, monkeypatch):
     monkeypatch.setattr(steal, "train_surrogate", fake_train)
     monkeypatch.setattr(evaluate, "encoder_row", fake_row)
     monkeypatch.setattr(evaluate, "raw_pixels_row", lambda data, key, ev=None: fake_row("raw pixels"))
+    # the independent encoder's row is fake_row's too: its name, without initialising a model
+    monkeypatch.setattr(evaluate, "independent_encoder", lambda *a, **k: evaluate.INDEPENDENT)
     cfg = _load_quickstart("losses=mse,budget=120,strategies=all,views=3")
     wd = str(tmp_path / "w")
     res = run(cfg, wd)
@@ -150,9 +158,16 @@ def test_every_query_charged_exactly_once(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_tiny_real_run_head_recreation_and_probabilities(tmp_path):
+    """The quickstart config through ``main.run`` (validated, really trained and
+    evaluated: it is also the config's smoke run, tests/test_config_smoke.py) with head
+    recreation (2 views per image, a recreated head, a symmetrized surrogate) and the
+    probability knockoff: every report row, the charged queries, the classifier columns
+    and the provider's classifier agreeing with the victim's own probe."""
     cfg = _load_quickstart("losses=symmetrized,budget=200,epochs=1,"
                            "strategies=head_recreation+probabilities")
     res = run(cfg, str(tmp_path / "w"))
+    with open(tmp_path / "w" / "results.json") as f:
+        assert json.load(f)["rows"] == json.loads(json.dumps(res["rows"]))
     rows = {r["name"]: r for r in res["rows"]}
     assert set(rows) == {"victim", "surrogate (symmetrized, head_recreation)",
                          "knockoff (probabilities)", "independent (random init)", "raw pixels"}
@@ -160,6 +175,7 @@ def test_tiny_real_run_head_recreation_and_probabilities(tmp_path):
     assert res["head_recreation"]["steps"] == 3 * (100 // 100)
     for r in rows.values():
         assert 0.0 <= r["classifier_accuracy"] <= 100.0 and 0.0 <= r["agreement"] <= 100.0
+        assert 0.0 <= r["probe_full"] <= 100.0 and 0.0 <= r["knn"] <= 100.0
     assert rows["knockoff (probabilities)"]["cosine_fidelity"] is None
     assert rows["victim"]["agreement"] > 80.0  # the victim's own probe vs the provider's head
     assert os.path.isdir(tmp_path / "w" / "surrogate_head_recreation_symmetrized" / "checkpoints")
