@@ -14,11 +14,11 @@ from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.main import run
 
 # Small probes: 200 labelled train images, 100 test images, 5 labels per class for the
-# few-label probe, one probe epoch (victim_simclr and watermark_victim have no
-# probe_test_size: the last 5,000 test images).
+# few-label probe, one probe epoch (watermark_victim has no probe_test_size: the last
+# 5,000 test images).
 EVAL_BLOCK = {"eval.per_class": 5, "eval.probe_epochs": 1, "eval.select_probe": False}
 PROBES = {"probe_train_size": 200, "probe_test_size": 100, **EVAL_BLOCK}
-# SimCLR / watermark training from scratch: the smallest ResNet-10, one step of 32 images.
+# Watermarked SimCLR training from scratch: the smallest ResNet-10, one step of 32 images.
 TINY_SIMCLR = {"model.width": 4, "model.head_hidden": 16, "model.head_out": 8,
                "batch_size": 32, "victim_train_size": 32, "log_every_steps": 1}
 ONE_CELL = [dict(name="none", template="none", strengths=[0], attacks=["direct"])]
@@ -26,7 +26,6 @@ ONE_CELL = [dict(name="none", template="none", strengths=[0], attacks=["direct"]
 #: config name -> (":arguments", {dotted field: value}): one optimizer step per surrogate /
 #: victim, a 32-query budget (one batch) against the shipped victims.
 SMOKE = {
-    "quickstart": ("budget=32,epochs=1", {**PROBES, "steal.batch_size": 32}),
     "budget_scan": ("losses=infonce,protocol=epochs,epochs=1,probe_train_size=200,stack=1",
                     {**PROBES, "budgets": (32,), "query_sources": "fashion_mnist",
                      "steal.batch_size": 32}),
@@ -41,7 +40,6 @@ SMOKE = {
                {"probe_test_size": 100, "attack.steal.batch_size": 32,
                 "watermark.align_images": 32, "di.n_fit": 64, "di.n_private": 64,
                 "di.n_public": 64, "di.components": 2}),
-    "victim_simclr": ("epochs=1", {"probe_train_size": 200, **EVAL_BLOCK, **TINY_SIMCLR}),
     "watermark_victim": ("init_from=,epochs=1",
                          {"probe_train_size": 200, **EVAL_BLOCK, **TINY_SIMCLR,
                           "model.watermark_hidden": 8,
@@ -62,8 +60,16 @@ def _numbers(tree):
         yield tree
 
 
-#: Configs whose one-step run is tested elsewhere (they need an input made by a test).
+#: Configs whose run through ``main.run`` (load, validate, run, finite results) is tested
+#: elsewhere: they need an input made by a test, or another test already pays for the same
+#: run (a smoke entry here would compile the same programs a second time).
 SMOKE_ELSEWHERE = {
+    "quickstart": "tests/test_attacks_real.py::test_tiny_real_run_head_recreation_and_probabilities "
+                  "(the quickstart config, two strategies, every row's numbers checked; "
+                  "the default direct InfoNCE run: tests/test_end_to_end.py)",
+    "victim_simclr": "tests/test_paper_configs.py::test_cifar10_config_one_step_of_each_phase "
+                     "(one step of the victim command of configs/cifar10.py, its probe rows "
+                     "finite; the Fashion-MNIST victim at width 8: tests/test_end_to_end.py)",
     "import_checkpoint": "tests/test_public_encoders.py::test_import_experiment_writes_a_victim_checkpoint "
                          "(needs a "
                          "PyTorch checkpoint file, written there with torch)",

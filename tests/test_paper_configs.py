@@ -103,8 +103,9 @@ def test_unprepared_imagenet_says_how_to_prepare_it(tmp_path):
 @pytest.mark.slow  # SimCLR victim step and its probes, 2 surrogate cells, their probes
 def test_cifar10_config_one_step_of_each_phase(data_env, tmp_path, monkeypatch):
     """The victim command of configs/cifar10.py's docstring (VICTIM_ARG, one step at
-    width 4), then the scan over two of its query sources with one loss, each cell one
-    step on 32 queries from its source (CIFAR-10 train and STL-10 unlabelled, 96x96
+    width 4; also the victim_simclr config's smoke run, tests/test_config_smoke.py),
+    then the scan over two of its query sources with one loss, each cell one step on
+    32 queries from its source (CIFAR-10 train and STL-10 unlabelled, 96x96
     resized to 32x32; the SVHN source only differs in its name and is read in the test
     above; every loss runs in tests/test_attacks_real.py, the config's loss list is
     checked here without training)."""
@@ -117,7 +118,8 @@ def test_cifar10_config_one_step_of_each_phase(data_env, tmp_path, monkeypatch):
                        "probe_train_size": 32, "probe_test_size": 16, **EVAL})
     validate(vic)
     vres = run(vic, "victim")
-    assert vres["rows"] and all(math.isfinite(r["probe_full"]) for r in vres["rows"])
+    assert vres["rows"] and _results("victim")["rows"] == json.loads(json.dumps(vres["rows"]))
+    _finite(vres["rows"], ("probe_full", "probe_100", "knn"))  # victim_simclr's smoke run
 
     cfg = load_config("cifar10", "victim=victim/checkpoints,budgets=32,epochs=1,losses=infonce,"
                       "probe_train_size=32,sources=cifar10:train+stl10:unlabelled",
