@@ -10,6 +10,7 @@ import pytest
 from sslsteal_jax.configs import config_module
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.experiments import budget_scan
+from sslsteal_jax.main import run
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 
 BUDGETS = (256, 1024, 4096)
@@ -49,7 +50,7 @@ def scan_config(victim, **overrides):
 @pytest.fixture(scope="module")
 def scan(tiny_victim, tmp_path_factory):
     wd = str(tmp_path_factory.mktemp("scan"))
-    return wd, budget_scan.run(scan_config(tiny_victim), wd)
+    return wd, run(scan_config(tiny_victim), wd)  # validated first, as on the command line
 
 
 @pytest.mark.slow

@@ -21,20 +21,10 @@ PROBES = {"probe_train_size": 200, "probe_test_size": 100, **EVAL_BLOCK}
 # Watermarked SimCLR training from scratch: the smallest ResNet-10, one step of 32 images.
 TINY_SIMCLR = {"model.width": 4, "model.head_hidden": 16, "model.head_out": 8,
                "batch_size": 32, "victim_train_size": 32, "log_every_steps": 1}
-ONE_CELL = [dict(name="none", template="none", strengths=[0], attacks=["direct"])]
 
 #: config name -> (":arguments", {dotted field: value}): one optimizer step per surrogate /
 #: victim, a 32-query budget (one batch) against the shipped victims.
 SMOKE = {
-    "budget_scan": ("losses=infonce,protocol=epochs,epochs=1,probe_train_size=200,stack=1",
-                    {**PROBES, "budgets": (32,), "query_sources": "fashion_mnist",
-                     "steal.batch_size": 32}),
-    "defense_matrix": ("scale=tiny,budget=64,epochs=1",
-                       {**PROBES, "steal.batch_size": 64, "families": ONE_CELL,
-                        "legit.test_size": 16, "legit.probe_epochs": 1, "b4b_reference": 64,
-                        "detector.images": 16, "detector.views": 2,
-                        "detector.thresholds": (0.9,), "b4b_measure.specs": ("b4b:beta=12",),
-                        "b4b_measure.queries": 64, "b4b_measure.step": 32}),
     "evaluate": ("", {**PROBES, "checkpoints": base.STAGE1_VICTIM}),
     "verify": ("budgets=32,samples=32,simclr_epochs=0,seeds=1",
                {"probe_test_size": 100, "attack.steal.batch_size": 32,
@@ -70,6 +60,10 @@ SMOKE_ELSEWHERE = {
     "victim_simclr": "tests/test_paper_configs.py::test_cifar10_config_one_step_of_each_phase "
                      "(one step of the victim command of configs/cifar10.py, its probe rows "
                      "finite; the Fashion-MNIST victim at width 8: tests/test_end_to_end.py)",
+    "budget_scan": "tests/test_budget_scan.py (its scan fixture: the budget_scan config through "
+                   "main.run, 3 budgets, every cell's numbers checked)",
+    "defense_matrix": "tests/test_defense_matrix_real.py (the defense_matrix config at scale=tiny "
+                      "through main.run, three defense families, values checked)",
     "import_checkpoint": "tests/test_public_encoders.py::test_import_experiment_writes_a_victim_checkpoint "
                          "(needs a "
                          "PyTorch checkpoint file, written there with torch)",

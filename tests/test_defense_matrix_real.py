@@ -23,6 +23,7 @@ import pytest
 from sslsteal_jax.configs import load_config
 from sslsteal_jax.configs.defense_matrix import B4B
 from sslsteal_jax.experiments import defense_matrix as dm
+from sslsteal_jax.main import run
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 
 VICTIM = os.path.join(REPO_ROOT, "victims", "fashion_mnist_resnet10_w16", "checkpoints")
@@ -59,7 +60,7 @@ def matrix(tmp_path_factory):
     mp.setattr(os, "replace", recording_replace)
     try:
         cfg = tiny_config()
-        results = dm.run(cfg, workdir)
+        results = run(cfg, workdir)  # validated first, as on the command line
     finally:
         mp.undo()
     return cfg, workdir, results, replaced
