@@ -56,6 +56,7 @@ import re
 import time
 
 import jax
+import ml_collections
 import numpy as np
 
 from sslsteal_jax.api.factory import make_api
@@ -503,8 +504,6 @@ def validation_split(data, size: int):
 def with_learning_rates(cfg, lrs: dict):
     """A copy of the scan config whose ``loss_overrides.<loss>.learning_rate`` is
     ``lrs[loss]`` (float) for every loss in ``lrs``."""
-    import ml_collections
-
     c = cfg.copy_and_resolve_references()
     for loss, lr in lrs.items():
         if loss not in c.loss_overrides:

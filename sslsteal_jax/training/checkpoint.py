@@ -9,6 +9,7 @@ docs/science.md section 4).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -103,9 +104,7 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
                        "meta": ocp.JsonCheckpointHandler()})
 
 
-_SERIAL_ARRAY_HANDLER = []
-
-
+@functools.cache
 def _single_process_array_handler() -> None:
     """With one process, write each replicated ``jax.Array`` from one replica.
 
@@ -116,14 +115,14 @@ def _single_process_array_handler() -> None:
     host devices) on a process's first save of a ResNet-10. The file format is the
     same either way. Registered once, at the first save (never at import: that would
     start the backend before ``jax.distributed.initialize``); a multi-process run
-    keeps orbax's default."""
-    if _SERIAL_ARRAY_HANDLER or jax.process_count() > 1:
+    keeps orbax's default (the process count is fixed once the first save runs, so
+    the decision is made once: ``functools.cache``)."""
+    if jax.process_count() > 1:
         return
     from orbax.checkpoint._src.metadata import array_metadata_store
     ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
         use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()),
         override=True)  # as orbax's default handler, but serial
-    _SERIAL_ARRAY_HANDLER.append(True)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, items: dict, meta: dict) -> None:

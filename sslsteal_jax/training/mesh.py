@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import threading
 from typing import Any, Callable, Sequence
 
@@ -416,8 +417,6 @@ def writer_computes(fn: Callable[[], Any]) -> Any:
     """
     if jax.process_count() == 1:
         return fn()
-    import json
-
     from jax._src import distributed  # the coordination service's client (no public handle)
 
     client = distributed.global_state.client
