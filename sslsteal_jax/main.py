@@ -14,6 +14,8 @@ out-of-range numbers: one ``error:`` line).
 then checks it (exit 0 valid, 1 with the ``error:`` line); nothing runs.
 ``--watchdog_seconds`` (default 900, 0 = off) stops a run that makes no
 progress for that long with its Python stacks (``sslsteal_jax.watchdog``).
+``--seeds=0,1,2`` repeats the experiment per seed and writes mean +- std tables
+(``sslsteal_jax.pipeline.repeat``).
 ``--help`` lists the configs in ``configs/`` and the flags; no arguments prints a
 short usage.
 
@@ -49,6 +51,12 @@ _WATCHDOG = flags.DEFINE_float(
     "Stop the run (exit status 3, Python stacks of all threads printed and saved in the workdir "
     "as stalled.<time>.txt) when it makes no progress for this many seconds; 0 disables. "
     "Rerunning the command resumes from the last checkpoint.")
+_SEEDS = flags.DEFINE_string(
+    "seeds", "",
+    "Comma list of seeds, e.g. 0,1,2: run the experiment once per seed into WORKDIR/seed_<s> "
+    "(every 'seed' field of the config shifted, the victim fixed) and write the mean +- "
+    "standard deviation of every result column to WORKDIR/seeds.{json,csv,md,png} "
+    "(sslsteal_jax/pipeline/repeat.py). Rerunning resumes; budget_scan uses --config.seeds.")
 _SHOW_CONFIG = flags.DEFINE_bool(
     "show_config", False,
     "Print the config file's documentation (its :arguments) and the resolved config fields "
@@ -130,7 +138,8 @@ def usage_text() -> str:
     configs = available_configs()
     width = max([len(p) for p, _ in configs] + [20])
     lines = [f"usage: {_PROG} --config=CONFIG.py[:ARG=VALUE,...] --workdir=DIR",
-             "       [--config.FIELD=VALUE ...] [--watchdog_seconds=S] [--show_config]", "",
+             "       [--config.FIELD=VALUE ...] [--seeds=0,1,2] [--watchdog_seconds=S] "
+             "[--show_config]", "",
              *textwrap.wrap("Runs the experiment named by the config's `experiment` field "
                             f"({', '.join(EXPERIMENTS)}).", 96), "",
              f"configs ({_display(CONFIG_DIR)}/):" if configs else
@@ -376,6 +385,13 @@ def main(argv):
     if _WATCHDOG.value < 0:
         _fail(f"--watchdog_seconds={_WATCHDOG.value:g}; allowed: seconds > 0, or 0 "
               "to disable the watchdog")
+    seeds = None
+    if _SEEDS.value.strip():
+        try:
+            seeds = [int(x) for x in _SEEDS.value.split(",")]
+        except ValueError:
+            _fail(f"--seeds={_SEEDS.value}; allowed: comma-separated integers >= 0, e.g. "
+                  "--seeds=0,1,2")
     if _CONFIG.value.get("experiment") not in EXPERIMENTS:
         _fail(f"config field experiment={_CONFIG.value.get('experiment')!r}; allowed: "
               f"{list(EXPERIMENTS)}")
@@ -401,7 +417,11 @@ def main(argv):
     try:
         if dog is not None:
             dog.start()
-        run(_CONFIG.value, _WORKDIR.value)
+        if seeds is None:
+            run(_CONFIG.value, _WORKDIR.value)
+        else:
+            from sslsteal_jax.pipeline.repeat import run_seeds
+            run_seeds(_CONFIG.value, _WORKDIR.value, seeds, run)
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
         if dog is not None:
             dog.stop()

@@ -1,0 +1,167 @@
+"""pipeline.repeat: an experiment repeated over seeds (``main --seeds``).
+
+Unit tests against numpy on hand-made result tables; the runner with a stand-in
+experiment (resume, a different config in a seed's directory); one real run of the
+main job at toy scale with 2 seeds (slow): each seed's surrogate trained from its
+own initialisation, the summary equal to the per-seed tables' mean and std.
+"""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.pipeline import repeat
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cfg(**kw):
+    base = dict(experiment="steal", seed=0, overwrite=False, budget=500,
+                steal=dict(seed=0, epochs=3), independent=dict(seed=1, seeds=3),
+                victim=dict(checkpoint="v", train=dict(seed=0)), losses=("mse", "infonce"))
+    return ml_collections.ConfigDict({**base, **kw})
+
+
+def test_shift_seeds_moves_every_seed_field_but_the_victims():
+    cfg = _cfg()
+    out = repeat.shift_seeds(cfg, 2)
+    assert (out.seed, out.steal.seed, out.independent.seed) == (2, 2, 3)
+    assert out.victim.train.seed == 0  # the victim is fixed
+    assert out.independent.seeds == 3 and out.budget == 500  # not a seed field
+    assert (cfg.seed, cfg.steal.seed, cfg.independent.seed) == (0, 0, 1)  # copy
+    assert repeat.shift_seeds(cfg, 0) is cfg
+    with pytest.raises(ConfigError, match="integer 'seed' field"):
+        repeat.shift_seeds(ml_collections.ConfigDict(dict(experiment="x")), 1)
+    with pytest.raises(ConfigError, match="steal.seed=-1"):
+        repeat.shift_seeds(_cfg(seed=3), 2)  # steal.seed 0 -> -1
+
+
+def _table(rows):
+    """Rows as read_rows returns them: every value a string ('' for None)."""
+    return [{k: "" if v is None else str(v) for k, v in r.items()} for r in rows]
+
+
+TABLES = {  # seed -> results.csv rows: two encoders, a constant budget column
+    0: _table([dict(name="victim", budget=5000, probe_full=86.7, cosine_fidelity=1.0, p=None),
+               dict(name="surrogate, mse", budget=5000, probe_full=86.0, cosine_fidelity=0.99,
+                    p=1e-13)]),
+    1: _table([dict(name="victim", budget=5000, probe_full=86.5, cosine_fidelity=1.0, p=None),
+               dict(name="surrogate, mse", budget=5000, probe_full=87.0, cosine_fidelity=0.98,
+                    p=3e-13)]),
+    2: _table([dict(name="victim", budget=5000, probe_full=86.9, cosine_fidelity=1.0, p=None),
+               dict(name="surrogate, mse", budget=5000, probe_full=85.5, cosine_fidelity=0.97,
+                    p=2e-13)]),
+}
+
+
+def test_summary_is_the_mean_and_sample_std_per_row():
+    settings, metrics, summary = repeat.summarise(TABLES)
+    assert settings == ["name", "budget"]  # budget is equal across seeds: a setting
+    assert metrics == ["probe_full", "cosine_fidelity", "p"]
+    assert [(r["name"], r["budget"], r["n"], r["seeds"]) for r in summary] == [
+        ("victim", 5000.0, 3, [0, 1, 2]), ("surrogate, mse", 5000.0, 3, [0, 1, 2])]
+    sur = summary[1]
+    assert sur["probe_full_mean"] == pytest.approx(np.mean([86.0, 87.0, 85.5]))
+    assert sur["probe_full_std"] == pytest.approx(np.std([86.0, 87.0, 85.5], ddof=1))
+    assert sur["cosine_fidelity_std"] == pytest.approx(0.01)  # 0.99, 0.98, 0.97
+    assert summary[0]["cosine_fidelity_std"] == 0.0 and summary[0]["p_mean"] is None
+    table = repeat.format_summary(settings, metrics, summary).splitlines()
+    assert table[0] == "| name | budget | n | probe_full | cosine_fidelity | p |"
+    assert table[3] == "| surrogate, mse | 5000 | 3 | 86.17 +- 0.76 | 0.980 +- 0.010 | 2e-13 +- 1e-13 |"
+
+
+def test_tables_of_different_settings_are_refused():
+    short = {**TABLES, 1: TABLES[1][:1]}
+    with pytest.raises(ValueError, match="seed 1 has 1 result rows, seed 0 has 2"):
+        repeat.summarise(short)
+    renamed = {**TABLES, 2: [TABLES[2][0], dict(TABLES[2][1], name="surrogate, infonce")]}
+    with pytest.raises(ValueError, match="row 1 .*name='surrogate, infonce' under seed 2"):
+        repeat.summarise(renamed)
+
+
+def _fake_experiment(calls):
+    """A stand-in for main.run: results.csv with a seed-dependent accuracy."""
+    def run_one(cfg, workdir):
+        calls.append((cfg.seed, cfg.steal.seed, workdir))
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, ["name", "probe_full"])
+            w.writeheader()
+            w.writerow({"name": "surrogate", "probe_full": 80.0 + cfg.seed})
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump({"config": cfg.to_dict()}, f)
+        return {}
+    return run_one
+
+
+def test_runner_skips_finished_seeds_and_refuses_another_configs_results(tmp_path):
+    calls = []
+    out = repeat.run_seeds(_cfg(), str(tmp_path), [0, 1, 2], _fake_experiment(calls))
+    assert [(s, ss) for s, ss, _ in calls] == [(0, 0), (1, 1), (2, 2)]
+    assert calls[1][2] == str(tmp_path / "seed_1")
+    assert out["summary"][0]["probe_full_mean"] == 81.0
+    assert out["summary"][0]["probe_full_std"] == 1.0
+    with open(tmp_path / "seeds.json") as f:
+        assert json.load(f)["summary"][0]["n"] == 3
+    assert os.path.exists(tmp_path / "seeds.png") and os.path.exists(tmp_path / "seeds.md")
+    calls.clear()
+    repeat.run_seeds(_cfg(), str(tmp_path), [0, 1, 2, 3], _fake_experiment(calls))
+    assert [c[0] for c in calls] == [3]  # 0-2 finished (tuples read back as lists): not rerun
+    with pytest.raises(ConfigError, match=r"seed_0' holds results of a different config "
+                                          r"\(field budget differs\)"):
+        repeat.run_seeds(_cfg(budget=100), str(tmp_path), [0], _fake_experiment(calls))
+    with pytest.raises(ConfigError, match="distinct integers >= 0"):
+        repeat.run_seeds(_cfg(), str(tmp_path), [1, 1], _fake_experiment(calls))
+    with pytest.raises(ConfigError, match="use --config.seeds=0,1"):
+        repeat.run_seeds(_cfg(experiment="budget_scan"), str(tmp_path), [0, 1],
+                         _fake_experiment(calls))
+
+
+def test_bad_seeds_flag_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "sslsteal_jax.main", "--config=configs/quickstart.py",
+                        f"--workdir={tmp_path / 'w'}", "--seeds=0,x"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr == ("error: --seeds=0,x; allowed: comma-separated integers >= 0, "
+                        "e.g. --seeds=0,1,2\n"), r.stderr
+
+
+@pytest.mark.slow
+def test_main_job_over_two_seeds(tmp_path):
+    """The shipped victim stolen at toy scale (256 queries, 1 epoch, small probes) with
+    seeds 0 and 1: each seed's surrogate starts from its own initialisation, the victim
+    row's probe changes only through the probe key, and seeds.csv is the tables' mean."""
+    from sslsteal_jax.configs import config_module
+    from sslsteal_jax.main import run
+    from sslsteal_jax.training.checkpoint import load_model
+
+    cfg = config_module("quickstart").get_config("budget=256,epochs=1")
+    cfg.probe_train_size, cfg.probe_test_size = 1000, 500
+    cfg.eval.update(dict(probe_epochs=20, per_class=10, select_probe=False))
+    out = repeat.run_seeds(cfg, str(tmp_path), [0, 1], run)
+    dirs = [tmp_path / "seed_0", tmp_path / "seed_1"]
+    conf = [json.load(open(d / "results.json"))["config"] for d in dirs]
+    assert [(c["seed"], c["steal"]["seed"]) for c in conf] == [(0, 0), (1, 1)]
+    assert conf[0]["victim"] == conf[1]["victim"]
+    import jax
+    kernels = [{jax.tree_util.keystr(k): np.asarray(v) for k, v in
+                jax.tree_util.tree_flatten_with_path(load_model(
+                    str(d / "surrogate_infonce" / "checkpoints")).variables["params"])[0]
+                if "kernel" in jax.tree_util.keystr(k)} for d in dirs]
+    assert len(kernels[0]) > 5 and kernels[0].keys() == kernels[1].keys()
+    # every weight matrix differs: each seed trained from its own initialisation (one step
+    # of Adam moves weights by ~1e-3, far less than the spread of two initialisations)
+    assert all(not np.allclose(kernels[0][k], kernels[1][k], atol=1e-2) for k in kernels[0])
+    tables = {s: repeat.read_rows(str(d / "results.csv")) for s, d in zip((0, 1), dirs)}
+    sur = next(r for r in out["summary"] if r["name"].startswith("surrogate"))
+    i = [r["name"] for r in tables[0]].index(sur["name"])
+    vals = [float(tables[s][i]["probe_full"]) for s in (0, 1)]
+    assert sur["probe_full_mean"] == pytest.approx(np.mean(vals))
+    assert sur["probe_full_std"] == pytest.approx(np.std(vals, ddof=1))
+    assert sur["probe_full_mean"] > 40.0  # a stolen encoder, far above chance (10 %)
