@@ -89,6 +89,27 @@ def cpu_peak_flops(flops_per_cycle: int = CPU_FLOPS_PER_CYCLE) -> tuple[float, s
     return cores * ghz * 1e9 * flops_per_cycle, f"{cores} cores x {ghz:.2f} GHz x {flops_per_cycle} FLOP/cycle"
 
 
+def cpu_identity() -> dict:
+    """This host's CPU as /proc/cpuinfo names it: ``{"cpu_model": str, "cpu_vector_isa":
+    "avx512f" | "avx2" | "other"}`` (empty strings off Linux). CPU throughput is only
+    comparable between records of the same model and vector ISA: a host without AVX-512
+    runs XLA:CPU's convolutions several times slower at the same clock."""
+    model, flags_line = "", ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for ln in f:
+                if ln.startswith("model name") and not model:
+                    model = ln.split(":", 1)[1].strip()
+                elif ln.startswith("flags") and not flags_line:
+                    flags_line = ln.split(":", 1)[1]
+    except OSError:
+        pass
+    cpu_flags = set(flags_line.split())
+    isa = ("avx512f" if "avx512f" in cpu_flags else "avx2" if "avx2" in cpu_flags
+           else "other" if cpu_flags else "")
+    return {"cpu_model": model, "cpu_vector_isa": isa}
+
+
 def peak_flops_per_device(dtype: str, override: float | None = None) -> tuple[float, str]:
     """Peak FLOP/s of one device of jax's default backend for ``dtype``, and where it came from.
 
@@ -302,7 +323,8 @@ def machine_info(args, peak, how):
     info = {"platform": jax.devices()[0].platform, "device_kind": jax.devices()[0].device_kind,
             "devices": jax.device_count(), "processes": jax.process_count(),
             "jax": jax.__version__, "python": platform.python_version(),
-            "cpu": platform.processor() or platform.machine(), "host_cores": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(), **cpu_identity(),
+            "host_cores": os.cpu_count(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "peak_flops_per_device": peak, "peak_source": how, "dtype": args.dtype}
     try:

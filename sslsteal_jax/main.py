@@ -160,7 +160,7 @@ def usage_text() -> str:
               "also checks the config)",
               "Exit status: 0 done, 1 a user mistake (one line 'error: ...'), 2 no arguments, "
               "3 stalled (watchdog), 130 interrupted (rerun the command to resume).", "",
-              "flags:", flags.FLAGS.main_module_help()]
+              "flags:", flags.FLAGS.module_help(sys.modules[__name__])]
     return "\n".join(lines)
 
 

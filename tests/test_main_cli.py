@@ -1,10 +1,12 @@
 """The command line (``python -m sslsteal_jax.main``) fails early, with a non-zero
 exit status and a message that names the problem, on bad configs and paths.
-Each case fails before any training, so these subprocesses take seconds.
+Each case fails before any training, so these runs take seconds; they run in processes
+forked from one that imported the package once (``tests/cli_forkserver.py``).
 
 User mistakes end in exactly one ``error: ...`` line on stderr and exit status 1
 (no traceback); ``--help`` lists the configs and exits 0."""
 import ast
+import json
 import os
 import subprocess
 import sys
@@ -17,9 +19,48 @@ CONFIGS = sorted(f"configs/{n}" for n in os.listdir(os.path.join(ROOT, "configs"
 CONFIG_LIST = ", ".join(CONFIGS)
 
 
+class _ForkServer:
+    """``tests/cli_forkserver.py`` in a subprocess: each ``python -m sslsteal_jax.main``
+    case runs in a process forked from one that imported the package once (the same
+    code path after the imports; ~2 s of imports saved per case)."""
+
+    def __init__(self):
+        self.proc = None
+
+    def run(self, args, cwd, env):
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, os.path.join(ROOT, "tests", "cli_forkserver.py")], cwd=ROOT,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    [ROOT, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+        self.proc.stdin.write(json.dumps({"argv": list(args), "cwd": str(cwd),
+                                          "env": env or {}}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return reply["rc"], reply["stdout"], reply["stderr"]
+
+    def close(self):
+        if self.proc is not None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=60)
+
+
+_SERVER = _ForkServer()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_server():
+    yield
+    _SERVER.close()
+
+
 def _run(*args, cwd=ROOT, env=None, module=True):
-    cmd = [sys.executable, "-m", "sslsteal_jax.main", *args] if module else list(args)
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300,
+    """``python -m sslsteal_jax.main ARGS`` (through the fork server), or the command
+    ``ARGS`` itself (``module=False``): exit status, stdout, stderr."""
+    if module:
+        return _SERVER.run(args, cwd, env)
+    p = subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=300,
                        env=None if env is None else {**os.environ, **env})
     return p.returncode, p.stdout, p.stderr
 
