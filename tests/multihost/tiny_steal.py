@@ -30,6 +30,7 @@ def get_config(arg: str = ""):
     c.victim.checkpoint = ""  # never the shipped victim
     c.victim.train = victim_simclr.get_config("width=4,epochs=1,batch_size=32,head_hidden=16,"
                                               "head_out=8")
+    c.victim.train.augment.jitter_p = 0.0  # no colour jitter: crops and flips keep per-view randomness
     c.victim.train.log_every_steps = 2
     c.victim.train.checkpoint_every_steps = 3
     c.victim_train_size = 256
