@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from sslsteal_jax.models import _jitted_init
 from sslsteal_jax.models import (ARCHITECTURES, MLPHead, SimCLRModel, build_encoder,
                                  init_encoder, init_variables, representation_dim)
 
@@ -94,6 +95,21 @@ def test_init_variables_equals_op_by_op_init():
     for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
         assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
     assert np.std(np.asarray(got["params"]["encoder"]["stem_conv"]["kernel"])) > 0.1
+
+
+def test_init_variables_reuses_the_program_of_an_equal_module():
+    """An equal module (a new instance, e.g. the independent encoder of the surrogate's
+    architecture) initialised again is not compiled again, and its other key still gives
+    flax's eager init."""
+    def model():
+        return SimCLRModel(encoder=build_encoder("resnet10", width=2), head_hidden=8, head_out=5)
+    x = _x(2, 8, 1)
+    init_variables(model(), jax.random.key(3), x)
+    got = init_variables(model(), jax.random.key(4), x)
+    assert _jitted_init(model(), ())._cache_size() == 1  # one compiled program for both
+    want = model().init(jax.random.key(4), x)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ imported PyTorch checkpoints, ``models.imported``;
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -230,8 +231,23 @@ def init_variables(module: nn.Module, key: jax.Array, x, **kwargs):
       kwargs: static keyword arguments of the module's ``__call__`` (e.g. ``train=False``).
     Returns:
       the variables (``{'params', ...}``), as ``module.init`` returns them.
+
+    The jitted function is kept per (module, kwargs) (flax modules compare and hash
+    by their fields), so initialising an equal module again with an input of the
+    same shape, e.g. the surrogate's architecture and the report's independent
+    encoder, reuses the compiled program instead of compiling it again.
     """
-    return jax.jit(lambda k, v: module.init(k, v, **kwargs))(key, x)
+    try:
+        init = _jitted_init(module, tuple(sorted(kwargs.items())))
+    except TypeError:  # an unhashable module or keyword value
+        init = jax.jit(lambda k, v: module.init(k, v, **kwargs))
+    return init(key, x)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(module: nn.Module, kwargs: tuple):
+    """``jax.jit`` of ``module.init`` with static ``kwargs`` (``(name, value)`` pairs)."""
+    return jax.jit(lambda k, v: module.init(k, v, **dict(kwargs)))
 
 
 def init_encoder(encoder: ResNet, key: jax.Array, image_shape) -> dict:
