@@ -50,7 +50,7 @@ def test_tiny_run_writes_every_section(tmp_path):
     planned = res["settings"]["planned_sections"]
     assert list(res["sections"]) == planned
     # The tiny matrix still covers each architecture, loss and dtype, and every section kind.
-    for part in ("steal/resnet18/mse/float32", "steal/resnet50/infonce/bfloat16", "vmapped_steal",
+    for part in ("steal/resnet18/mse/bfloat16", "steal/resnet50/infonce/float32", "vmapped_steal",
                  "inference/resnet18", "inference/resnet50"):
         assert part in planned, part
     steal = [name.split("/")[1:] for name in planned if name.startswith("steal/")]
