@@ -23,6 +23,10 @@ from sslsteal_jax.main import run  # noqa: E402
 
 # One probe epoch on the mock splits (no validation-selected probe: the mock splits are tiny).
 EVAL = {"eval.per_class": 1, "eval.probe_epochs": 1, "eval.select_probe": False}
+# Probe train and test splits of one size, the size of the 32-query budgets: the features of
+# both splits and the victim's answers on the test split and on the queries are then one
+# compiled program per encoder, not one per size.
+PROBE = 32
 
 
 @pytest.fixture(scope="module")
@@ -115,15 +119,15 @@ def test_cifar10_config_one_step_of_each_phase(data_env, tmp_path, monkeypatch):
                                                             "wasserstein"]
     vic = load_config("victim_simclr", cifar10.VICTIM_ARG,
                       {"epochs": 1, "model.width": 4, "batch_size": 32, "victim_train_size": 32,
-                       "probe_train_size": 32, "probe_test_size": 16, **EVAL})
+                       "probe_train_size": PROBE, "probe_test_size": PROBE, **EVAL})
     validate(vic)
     vres = run(vic, "victim")
     assert vres["rows"] and _results("victim")["rows"] == json.loads(json.dumps(vres["rows"]))
     _finite(vres["rows"], ("probe_full", "probe_100", "knn"))  # victim_simclr's smoke run
 
     cfg = load_config("cifar10", "victim=victim/checkpoints,budgets=32,epochs=1,losses=infonce,"
-                      "probe_train_size=32,sources=cifar10:train+stl10:unlabelled",
-                      {"probe_test_size": 16, "steal.batch_size": 32, **EVAL})
+                      f"probe_train_size={PROBE},sources=cifar10:train+stl10:unlabelled",
+                      {"probe_test_size": PROBE, "steal.batch_size": 32, **EVAL})
     validate(cfg)
     res = run(cfg, "scan")
     assert _results("scan")["cells"] == json.loads(json.dumps(res["cells"]))
@@ -159,9 +163,9 @@ def test_imagenet_simsiam_config_one_step_of_each_phase(data_env, tmp_path, monk
                     "image_size=32"), "victim")
 
     cfg = load_config("imagenet_simsiam", "victim=victim/checkpoints,budgets=32,epochs=1,"
-                      "image_size=32,batch_size=16,optimizer=lars,probe_train_size=32,"
-                      "losses=infonce,sources=imagenet2012:train[:40]",
-                      {"probe_test_size": 16, "steal.model.width": 8, **EVAL})
+                      "image_size=32,batch_size=16,optimizer=lars,"
+                      f"probe_train_size={PROBE},losses=infonce,sources=imagenet2012:train[:40]",
+                      {"probe_test_size": PROBE, "steal.model.width": 8, **EVAL})
     validate(cfg)
     assert cfg.stream.enabled is True  # the config's default: the real path
     res = run(cfg, "scan")
@@ -185,8 +189,8 @@ def test_imagenet_simsiam_config_one_step_of_each_phase(data_env, tmp_path, monk
     assert "[" not in cell_dir and meta["adapter_dim"] == 512
     assert meta["config"]["model"]["arch"] == "resnet50"
 
-    ev = load_config("evaluate", "", {"dataset": "cifar10@32x32x3", "probe_test_size": 16,
-                                      "probe_train_size": 32, **EVAL,
+    ev = load_config("evaluate", "", {"dataset": "cifar10@32x32x3", "probe_test_size": PROBE,
+                                      "probe_train_size": PROBE, **EVAL,
                                       "victim_checkpoint": "victim/checkpoints",
                                       "checkpoints": os.path.join(cell_dir, "checkpoints")})
     validate(ev)
