@@ -27,6 +27,7 @@ from sslsteal_jax.trainers.surrogate import train_surrogate
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.fidelity import cosine_fidelity
 from sslsteal_jax.experiments import steal
+from sslsteal_jax.models import init_variables
 from sslsteal_jax.pipeline import evaluate
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.main import run
@@ -91,7 +92,10 @@ def test_every_loss_steals_real_victim(stolen_data, loss):
     # cosine after standardising every dimension over the held-out set.
     fid = _standardized_cosine if loss == "barlow" else cosine_fidelity
     stolen = fid(extract_features(make_apply(module, variables, 1), held_out), v_held)
-    indep_vars = jax.jit(module.init)(jax.random.key(1000), held_out[:2] / 255.0)
+    # init_variables: the program train_surrogate initialised this module with (a cache
+    # hit, not another compilation of the init), at another key; the same values as
+    # jax.jit(module.init) (tests/test_models.py)
+    indep_vars = init_variables(module, jax.random.key(1000), held_out[:2] / 255.0)
     indep = fid(extract_features(make_apply(module, indep_vars, 1), held_out), v_held)
     print(f"{loss}: fidelity stolen {stolen:.3f} vs independent {indep:.3f}")
     assert stolen > indep + 0.05

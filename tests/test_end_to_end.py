@@ -17,6 +17,11 @@ from sslsteal_jax.pipeline.workdir import WorkdirExistsError
 from sslsteal_jax.main import run
 
 BUDGET = 1000
+# Surrogate epochs over the 1,000 answers (12 steps of batch 256; was 8 epochs on a victim
+# trained on 2,048 images). Measured with these sizes (victim on 1,024 images): cosine
+# fidelity 0.951 vs the independent encoder's 0.573 (the test asks for +0.1), every probe
+# and kNN >= 42.0 % (asked: > 30 %).
+EPOCHS = 4
 
 
 _load_config_module = config_module
@@ -24,17 +29,17 @@ _load_config_module = config_module
 
 def tiny_config(**quickstart_args):
     """The quickstart config scaled down: victim trained here (ResNet-10, width 8,
-    1 epoch on 2,048 images), 1,000 InfoNCE queries, small probe splits (1,000 / 500
+    1 epoch on 1,024 images), 1,000 InfoNCE queries (EPOCHS epochs), small probe splits (1,000 / 500
     images, 20 labels per class for probe_100, 30 probe epochs)."""
     args = ",".join(f"{k}={v}" for k, v in {"losses": "infonce", "budget": BUDGET,
-                                              "victim": "scratch", "epochs": 8,
+                                              "victim": "scratch", "epochs": EPOCHS,
                                               **quickstart_args}.items())
     cfg = _load_config_module("quickstart").get_config(args)
     cfg.victim.checkpoint = ""  # never touch the shipped victim
     cfg.victim.train = _load_config_module("victim_simclr").get_config(
         "width=8,epochs=1,batch_size=128,head_hidden=64,head_out=32")
     cfg.victim.train.log_every_steps = 8
-    cfg.victim_train_size = 2048
+    cfg.victim_train_size = 1024  # 8 SimCLR steps: the probes only have to clear 30 %
     # Small probes (no weight-decay selection): every probe only has to clear 30 %.
     cfg.probe_train_size = 1000
     cfg.probe_test_size = 500
@@ -76,7 +81,7 @@ def test_end_to_end_steal(finished):
     for r in rows.values():
         for k in ("probe_full", "probe_100", "knn"):
             assert 30.0 < r[k] <= 100.0, (r["name"], k, r[k])
-    assert on_disk["surrogate_training"]["infonce"]["steps"] == 8 * (BUDGET // 256)
+    assert on_disk["surrogate_training"]["infonce"]["steps"] == EPOCHS * (BUDGET // 256)
     # the query pool: the test split less the 500 probe-test images
     assert on_disk["splits"]["query_pool"] == "fashion_mnist/test[:9500]"
     assert os.path.isdir(os.path.join(wd, "victim", "checkpoints"))

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from sslsteal_jax import losses
-from sslsteal_jax.models import ProjectionHead
+from sslsteal_jax.models import ProjectionHead, init_variables
 
 _EVAL_ROWS = 2000  # pairs used for the summary metrics (an M x M similarity matrix)
 
@@ -67,7 +67,8 @@ def fit_projection_head(v1: np.ndarray, v2: np.ndarray, key: jax.Array, hidden_d
     t0 = time.time()
     head = ProjectionHead(int(hidden_dim), int(out_dim))
     init_key, run_key = jax.random.split(key)
-    params = head.init(init_key, jnp.zeros((2, v1.shape[1])))["params"]
+    # one compiled program, the same values as head.init (models.init_variables)
+    params = init_variables(head, init_key, jnp.zeros((2, v1.shape[1])))["params"]
     steps_per_epoch = n // bs
     total = int(epochs) * steps_per_epoch
     tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(),

@@ -8,6 +8,7 @@ Reported as top-1 accuracy in percent on a disjoint labelled test split.
 from __future__ import annotations
 
 import functools
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,69 @@ def few_labels_subset(labels: np.ndarray, per_class: int, key: jax.Array) -> np.
         perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, int(c)), len(where)))
         idx.append(where[perm[:per_class]])
     return np.sort(np.concatenate(idx))
+
+
+def _probe_optimizer(total: int, learning_rate: float, weight_decay: float):
+    """AdamW with cosine decay to 0 over ``total`` steps (the probe's optimizer)."""
+    return optax.adamw(optax.cosine_decay_schedule(learning_rate, total),
+                       weight_decay=weight_decay)
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_program(n: int, d: int, k: int, bs: int, steps_per_epoch: int, epochs: int,
+                   learning_rate: float, weight_decay: float):
+    """The jitted probe training ``(params, opt, key, xtr, ytr) -> params`` of one size
+    and setting, built once per process.
+
+    The features are arguments, not constants closed over, and the function object is
+    cached here: every encoder's probe of one size (the victim's, each surrogate's, the
+    independent encoder's) reuses one traced, lowered and compiled program in-process
+    (and across processes through the persistent compilation cache), instead of tracing
+    and lowering a fresh function per call. The program, hence every number, is the same.
+    """
+    tx = _probe_optimizer(epochs * steps_per_epoch, learning_rate, weight_decay)
+
+    def loss_fn(p, x, y):
+        logits = x @ p["w"] + p["b"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    def run(params, opt, key, xtr, ytr):
+        def epoch(carry, ek):
+            params, opt = carry
+            perm = jax.random.permutation(ek, n)[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
+
+            def step(carry, idx):
+                params, opt = carry
+                g = jax.grad(loss_fn)(params, xtr[idx], ytr[idx])
+                upd, opt = tx.update(g, opt, params)
+                return (optax.apply_updates(params, upd), opt), None
+
+            return jax.lax.scan(step, (params, opt), perm)[0], None
+
+        return jax.lax.scan(epoch, (params, opt), jax.random.split(key, epochs))[0][0]
+
+    return _once_per_shape(jax.jit(run))
+
+
+def _once_per_shape(jitted):
+    """``jitted`` whose first call per argument signature runs alone: threads that
+    evaluate several encoders at once (``pipeline.evaluate.evaluate_rows``) then wait
+    for one compilation of a shared program instead of each compiling it."""
+    locks, compiled, guard = {}, set(), threading.Lock()
+
+    def call(*args):
+        sig = tuple((getattr(a, "shape", None), str(getattr(a, "dtype", type(a))))
+                    for a in jax.tree.leaves(args))
+        if sig in compiled:
+            return jitted(*args)
+        with guard:
+            lock = locks.setdefault(sig, threading.Lock())
+        with lock:  # the first call compiles; calls of this signature made meanwhile wait
+            out = jitted(*args)
+            compiled.add(sig)
+        return out
+
+    return call
 
 
 def fit_linear_probe(train_x, train_y, key: jax.Array, epochs: int = 60, batch_size: int = 512,
@@ -69,35 +133,11 @@ def fit_linear_probe(train_x, train_y, key: jax.Array, epochs: int = 60, batch_s
     n, d = xtr.shape
     bs = min(batch_size, n)
     steps_per_epoch = max(n // bs, 1)
-    total = epochs * steps_per_epoch
-    tx = optax.adamw(optax.cosine_decay_schedule(learning_rate, total), weight_decay=weight_decay)
+    run = _probe_program(n, d, k, bs, steps_per_epoch, int(epochs), float(learning_rate),
+                         float(weight_decay))
     params = {"w": jnp.zeros((d, k)), "b": jnp.zeros((k,))}
-    opt = tx.init(params)
-
-    def loss_fn(p, x, y):
-        logits = x @ p["w"] + p["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    # The features are arguments, not constants closed over: the program then depends
-    # only on shapes and settings, so every encoder's probe of one size shares one
-    # compiled program (in-process and through the persistent compilation cache)
-    # instead of compiling its own with its features baked in.
-    @jax.jit
-    def run(params, opt, key, xtr, ytr):
-        def epoch(carry, ek):
-            params, opt = carry
-            perm = jax.random.permutation(ek, n)[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
-
-            def step(carry, idx):
-                params, opt = carry
-                g = jax.grad(loss_fn)(params, xtr[idx], ytr[idx])
-                upd, opt = tx.update(g, opt, params)
-                return (optax.apply_updates(params, upd), opt), None
-
-            return jax.lax.scan(step, (params, opt), perm)[0], None
-
-        return jax.lax.scan(epoch, (params, opt), jax.random.split(key, epochs))[0][0]
-
+    opt = _probe_optimizer(int(epochs) * steps_per_epoch, float(learning_rate),
+                           float(weight_decay)).init(params)
     params = run(params, opt, key, xtr, ytr)
     return {"mean": mean, "std": std, "w": np.asarray(params["w"]), "b": np.asarray(params["b"])}
 
@@ -156,12 +196,7 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, chunk: int = 100
     tr, ytr = norm(train_x), jnp.asarray(train_y, jnp.int32)
     num_classes = int(max(np.max(train_y), np.max(test_y)) + 1)
 
-    @jax.jit  # train features as arguments: one program per shape (see fit_linear_probe)
-    def predict(q, tr, ytr):
-        sims = q @ tr.T
-        _, nn_idx = jax.lax.top_k(sims, k)
-        votes = jax.nn.one_hot(ytr[nn_idx], num_classes).sum(axis=1)
-        return jnp.argmax(votes, axis=1)
+    predict = _knn_program(int(k), num_classes)
 
     te = norm(test_x)
     preds = []
@@ -171,6 +206,21 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, chunk: int = 100
         qp = jnp.concatenate([q, jnp.zeros((pad, q.shape[1]))]) if pad and len(te) > chunk else q
         preds.append(np.asarray(predict(qp, tr, ytr))[:len(q)])
     return float(100.0 * np.mean(np.concatenate(preds) == np.asarray(test_y)))
+
+
+@functools.lru_cache(maxsize=None)
+def _knn_program(k: int, num_classes: int):
+    """Jitted ``(queries, train features, train labels) -> predicted labels`` of the kNN
+    vote, built once per process: train features are arguments and the function is
+    cached, so every encoder's kNN of one size shares one compiled program (see
+    :func:`_probe_program`)."""
+    def predict(q, tr, ytr):
+        sims = q @ tr.T
+        _, nn_idx = jax.lax.top_k(sims, k)
+        votes = jax.nn.one_hot(ytr[nn_idx], num_classes).sum(axis=1)
+        return jnp.argmax(votes, axis=1)
+
+    return _once_per_shape(jax.jit(predict))
 
 
 # Probe settings searched on a validation split: (epochs, learning rate, weight decay).

@@ -26,7 +26,7 @@ import optax
 
 from sslsteal_jax import losses
 from sslsteal_jax.data.augment import augment_batch
-from sslsteal_jax.models import build_watermarked
+from sslsteal_jax.models import build_watermarked, init_variables
 from sslsteal_jax.models.watermark import WatermarkedSimCLR, rotate_images, rotation_labels
 from sslsteal_jax.trainers.simclr import augment_config, warm_start_variables
 from sslsteal_jax.training.loop import run_training
@@ -141,7 +141,8 @@ def train_watermark_victim(cfg, workdir: str, images: np.ndarray, wm_images: np.
     tx = make_optimizer(cfg.optimizer, cfg.learning_rate, cfg.weight_decay, total,
                         min(int(cfg.warmup_epochs * (n // bsz)), total // 10))
     init_key, _, aug_key = jax.random.split(jax.random.key(int(cfg.seed)), 3)
-    variables = model.init(init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
+    # one compiled program, not ~100 eager ones; the same values (models.init_variables)
+    variables = init_variables(model, init_key, jnp.zeros((2, *images.shape[1:]), jnp.float32))
     if cfg.get("init_from"):
         variables = _merge_warm_start(variables, warm_start_variables(cfg.init_from,
                                                                       dict(cfg.model),
