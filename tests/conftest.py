@@ -54,17 +54,19 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 
-# Test files in decreasing cost (seconds of one file, `--durations=0` of the idle full suite, session 9), so that
+# Test files in decreasing cost (seconds of one file, `--durations=0` of the idle full suite, 2026-12-01), so that
 # `-n 2 --dist loadfile` starts the longest files first and the two workers finish together
 # (longest-processing-time-first). xdist's default order (files with the most tests first)
 # left the few-test, multi-minute files (multi-process launches, stress runs) for the end,
 # where one worker ran them alone. Files not listed follow in collection order.
-_LONGEST_FIRST = ("test_multihost.py", "test_attacks_real.py", "test_budget_scan.py",
-                  "test_paper_configs.py", "test_main_cli.py", "test_public_encoders.py",
-                  "test_accelerator_check.py", "test_end_to_end.py", "test_config_smoke.py",
-                  "test_defense_matrix_real.py", "test_collectives.py", "test_checkpoint.py",
-                  "test_serve_load.py", "test_scan_stream.py", "test_lr_selection.py",
-                  "test_attacks.py", "test_sharding.py", "test_data.py")
+_LONGEST_FIRST = ("test_multihost.py", "test_paper_configs.py", "test_budget_scan.py",
+                  "test_attacks_real.py", "test_public_encoders.py", "test_defense_matrix_real.py",
+                  "test_main_cli.py", "test_config_smoke.py", "test_serve_load.py",
+                  "test_collectives.py", "test_checkpoint.py", "test_accelerator_check.py",
+                  "test_end_to_end.py", "test_attacks.py", "test_lr_selection.py",
+                  "test_readme_example.py", "test_scan_stream.py", "test_sharding.py",
+                  "test_watermark_training.py", "test_stream.py", "test_defenses.py",
+                  "test_models.py", "test_data.py")
 
 
 def pytest_configure(config):
