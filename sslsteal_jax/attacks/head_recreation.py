@@ -25,6 +25,7 @@ import optax
 
 from sslsteal_jax import losses
 from sslsteal_jax.models import ProjectionHead, init_variables
+from sslsteal_jax.training.minibatch import scan_epochs
 
 _EVAL_ROWS = 2000  # pairs used for the summary metrics (an M x M similarity matrix)
 
@@ -81,18 +82,8 @@ def fit_projection_head(v1: np.ndarray, v2: np.ndarray, key: jax.Array, hidden_d
 
     @jax.jit
     def run(params, key):
-        def epoch(carry, ek):
-            perm = jax.random.permutation(ek, n)[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
-
-            def step(carry, idx):
-                p, o = carry
-                g = jax.grad(loss_fn)(p, a[idx], b[idx])
-                upd, o = tx.update(g, o, p)
-                return (optax.apply_updates(p, upd), o), None
-
-            return jax.lax.scan(step, carry, perm)[0], None
-
-        return jax.lax.scan(epoch, (params, tx.init(params)), jax.random.split(key, epochs))[0][0]
+        return scan_epochs(loss_fn, tx, params, tx.init(params), key, (a, b), n=n,
+                           batch_size=bs, steps_per_epoch=steps_per_epoch, epochs=int(epochs))[0]
 
     m = min(n, _EVAL_ROWS)
 

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from sslsteal_jax.evaluation.parallel import run_concurrently
+from sslsteal_jax.training.minibatch import scan_epochs
 
 
 def few_labels_subset(labels: np.ndarray, per_class: int, key: jax.Array) -> np.ndarray:
@@ -63,19 +64,8 @@ def _probe_program(n: int, d: int, k: int, bs: int, steps_per_epoch: int, epochs
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     def run(params, opt, key, xtr, ytr):
-        def epoch(carry, ek):
-            params, opt = carry
-            perm = jax.random.permutation(ek, n)[: steps_per_epoch * bs].reshape(steps_per_epoch, bs)
-
-            def step(carry, idx):
-                params, opt = carry
-                g = jax.grad(loss_fn)(params, xtr[idx], ytr[idx])
-                upd, opt = tx.update(g, opt, params)
-                return (optax.apply_updates(params, upd), opt), None
-
-            return jax.lax.scan(step, (params, opt), perm)[0], None
-
-        return jax.lax.scan(epoch, (params, opt), jax.random.split(key, epochs))[0][0]
+        return scan_epochs(loss_fn, tx, params, opt, key, (xtr, ytr), n=n, batch_size=bs,
+                           steps_per_epoch=steps_per_epoch, epochs=epochs)[0]
 
     return _once_per_shape(jax.jit(run))
 
