@@ -8,7 +8,6 @@ Reported as top-1 accuracy in percent on a disjoint labelled test split.
 from __future__ import annotations
 
 import functools
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -67,28 +66,7 @@ def _probe_program(n: int, d: int, k: int, bs: int, steps_per_epoch: int, epochs
         return scan_epochs(loss_fn, tx, params, opt, key, (xtr, ytr), n=n, batch_size=bs,
                            steps_per_epoch=steps_per_epoch, epochs=epochs)[0]
 
-    return _once_per_shape(jax.jit(run))
-
-
-def _once_per_shape(jitted):
-    """``jitted`` whose first call per argument signature runs alone: threads that
-    evaluate several encoders at once (``pipeline.evaluate.evaluate_rows``) then wait
-    for one compilation of a shared program instead of each compiling it."""
-    locks, compiled, guard = {}, set(), threading.Lock()
-
-    def call(*args):
-        sig = tuple((getattr(a, "shape", None), str(getattr(a, "dtype", type(a))))
-                    for a in jax.tree.leaves(args))
-        if sig in compiled:
-            return jitted(*args)
-        with guard:
-            lock = locks.setdefault(sig, threading.Lock())
-        with lock:  # the first call compiles; calls of this signature made meanwhile wait
-            out = jitted(*args)
-            compiled.add(sig)
-        return out
-
-    return call
+    return jax.jit(run)
 
 
 def fit_linear_probe(train_x, train_y, key: jax.Array, epochs: int = 60, batch_size: int = 512,
@@ -210,7 +188,7 @@ def _knn_program(k: int, num_classes: int):
         votes = jax.nn.one_hot(ytr[nn_idx], num_classes).sum(axis=1)
         return jnp.argmax(votes, axis=1)
 
-    return _once_per_shape(jax.jit(predict))
+    return jax.jit(predict)
 
 
 # Probe settings searched on a validation split: (epochs, learning rate, weight decay).
