@@ -15,6 +15,17 @@ test images (the main job: 60,000 and 5,000).
 that makes no progress for ``--watchdog`` seconds is stopped by the watchdog
 (exit status 3) and counted as a hang; ``--limit`` is a hard wall-clock cap.
 Writes ``{"runs": [{"rc", "seconds", "evaluation_seconds"}], "hangs", ...}``.
+
+``--threads N`` instead stresses the concurrency rule directly, in one process for
+``--seconds`` seconds: one thread extracts features of 1,024 random images with the
+shipped victim on the CPU mesh, again and again (multi-device programs), while N
+threads fit linear probes and kNN on random features (single-device programs), the
+mix ``evaluation.parallel`` produces when two rows and their probes are in flight.
+It prints how many extraction passes and probe fits finished; a run with no
+extraction pass for ``--stall`` seconds (default 60) is a hang (exit status 3). With the inference program
+ending in an all-gather (its output replicated: before ``training.mesh.compile_apply``
+kept it batch-sharded) ``--threads 5`` hung within seconds on the 2-core machine
+(0 extraction passes in 120 s); without it, 17 passes and 940 probe fits in 240 s.
 """
 from __future__ import annotations
 
@@ -68,6 +79,57 @@ def one_run(probe_train: int, probe_test: int, watchdog_s: float) -> None:
                           "probe_full": [r["probe_full"] for r in rows]}), flush=True)
 
 
+def threads_run(threads: int, seconds: float, stall_s: float = 60.0) -> int:
+    """One process: a feature-extraction thread beside ``threads`` probe threads for
+    ``seconds``; prints one JSON line; exits 0, or 3 when no extraction pass finished
+    for ``stall_s`` seconds."""
+    import threading
+
+    from sslsteal_jax.host_devices import configure_cpu_devices
+    configure_cpu_devices()
+    sys.path.insert(0, _ROOT)
+
+    import jax
+    import numpy as np
+
+    from sslsteal_jax.evaluation.features import extract_features, make_apply
+    from sslsteal_jax.evaluation.probe import fit_linear_probe, knn_accuracy
+    from sslsteal_jax.training.checkpoint import load_model
+
+    victim = load_model(os.path.join(_ROOT, "victims/fashion_mnist_resnet10_w16_ft6/checkpoints"))
+    apply = make_apply(victim.module, victim.variables, 0)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (1024, 28, 28, 1), dtype=np.uint8)
+    feats = rng.normal(size=(8000, 128)).astype(np.float32)
+    labels = rng.integers(0, 10, 8000)
+    done = {"extraction_passes": 0, "probe_fits": 0}
+    last = [time.time()]
+
+    def extract():
+        while True:
+            extract_features(apply, images)
+            done["extraction_passes"] += 1
+            last[0] = time.time()
+
+    def probe(i):
+        key = jax.random.key(i)
+        while True:
+            fit_linear_probe(feats, labels, key, epochs=20)
+            knn_accuracy(feats[:6000], labels[:6000], feats[6000:], labels[6000:])
+            done["probe_fits"] += 1
+
+    for target, args in [(extract, ())] + [(probe, (i,)) for i in range(threads)]:
+        threading.Thread(target=target, args=args, daemon=True).start()
+    t0 = time.time()
+    stalled = False
+    while time.time() - t0 < seconds and not stalled:
+        time.sleep(1.0)
+        stalled = time.time() - last[0] > stall_s
+    print(json.dumps({"threads": threads, "seconds": round(time.time() - t0, 1),
+                      "devices": jax.device_count(), "stalled": stalled, **done}), flush=True)
+    os._exit(3 if stalled else 0)  # daemon threads may be inside a compiled program
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=20)
@@ -77,8 +139,15 @@ def main():
     ap.add_argument("--watchdog", type=float, default=300.0)
     ap.add_argument("--limit", type=float, default=1200.0, help="hard seconds per run")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="stress mode: probe threads beside one extraction thread (0: off)")
+    ap.add_argument("--seconds", type=float, default=240.0, help="stress mode duration")
+    ap.add_argument("--stall", type=float, default=60.0,
+                    help="stress mode: seconds without an extraction pass that count as a hang")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.threads:
+        return threads_run(args.threads, args.seconds, args.stall)
     if args.one:
         return one_run(args.probe_train, args.probe_test, args.watchdog)
     spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]

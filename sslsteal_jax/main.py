@@ -319,9 +319,11 @@ def _definition_module(path: str):
         return None
 
 
-def show_config(value: str, cfg) -> None:
+def show_config(value: str, cfg, seeds=None) -> None:
     """Print the config's documentation (its definition module's docstring), its typed
     ``:arguments`` and the resolved fields, then check it (``sslsteal_jax.configs.validate``).
+    With ``seeds`` (``--seeds``) also print, per seed, its work directory and the seed
+    fields it changes (``pipeline.repeat.shift_seeds``).
 
     Raises:
       ConfigError: the config does not pass its experiment's ``validate``.
@@ -341,6 +343,13 @@ def show_config(value: str, cfg) -> None:
         print(describe(spec) + "\n")
     print("# resolved fields (override any with --config.<field>=<value>):")
     print(str(cfg).rstrip())  # ConfigDict.__str__: YAML, one field per line
+    if seeds:
+        from sslsteal_jax.pipeline.repeat import seed_fields, shift_seeds
+        print(f"\n# --seeds={','.join(map(str, seeds))}: one run per seed in WORKDIR/seed_<s>, "
+              "then WORKDIR/seeds.{json,csv,md,png}")
+        for s in seeds:
+            moved = seed_fields(shift_seeds(cfg, s))
+            print(f"seed {s}: " + ", ".join(f"{k}={v}" for k, v in moved.items()))
     sys.stdout.flush()
     configs.validate(cfg)
 
@@ -368,9 +377,18 @@ def main(argv):
               f"(see {_PROG} --help)")
     if _CONFIG.value is None:
         _fail(f"--config is required, e.g. --config=configs/quickstart.py (see {_PROG} --help)")
+    seeds = None
+    if _SEEDS.value.strip():  # checked before anything runs or a directory is made
+        from sslsteal_jax.pipeline.repeat import check_repeatable, parse_seeds
+        try:
+            seeds = parse_seeds(_SEEDS.value)
+            check_repeatable(_CONFIG.value, seeds)
+        except ConfigError as e:
+            _fail(str(e))
     if _SHOW_CONFIG.value:
         try:
-            show_config(config_flags.get_config_filename(flags.FLAGS["config"]), _CONFIG.value)
+            show_config(config_flags.get_config_filename(flags.FLAGS["config"]), _CONFIG.value,
+                        seeds)
         except ConfigError as e:
             _fail(str(e))
         return
@@ -385,13 +403,6 @@ def main(argv):
     if _WATCHDOG.value < 0:
         _fail(f"--watchdog_seconds={_WATCHDOG.value:g}; allowed: seconds > 0, or 0 "
               "to disable the watchdog")
-    seeds = None
-    if _SEEDS.value.strip():
-        try:
-            seeds = [int(x) for x in _SEEDS.value.split(",")]
-        except ValueError:
-            _fail(f"--seeds={_SEEDS.value}; allowed: comma-separated integers >= 0, e.g. "
-                  "--seeds=0,1,2")
     if _CONFIG.value.get("experiment") not in EXPERIMENTS:
         _fail(f"config field experiment={_CONFIG.value.get('experiment')!r}; allowed: "
               f"{list(EXPERIMENTS)}")

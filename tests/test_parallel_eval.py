@@ -11,6 +11,7 @@ from sslsteal_jax.data.splits import ExperimentData
 from sslsteal_jax.evaluation import parallel
 from sslsteal_jax.evaluation.features import default_batch_size, extract_features, make_apply
 from sslsteal_jax.evaluation.report import evaluate_features
+from sslsteal_jax.host_devices import usable_cores
 from sslsteal_jax.models import SurrogateModel, build_encoder
 from sslsteal_jax.training import mesh as mesh_lib
 
@@ -45,6 +46,11 @@ def test_run_concurrently_reraises_and_validates(monkeypatch):
         parallel.default_workers()
     monkeypatch.setenv("SSLSTEAL_EVAL_WORKERS", "3")
     assert parallel.default_workers() == 3
+    monkeypatch.delenv("SSLSTEAL_EVAL_WORKERS")
+    monkeypatch.setenv("SSLSTEAL_DISTRIBUTED", "1")  # multi-host: cross-host gathers, one worker
+    assert parallel.default_workers() == 1
+    monkeypatch.setenv("SSLSTEAL_DISTRIBUTED", "0")
+    assert parallel.default_workers() == min(parallel.DEFAULT_WORKERS, usable_cores())
 
 
 def _data(rng, n_train=600, n_test=200, classes=4):
@@ -84,3 +90,25 @@ def test_default_inference_batch_and_multi_output_apply():
     np.testing.assert_allclose(both, np.concatenate([rep, out], 1), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         extract_features(make_apply(model, v, 0), imgs, batch_size=0)
+
+
+def test_inference_program_has_no_collective():
+    """The compiled feature-extraction program on a 2-device mesh contains no collective
+    (all-gather, all-reduce, ...): its output stays batch-sharded and is assembled on the
+    host. With a replicated output it ended in an all-gather, and that collective in
+    flight beside other threads' probe programs deadlocked XLA:CPU (the main job's
+    concurrent evaluation; ``benchmarks/eval_stress.py --threads 5`` stalled after 2
+    extraction passes, 20 passes in 60 s without it)."""
+    mesh = mesh_lib.data_mesh(jax.devices()[:2])
+    enc = build_encoder("resnet10", width=4)
+    v = enc.init(jax.random.key(0), np.zeros((2, 28, 28, 1), np.float32), train=False)
+    apply = make_apply(enc, v, mesh=mesh)
+    x = jax.device_put(np.zeros((4, 28, 28, 1), np.uint8), mesh_lib.batch_sharding(mesh))
+    hlo = apply.jitted.lower(apply.variables, x).compile().as_text()
+    found = [op for op in ("all-gather", "all-reduce", "all-to-all", "collective-permute",
+                           "reduce-scatter") if op in hlo]
+    assert found == [], found
+    assert "all-gather" in jax.jit(lambda a: a, out_shardings=mesh_lib.replicated(mesh)).lower(
+        x).compile().as_text()  # the check can see an all-gather when there is one
+    feats = extract_features(apply, np.zeros((5, 28, 28, 1), np.uint8))
+    assert feats.shape == (5, enc.representation_dim) and feats.dtype == np.float32

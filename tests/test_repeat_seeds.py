@@ -128,8 +128,40 @@ def test_bad_seeds_flag_is_one_line(tmp_path):
                         f"--workdir={tmp_path / 'w'}", "--seeds=0,x"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 1
-    assert r.stderr == ("error: --seeds=0,x; allowed: comma-separated integers >= 0, "
+    assert r.stderr == ("error: --seeds=0,x; allowed: comma-separated distinct integers >= 0, "
                         "e.g. --seeds=0,1,2\n"), r.stderr
+    assert not os.path.exists(tmp_path / "w")  # refused before any directory is made
+
+
+def test_parse_seeds_and_experiments_that_cannot_repeat():
+    assert repeat.parse_seeds("0,1, 2") == [0, 1, 2]
+    assert repeat.parse_seeds("7") == [7]
+    for bad, why in [("0,x", r"--seeds=0,x; allowed"), ("-1", "seed -1 is negative"),
+                     ("0,2,2", "seed 2 is given twice"), ("", r"--seeds=; allowed"),
+                     ("1.5", "allowed: comma-separated distinct integers >= 0")]:
+        with pytest.raises(ConfigError, match=why):
+            repeat.parse_seeds(bad)
+    with pytest.raises(ConfigError, match="does not apply to import_checkpoint: converting"):
+        repeat.check_repeatable(_cfg(experiment="import_checkpoint"), [0, 1])
+    with pytest.raises(ConfigError, match=r"budget_scan: .*use --config.seeds=3,4"):
+        repeat.check_repeatable(_cfg(experiment="budget_scan"), [3, 4])
+    repeat.check_repeatable(_cfg(), [0, 1])  # steal: repeatable, no error
+
+
+def test_show_config_lists_each_seeds_fields():
+    """``--show_config --seeds`` prints what each seed changes (the fields shift_seeds moves)."""
+    from sslsteal_jax.configs import config_module
+
+    cfg = config_module("verify").get_config("")
+    assert repeat.seed_fields(repeat.shift_seeds(cfg, 2)) == {
+        "seed": 2, "attack.steal.seed": cfg.attack.steal.seed + 2,
+        "independent.seed": cfg.independent.seed + 2,
+        "independent.train.seed": cfg.independent.train.seed + 2}
+    r = subprocess.run([sys.executable, "-m", "sslsteal_jax.main", "--config=configs/quickstart.py",
+                        "--seeds=0,3", "--show_config"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "seed 0: seed=0, steal.seed=0\nseed 3: seed=3, steal.seed=3\n" in r.stdout
 
 
 @pytest.mark.parametrize("name, fields", [

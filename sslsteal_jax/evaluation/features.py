@@ -24,8 +24,9 @@ def make_apply(module, variables, output_index: int | None = None, mesh=None):
 
     The function is compiled for the ("data",) mesh (``training.mesh``; default
     all devices): variables replicated and passed as an argument (not baked
-    into the program as constants), images split over devices, output
-    replicated. B must be a multiple of the device count
+    into the program as constants), images and output split over devices (no
+    collective in the program: ``training.mesh.compile_apply``; read the output
+    with ``training.mesh.to_host``). B must be a multiple of the device count
     (:func:`extract_features` pads for you).
     """
     mesh = mesh_lib.data_mesh() if mesh is None else mesh

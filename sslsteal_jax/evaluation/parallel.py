@@ -16,7 +16,11 @@ extraction, API answers, training steps) go through
 ``training.mesh.COLLECTIVES`` (``extract_features`` and the training loop
 do this themselves), so two jobs never wait for each other at a collective.
 A job that calls a multi-device jitted function directly must wrap the call
-in ``training.mesh.run_collective``.
+in ``training.mesh.run_collective``. A program with a collective must also
+not be in flight beside other threads' programs at all: the feature-extraction
+program therefore has none on one host (``training.mesh.compile_apply``), and
+a multi-host run, whose extraction gathers across hosts, evaluates with one
+worker (:func:`default_workers`).
 """
 from __future__ import annotations
 
@@ -33,8 +37,16 @@ DEFAULT_WORKERS = 2
 
 
 def default_workers() -> int:
-    """``$SSLSTEAL_EVAL_WORKERS`` if set, else ``min(DEFAULT_WORKERS, usable cores)``
-    (``host_devices.usable_cores``: the CPU affinity mask, as for the device count).
+    """``$SSLSTEAL_EVAL_WORKERS`` if set; else 1 on a multi-host run
+    (``$SSLSTEAL_DISTRIBUTED`` set, ``cluster.distributed_mode``); else
+    ``min(DEFAULT_WORKERS, usable cores)`` (``host_devices.usable_cores``: the CPU
+    affinity mask, as for the device count).
+
+    Why one worker on a multi-host run: every extraction batch there ends in a
+    cross-host gather (``training.mesh.to_host``, a collective), and a collective
+    in flight beside another thread's programs on the same devices can deadlock
+    XLA:CPU (``training.mesh.compile_apply``). On one host the extraction program
+    has no collective and the probes overlap it safely.
 
     Raises:
       ValueError: the environment variable is not an integer >= 1.
@@ -44,6 +56,9 @@ def default_workers() -> int:
         if not raw.isdigit() or int(raw) < 1:
             raise ValueError(f"SSLSTEAL_EVAL_WORKERS={raw!r}; allowed: an integer >= 1")
         return int(raw)
+    from sslsteal_jax.cluster import distributed_mode
+    if distributed_mode() is not None:
+        return 1
     return max(1, min(DEFAULT_WORKERS, usable_cores()))
 
 

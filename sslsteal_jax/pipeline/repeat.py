@@ -39,6 +39,50 @@ FIXED_BLOCKS = ("victim",)
 NAME = "name"
 
 
+#: Experiments ``--seeds`` refuses, and why (the one-line reason of the error).
+NOT_REPEATED = {
+    "budget_scan": "it trains its seeds as one stacked program; use --config.seeds={seeds}",
+    "import_checkpoint": "converting a checkpoint draws nothing at random; run it once",
+}
+
+
+def parse_seeds(text: str) -> list[int]:
+    """The seeds of a ``--seeds`` flag value: ``"0,1,2" -> [0, 1, 2]``.
+
+    Args:
+      text: comma-separated integers (spaces allowed).
+    Returns:
+      the seeds in the given order.
+    Raises:
+      ConfigError: an item that is not an integer, a negative or repeated seed, or no
+        seed at all (one line naming the value and what is allowed).
+    """
+    items = [t.strip() for t in str(text).split(",")]
+    allowed = "allowed: comma-separated distinct integers >= 0, e.g. --seeds=0,1,2"
+    if not items or not all(t.lstrip("-").isdigit() for t in items):
+        raise ConfigError(f"--seeds={text}; {allowed}")
+    seeds = [int(t) for t in items]
+    if min(seeds) < 0:
+        raise ConfigError(f"--seeds={text}: seed {min(seeds)} is negative; {allowed}")
+    if len(set(seeds)) != len(seeds):
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ConfigError(f"--seeds={text}: seed {twice[0]} is given twice; {allowed}")
+    return seeds
+
+
+def check_repeatable(cfg, seeds) -> None:
+    """Refuse ``--seeds`` for an experiment that cannot be repeated per seed, before any
+    work or directory is made (:data:`NOT_REPEATED`).
+
+    Raises:
+      ConfigError: ``cfg.experiment`` is in :data:`NOT_REPEATED` (names it and why).
+    """
+    why = NOT_REPEATED.get(cfg.get("experiment"))
+    if why is not None:
+        raise ConfigError(f"--seeds does not apply to {cfg.get('experiment')}: "
+                          + why.format(seeds=",".join(map(str, seeds))))
+
+
 def seed_workdir(workdir: str, seed: int) -> str:
     """``<workdir>/seed_<seed>``: the work directory of one seed's run."""
     return os.path.join(workdir, f"seed_{int(seed)}")
@@ -80,6 +124,25 @@ def shift_seeds(cfg: ml_collections.ConfigDict, seed: int,
                 node[key] = value + offset
 
     shift(out, "")
+    return out
+
+
+def seed_fields(cfg: ml_collections.ConfigDict, fixed=FIXED_BLOCKS) -> dict[str, int]:
+    """``{dotted field: value}`` of every int field named ``seed`` that :func:`shift_seeds`
+    moves (outside the ``fixed`` top-level blocks), in config order; e.g.
+    ``{"seed": 1, "steal.seed": 1}`` for ``configs/quickstart.py`` at seed 1."""
+    out = {}
+
+    def walk(node, path):
+        for key in node.keys():
+            value = node[key]
+            if isinstance(value, ml_collections.ConfigDict):
+                if not (path == "" and key in fixed):
+                    walk(value, f"{path}{key}.")
+            elif key == "seed" and isinstance(value, int) and not isinstance(value, bool):
+                out[path + key] = value
+
+    walk(cfg, "")
     return out
 
 
@@ -271,17 +334,12 @@ def run_seeds(cfg, workdir: str, seeds, run_one) -> dict:
       ``metrics``, ``summary`` (see :func:`summarise`), ``per_seed_workdirs``,
       ``seconds`` and ``config`` (the first seed's).
     Raises:
-      ConfigError: repeated or negative seeds, a config without ``seed``,
-        ``budget_scan`` (it stacks its seeds: ``--config.seeds``), a seed directory
-        holding another config's results.
+      ConfigError: repeated or negative seeds (:func:`parse_seeds`), a config without
+        ``seed``, an experiment of :data:`NOT_REPEATED` (``budget_scan`` stacks its
+        seeds: ``--config.seeds``), a seed directory holding another config's results.
     """
-    seeds = [int(s) for s in seeds]
-    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise ConfigError(f"--seeds={','.join(map(str, seeds))}: give distinct integers >= 0, "
-                          "e.g. --seeds=0,1,2")
-    if cfg.get("experiment") == "budget_scan":
-        raise ConfigError("--seeds does not apply to budget_scan: it trains its seeds as one "
-                          "stacked program; use --config.seeds=" + ",".join(map(str, seeds)))
+    seeds = parse_seeds(",".join(map(str, seeds)))
+    check_repeatable(cfg, seeds)
     configs = {s: shift_seeds(cfg, s) for s in seeds}  # a config without seed fails here
     t0 = time.time()
     os.makedirs(workdir, exist_ok=True)

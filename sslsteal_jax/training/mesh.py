@@ -324,11 +324,19 @@ def compile_step(step_fn: Callable, mesh: Mesh, num_batch_args: int, leading_axe
 def compile_apply(apply_fn: Callable, mesh: Mesh):
     """Jit an inference function ``apply_fn(variables, images (B,...)) -> (B, D)``.
 
-    Variables are replicated, the images split over "data"; the output is
-    replicated so every process can read it (``np.asarray``).
+    Variables are replicated; the images and the output are split over "data",
+    so the program has no collective: each device computes its rows and
+    :func:`to_host` assembles them (on one process a copy from each device; on a
+    multi-host run ``process_allgather``, under :data:`COLLECTIVES`). An output
+    replicated by the program itself would end in an all-gather, and a
+    collective in flight beside another thread's single-device programs (the
+    probes of concurrent evaluation) can deadlock XLA:CPU: one device's part
+    waits at the rendezvous while the other device's part cannot start behind
+    that device's queue of in-flight programs (reproduced with
+    ``benchmarks/eval_stress.py --threads``; ``tests/test_parallel_eval.py``).
     """
-    repl = replicated(mesh)
-    return jax.jit(apply_fn, in_shardings=(repl, batch_sharding(mesh)), out_shardings=repl)
+    batch = batch_sharding(mesh)
+    return jax.jit(apply_fn, in_shardings=(replicated(mesh), batch), out_shardings=batch)
 
 
 def compile_fold_in(mesh: Mesh, batched: bool = False):
