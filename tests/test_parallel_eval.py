@@ -112,3 +112,48 @@ def test_inference_program_has_no_collective():
         x).compile().as_text()  # the check can see an all-gather when there is one
     feats = extract_features(apply, np.zeros((5, 28, 28, 1), np.uint8))
     assert feats.shape == (5, enc.representation_dim) and feats.dtype == np.float32
+
+
+def test_interrupt_stops_running_jobs_and_drops_queued_ones():
+    """Ctrl-C while ``run_concurrently`` waits: the exception reaches the caller at once,
+    running jobs end at their next ``raise_if_cancelled`` and queued jobs never start
+    (before, the pool finished every queued evaluation job, minutes, before the process
+    could exit, and then aborted)."""
+    import os
+    import signal
+
+    class Interrupted(Exception):
+        pass
+
+    def on_signal(signum, frame):
+        raise Interrupted()
+
+    started, stopped = [], []
+
+    def job(i):
+        started.append(i)
+        try:
+            for _ in range(200):  # 10 s unless cancelled
+                time.sleep(0.05)
+                parallel.raise_if_cancelled()
+        except parallel.Cancelled:
+            stopped.append(i)
+            raise
+        return i
+
+    old = signal.signal(signal.SIGALRM, on_signal)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        t0 = time.time()
+        with pytest.raises(Interrupted):
+            parallel.run_concurrently([functools.partial(job, i) for i in range(6)], max_workers=2)
+        deadline = time.time() + 5
+        while len(stopped) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.time() - t0 < 3.0
+    assert sorted(started) == [0, 1] and sorted(stopped) == [0, 1]  # 2-5 never started
+    parallel.raise_if_cancelled()  # the caller's thread is not cancelled
+    assert parallel.run_concurrently([lambda: 1, lambda: 2], max_workers=2) == [1, 2]

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sslsteal_jax import watchdog
+from sslsteal_jax.evaluation.parallel import raise_if_cancelled
 from sslsteal_jax.training import mesh as mesh_lib
 
 
@@ -166,6 +167,7 @@ def extract_features(apply_fn, images, batch_size: int | None = None,
         out.append(mesh_lib.run_collective(lambda x: mesh_lib.to_host(apply_fn(x)), xb,
                                            mesh=mesh)[:m])
         watchdog.progress("feature extraction")
+        raise_if_cancelled()  # a concurrent evaluation that was stopped (Ctrl-C) ends here
     if not out:
         raise ValueError("extract_features got no images")
     return np.concatenate(out, axis=0).astype(np.float32)
