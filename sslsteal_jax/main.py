@@ -378,7 +378,7 @@ def main(argv):
     if _CONFIG.value is None:
         _fail(f"--config is required, e.g. --config=configs/quickstart.py (see {_PROG} --help)")
     seeds = None
-    if _SEEDS.value.strip():  # checked before anything runs or a directory is made
+    if flags.FLAGS["seeds"].present:  # checked before anything runs or a directory is made
         from sslsteal_jax.pipeline.repeat import check_repeatable, parse_seeds
         try:
             seeds = parse_seeds(_SEEDS.value)
@@ -438,7 +438,9 @@ def main(argv):
             dog.stop()
         _fail(str(e), immediate=True)
     except KeyboardInterrupt:
-        print("stopped; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        from tqdm import tqdm  # on a line of its own, below any progress bar
+        tqdm.write("stopped; rerun the same command to resume from the last checkpoint",
+                   file=sys.stderr)
         sys.exit(130)
     finally:
         if dog is not None:

@@ -131,6 +131,12 @@ def test_bad_seeds_flag_is_one_line(tmp_path):
     assert r.stderr == ("error: --seeds=0,x; allowed: comma-separated distinct integers >= 0, "
                         "e.g. --seeds=0,1,2\n"), r.stderr
     assert not os.path.exists(tmp_path / "w")  # refused before any directory is made
+    r = subprocess.run([sys.executable, "-m", "sslsteal_jax.main", "--config=configs/quickstart.py",
+                        f"--workdir={tmp_path / 'w'}", "--seeds="], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stderr) == (1, "error: --seeds=; allowed: comma-separated distinct "
+                                           "integers >= 0, e.g. --seeds=0,1,2\n"), r.stderr
+    assert not os.path.exists(tmp_path / "w")  # an empty --seeds= is a mistake, not a plain run
 
 
 def test_parse_seeds_and_experiments_that_cannot_repeat():
