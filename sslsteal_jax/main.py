@@ -322,8 +322,9 @@ def _definition_module(path: str):
 def show_config(value: str, cfg, seeds=None) -> None:
     """Print the config's documentation (its definition module's docstring), its typed
     ``:arguments`` and the resolved fields, then check it (``sslsteal_jax.configs.validate``).
-    With ``seeds`` (``--seeds``) also print, per seed, its work directory and the seed
-    fields it changes (``pipeline.repeat.shift_seeds``).
+    With ``seeds`` (``--seeds``) also print where each seed's run goes
+    (``WORKDIR/seed_<s>``) and, per seed, the seed fields it sets
+    (``pipeline.repeat.shift_seeds``).
 
     Raises:
       ConfigError: the config does not pass its experiment's ``validate``.
