@@ -55,3 +55,21 @@ def test_budget_scan_table_and_plot_series_use_the_seed_summary():
     bs, mean, std = agg["mse"]
     assert bs == [100, 500] and mean == pytest.approx([70.0, 81 + 1 / 3])
     assert std == pytest.approx([0.0, np.sqrt(7 / 3)])
+
+
+def test_scan_plot_draws_each_loss_with_its_error_bars(tmp_path, monkeypatch):
+    """plot_scan hands plot_curves one (budgets, means, stds) curve per loss and metric,
+    the seed summary's numbers, and writes the PNG."""
+    rows = [dict(r, cosine_fidelity=r["cosine_fidelity"] or 0.85) for r in ROWS]
+    ref = {k: dict(probe_full=86.7, cosine_fidelity=None) for k in ("victim", "independent")}
+    seen = {}
+    real = budget_scan.plot_curves
+    monkeypatch.setattr(budget_scan, "plot_curves",
+                        lambda curves, *a: (seen.update(curves), real(curves, *a)))
+    budget_scan.plot_scan(rows, ref, str(tmp_path / "scan.png"), "test")
+    bs, mean, std = seen["probe_full"]["mse"]
+    assert bs == [100, 500] and mean == pytest.approx([70.0, 81 + 1 / 3])
+    assert std == pytest.approx([0.0, np.sqrt(7 / 3)])
+    assert seen["cosine_fidelity"]["mse"][1] == pytest.approx([0.8, 0.91])
+    with open(tmp_path / "scan.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -416,6 +416,15 @@ def plot_scan(rows: list[dict], reference: dict, path: str, title: str) -> None:
     """Two panels (linear-probe accuracy %, cosine fidelity) vs queries (log axis),
     one line per loss with seed std error bars; victim and independent encoder
     as dashed reference lines. Written atomically to ``path`` (PNG)."""
+    plot_curves({m: aggregate(rows, m) for m in ("probe_full", "cosine_fidelity")},
+                reference, path, title)
+
+
+def plot_curves(curves: dict, reference: dict, path: str, title: str) -> None:
+    """:func:`plot_scan` from aggregated curves: ``curves[metric][loss] = (budgets,
+    means, stds)`` for ``metric`` in ``probe_full`` (percent) and ``cosine_fidelity``
+    (e.g. a results page's mean +- std table); ``reference[row][metric]`` for the
+    ``victim`` and ``independent`` rows. Written atomically to ``path`` (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -423,7 +432,7 @@ def plot_scan(rows: list[dict], reference: dict, path: str, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, label in ((axes[0], "probe_full", "linear probe accuracy (%)"),
                               (axes[1], "cosine_fidelity", "cosine fidelity to victim")):
-        for loss, (bs, mean, std) in aggregate(rows, metric).items():
+        for loss, (bs, mean, std) in curves[metric].items():
             ax.errorbar(bs, mean, yerr=std, marker="o", capsize=3, label=loss)
         for ref, style in (("victim", "k--"), ("independent", "r:")):
             v = reference[ref].get(metric)
