@@ -79,10 +79,10 @@ def one_run(probe_train: int, probe_test: int, watchdog_s: float) -> None:
                           "probe_full": [r["probe_full"] for r in rows]}), flush=True)
 
 
-def threads_run(threads: int, seconds: float, stall_s: float = 60.0) -> int:
+def threads_run(threads: int, seconds: float, stall_s: float = 60.0) -> None:
     """One process: a feature-extraction thread beside ``threads`` probe threads for
-    ``seconds``; prints one JSON line; exits 0, or 3 when no extraction pass finished
-    for ``stall_s`` seconds."""
+    ``seconds``; prints one JSON line; ends the process (``os._exit``) with status 0,
+    or 3 when no extraction pass finished for ``stall_s`` seconds."""
     import threading
 
     from sslsteal_jax.host_devices import configure_cpu_devices

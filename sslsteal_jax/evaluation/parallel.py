@@ -107,16 +107,13 @@ def run_concurrently(jobs: Sequence[Callable[[], object]], max_workers: int | No
     chain = (*getattr(_local, "cancel", ()), cancel)  # a nested call stops with its parent
 
     def tracked(job):
-        outer = getattr(_local, "cancel", None)
+        outer = getattr(_local, "cancel", ())  # restored: with one worker this is the caller
         _local.cancel = chain
         try:
             raise_if_cancelled()
             out = job()
         finally:
-            if outer is None:
-                del _local.cancel
-            else:
-                _local.cancel = outer
+            _local.cancel = outer
         watchdog.progress("evaluation job")
         return out
 

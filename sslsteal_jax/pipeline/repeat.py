@@ -46,6 +46,9 @@ NOT_REPEATED = {
 }
 
 
+_ALLOWED = "allowed: comma-separated distinct integers >= 0, e.g. --seeds=0,1,2"
+
+
 def parse_seeds(text: str) -> list[int]:
     """The seeds of a ``--seeds`` flag value: ``"0,1,2" -> [0, 1, 2]``.
 
@@ -58,15 +61,27 @@ def parse_seeds(text: str) -> list[int]:
         seed at all (one line naming the value and what is allowed).
     """
     items = [t.strip() for t in str(text).split(",")]
-    allowed = "allowed: comma-separated distinct integers >= 0, e.g. --seeds=0,1,2"
-    if not items or not all(t.lstrip("-").isdigit() for t in items):
-        raise ConfigError(f"--seeds={text}; {allowed}")
-    seeds = [int(t) for t in items]
+    if not all(t.lstrip("-").isdigit() for t in items):
+        raise ConfigError(f"--seeds={text}; {_ALLOWED}")
+    return check_seeds([int(t) for t in items], text)
+
+
+def check_seeds(seeds, text: str | None = None) -> list[int]:
+    """``seeds`` as ints after checking them (:func:`parse_seeds`' rules); ``text`` is
+    how the user wrote them (default: joined with commas).
+
+    Raises:
+      ConfigError: no seed, a negative or a repeated seed (one line, names the value).
+    """
+    seeds = [int(s) for s in seeds]
+    text = ",".join(map(str, seeds)) if text is None else text
+    if not seeds:
+        raise ConfigError(f"--seeds={text}; {_ALLOWED}")
     if min(seeds) < 0:
-        raise ConfigError(f"--seeds={text}: seed {min(seeds)} is negative; {allowed}")
+        raise ConfigError(f"--seeds={text}: seed {min(seeds)} is negative; {_ALLOWED}")
     if len(set(seeds)) != len(seeds):
         twice = sorted({s for s in seeds if seeds.count(s) > 1})
-        raise ConfigError(f"--seeds={text}: seed {twice[0]} is given twice; {allowed}")
+        raise ConfigError(f"--seeds={text}: seed {twice[0]} is given twice; {_ALLOWED}")
     return seeds
 
 
@@ -110,20 +125,15 @@ def shift_seeds(cfg: ml_collections.ConfigDict, seed: int,
     if offset == 0:
         return cfg
     out = ml_collections.ConfigDict(cfg.to_dict())
-
-    def shift(node, path):
-        for key in list(node.keys()):
-            value = node[key]
-            if isinstance(value, ml_collections.ConfigDict):
-                if not (path == "" and key in fixed):
-                    shift(value, f"{path}{key}.")
-            elif key == "seed" and isinstance(value, int) and not isinstance(value, bool):
-                if value + offset < 0:
-                    raise ConfigError(f"--seeds: seed {seed} would set {path}seed="
-                                      f"{value + offset}; seeds must stay >= 0")
-                node[key] = value + offset
-
-    shift(out, "")
+    for field, value in seed_fields(out, fixed).items():
+        if value + offset < 0:
+            raise ConfigError(f"--seeds: seed {seed} would set {field}={value + offset}; "
+                              "seeds must stay >= 0")
+        *blocks, key = field.split(".")
+        node = out
+        for b in blocks:
+            node = node[b]
+        node[key] = value + offset
     return out
 
 
@@ -334,11 +344,11 @@ def run_seeds(cfg, workdir: str, seeds, run_one) -> dict:
       ``metrics``, ``summary`` (see :func:`summarise`), ``per_seed_workdirs``,
       ``seconds`` and ``config`` (the first seed's).
     Raises:
-      ConfigError: repeated or negative seeds (:func:`parse_seeds`), a config without
+      ConfigError: repeated or negative seeds (:func:`check_seeds`), a config without
         ``seed``, an experiment of :data:`NOT_REPEATED` (``budget_scan`` stacks its
         seeds: ``--config.seeds``), a seed directory holding another config's results.
     """
-    seeds = parse_seeds(",".join(map(str, seeds)))
+    seeds = check_seeds(seeds)
     check_repeatable(cfg, seeds)
     configs = {s: shift_seeds(cfg, s) for s in seeds}  # a config without seed fails here
     t0 = time.time()
