@@ -26,7 +26,9 @@ TINY_SIMCLR = {"model.width": 4, "model.head_hidden": 16, "model.head_out": 8,
 #: victim, a 32-query budget (one batch) against the shipped victims.
 SMOKE = {
     "evaluate": ("", {**PROBES, "checkpoints": base.STAGE1_VICTIM}),
-    "verify": ("budgets=32,samples=32,simclr_epochs=0,seeds=1",
+    # ``nulls``: the shipped stage-1 SimCLR victim (a fully trained encoder the watermark
+    # never saw) joins the independent null next to the random-init encoder.
+    "verify": (f"budgets=32,samples=32,simclr_epochs=0,seeds=1,nulls=stage 1={base.STAGE1_VICTIM}",
                {"probe_test_size": 100, "attack.steal.batch_size": 32,
                 "watermark.align_images": 32, "di.n_fit": 64, "di.n_private": 64,
                 "di.n_public": 64, "di.components": 2}),
@@ -93,3 +95,12 @@ def test_config_runs_one_step(name, tmp_path, monkeypatch):
     assert rows, sorted(results)
     nums = list(_numbers(rows))
     assert nums and all(math.isfinite(x) for x in nums), rows
+    if name == "verify":
+        groups = results["watermark_null"]["groups"]
+        indep = sorted(n for n, g in groups.items() if g == "independent")
+        assert indep == ["independent (random init, seed 1001)", "stage 1"], groups
+        wm = {n: d["watermark"] for n, d in results["details"].items()}
+        # the victim is tested against the stronger of the two null encoders (method max)
+        best = max((wm[n]["correct"] / wm[n]["total"]) for n in indep)
+        assert wm["victim"]["null_tests"]["independent"]["n_null"] == 2
+        assert wm["victim"]["null_tests"]["independent"]["null_accuracy"] == best

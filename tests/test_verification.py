@@ -12,7 +12,8 @@ from scipy import stats
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.pipeline.workdir import REPO_ROOT
 from sslsteal_jax.experiments.verify import (Suspect, ancestor_path, di_private_size,
-                                             parse_budgets, parse_suspects, watermark_null_pvalues,
+                                             parse_budgets, parse_named_checkpoints,
+                                             watermark_null_pvalues,
                                              watermark_test)
 from sslsteal_jax.models.watermark import rotate_images, rotation_task, watermark_input
 from sslsteal_jax.verification import (binomial_pvalue, dataset_inference, fit_gmm, fit_linear_map,
@@ -181,9 +182,9 @@ def test_parse_helpers():
     assert parse_budgets("500, 2000") == [500, 2000] and parse_budgets("") == []
     with pytest.raises(ValueError, match="positive"):
         parse_budgets("0")
-    assert parse_suspects("a=x/ckpt, b=y") == [("a", "x/ckpt"), ("b", "y")]
+    assert parse_named_checkpoints("a=x/ckpt, b=y") == [("a", "x/ckpt"), ("b", "y")]
     with pytest.raises(ValueError, match="not name=path"):
-        parse_suspects("oops")
+        parse_named_checkpoints("oops")
 
 
 def test_fisher_pvalue_hand_case_and_scipy():
@@ -276,3 +277,19 @@ def test_verify_and_victim_config_errors():
     assert victim_config.get_config("").victim_train_size is None
     with pytest.raises(ValueError, match="train_size=100 must be >= batch_size=256"):
         victim_config.get_config("train_size=100")
+
+
+def test_verify_nulls_and_suspects_are_checked_before_any_work():
+    """``nulls`` / ``suspects`` items must be name=path with distinct names: one line
+    naming the field, before anything runs."""
+    from sslsteal_jax.configs import verify as verify_config
+    from sslsteal_jax.errors import ConfigError
+    c = verify_config.get_config("nulls=simclr seed 1=runs/s1/checkpoints+r2=x")
+    assert c.nulls == "simclr seed 1=runs/s1/checkpoints,r2=x"
+    assert parse_named_checkpoints(c.nulls) == [("simclr seed 1", "runs/s1/checkpoints"),
+                                               ("r2", "x")]
+    verify_config.validate(c)
+    with pytest.raises(ConfigError, match=r"^nulls: checkpoint 'runs/s1' is not name=path"):
+        verify_config.validate(verify_config.get_config("nulls=runs/s1"))
+    with pytest.raises(ConfigError, match=r"^suspects=.*repeated: \['a'\]"):
+        verify_config.validate(verify_config.get_config("suspects=a=x+a=y"))

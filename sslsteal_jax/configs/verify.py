@@ -9,7 +9,7 @@ Experiment ``verify`` (sslsteal_jax/experiments/verify.py): the suspects are
 the victim itself, its never-watermarked ancestor, surrogates stolen here at
 every (loss, budget) (trained as in the main job, ``attack.steal`` and
 ``attack.loss_overrides``), independent encoders (SimCLR on the public pool and
-random init) and any ``suspects`` checkpoints. Decision rules: watermarked =
+random init, plus any ``nulls`` checkpoints) and any ``suspects`` checkpoints. Decision rules: watermarked =
 p-value against the independent null < 0.01; DI stolen = p < 0.01. Everything
 else: ``--config.<field>=...`` (e.g. ``--config.di.n_fit=20000``).
 """
@@ -35,6 +35,9 @@ ARGS = {
     "samples": Arg(40000, "surrogate training samples (epochs = ceil(samples / budget))",
                    minimum=1),
     "suspects": Arg((), "extra suspect checkpoints, name=path items", kind=str),
+    "nulls": Arg((), "extra independent encoders joining the watermark test's independent "
+                 "null, checkpoints as name=path items (e.g. a SimCLR victim trained with "
+                 "configs/victim_simclr.py:seed=1, the victim's first-stage recipe)", kind=str),
     "simclr_epochs": Arg(4, "epochs of each independent SimCLR encoder (0 = skip them)",
                          minimum=0),
     "seeds": Arg(3, "independent encoders per kind (SimCLR on the public pool, random init), "
@@ -64,6 +67,7 @@ def build(a) -> ml_collections.ConfigDict:
     c.overwrite = False
     c.victim_checkpoint = a.victim
     c.suspects = base.join(a.suspects)
+    c.nulls = base.join(a.nulls)
     c.ancestor = a.ancestor
     c.watermark = ml_collections.ConfigDict(dict(
         enabled=a.watermark, alpha=0.01, null_method=a.null_method,
@@ -88,6 +92,21 @@ def build(a) -> ml_collections.ConfigDict:
 get_config = args.config_getter(build, ARGS, "The verification config")
 
 
+def parse_named_checkpoints(spec: str) -> list[tuple[str, str]]:
+    """``"name=path,name=path"`` (the ``suspects`` and ``nulls`` fields) -> [(name, path)].
+
+    Raises:
+      ValueError: a part is not ``name=path``.
+    """
+    out = []
+    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
+        if "=" not in part:
+            raise ValueError(f"checkpoint {part!r} is not name=path")
+        name, path = (s.strip() for s in part.split("=", 1))
+        out.append((name, path))
+    return out
+
+
 def validate(cfg) -> None:
     """Check the watermark and DI settings, the attack block (budgets, losses, surrogate
     settings), the independent encoders and the dataset.
@@ -110,6 +129,14 @@ def validate(cfg) -> None:
                           f"{list(losses.ALL_LOSSES)}")
     base.check_int("attack.samples", cfg.attack.samples)
     base.check_steal("attack.", cfg.attack.steal)
+    for field in ("suspects", "nulls"):
+        try:
+            named = parse_named_checkpoints(cfg.get(field) or "")
+        except ValueError as e:
+            raise ConfigError(f"{field}: {e}; allowed: name=path items") from None
+        dup = sorted({n for n, _ in named if [m for m, _ in named].count(n) > 1})
+        if dup:
+            base.fail(field, cfg.get(field), f"distinct names (repeated: {dup})")
     base.check_int("independent.seeds", cfg.independent.seeds)
     base.check_int("independent.simclr_epochs", cfg.independent.simclr_epochs, minimum=0)
     if cfg.independent.simclr_epochs:

@@ -49,6 +49,7 @@ import numpy as np
 
 from sslsteal_jax.api import VictimAPI
 from sslsteal_jax.attacks.query import collect_answers
+from sslsteal_jax.configs.verify import parse_named_checkpoints
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
@@ -109,21 +110,6 @@ def suspect_from_checkpoint(name: str, path: str, kind: str = "checkpoint") -> S
     m = load_model(path)
     enc = Encoder(name, m.module, m.variables, 0, 1 if m.kind == "surrogate" else 0, kind)
     return Suspect(enc, {"source": path, "checkpoint_kind": m.kind})
-
-
-def parse_suspects(spec: str) -> list[tuple[str, str]]:
-    """``"name=path,name=path"`` -> [(name, path)].
-
-    Raises:
-      ValueError: a part is not ``name=path``.
-    """
-    out = []
-    for part in filter(None, (p.strip() for p in (spec or "").split(","))):
-        if "=" not in part:
-            raise ValueError(f"suspect {part!r} is not name=path")
-        name, path = (s.strip() for s in part.split("=", 1))
-        out.append((name, path))
-    return out
 
 
 def parse_budgets(spec) -> list[int]:
@@ -351,12 +337,16 @@ def run(cfg, workdir: str) -> dict:
     if anc:
         suspects.append(dataclasses.replace(suspect_from_checkpoint(
             "ancestor (never watermarked)", anc, "ancestor"), null_group=NULL_ANCESTOR))
-    for name, path in parse_suspects(cfg.suspects):
+    for name, path in parse_named_checkpoints(cfg.suspects):
         suspects.append(suspect_from_checkpoint(name, wd.resolve_path(path)))
     api = VictimAPI(victim.module, victim.variables, data.probe_test_x.shape[1:])
     suspects += _steal(cfg, workdir, api, data, victim.module)
     t.append(time.time())
     suspects += _independents(cfg, workdir, data, victim)
+    suspects += [dataclasses.replace(suspect_from_checkpoint(name, wd.resolve_path(path),
+                                                             "independent"),
+                                     null_group=NULL_INDEPENDENT)
+                 for name, path in parse_named_checkpoints(cfg.get("nulls") or "")]
     t.append(time.time())
     rows, details = _verify_all(cfg, suspects, victim, data, wm, di, k_gmm)
     t.append(time.time())
