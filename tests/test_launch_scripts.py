@@ -184,6 +184,10 @@ def test_local_script_rejects_bad_options(bad):
     assert p.returncode == 2 and p.stderr.startswith(f"error: launch/local.sh {bad}")
 
 
+# subprocess.Popen forks and at once execs a new interpreter, which is safe beside JAX's
+# threads; JAX's at-fork hook warns about any fork once this pytest worker has started its
+# backend. The launcher itself never imports jax (``python -m sslsteal_jax.cluster``).
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 def test_local_launcher_stops_the_others_when_one_fails(tmp_path):
     """Process 1 fails at once; process 0 (which would wait forever at its next
     collective) is stopped and the launcher returns process 1's status."""
