@@ -386,6 +386,10 @@ def test_corrupt_array_data_raises_checkpoint_corrupt_error(tmp_path, damage):
     assert isinstance(info.value, ConfigError) and info.value.__cause__ is not None
 
 
+# A failed orbax restore can leave one of orbax's background reader coroutines to be
+# collected after its asyncio loop closed ("Event loop is closed", raised inside orbax and
+# reported by pytest as unraisable, intermittently): orbax's race, not ours, so ignored here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("rel", ["model/d", "model/_METADATA", "meta/metadata"])
 def test_missing_checkpoint_file_is_named(tmp_path, rel):
     dst, step, _ = _copy_shipped(tmp_path)
