@@ -433,7 +433,8 @@ def main(argv):
             run(_CONFIG.value, _WORKDIR.value)
         else:
             from sslsteal_jax.pipeline.repeat import run_seeds
-            run_seeds(_CONFIG.value, _WORKDIR.value, seeds, run)
+            exp = importlib.import_module(f"sslsteal_jax.experiments.{_CONFIG.value.experiment}")
+            run_seeds(_CONFIG.value, _WORKDIR.value, seeds, run, getattr(exp, "plot_seeds", None))
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
         if dog is not None:
             dog.stop()

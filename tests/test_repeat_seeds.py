@@ -198,3 +198,52 @@ def test_real_configs_move_every_attacker_seed_and_keep_the_victim(name, fields)
     if "victim" in cfg:
         assert out.victim.to_dict() == cfg.victim.to_dict()
     validate(out)
+
+
+def test_row_labels_use_the_column_that_tells_rows_apart():
+    rows = [{"cell": "none/0/direct", "family": "none", "strength": 0.0},
+            {"cell": "gaussian/1/direct", "family": "gaussian", "strength": 1.0}]
+    assert repeat.row_labels(["family", "cell", "strength"], rows) == ["none", "gaussian"]
+    same = [dict(r, family="x") for r in rows]
+    assert repeat.row_labels(["family", "cell", "strength"], same) == [
+        "none/0/direct", "gaussian/1/direct"]
+    # no distinguishing column: the text settings joined, numbers left out
+    twins = [{"loss": "mse", "source": "a", "budget": 5.0}, {"loss": "mse", "source": "a",
+                                                             "budget": 5.0}]
+    assert repeat.row_labels(["loss", "source", "budget"], twins) == ["mse / a", "mse / a"]
+
+
+def test_runner_calls_the_experiments_own_seed_plots(tmp_path):
+    seen = []
+
+    def plot_seeds(summary, workdir):
+        seen.append((summary["seeds"], summary["summary"][0]["probe_full_mean"], workdir))
+        return ["extra.png"]
+
+    repeat.run_seeds(_cfg(), str(tmp_path), [0, 2], _fake_experiment([]), plot_seeds)
+    assert seen == [([0, 2], 81.0, str(tmp_path))]
+
+
+def test_defense_matrix_seed_rows_and_tradeoff_plot(tmp_path):
+    from sslsteal_jax.experiments import defense_matrix as dm
+    summary = {"seeds": [0, 1], "per_seed_workdirs": {"0": str(tmp_path / "seed_0")},
+               "summary": [
+                   {"cell": "none/0/direct", "family": "none", "strength": 0.0,
+                    "attack": "direct", "attacker_probe_full_mean": 79.0,
+                    "attacker_probe_full_std": 0.4, "legit_accuracy_mean": 82.5,
+                    "legit_accuracy_std": 0.1, "legit_single_accuracy": 92.8},
+                   {"cell": "gaussian/1.0/direct", "family": "gaussian", "strength": 1.0,
+                    "attack": "direct", "attacker_probe_full_mean": 71.7,
+                    "attacker_probe_full_std": 0.8, "legit_accuracy_mean": 34.3,
+                    "legit_accuracy_std": 0.8, "legit_single_accuracy_mean": 67.1,
+                    "legit_single_accuracy_std": 0.1}]}
+    rows = dm.seed_rows(summary)
+    assert rows[0]["legit_single_accuracy"] == 92.8 and rows[0]["legit_single_accuracy_std"] == 0.0
+    assert (rows[1]["attacker_probe_full"], rows[1]["attacker_probe_full_std"]) == (71.7, 0.8)
+    os.makedirs(tmp_path / "seed_0")
+    with open(tmp_path / "seed_0" / "results.json", "w") as f:
+        json.dump({"reference": {"victim": {"probe_full": 82.8},
+                                 "independent": {"probe_full": 58.6}}}, f)
+    assert dm.plot_seeds(summary, str(tmp_path)) == ["tradeoff_seeds.png"]
+    with open(tmp_path / "tradeoff_seeds.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -377,7 +377,9 @@ def plot_tradeoff(rows, reference, path: str, title: str) -> None:
     """Legitimate-user accuracy (x) vs attacker surrogate accuracy (y), one curve per
     (defense family, attack), strengths in order; left: the 10-class user, right:
     the single-task user (both sent as many queries as the attacker); victim /
-    independent encoder as reference lines."""
+    independent encoder as reference lines. Rows that carry ``<field>_std`` (the
+    means over seeds of :func:`plot_seeds`) get +- one standard deviation error bars
+    on both axes. Accuracies in percent; written atomically to ``path`` (PNG)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -389,8 +391,14 @@ def plot_tradeoff(rows, reference, path: str, title: str) -> None:
                            (axes[1], "legit_single_accuracy", "single-task legitimate user")):
         for (fam, attack), rs in groups.items():
             label = fam if attack == "direct" else f"{fam} vs {attack.split(':')[0]}"
-            ax.plot([r[field] for r in rs], [r["attacker_probe_full"] for r in rs],
-                    "o-" if attack == "direct" else "s--", label=label)
+            x, y = [r[field] for r in rs], [r["attacker_probe_full"] for r in rs]
+            style = "o-" if attack == "direct" else "s--"
+            if f"{field}_std" in rs[0]:
+                ax.errorbar(x, y, xerr=[r[f"{field}_std"] for r in rs],
+                            yerr=[r["attacker_probe_full_std"] for r in rs], fmt=style,
+                            capsize=2, label=label)
+            else:
+                ax.plot(x, y, style, label=label)
             for r in rs:
                 ax.annotate(str(r["strength"]), (r[field], r["attacker_probe_full"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -403,6 +411,56 @@ def plot_tradeoff(rows, reference, path: str, title: str) -> None:
     axes[0].set_ylabel("attacker's surrogate: linear-probe accuracy (%)")
     axes[0].legend(fontsize=7, loc="best")
     _save_fig(fig, path)
+
+
+def seed_rows(summary: dict) -> list[dict]:
+    """The cells of a ``--seeds`` summary as :func:`plot_tradeoff` rows: per cell the
+    mean over seeds of the attacker's and both legitimate users' accuracy (percent) and
+    ``<field>_std`` (sample standard deviation; 0.0 for a column equal under every seed,
+    which the summary keeps as a setting).
+
+    Args:
+      summary: the ``seeds.json`` dict of ``pipeline.repeat.run_seeds`` for a defense
+        matrix (``summary`` rows with ``cell``, ``family``, ``strength``, ``attack``).
+    Returns:
+      one dict per cell, in the summary's order.
+    Raises:
+      KeyError: a row lacks those columns (not a defense-matrix summary).
+    """
+    rows = []
+    for r in summary["summary"]:
+        row = {k: r[k] for k in ("cell", "family", "strength", "attack")}
+        for m in ("attacker_probe_full", "legit_accuracy", "legit_single_accuracy"):
+            if f"{m}_mean" in r:  # a column that varied between seeds
+                row[m], row[f"{m}_std"] = r[f"{m}_mean"], r[f"{m}_std"]
+            else:  # equal under every seed (a setting column)
+                row[m], row[f"{m}_std"] = float(r[m]), 0.0
+        rows.append(row)
+    return rows
+
+
+def plot_seeds(summary: dict, workdir: str) -> list[str]:
+    """The trade-off plot of a ``--seeds`` run: :func:`plot_tradeoff` of
+    :func:`seed_rows` (means with +- one standard deviation error bars) to
+    ``<workdir>/tradeoff_seeds.png``; the reference lines are the first seed's victim
+    and independent rows.
+
+    Args:
+      summary: the ``seeds.json`` dict of ``pipeline.repeat.run_seeds``.
+      workdir: the parent work directory of the seeds.
+    Returns:
+      the names of the files written (``["tradeoff_seeds.png"]``).
+    Raises:
+      KeyError: not a defense-matrix summary; OSError: the first seed's results.json
+        cannot be read.
+    """
+    first = summary["per_seed_workdirs"][str(summary["seeds"][0])]
+    with open(os.path.join(first, "results.json")) as f:
+        reference = json.load(f)["reference"]
+    seeds = ",".join(map(str, summary["seeds"]))
+    plot_tradeoff(seed_rows(summary), reference, os.path.join(workdir, "tradeoff_seeds.png"),
+                  f"mean +- std over seeds {seeds}")
+    return ["tradeoff_seeds.png"]
 
 
 def plot_coverage(curves: dict, path: str, budget: int | None = None) -> None:

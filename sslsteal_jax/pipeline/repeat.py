@@ -258,17 +258,37 @@ def format_summary(settings, metrics, summary) -> str:
     return "\n".join(lines)
 
 
+def row_labels(settings, rows) -> list[str]:
+    """One short label per summary row: the first setting column whose values tell
+    every row apart (e.g. ``name`` of the main job's rows, ``cell`` of the defense
+    matrix); without one, the row's text (non-numeric) settings joined by " / ".
+
+    Args:
+      settings: the setting columns of :func:`summarise`, in table order.
+      rows: the summary rows to label.
+    Returns:
+      the labels, in the order of ``rows``.
+    """
+    for c in settings:
+        values = [_setting(r.get(c)) for r in rows]
+        if all(values) and len(set(values)) == len(values):
+            return values
+    return [" / ".join(_setting(r[c]) for c in settings
+                       if r[c] not in ("", None) and not isinstance(r[c], (int, float)))
+            for r in rows]
+
+
 def plot_summary(settings, metrics, summary, path: str, metric: str | None = None) -> None:
     """Horizontal bars of one metric (default ``probe_full`` when present, else the
-    first) per row with +- one standard deviation error bars, written atomically."""
+    first) per row with +- one standard deviation error bars, written atomically.
+    Each bar is labelled by :func:`row_labels`."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     metric = metric or ("probe_full" if "probe_full" in metrics else metrics[0])
     shown = [r for r in summary if r.get(f"{metric}_mean") is not None]
-    labels = [" / ".join(_setting(r[c]) for c in settings if r[c] not in ("", None))
-              for r in shown]
+    labels = row_labels(settings, shown)
     mean = np.array([r[f"{metric}_mean"] for r in shown])
     std = np.array([r[f"{metric}_std"] for r in shown])
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(shown) + 1.5))
@@ -326,7 +346,7 @@ def _finished(sub: str, cfg) -> bool:
                       "differs); choose a new --workdir or pass --config.overwrite=True")
 
 
-def run_seeds(cfg, workdir: str, seeds, run_one) -> dict:
+def run_seeds(cfg, workdir: str, seeds, run_one, plot_seeds=None) -> dict:
     """Run ``cfg``'s experiment once per seed and summarise the result tables.
 
     Seed ``s`` runs :func:`shift_seeds` ``(cfg, s)`` in :func:`seed_workdir`. A seed whose
@@ -339,6 +359,9 @@ def run_seeds(cfg, workdir: str, seeds, run_one) -> dict:
       workdir: the parent work directory.
       seeds: the seeds, distinct ints >= 0, in run order.
       run_one: ``run_one(cfg, workdir) -> results dict``: ``sslsteal_jax.main.run``.
+      plot_seeds: the experiment's own seed plots, if it has any:
+        ``plot_seeds(summary dict, workdir) -> file names written`` (e.g.
+        ``experiments.defense_matrix.plot_seeds``: the trade-off with error bars).
     Returns:
       The summary dict written to ``<workdir>/seeds.json``: ``seeds``, ``settings``,
       ``metrics``, ``summary`` (see :func:`summarise`), ``per_seed_workdirs``,
@@ -377,7 +400,11 @@ def run_seeds(cfg, workdir: str, seeds, run_one) -> dict:
         with open(os.path.join(workdir, "seeds.md.tmp"), "w") as f:
             f.write(table + "\n")
         os.replace(os.path.join(workdir, "seeds.md.tmp"), os.path.join(workdir, "seeds.md"))
+        written = ["seeds.json", "seeds.csv", "seeds.md"]
         if metrics:
             plot_summary(settings, metrics, summary, os.path.join(workdir, "seeds.png"))
-    print(f"wrote seeds.json, seeds.csv, seeds.md, seeds.png in {workdir}")
+            written.append("seeds.png")
+        if plot_seeds is not None:
+            written += plot_seeds(out, workdir)
+        print(f"wrote {', '.join(written)} in {workdir}")
     return out
