@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import re
+
 import pytest
 from scipy import stats
 
@@ -291,5 +293,16 @@ def test_verify_nulls_and_suspects_are_checked_before_any_work():
     verify_config.validate(c)
     with pytest.raises(ConfigError, match=r"^nulls: checkpoint 'runs/s1' is not name=path"):
         verify_config.validate(verify_config.get_config("nulls=runs/s1"))
-    with pytest.raises(ConfigError, match=r"^suspects=.*repeated: \['a'\]"):
+    with pytest.raises(ConfigError, match=r"^suspects: name 'a' is also used in suspects"):
         verify_config.validate(verify_config.get_config("suspects=a=x+a=y"))
+    # one name per row across both fields and verify's own rows (results are keyed by name)
+    with pytest.raises(ConfigError, match=r"^nulls: name 'a' is also used in suspects"):
+        verify_config.validate(verify_config.get_config("suspects=a=x,nulls=a=y"))
+    for taken in ("victim", "ancestor (never watermarked)", "surrogate infonce 500 queries",
+                  "independent (random init, seed 1001)"):
+        with pytest.raises(ConfigError, match=f"name '{re.escape(taken.replace(',', ''))}' is taken"):
+            c = verify_config.get_config("")
+            c.nulls = f"{taken.replace(',', '')}=x"  # (a comma would split the item)
+            verify_config.validate(c)
+    with pytest.raises(ConfigError, match=r"^nulls: item a='' needs a name and a path"):
+        verify_config.validate(verify_config.get_config("nulls=a="))

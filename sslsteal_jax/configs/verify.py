@@ -24,6 +24,10 @@ from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.verification.watermark import NULL_METHODS
 
 EXPERIMENT = "verify"
+#: Row names verify gives its own suspects (``experiments.verify``): a ``suspects`` /
+#: ``nulls`` item may not take them (results are keyed by name).
+RESERVED_NAMES = ("victim", "ancestor (never watermarked)")
+RESERVED_PREFIXES = ("surrogate ", "independent ")
 
 ARGS = {
     "victim": Arg(base.WATERMARKED_VICTIM, "watermarked victim checkpoint (e.g. "
@@ -129,14 +133,25 @@ def validate(cfg) -> None:
                           f"{list(losses.ALL_LOSSES)}")
     base.check_int("attack.samples", cfg.attack.samples)
     base.check_steal("attack.", cfg.attack.steal)
+    seen: dict = {}
     for field in ("suspects", "nulls"):
         try:
             named = parse_named_checkpoints(cfg.get(field) or "")
         except ValueError as e:
             raise ConfigError(f"{field}: {e}; allowed: name=path items") from None
-        dup = sorted({n for n, _ in named if [m for m, _ in named].count(n) > 1})
-        if dup:
-            base.fail(field, cfg.get(field), f"distinct names (repeated: {dup})")
+        for name, path in named:
+            if not name or not path:
+                raise ConfigError(f"{field}: item {name}={path!r} needs a name and a path; "
+                                  "allowed: name=path items")
+            if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
+                raise ConfigError(f"{field}: name {name!r} is taken by a row verify makes "
+                                  f"itself ({', '.join(RESERVED_NAMES)}, "
+                                  f"'{RESERVED_PREFIXES[0]}...', '{RESERVED_PREFIXES[1]}...'); "
+                                  "allowed: another name")
+            if name in seen:
+                raise ConfigError(f"{field}: name {name!r} is also used in {seen[name]}; "
+                                  "allowed: a distinct name per suspect and null")
+            seen[name] = field
     base.check_int("independent.seeds", cfg.independent.seeds)
     base.check_int("independent.simclr_epochs", cfg.independent.simclr_epochs, minimum=0)
     if cfg.independent.simclr_epochs:

@@ -337,16 +337,25 @@ def run(cfg, workdir: str) -> dict:
     if anc:
         suspects.append(dataclasses.replace(suspect_from_checkpoint(
             "ancestor (never watermarked)", anc, "ancestor"), null_group=NULL_ANCESTOR))
-    for name, path in parse_named_checkpoints(cfg.suspects):
-        suspects.append(suspect_from_checkpoint(name, wd.resolve_path(path)))
+    # named checkpoints first (a bad path fails before any training), nulls in the
+    # independent null group
+    named = [(f, name, path) for f in ("suspects", "nulls")
+             for name, path in parse_named_checkpoints(cfg.get(f) or "")]
+    loaded = []
+    for field, name, path in named:
+        try:
+            sus = suspect_from_checkpoint(name, wd.resolve_path(path),
+                                          "independent" if field == "nulls" else "checkpoint")
+        except ConfigError as e:
+            raise ConfigError(f"{field} item {name!r}: {e}") from None
+        loaded.append(dataclasses.replace(sus, null_group=NULL_INDEPENDENT)
+                      if field == "nulls" else sus)
+    suspects += [s for s in loaded if s.null_group is None]
     api = VictimAPI(victim.module, victim.variables, data.probe_test_x.shape[1:])
     suspects += _steal(cfg, workdir, api, data, victim.module)
     t.append(time.time())
     suspects += _independents(cfg, workdir, data, victim)
-    suspects += [dataclasses.replace(suspect_from_checkpoint(name, wd.resolve_path(path),
-                                                             "independent"),
-                                     null_group=NULL_INDEPENDENT)
-                 for name, path in parse_named_checkpoints(cfg.get("nulls") or "")]
+    suspects += [s for s in loaded if s.null_group is not None]
     t.append(time.time())
     rows, details = _verify_all(cfg, suspects, victim, data, wm, di, k_gmm)
     t.append(time.time())
