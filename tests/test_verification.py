@@ -1,13 +1,12 @@
 """Owner-side verification statistics (watermark, dataset inference) on constructed
 encoders and data with known answers."""
 import os
+import re
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import re
-
 import pytest
 from scipy import stats
 
@@ -300,9 +299,10 @@ def test_verify_nulls_and_suspects_are_checked_before_any_work():
         verify_config.validate(verify_config.get_config("suspects=a=x,nulls=a=y"))
     for taken in ("victim", "ancestor (never watermarked)", "surrogate infonce 500 queries",
                   "independent (random init, seed 1001)"):
-        with pytest.raises(ConfigError, match=f"name '{re.escape(taken.replace(',', ''))}' is taken"):
-            c = verify_config.get_config("")
-            c.nulls = f"{taken.replace(',', '')}=x"  # (a comma would split the item)
+        taken = taken.replace(",", "")  # (a comma would split the item)
+        c = verify_config.get_config("")
+        c.nulls = f"{taken}=x"
+        with pytest.raises(ConfigError, match=f"name '{re.escape(taken)}' is taken"):
             verify_config.validate(c)
     with pytest.raises(ConfigError, match=r"^nulls: item a='' needs a name and a path"):
         verify_config.validate(verify_config.get_config("nulls=a="))

@@ -391,14 +391,11 @@ def plot_tradeoff(rows, reference, path: str, title: str) -> None:
                            (axes[1], "legit_single_accuracy", "single-task legitimate user")):
         for (fam, attack), rs in groups.items():
             label = fam if attack == "direct" else f"{fam} vs {attack.split(':')[0]}"
-            x, y = [r[field] for r in rs], [r["attacker_probe_full"] for r in rs]
-            style = "o-" if attack == "direct" else "s--"
-            if f"{field}_std" in rs[0]:
-                ax.errorbar(x, y, xerr=[r[f"{field}_std"] for r in rs],
-                            yerr=[r["attacker_probe_full_std"] for r in rs], fmt=style,
-                            capsize=2, label=label)
-            else:
-                ax.plot(x, y, style, label=label)
+            seeds = f"{field}_std" in rs[0]  # means over seeds: error bars on both axes
+            ax.errorbar([r[field] for r in rs], [r["attacker_probe_full"] for r in rs],
+                        xerr=[r[f"{field}_std"] for r in rs] if seeds else None,
+                        yerr=[r["attacker_probe_full_std"] for r in rs] if seeds else None,
+                        fmt="o-" if attack == "direct" else "s--", capsize=2, label=label)
             for r in rs:
                 ax.annotate(str(r["strength"]), (r[field], r["attacker_probe_full"]),
                             fontsize=7, xytext=(3, 3), textcoords="offset points")

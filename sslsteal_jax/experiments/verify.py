@@ -112,6 +112,21 @@ def suspect_from_checkpoint(name: str, path: str, kind: str = "checkpoint") -> S
     return Suspect(enc, {"source": path, "checkpoint_kind": m.kind})
 
 
+def _named_suspect(field: str, name: str, path: str) -> Suspect:
+    """A ``suspects`` item as a suspect, a ``nulls`` item as a member of the independent
+    null group.
+
+    Raises:
+      ConfigError: the checkpoint cannot be loaded (the message names the item).
+    """
+    try:
+        sus = suspect_from_checkpoint(name, wd.resolve_path(path),
+                                      "independent" if field == "nulls" else "checkpoint")
+    except ConfigError as e:
+        raise ConfigError(f"{field} item {name!r}: {e}") from None
+    return dataclasses.replace(sus, null_group=NULL_INDEPENDENT) if field == "nulls" else sus
+
+
 def parse_budgets(spec) -> list[int]:
     """``"500,2000"`` (or an int) -> [500, 2000]; empty -> [].
 
@@ -337,26 +352,20 @@ def run(cfg, workdir: str) -> dict:
     if anc:
         suspects.append(dataclasses.replace(suspect_from_checkpoint(
             "ancestor (never watermarked)", anc, "ancestor"), null_group=NULL_ANCESTOR))
-    # named checkpoints first (a bad path fails before any training), nulls in the
-    # independent null group
-    named = [(f, name, path) for f in ("suspects", "nulls")
-             for name, path in parse_named_checkpoints(cfg.get(f) or "")]
-    loaded = []
-    for field, name, path in named:
-        try:
-            sus = suspect_from_checkpoint(name, wd.resolve_path(path),
-                                          "independent" if field == "nulls" else "checkpoint")
-        except ConfigError as e:
-            raise ConfigError(f"{field} item {name!r}: {e}") from None
-        loaded.append(dataclasses.replace(sus, null_group=NULL_INDEPENDENT)
-                      if field == "nulls" else sus)
-    suspects += [s for s in loaded if s.null_group is None]
+    # the user's named checkpoints load first: a bad path fails before any training
+    named = {f: [_named_suspect(f, name, path)
+                 for name, path in parse_named_checkpoints(cfg.get(f) or "")]
+             for f in ("suspects", "nulls")}
+    suspects += named["suspects"]
     api = VictimAPI(victim.module, victim.variables, data.probe_test_x.shape[1:])
     suspects += _steal(cfg, workdir, api, data, victim.module)
     t.append(time.time())
     suspects += _independents(cfg, workdir, data, victim)
-    suspects += [s for s in loaded if s.null_group is not None]
+    suspects += named["nulls"]
     t.append(time.time())
+    names = [s.name for s in suspects]
+    if len(set(names)) != len(names):  # results are keyed by name (a bug: validate checks)
+        raise ValueError(f"suspect names repeat: {sorted({n for n in names if names.count(n) > 1})}")
     rows, details = _verify_all(cfg, suspects, victim, data, wm, di, k_gmm)
     t.append(time.time())
     out = {
