@@ -364,9 +364,11 @@ def format_matrix(rows, reference) -> str:
     return "\n".join(lines)
 
 
-def _save_fig(fig, path):
+def _save_fig(fig, path, rect=(0, 0, 1, 1)):
+    """Lay out ``fig`` within ``rect`` (figure fraction: left, bottom, right, top) and
+    write it to ``path`` atomically (PNG, 110 dpi)."""
     import matplotlib.pyplot as plt
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -406,8 +408,10 @@ def plot_tradeoff(rows, reference, path: str, title: str) -> None:
         ax.set_xlabel(f"{who}: accuracy through the defended API (%)")
         ax.set_title(f"{title}; {who}", fontsize=9)
     axes[0].set_ylabel("attacker's surrogate: linear-probe accuracy (%)")
-    axes[0].legend(fontsize=7, loc="best")
-    _save_fig(fig, path)
+    # one legend for both panels, below them: inside a panel it covered points and labels
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
+    _save_fig(fig, path, rect=(0, 0.08, 1, 1))
 
 
 def seed_rows(summary: dict) -> list[dict]:
