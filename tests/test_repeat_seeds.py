@@ -207,10 +207,17 @@ def test_row_labels_use_the_column_that_tells_rows_apart():
     same = [dict(r, family="x") for r in rows]
     assert repeat.row_labels(["family", "cell", "strength"], same) == [
         "none/0/direct", "gaussian/1/direct"]
-    # no distinguishing column: the text settings joined, numbers left out
+    # no single distinguishing column: the columns that vary, numbers named by their column
+    grid = [{"loss": l, "source": "a", "budget": b} for l in ("mse", "infonce") for b in (250, 1000)]
+    assert repeat.row_labels(["loss", "source", "budget"], grid) == [
+        "mse / budget 250", "mse / budget 1000", "infonce / budget 250", "infonce / budget 1000"]
+    # rows with equal settings stay apart by position
     twins = [{"loss": "mse", "source": "a", "budget": 5.0}, {"loss": "mse", "source": "a",
                                                              "budget": 5.0}]
-    assert repeat.row_labels(["loss", "source", "budget"], twins) == ["mse / a", "mse / a"]
+    assert repeat.row_labels(["loss", "source", "budget"], twins) == ["#0", "#1"]
+    assert repeat.row_labels(["loss", "budget"], [dict(loss="mse", budget=1), dict(loss="mse", budget=2),
+                                                  dict(loss="mse", budget=2)]) == [
+        "budget 1 #0", "budget 2 #1", "budget 2 #2"]
 
 
 def test_runner_calls_the_experiments_own_seed_plots(tmp_path):

@@ -259,9 +259,11 @@ def format_summary(settings, metrics, summary) -> str:
 
 
 def row_labels(settings, rows) -> list[str]:
-    """One short label per summary row: the first setting column whose values tell
-    every row apart (e.g. ``name`` of the main job's rows, ``cell`` of the defense
-    matrix); without one, the row's text (non-numeric) settings joined by " / ".
+    """One short label per summary row, distinct for distinct rows: the first setting
+    column whose values tell every row apart (e.g. ``name`` of the main job's rows,
+    ``cell`` of the defense matrix); without one, the columns whose values vary
+    between rows, joined by " / " (a number named by its column, e.g.
+    ``"mse / budget 250"``); rows whose settings are all equal get ``#<position>``.
 
     Args:
       settings: the setting columns of :func:`summarise`, in table order.
@@ -273,9 +275,16 @@ def row_labels(settings, rows) -> list[str]:
         values = [_setting(r.get(c)) for r in rows]
         if all(values) and len(set(values)) == len(values):
             return values
-    return [" / ".join(_setting(r[c]) for c in settings
-                       if r[c] not in ("", None) and not isinstance(r[c], (int, float)))
-            for r in rows]
+    varying = [c for c in settings if len({_setting(r.get(c)) for r in rows}) > 1]
+
+    def part(r, c):
+        v = r.get(c)
+        return f"{c} {_setting(v)}" if isinstance(v, (int, float)) else _setting(v)
+
+    labels = [" / ".join(part(r, c) for c in varying) for r in rows]
+    if len(set(labels)) < len(labels):
+        labels = [(f"{lab} " if lab else "") + f"#{i}" for i, lab in enumerate(labels)]
+    return labels
 
 
 def plot_summary(settings, metrics, summary, path: str, metric: str | None = None) -> None:
