@@ -56,6 +56,10 @@ def test_arg_needs_a_supported_type():
     with pytest.raises(TypeError, match="not supported"):
         Arg([1], "a list")
     assert "n (default 3; an integer >= 1)" in args.describe(DECLARED_ARGS)
+    # a list of text items says what one item is when declared (default "names")
+    assert Arg((), "h", kind=str).allowed() == "a '+'-separated list of names"
+    assert Arg((), "h", kind=str, item="name=path items").allowed() == (
+        "a '+'-separated list of name=path items")
 
 
 def _thin_files():

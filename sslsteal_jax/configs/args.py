@@ -42,6 +42,8 @@ class Arg:
       choices: the allowed values (every item of a tuple), or None.
       kind: the (item) type when ``default`` cannot tell it (None, an empty tuple).
       optional: ``none`` / an empty value give None.
+      item: what one item of a tuple of text is, in words (``--show_config`` and
+        errors; default "names"), e.g. "name=path items".
 
     Raises (on construction):
       TypeError: the type cannot be told from ``default`` or ``kind``, or is not
@@ -54,6 +56,7 @@ class Arg:
     choices: tuple | None = None
     kind: type | None = None
     optional: bool = False
+    item: str | None = None
 
     def __post_init__(self):
         if self.item_type not in (int, float, bool, str):
@@ -82,7 +85,7 @@ class Arg:
         elif t is bool:
             what = "true | false (1 | 0)"
         else:
-            what = ({int: "integers", float: "numbers", str: "names"} if many else
+            what = ({int: "integers", float: "numbers", str: self.item or "names"} if many else
                     {int: "an integer", float: "a number", str: "text"})[t]
             if self.minimum is not None:
                 what += f" >= {self.minimum:g}"

@@ -38,10 +38,12 @@ ARGS = {
                   + " | ".join(losses.ALL_LOSSES)),
     "samples": Arg(40000, "surrogate training samples (epochs = ceil(samples / budget))",
                    minimum=1),
-    "suspects": Arg((), "extra suspect checkpoints, name=path items", kind=str),
+    "suspects": Arg((), "extra suspect checkpoints (name=path: the row name and its checkpoint)", kind=str,
+                     item="name=path items"),
     "nulls": Arg((), "extra independent encoders joining the watermark test's independent "
                  "null, checkpoints as name=path items (e.g. a SimCLR victim trained with "
-                 "configs/victim_simclr.py:seed=1, the victim's first-stage recipe)", kind=str),
+                 "configs/victim_simclr.py:seed=1, the victim's first-stage recipe)", kind=str,
+                 item="name=path items"),
     "simclr_epochs": Arg(4, "epochs of each independent SimCLR encoder (0 = skip them)",
                          minimum=0),
     "seeds": Arg(3, "independent encoders per kind (SimCLR on the public pool, random init), "
