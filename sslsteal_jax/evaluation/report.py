@@ -128,6 +128,22 @@ def _bar_values(ax, xs, values, top: float, fmt: str, rotate: bool) -> None:
                 rotation=90 if rotate else 0, color="white" if inside else "black")
 
 
+def save_figure(fig, path: str, rect=(0, 0, 1, 1)) -> None:
+    """Write a matplotlib figure to ``path`` (PNG, 110 dpi) atomically (a temporary file,
+    then ``os.replace``) and close it. A figure without a layout engine is first laid out
+    with ``tight_layout`` within ``rect`` (figure fraction: left, bottom, right, top; e.g.
+    room below the axes for a figure legend); one made with ``layout="constrained"`` keeps
+    its own layout. Every plot of the package is written through here."""
+    import os
+    import matplotlib.pyplot as plt
+    if fig.get_layout_engine() is None:
+        fig.tight_layout(rect=rect)
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
 def plot_results(rows, path: str, title: str) -> None:
     """Write a PNG bar chart of result rows to ``path`` (atomically: a temporary file,
     then ``os.replace``).
@@ -148,7 +164,6 @@ def plot_results(rows, path: str, title: str) -> None:
     """
     if not mesh_lib.is_writer():
         return
-    import os
     import textwrap
     import matplotlib
     matplotlib.use("Agg")
@@ -196,7 +211,4 @@ def plot_results(rows, path: str, title: str) -> None:
     a2.set_ylabel("mean cosine fidelity to victim")
     a2.set_title("fidelity to the victim's API output", fontsize=9)
     fig.suptitle("\n".join(textwrap.wrap(title, 110)) or " ", fontsize=11)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)

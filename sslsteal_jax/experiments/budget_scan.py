@@ -65,6 +65,7 @@ from sslsteal_jax.configs.base import stream_data_kwargs, stream_settings
 from sslsteal_jax.data.splits import experiment_data
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
+from sslsteal_jax.evaluation.report import save_figure
 from sslsteal_jax.losses import parse_losses
 from sslsteal_jax.models import SurrogateModel, encoder_from_config
 from sslsteal_jax.pipeline import evaluate, queries, results, seeds, workdir as wd
@@ -445,11 +446,7 @@ def plot_curves(curves: dict, reference: dict, path: str, title: str) -> None:
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def format_scan(rows: list[dict], reference: dict, selection: dict | None = None) -> str:

@@ -58,6 +58,7 @@ from sslsteal_jax.evaluation.detection import detector_report
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.legit_user import coverage_curve, legit_user_accuracy, task_subset
+from sslsteal_jax.evaluation.report import save_figure
 from sslsteal_jax.models import SurrogateModel, encoder_from_config
 from sslsteal_jax.pipeline import evaluate, results, workdir as wd
 from sslsteal_jax.pipeline.cells import CellStore
@@ -364,17 +365,6 @@ def format_matrix(rows, reference) -> str:
     return "\n".join(lines)
 
 
-def _save_fig(fig, path, rect=(0, 0, 1, 1)):
-    """Lay out ``fig`` within ``rect`` (figure fraction: left, bottom, right, top) and
-    write it to ``path`` atomically (PNG, 110 dpi)."""
-    import matplotlib.pyplot as plt
-    fig.tight_layout(rect=rect)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
 def plot_tradeoff(rows, reference, path: str, title: str) -> None:
     """Legitimate-user accuracy (x) vs attacker surrogate accuracy (y), one curve per
     (defense family, attack), strengths in order; left: the 10-class user, right:
@@ -411,7 +401,7 @@ def plot_tradeoff(rows, reference, path: str, title: str) -> None:
     # one legend for both panels, below them: inside a panel it covered points and labels
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7, frameon=False)
-    _save_fig(fig, path, rect=(0, 0.08, 1, 1))
+    save_figure(fig, path, rect=(0, 0.08, 1, 1))
 
 
 def seed_rows(summary: dict) -> list[dict]:
@@ -488,4 +478,4 @@ def plot_coverage(curves: dict, path: str, budget: int | None = None) -> None:
     a2.set_yscale("log")
     a1.legend(fontsize=6)
     a1.set_title("B4B: coverage of attacker vs legitimate users", fontsize=10)
-    _save_fig(fig, path)
+    save_figure(fig, path)

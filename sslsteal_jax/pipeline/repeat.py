@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.evaluation.report import save_figure
 from sslsteal_jax.pipeline import seeds as seeds_lib
 from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training.checkpoint import write_json_atomic
@@ -309,11 +310,7 @@ def plot_summary(settings, metrics, summary, path: str, metric: str | None = Non
     ax.set_xlim(0, max(100.0 if mean.max() > 1 else 1.0, float((mean + std).max()) * 1.15))
     n = sorted({r["n"] for r in shown})
     ax.set_xlabel(f"{metric} (mean +- sample std over {'/'.join(map(str, n))} seeds)")
-    fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def _comparable(d: dict) -> dict:
