@@ -28,6 +28,8 @@ EXPERIMENT = "verify"
 #: ``nulls`` item may not take them (results are keyed by name).
 RESERVED_NAMES = ("victim", "ancestor (never watermarked)")
 RESERVED_PREFIXES = ("surrogate ", "independent ")
+#: What one ``suspects`` / ``nulls`` item is (help, ``--show_config`` and errors).
+NAMED_ITEMS = "name=path items"
 
 ARGS = {
     "victim": Arg(base.WATERMARKED_VICTIM, "watermarked victim checkpoint (e.g. "
@@ -38,12 +40,12 @@ ARGS = {
                   + " | ".join(losses.ALL_LOSSES)),
     "samples": Arg(40000, "surrogate training samples (epochs = ceil(samples / budget))",
                    minimum=1),
-    "suspects": Arg((), "extra suspect checkpoints (name=path: the row name and its checkpoint)", kind=str,
-                     item="name=path items"),
+    "suspects": Arg((), "extra suspect checkpoints (name=path: the row name and its "
+                        "checkpoint)", kind=str, item=NAMED_ITEMS),
     "nulls": Arg((), "extra independent encoders joining the watermark test's independent "
                  "null, checkpoints as name=path items (e.g. a SimCLR victim trained with "
                  "configs/victim_simclr.py:seed=1, the victim's first-stage recipe)", kind=str,
-                 item="name=path items"),
+                 item=NAMED_ITEMS),
     "simclr_epochs": Arg(4, "epochs of each independent SimCLR encoder (0 = skip them)",
                          minimum=0),
     "seeds": Arg(3, "independent encoders per kind (SimCLR on the public pool, random init), "
@@ -140,11 +142,11 @@ def validate(cfg) -> None:
         try:
             named = parse_named_checkpoints(cfg.get(field) or "")
         except ValueError as e:
-            raise ConfigError(f"{field}: {e}; allowed: name=path items") from None
+            raise ConfigError(f"{field}: {e}; allowed: {NAMED_ITEMS}") from None
         for name, path in named:
             if not name or not path:
                 raise ConfigError(f"{field}: item {name}={path!r} needs a name and a path; "
-                                  "allowed: name=path items")
+                                  f"allowed: {NAMED_ITEMS}")
             if name in RESERVED_NAMES or name.startswith(RESERVED_PREFIXES):
                 raise ConfigError(f"{field}: name {name!r} is taken by a row verify makes "
                                   f"itself ({', '.join(RESERVED_NAMES)}, "
