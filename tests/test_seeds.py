@@ -55,6 +55,10 @@ def test_budget_scan_table_and_plot_series_use_the_seed_summary():
     bs, mean, std = agg["mse"]
     assert bs == [100, 500] and mean == pytest.approx([70.0, 81 + 1 / 3])
     assert std == pytest.approx([0.0, np.sqrt(7 / 3)])
+    # one curve per query source instead (claim 4's plot): the same seed summary
+    by_source = budget_scan.aggregate([dict(r, source="b") if r["loss"] == "infonce"
+                                       else r for r in rows], "probe_full", by="source")
+    assert list(by_source) == ["fm", "b"] and by_source["fm"] == agg["mse"]
 
 
 def test_scan_plot_draws_each_loss_with_its_error_bars(tmp_path, monkeypatch):

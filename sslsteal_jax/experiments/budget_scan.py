@@ -399,18 +399,19 @@ def _train_group(cells, cache, store, workdir, data, owner, key, ev, mode) -> di
     return rows
 
 
-def aggregate(rows: list[dict], metric: str) -> dict:
-    """``{loss: (budgets, mean, std)}`` of ``metric`` over seeds (sample std, see
-    :func:`sslsteal_jax.pipeline.seeds.seed_summary`), budgets ascending; ``rows`` of
-    one query source."""
+def aggregate(rows: list[dict], metric: str, by: str = "loss") -> dict:
+    """``{value of by: (budgets, mean, std)}`` of ``metric`` over seeds (sample std, see
+    :func:`sslsteal_jax.pipeline.seeds.seed_summary`), budgets ascending, curves in the
+    order their ``by`` value first appears in ``rows``. ``by="loss"``: one curve per loss
+    of one query source's rows; ``by="source"``: one per query source of one loss."""
     out = {}
-    for s in sorted(seeds.seed_summary(rows, ("loss", "budget"), (metric,)),
+    for s in sorted(seeds.seed_summary(rows, (by, "budget"), (metric,)),
                     key=lambda s: s["budget"]):
-        bs, mean, std = out.setdefault(s["loss"], ([], [], []))
+        bs, mean, std = out.setdefault(s[by], ([], [], []))
         bs.append(s["budget"])
         mean.append(s[f"{metric}_mean"])
         std.append(s[f"{metric}_std"])
-    return {loss: out[loss] for loss in dict.fromkeys(r["loss"] for r in rows)}
+    return {k: out[k] for k in dict.fromkeys(r[by] for r in rows)}
 
 
 def plot_scan(rows: list[dict], reference: dict, path: str, title: str) -> None:
