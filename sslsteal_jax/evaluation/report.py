@@ -136,11 +136,13 @@ def save_figure(fig, path: str, rect=(0, 0, 1, 1)) -> None:
     its own layout. Every plot of the package is written through here."""
     import os
     import matplotlib.pyplot as plt
-    if fig.get_layout_engine() is None:
-        fig.tight_layout(rect=rect)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
+    try:
+        if fig.get_layout_engine() is None:
+            fig.tight_layout(rect=rect)
+        tmp = path + ".tmp.png"
+        fig.savefig(tmp, dpi=110)
+    finally:  # closed even when the write fails (e.g. a missing directory)
+        plt.close(fig)
     os.replace(tmp, path)
 
 
