@@ -231,6 +231,13 @@ def test_config_arguments_keep_their_meaning():
     assert load_config("watermark_victim", "init_from=").init_from is None
     v = load_config("verify", "budgets=,watermark=0,suspects=a=x+b=y")
     assert (v.attack.budgets, v.watermark.enabled, v.suspects) == ("", False, "a=x,b=y")
+    # a comma after a name=path item ends the list: the error says to continue it with '+'
+    with pytest.raises(ConfigError, match=r"unknown config argument 'b'; allowed: .*\] "
+                                          r"\(commas separate arguments: separate list items "
+                                          r"with '\+'\)$"):
+        load_config("verify", "suspects=a=x,b=y")
+    with pytest.raises(ConfigError, match=r"unknown config argument 'b'; allowed: [^(]*$"):
+        load_config("verify", "seed=1,b=y")  # not after a list of items: no hint
     with pytest.raises(ConfigError, match="train_size=100 must be >= batch_size=256"):
         load_config("victim_simclr", "train_size=100")
     with pytest.raises(ConfigError, match="takes no arguments"):

@@ -139,3 +139,24 @@ def test_plot_results_without_fidelity(tmp_path):
     plot_results([dict(name="raw pixels", probe_full=84.1, probe_100=68.3, knn=85.5,
                        cosine_fidelity=None, l2_fidelity=None)], path, "victim SimCLR")
     assert _png_size(path)[0] >= 1000
+
+
+@pytest.mark.parametrize("name,magic", [("plot.png", b"\x89PNG"), ("plot.pdf", b"%PDF"),
+                                        ("plot.svg", b"<?xml")])
+def test_save_figure_writes_the_format_of_the_extension_and_closes(tmp_path, name, magic):
+    """``save_figure`` writes what the path's extension names (a ``.pdf`` path once got a
+    PNG), leaves no temporary file, and closes the figure even when the write fails."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sslsteal_jax.evaluation.report import save_figure
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, str(tmp_path / name))
+    assert (tmp_path / name).read_bytes()[:len(magic)] == magic
+    assert os.listdir(tmp_path) == [name]
+    assert not plt.fignum_exists(fig.number)
+    fig, _ = plt.subplots()
+    with pytest.raises(FileNotFoundError):
+        save_figure(fig, str(tmp_path / "missing" / name))
+    assert not plt.fignum_exists(fig.number)

@@ -59,6 +59,12 @@ def test_budget_scan_table_and_plot_series_use_the_seed_summary():
     by_source = budget_scan.aggregate([dict(r, source="b") if r["loss"] == "infonce"
                                        else r for r in rows], "probe_full", by="source")
     assert list(by_source) == ["fm", "b"] and by_source["fm"] == agg["mse"]
+    # one curve over two losses would average different cells: an error naming them
+    with pytest.raises(ValueError, match=r"aggregate\(by='source'\): the rows of source "
+                                         r"'fm' hold several loss values \['mse', 'infonce'\]"):
+        budget_scan.aggregate(rows, "probe_full", by="source")
+    with pytest.raises(ValueError, match=r"by='seed'; allowed: 'loss', 'source'"):
+        budget_scan.aggregate(rows, "probe_full", by="seed")
 
 
 def test_scan_plot_draws_each_loss_with_its_error_bars(tmp_path, monkeypatch):

@@ -159,14 +159,20 @@ def parse(arg: str | None, spec: Mapping[str, Arg]) -> types.SimpleNamespace:
         (:func:`convert`).
     """
     given: dict[str, Any] = {}
+    hint = (" (commas separate arguments: separate list items with '+')"
+            if any(a.is_list for a in spec.values()) else "")
+    previous = None
     for part in (p for p in (arg or "").split(",") if p.strip()):
         if "=" not in part:
-            hint = (" (commas separate arguments: separate list items with '+')"
-                    if any(a.is_list for a in spec.values()) else "")
             raise ConfigError(f"config argument {part.strip()!r} is not key=value{hint}")
         name, raw = (s.strip() for s in part.split("=", 1))
         if name not in spec:
-            raise ConfigError(f"unknown config argument {name!r}; allowed: {sorted(spec)}")
+            # "suspects=a=/x,b=/y": the comma ended the list; say how to continue it
+            item = (previous is not None and spec[previous].is_list
+                    and spec[previous].item is not None)
+            raise ConfigError(f"unknown config argument {name!r}; allowed: {sorted(spec)}"
+                              + (hint if item else ""))
+        previous = name
         if name in given:
             raise ConfigError(f"config argument {name!r} given twice")
         given[name] = convert(name, raw, spec[name])

@@ -129,8 +129,9 @@ def _bar_values(ax, xs, values, top: float, fmt: str, rotate: bool) -> None:
 
 
 def save_figure(fig, path: str, rect=(0, 0, 1, 1)) -> None:
-    """Write a matplotlib figure to ``path`` (PNG, 110 dpi) atomically (a temporary file,
-    then ``os.replace``) and close it. A figure without a layout engine is first laid out
+    """Write a matplotlib figure to ``path`` atomically (a temporary file, then
+    ``os.replace``) and close it. The format follows the path's extension (``.png`` at 110
+    dpi, ``.pdf``, ``.svg``, ...; a path without one gets PNG). A figure without a layout engine is first laid out
     with ``tight_layout`` within ``rect`` (figure fraction: left, bottom, right, top; e.g.
     room below the axes for a figure legend); one made with ``layout="constrained"`` keeps
     its own layout. Every plot of the package is written through here."""
@@ -139,8 +140,9 @@ def save_figure(fig, path: str, rect=(0, 0, 1, 1)) -> None:
     try:
         if fig.get_layout_engine() is None:
             fig.tight_layout(rect=rect)
-        tmp = path + ".tmp.png"
-        fig.savefig(tmp, dpi=110)
+        ext = os.path.splitext(path)[1].lower() or ".png"
+        tmp = path + ".tmp" + ext
+        fig.savefig(tmp, dpi=110, format=ext[1:])
     finally:  # closed even when the write fails (e.g. a missing directory)
         plt.close(fig)
     os.replace(tmp, path)

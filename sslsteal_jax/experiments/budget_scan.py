@@ -403,7 +403,22 @@ def aggregate(rows: list[dict], metric: str, by: str = "loss") -> dict:
     """``{value of by: (budgets, mean, std)}`` of ``metric`` over seeds (sample std, see
     :func:`sslsteal_jax.pipeline.seeds.seed_summary`), budgets ascending, curves in the
     order their ``by`` value first appears in ``rows``. ``by="loss"``: one curve per loss
-    of one query source's rows; ``by="source"``: one per query source of one loss."""
+    of one query source's rows; ``by="source"``: one per query source of one loss.
+
+    Raises:
+      ValueError: ``by`` is neither, or one curve's rows hold several values of the
+        other field (their cells would be averaged together; select one first).
+    """
+    if by not in ("loss", "source"):
+        raise ValueError(f"by={by!r}; allowed: 'loss', 'source'")
+    other = "source" if by == "loss" else "loss"
+    mixed = {}
+    for r in rows:
+        mixed.setdefault(r[by], dict.fromkeys([]))[r.get(other)] = None
+    for key, values in mixed.items():
+        if len(values) > 1:
+            raise ValueError(f"aggregate(by={by!r}): the rows of {by} {key!r} hold several "
+                             f"{other} values {list(values)}; select one {other} first")
     out = {}
     for s in sorted(seeds.seed_summary(rows, (by, "budget"), (metric,)),
                     key=lambda s: s["budget"]):
