@@ -55,6 +55,13 @@ def test_arg_needs_a_supported_type():
         Arg(None, "no type")
     with pytest.raises(TypeError, match="not supported"):
         Arg([1], "a list")
+    # item describes free-text list items only: elsewhere it would be silently ignored
+    with pytest.raises(TypeError, match=r"item='budgets' names the items of a list of free text"):
+        Arg((250,), "budgets", item="budgets")
+    with pytest.raises(TypeError, match="item='name' names"):
+        Arg("x", "one name", item="name")
+    with pytest.raises(TypeError, match="item='loss' names"):
+        Arg(("mse",), "losses", choices=("mse", "infonce"), item="loss")
     assert "n (default 3; an integer >= 1)" in args.describe(DECLARED_ARGS)
     # a list of text items says what one item is when declared (default "names")
     assert Arg((), "h", kind=str).allowed() == "a '+'-separated list of names"

@@ -218,6 +218,13 @@ def test_row_labels_use_the_column_that_tells_rows_apart():
     assert repeat.row_labels(["loss", "budget"], [dict(loss="mse", budget=1), dict(loss="mse", budget=2),
                                                   dict(loss="mse", budget=2)]) == [
         "budget 1 #0", "budget 2 #1", "budget 2 #2"]
+    # a setting that is None or absent in a row is named, never a dangling " / " or ""
+    mixed = [dict(loss="mse", budget=250, defense=None), dict(loss="mse", budget=500, defense="b4b"),
+             dict(loss="mse", budget=250, defense="b4b")]
+    assert repeat.row_labels(["loss", "budget", "defense"], mixed) == [
+        "budget 250 / no defense", "budget 500 / b4b", "budget 250 / b4b"]
+    assert repeat.row_labels(["loss", "budget"], [dict(loss="mse"), dict(loss="mse", budget=500)]) == [
+        "no budget", "budget 500"]
 
 
 def test_runner_calls_the_experiments_own_seed_plots(tmp_path):

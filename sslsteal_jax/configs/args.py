@@ -43,11 +43,12 @@ class Arg:
       kind: the (item) type when ``default`` cannot tell it (None, an empty tuple).
       optional: ``none`` / an empty value give None.
       item: what one item of a tuple of text is, in words (``--show_config`` and
-        errors; default "names"), e.g. "name=path items".
+        errors; default "names"), e.g. "name=path items"; only for a tuple of str
+        without ``choices``.
 
     Raises (on construction):
       TypeError: the type cannot be told from ``default`` or ``kind``, or is not
-        one of int, float, bool, str.
+        one of int, float, bool, str; or ``item`` is given for another kind of argument.
     """
 
     default: Any
@@ -62,6 +63,10 @@ class Arg:
         if self.item_type not in (int, float, bool, str):
             raise TypeError(f"Arg type {self.item_type!r} not supported; allowed: int, float, "
                             "bool, str (or a tuple of one of them)")
+        if self.item is not None and not (self.is_list and self.item_type is str
+                                          and self.choices is None):
+            raise TypeError(f"Arg item={self.item!r} names the items of a list of free text; "
+                            "this argument's values are described by its type or choices")
 
     @property
     def is_list(self) -> bool:

@@ -264,7 +264,8 @@ def row_labels(settings, rows) -> list[str]:
     column whose values tell every row apart (e.g. ``name`` of the main job's rows,
     ``cell`` of the defense matrix); without one, the columns whose values vary
     between rows, joined by " / " (a number named by its column, e.g.
-    ``"mse / budget 250"``); rows whose settings are all equal get ``#<position>``.
+    ``"mse / budget 250"``; a value that is None or missing reads ``"no <column>"``);
+    rows whose settings are all equal get ``#<position>``.
 
     Args:
       settings: the setting columns of :func:`summarise`, in table order.
@@ -280,6 +281,8 @@ def row_labels(settings, rows) -> list[str]:
 
     def part(r, c):
         v = r.get(c)
+        if v is None or v == "":  # unset or missing in this row: say so, never a bare " / "
+            return f"no {c}"
         return f"{c} {_setting(v)}" if isinstance(v, (int, float)) else _setting(v)
 
     labels = [" / ".join(part(r, c) for c in varying) for r in rows]
