@@ -19,11 +19,14 @@ class ConfigError(ValueError):
 def root_cause(e: BaseException) -> BaseException:
     """The innermost exception of ``e``'s ``__cause__`` / ``__context__`` chain (``e``
     itself when it has none); stops on a cycle. Used to report what really failed
-    under wrapper exceptions (ml_collections config loading, orbax / TensorStore)."""
+    under wrapper exceptions (ml_collections config loading, orbax / TensorStore).
+    An exception raised ``from None`` (``__suppress_context__``) ends the chain: it
+    replaced the one it was handling (e.g. a ConfigError naming what is allowed in
+    place of ``int()``'s ValueError), so it is the one to report."""
     seen = set()
     while id(e) not in seen:
         seen.add(id(e))
-        nxt = e.__cause__ or e.__context__
+        nxt = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
         if nxt is None:
             break
         e = nxt

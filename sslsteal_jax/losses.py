@@ -385,15 +385,16 @@ LOSS_GROUPS = {"all": STEALING_LOSSES, "extra": EXTRA_LOSSES, "every": ALL_LOSSE
 def parse_losses(spec) -> list[str]:
     """Loss names of a config field: ``"infonce"`` / ``"mse,softnn"`` (``+`` also
     separates) / a tuple of names / ``"all"`` (the paper's four) / ``"extra"``
-    (cosine, barlow, symmetrized, supcon, softce) / ``"every"`` (all nine).
+    (cosine, barlow, symmetrized, supcon, softce) / ``"every"`` (all nine); a group
+    inside a list adds its losses (``"all+cosine"``). Repeats are dropped, first
+    appearance kept.
 
     Raises:
       ConfigError (a ValueError): empty, or an unknown loss name (lists the allowed ones).
     """
-    if isinstance(spec, str) and spec.strip() in LOSS_GROUPS:
-        return list(LOSS_GROUPS[spec.strip()])
     items = spec.replace("+", ",").split(",") if isinstance(spec, str) else list(spec)
-    names = [str(s).strip() for s in items if str(s).strip()]
+    names = [n for s in items if str(s).strip()
+             for n in LOSS_GROUPS.get(str(s).strip(), (str(s).strip(),))]
     bad = [n for n in names if n not in ALL_LOSSES]
     if bad or not names:
         raise ConfigError(f"unknown stealing loss(es) {bad or spec!r}; allowed: "

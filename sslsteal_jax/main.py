@@ -106,12 +106,27 @@ def _module_doc(path: str) -> str:
 
 
 def _is_config_file(path: str) -> bool:
-    """True for a .py file that defines (or imports) ``get_config`` (helpers do not)."""
+    """True for a .py file that defines, assigns or imports ``get_config`` at module level
+    (helpers do not; nor does a file that only mentions the name, or one that does not
+    parse as Python)."""
+    import ast
+    if not path.endswith(".py"):
+        return False
     try:
         with open(path, encoding="utf-8") as f:
-            return "get_config" in f.read()
-    except (OSError, UnicodeDecodeError):
+            tree = ast.parse(f.read(), filename=path)
+    except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
         return False
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "get_config":
+            return True
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "get_config" for t in node.targets):
+            return True
+        if isinstance(node, ast.ImportFrom) and any(
+                (a.asname or a.name) == "get_config" for a in node.names):
+            return True
+    return False
 
 
 def available_configs(config_dir: str = CONFIG_DIR) -> list[tuple[str, str]]:
@@ -250,16 +265,39 @@ def parse_flags(argv):
         _fail(_unknown_field_message(bad, value, e))
     except flags.Error as e:
         root = root_cause(e)
+        first = str(e).strip().splitlines()[0]
         if root is not e and isinstance(root, ValueError) and str(e).startswith("flag --config="):
             # get_config(...) rejected its arguments (ml_collections wraps the error with a
             # traceback; the original ValueError has the message).
             _fail(f"--config={value}: {root}")
+        override = _override_type_error(head, first, root)
+        if override:
+            _fail(override)
         if root is not e and not isinstance(root, ValueError):
             raise  # a bug in a config file: keep the traceback
-        first = str(e).strip().splitlines()[0]
         if "Non-boolean argument to boolean flag" in first:  # absl's message is a raw tuple
             _fail(f"{first.split(': (', 1)[0]}: not a boolean; allowed: true or false")
         _fail(f"{first} (see {_PROG} --help)")
+
+
+def _override_type_error(head, first: str, root: BaseException) -> str | None:
+    """The one-line error for a ``--config.FIELD=VALUE`` override that ml_collections could
+    not turn into the field's type (``first``: absl's first message line, ``root``: the
+    innermost exception), or None when the error is something else. ml_collections
+    parses a tuple field's text as a Python literal, so ``--config.seeds=0,,1`` fails
+    with a SyntaxError; an int field's ``abc`` with int()'s ValueError."""
+    m = re.match(r"flag --((config\.[\w.]+)=(.*?)):", first)
+    if m is None:
+        return None
+    flag, raw = m.group(2), m.group(3)
+    if isinstance(root, SyntaxError) or "as tuple" in first:
+        return (f"--{flag}={raw}: not a list; allowed: comma-separated values without empty "
+                f"items, e.g. --{flag}=1,2,3")
+    kind = re.search(r"invalid literal for (int|float)\(\)", str(root))
+    if kind or "could not convert string to float" in str(root):
+        what = {"int": "an integer", "float": "a number"}[kind.group(1) if kind else "float"]
+        return f"--{flag}={raw}: not {what}; allowed: {what}, e.g. --{flag}=2"
+    return None
 
 
 def _unknown_field(head, e: BaseException) -> str | None:
@@ -401,7 +439,7 @@ def main(argv):
     if os.path.exists(_WORKDIR.value) and not os.path.isdir(_WORKDIR.value):
         _fail(f"--workdir={_WORKDIR.value} is an existing file, not a directory; give a new or "
               "existing directory")
-    if _WATCHDOG.value < 0:
+    if not _WATCHDOG.value >= 0:  # also nan
         _fail(f"--watchdog_seconds={_WATCHDOG.value:g}; allowed: seconds > 0, or 0 "
               "to disable the watchdog")
     if _CONFIG.value.get("experiment") not in EXPERIMENTS:

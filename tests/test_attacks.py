@@ -69,6 +69,8 @@ def test_query_plan_errors(args, match):
 def test_parse_strategies_and_partner_index():
     assert st.parse_strategies("all") == list(st.STRATEGIES)
     assert st.parse_strategies(" labels, direct,labels") == ["labels", "direct"]
+    assert st.parse_strategies("labels,all") == ["labels"] + [
+        n for n in st.STRATEGIES if n != "labels"]
     with pytest.raises(ValueError, match="'knockoff'"):
         st.parse_strategies("direct,knockoff")
     np.testing.assert_array_equal(st.partner_index(2, 3), [1, 2, 0, 4, 5, 3])

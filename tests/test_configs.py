@@ -191,9 +191,11 @@ def test_steal_loss_is_not_a_field_of_the_main_job():
      "unknown split 'tset' for dataset 'fashion_mnist' (unknown: ['tset']); allowed splits: "
      "['test', 'train']"),
     ("quickstart", {"steal.model.dtype": "float16"}, "unknown compute dtype 'float16'"),
-    ("budget_scan", {"budgets": (250, 0)}, "budgets=(250, 0); allowed: integers >= 1"),
-    ("budget_scan", {"budgets": ("250,x",)}, "budgets=('250,x',); allowed: integers >= 1"),
-    ("budget_scan", {"seeds": ()}, "seeds=(); allowed: integers >= 0"),
+    ("budget_scan", {"budgets": (250, 0)}, "budgets='250,0'; allowed: integers >= 1, at least "
+                                           "one, e.g. --config.budgets=250,1000,5000"),
+    ("budget_scan", {"budgets": ("250,x",)}, "budgets='250,x'; allowed: integers >= 1"),
+    ("budget_scan", {"seeds": ()}, "seeds=''; allowed: integers >= 0, at least one, e.g. "
+                                   "--config.seeds=0,1,2"),
     ("budget_scan", {"stack_mode": "fast"}, "stack_mode='fast'; allowed: ['auto', 'vmap', "
                                             "'unroll']"),
     ("defense_matrix", {"steal.loss": "bogus"}, "steal.loss='bogus'; allowed: mse | infonce"),

@@ -121,6 +121,10 @@ def test_parse_losses():
     assert steal.parse_losses("all") == ["mse", "infonce", "softnn", "wasserstein"]
     assert steal.parse_losses("extra") == ["cosine", "barlow", "symmetrized", "supcon", "softce"]
     assert len(steal.parse_losses("every")) == 9
+    # a group inside a list adds its losses (it was "unknown loss 'all'", though listed)
+    assert steal.parse_losses("all+cosine") == ["mse", "infonce", "softnn", "wasserstein",
+                                                "cosine"]
+    assert steal.parse_losses("infonce,all") == ["infonce", "mse", "softnn", "wasserstein"]
     for bad in ("bogus", "mse,bogus", "", ","):
         with pytest.raises(ValueError, match=r"allowed: \['mse', 'infonce', 'softnn', "
                                              r"'wasserstein', 'cosine', 'barlow', 'symmetrized', "

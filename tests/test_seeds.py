@@ -63,6 +63,9 @@ def test_budget_scan_table_and_plot_series_use_the_seed_summary():
     with pytest.raises(ValueError, match=r"aggregate\(by='source'\): the rows of source "
                                          r"'fm' hold several loss values \['mse', 'infonce'\]"):
         budget_scan.aggregate(rows, "probe_full", by="source")
+    with pytest.raises(ValueError, match=r"aggregate\(by='source'\): row .* has no 'source'"):
+        budget_scan.aggregate([{k: v for k, v in r.items() if k != "source"} for r in rows],
+                              "probe_full", by="source")
     with pytest.raises(ValueError, match=r"by='seed'; allowed: 'loss', 'source'"):
         budget_scan.aggregate(rows, "probe_full", by="seed")
 

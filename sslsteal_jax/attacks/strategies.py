@@ -56,13 +56,14 @@ class QueryPlan:
 
 
 def parse_strategies(spec: str) -> list[str]:
-    """``"direct"`` / ``"direct,head_recreation"`` / ``"all"`` -> list of names.
+    """``"direct"`` / ``"direct,head_recreation"`` / ``"all"`` -> list of names (``all``
+    inside a list adds every strategy; repeats dropped, first appearance kept).
 
     Raises:
       ConfigError (a ValueError): unknown or empty names (lists the allowed ones).
     """
-    names = list(STRATEGIES) if spec == "all" else [s.strip() for s in (spec or "").split(",")
-                                                    if s.strip()]
+    names = [n for s in (spec or "").split(",") if s.strip()
+             for n in (list(STRATEGIES) if s.strip() == "all" else [s.strip()])]
     bad = [n for n in names if n not in STRATEGIES]
     if bad or not names:
         raise ConfigError(f"unknown query strategy(ies) {bad or spec!r}; allowed: "

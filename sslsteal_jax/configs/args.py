@@ -160,8 +160,9 @@ def parse(arg: str | None, spec: Mapping[str, Arg]) -> types.SimpleNamespace:
       a namespace with one typed attribute per argument of ``spec``.
     Raises:
       ConfigError: a part is not ``name=value`` (with a hint on list separators),
-        an unknown name (lists the allowed ones), a repeated name, or a bad value
-        (:func:`convert`).
+        an unknown name (lists the allowed ones; right after a list of ``item``-described
+        text, e.g. ``suspects=a=/x,b=/y``, it says to separate items with '+'), a
+        repeated name, or a bad value (:func:`convert`).
     """
     given: dict[str, Any] = {}
     hint = (" (commas separate arguments: separate list items with '+')"

@@ -187,13 +187,20 @@ def check_choice(field: str, value, choices) -> None:
         fail(field, value, " | ".join(str(c) for c in choices))
 
 
-def check_int_tuple(field: str, value, minimum: int, allow_empty: bool = False) -> None:
-    """``value`` is a tuple of ints >= ``minimum`` (non-empty unless ``allow_empty``)."""
+def check_int_tuple(field: str, value, minimum: int, example: str,
+                    allow_empty: bool = False) -> None:
+    """``value`` is a tuple of ints >= ``minimum`` (non-empty unless ``allow_empty``).
+
+    Raises:
+      ConfigError: ``"<field>=<items>; allowed: integers >= <minimum>, e.g.
+        --config.<field>=<example>"`` (items comma-joined as they are typed).
+    """
     ok = isinstance(value, (tuple, list)) and (allow_empty or len(value) > 0) and all(
         isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value)
     if not ok:
-        fail(field, value, f"integers >= {minimum}, e.g. --config.{field}=250,1000 (or "
-             f"{field}=250+1000 as a config argument)")
+        shown = ",".join(map(str, value)) if isinstance(value, (tuple, list)) else value
+        fail(field, shown, f"integers >= {minimum}" + ("" if allow_empty else ", at least one")
+             + f", e.g. --config.{field}={example}")
 
 
 def check_losses(field: str, spec: str) -> list[str]:

@@ -110,8 +110,8 @@ def validate(cfg) -> None:
     from sslsteal_jax.training.vmap import MODES
 
     base.check_stream(cfg.stream, ("direct",))
-    base.check_int_tuple("budgets", cfg.budgets, minimum=1)
-    base.check_int_tuple("seeds", cfg.seeds, minimum=0)
+    base.check_int_tuple("budgets", cfg.budgets, minimum=1, example="250,1000,5000")
+    base.check_int_tuple("seeds", cfg.seeds, minimum=0, example="0,1,2")
     base.check_losses("losses", cfg.losses)
     base.check_choice("protocol", cfg.protocol, ("examples", "epochs"))
     base.check_int("examples_per_cell", cfg.examples_per_cell)

@@ -406,14 +406,17 @@ def aggregate(rows: list[dict], metric: str, by: str = "loss") -> dict:
     of one query source's rows; ``by="source"``: one per query source of one loss.
 
     Raises:
-      ValueError: ``by`` is neither, or one curve's rows hold several values of the
-        other field (their cells would be averaged together; select one first).
+      ValueError: ``by`` is neither, a row lacks the ``by`` field, or one curve's rows
+        hold several values of the other field (their cells would be averaged together;
+        select one first).
     """
     if by not in ("loss", "source"):
         raise ValueError(f"by={by!r}; allowed: 'loss', 'source'")
     other = "source" if by == "loss" else "loss"
     mixed = {}
     for r in rows:
+        if by not in r:
+            raise ValueError(f"aggregate(by={by!r}): row {r.get('name', r)!r} has no {by!r}")
         mixed.setdefault(r[by], dict.fromkeys([]))[r.get(other)] = None
     for key, values in mixed.items():
         if len(values) > 1:
