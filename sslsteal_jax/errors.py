@@ -4,6 +4,7 @@ The command line (:mod:`sslsteal_jax.main`) prints the message of a
 :class:`ConfigError` as one line, ``error: <message>``, on stderr and exits
 with status 1; any other exception keeps its traceback, since it is a bug.
 """
+import math
 
 
 class ConfigError(ValueError):
@@ -68,3 +69,36 @@ def key_mismatch(missing, extra, shape_mismatches, *, missing_label: str, extra_
         more = "; ..." if len(shape_mismatches) > shapes_shown else ""
         parts.append(f"{len(shape_mismatches)} shape mismatches: {spelled}{more}{shape_hint}")
     return "; ".join(parts)
+
+
+# ------------------------------------------------ one-line checks of user-given values
+
+def fail(field: str, value, allowed: str):
+    """Raise ``ConfigError("<field>=<value!r>; allowed: <allowed>")``."""
+    raise ConfigError(f"{field}={value!r}; allowed: {allowed}")
+
+
+def check_int(field: str, value, minimum: int = 1, optional: bool = False) -> None:
+    """``value`` is an int >= ``minimum`` (or None when ``optional``)."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        fail(field, value, f"an integer >= {minimum}" + (" or None" if optional else ""))
+
+
+def check_number(field: str, value, optional: bool = False, upper: float | None = None,
+                 zero: bool = False) -> None:
+    """``value`` is a finite number > 0 (>= 0 when ``zero``; <= ``upper`` when given), or
+    None when ``optional``."""
+    if optional and value is None:
+        return
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < 0 or (value == 0 and not zero) or (upper is not None and value > upper)):
+        fail(field, value, f"a number {'>=' if zero else '>'} 0"
+             + (f" and <= {upper:g}" if upper is not None else "") + (" or None" if optional else ""))
+
+
+def check_choice(field: str, value, choices) -> None:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        fail(field, value, " | ".join(str(c) for c in choices))

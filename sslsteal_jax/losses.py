@@ -337,7 +337,8 @@ class LossSpec:
 _ICML22 = "Dziedzic et al., ICML 2022, Section 3 (loss) and Section 4 (settings)"
 
 #: Every stealing objective by name: the single place of per-loss defaults.
-#: Adding a loss = one function above + one entry here + one test in tests/test_losses*.py.
+#: Adding a loss = one function above + one entry here (at the end) + one hand-computed
+#: test + its entry in ``_PER_LOSS_TEST`` of tests/test_losses.py (docs/extending.md).
 LOSSES: dict[str, LossSpec] = {
     "mse": LossSpec(mse_loss, 64, 1e-3, None, group="paper", source=_ICML22),
     "infonce": LossSpec(infonce_loss, 256, 3e-4, 0.07, group="paper", source=_ICML22,
@@ -384,10 +385,11 @@ LOSS_GROUPS = {"all": STEALING_LOSSES, "extra": EXTRA_LOSSES, "every": ALL_LOSSE
 
 def parse_losses(spec) -> list[str]:
     """Loss names of a config field: ``"infonce"`` / ``"mse,softnn"`` (``+`` also
-    separates) / a tuple of names / ``"all"`` (the paper's four) / ``"extra"``
-    (cosine, barlow, symmetrized, supcon, softce) / ``"every"`` (all nine); a group
-    inside a list adds its losses (``"all+cosine"``). Repeats are dropped, first
-    appearance kept.
+    separates) / a tuple of names / a group of :data:`LOSS_GROUPS`: ``"all"`` (the
+    paper's four, ``STEALING_LOSSES``), ``"extra"`` (the rest, ``EXTRA_LOSSES``),
+    ``"every"`` (both, ``ALL_LOSSES``); a group inside a list adds its losses
+    (``"all+cosine"``). Repeats are dropped, first appearance kept. Baselines
+    (group "baseline", e.g. "xent") are not selectable.
 
     Raises:
       ConfigError (a ValueError): empty, or an unknown loss name (lists the allowed ones).

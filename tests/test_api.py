@@ -119,8 +119,16 @@ def test_default_budget_and_register(victim, images):
         a.query("anyone", images[:3])
     a.register("vip", None)
     a.query("vip", images[:3])
-    with pytest.raises(ValueError, match="budget must be >= 0"):
-        a.register("x", -1)
+    for bad in (-1, 1.7, "abc", True):  # refused, never truncated (1.7 -> 1, True -> 1)
+        with pytest.raises(ValueError, match=r"budget=.*; allowed: an integer >= 0 or None"):
+            a.register("x", bad)
+    a.register("np", np.int64(4))
+    assert a.remaining("np") == 4
+    for kw, msg in ((dict(default_budget=-1), r"default_budget=-1; allowed: an integer >= 0"),
+                    (dict(batch_size=0), r"batch_size=0; allowed: an integer >= 1 or None"),
+                    (dict(seed="a"), r"seed='a'; allowed: an integer$")):
+        with pytest.raises(ValueError, match=msg):
+            VictimAPI(model, variables, SHAPE, **kw)
 
 
 @pytest.mark.parametrize("bad, pattern", [
@@ -185,10 +193,13 @@ def test_collect_answers_budget_larger_than_pool(api, images):
 
 def test_collect_answers_account_budget_smaller(api, images):
     api.register("poor", 15)
-    with pytest.raises(BudgetExceededError):
+    with pytest.raises(BudgetExceededError, match="'poor' would send 20 queries but has 15 "
+                                                  "left; nothing was sent"):
         collect_answers(api, "poor", images, 20, chunk=10, progress=False)
-    # the first chunk of 10 was answered and charged; the second (would reach 20) was refused
-    assert api.queries_used("poor") == 10
+    # refused before the first chunk: nothing charged (a paid chunk's answers were lost before)
+    assert api.queries_used("poor") == 0
+    collect_answers(api, "poor", images, 15, chunk=10, progress=False)
+    assert api.queries_used("poor") == 15 and api.remaining("poor") == 0
 
 
 # ----- exact accounting under concurrent callers ---------------------------------------------

@@ -77,6 +77,45 @@ def test_parse_strategies_and_partner_index():
     np.testing.assert_array_equal(st.partner_index(2, 1), [0, 1])
 
 
+class _CountingAPI:
+    """An API that answers each image with its mean pixel and charges like VictimAPI."""
+
+    def __init__(self, budget):
+        self.budget, self.used = budget, 0
+
+    def remaining(self, user):
+        return self.budget - self.used
+
+    def query(self, user, x):
+        if len(x) > self.remaining(user):
+            raise BudgetExceededError(f"{user!r} over budget")
+        self.used += len(x)
+        return x.reshape(len(x), -1).mean(1, keepdims=True).astype(np.float32)
+
+
+def test_collect_answers_checks_the_budget_before_sending_and_its_arguments():
+    """A budget the account cannot pay fails before any query: nothing charged, no paid
+    answer lost (before, chunks were charged, then the error dropped their answers)."""
+    from sslsteal_jax.attacks.query import collect_answers
+    pool = np.arange(10 * 4, dtype=np.uint8).reshape(10, 2, 2, 1)
+    api = _CountingAPI(3)
+    with pytest.raises(BudgetExceededError, match=r"'a' would send 5 queries but has 3 left; "
+                                                  r"nothing was sent"):
+        collect_answers(api, "a", pool, 5, chunk=2, progress=False)
+    assert api.used == 0
+    x, v = collect_answers(api, "a", pool, 3, chunk=2, progress=False)
+    assert api.used == 3 and np.array_equal(x, pool[:3])
+    np.testing.assert_allclose(v[:, 0], pool[:3].reshape(3, -1).mean(1))
+    for kw, msg in ((dict(chunk=0), r"query chunk=0; allowed: images per API call, an "
+                                    r"integer >= 1"),
+                    (dict(chunk=-1), r"query chunk=-1"),
+                    (dict(budget=2.9), r"query budget=2.9; allowed: an integer"),
+                    (dict(budget="abc"), r"query budget='abc'; allowed: an integer")):
+        args = {**dict(budget=2, chunk=1), **kw}
+        with pytest.raises(ValueError, match=msg):
+            collect_answers(_CountingAPI(5), "a", pool, progress=False, **args)
+
+
 def test_query_pool_labels_parse_and_errors():
     with pytest.raises(ValueError, match="not of the form"):
         st.query_pool_labels("fashion_mnist")

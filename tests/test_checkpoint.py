@@ -103,8 +103,16 @@ def test_load_model_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(str(tmp_path / "nope"))
     os.makedirs(tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint found in \S*empty$"):
         load_model(str(tmp_path / "empty"))
+    # a run directory: point at its checkpoints/ folder
+    os.makedirs(tmp_path / "run" / "checkpoints")
+    with pytest.raises(FileNotFoundError, match=r"\(a run directory\? its checkpoints are in "
+                                                r"\S*run/checkpoints\)"):
+        load_model(str(tmp_path / "run"))
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="is a file, not a checkpoint directory"):
+        load_model(str(tmp_path / "file.txt"))
 
 
 @pytest.mark.slow

@@ -199,6 +199,8 @@ def test_steal_loss_is_not_a_field_of_the_main_job():
     ("budget_scan", {"stack_mode": "fast"}, "stack_mode='fast'; allowed: ['auto', 'vmap', "
                                             "'unroll']"),
     ("defense_matrix", {"steal.loss": "bogus"}, "steal.loss='bogus'; allowed: mse | infonce"),
+    ("defense_matrix", {"steal.loss": "supcon"}, "steal.loss='supcon'; allowed: mse | infonce"),
+    ("defense_matrix", {"steal.loss": "xent"}, "steal.loss='xent'; allowed: mse | infonce"),
     ("defense_matrix", {"legit.test_size": 0}, "legit.test_size=0 must be in [1, budget=2000)"),
     ("defense_matrix", {"b4b_measure.specs": ("b4b:beta=x",)},
      "b4b_measure.specs: defense spec 'b4b:beta=x'"),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sslsteal_jax.api import VictimAPI
-from sslsteal_jax.defenses import DefenseChain, parse_spec
+from sslsteal_jax.defenses import DEFENSES, DefenseChain, parse_spec
 from sslsteal_jax.defenses import perturb
 from sslsteal_jax.models import build_simclr
 
@@ -64,12 +64,80 @@ def test_round_topk_quantize_hand_computed():
     np.testing.assert_allclose(perturb.quantize(q, None, KEY, p1)[0], [[0, 0, 0, 1, 1, 1]])
 
 
+def test_transform_link_applies_the_users_secret():
+    # The "transform" link answers apply_transform(kind, reps, secret): hand-built affine
+    # secret with x @ A = (x_1, 2 x_0) and b = (1, -1).
+    fn = DEFENSES["transform"].fn
+    x = jnp.array([[1.0, 2.0], [0.0, -1.0]])
+    secret = {"A": jnp.array([[0.0, 2.0], [1.0, 0.0]]), "b": jnp.array([1.0, -1.0])}
+    out, state = fn(x, {"secret": secret}, KEY, {"transform": "affine"})
+    np.testing.assert_allclose(out, [[3.0, 1.0], [0.0, -1.0]])  # x @ A + b
+    assert state["secret"] is secret
+    # through the chain: the secret comes from the user's key, pad_shuffle keeps the answer
+    # (un-permuted, its first D coordinates) and appends `pad` secret-noise coordinates
+    chain = DefenseChain("transform:transform=pad_shuffle,pad=3", 2, 2, KEY)
+    assert chain.output_dim == 5
+    st = chain.init_state(jax.random.key(7))
+    y, _ = chain.apply(x, st, jax.random.key(8))
+    perm = np.asarray(st[0]["secret"]["perm"])
+    np.testing.assert_allclose(np.asarray(y)[:, np.argsort(perm)][:, :2], x)
+    np.testing.assert_array_equal(
+        y, chain.apply(x, chain.init_state(jax.random.key(7)), jax.random.key(8))[0])
+
+
 def test_spec_formats_agree_and_defaults_fill():
     a = parse_spec("gaussian:scale=0.3,mean=1+round:decimals=1")
     b = parse_spec([{"name": "gaussian", "scale": 0.3, "mean": 1}, {"name": "round", "decimals": 1}])
     assert a == b == [("gaussian", {"mean": 1.0, "scale": 0.3}), ("round", {"decimals": 1})]
     assert parse_spec(None) == parse_spec("none") == parse_spec("") == []
     assert parse_spec("similarity")[0][1]["threshold"] == 0.8
+
+
+# One test per registered defense that checks it against its definition, as
+# "file::function" from the repository root (adding a defense = function + DEFENSES entry
+# + test + an entry here; see docs/extending.md).
+_PER_DEFENSE_TEST = {
+    "gaussian": "tests/test_defenses.py::test_gaussian_noise_moments",
+    "laplace": "tests/test_defenses.py::test_laplace_noise_moments",
+    "round": "tests/test_defenses.py::test_round_topk_quantize_hand_computed",
+    "topk": "tests/test_defenses.py::test_round_topk_quantize_hand_computed",
+    "quantize": "tests/test_defenses.py::test_round_topk_quantize_hand_computed",
+    "similarity": "tests/test_similarity_b4b.py::test_detector_flags_exactly_and_answers_garbage",
+    "b4b": "tests/test_similarity_b4b.py::test_b4b_noise_follows_coverage",
+    "transform": "tests/test_defenses.py::test_transform_link_applies_the_users_secret",
+}
+
+
+def _test_functions(path):
+    """Names of the top-level functions of a test file."""
+    import ast
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def test_every_registered_defense_has_its_own_test():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    table = "_PER_DEFENSE_TEST"
+    problems = [f"defense {name!r} has no test: add a test checking it against its definition "
+                f"(a hand-computed output or its noise statistics) to tests/test_defenses.py and "
+                f"list it in {table} in tests/test_defenses.py as "
+                f"{name!r}: 'tests/test_defenses.py::test_{name}_...'"
+                for name in DEFENSES if name not in _PER_DEFENSE_TEST]
+    for name, ref in _PER_DEFENSE_TEST.items():
+        path, _, test = ref.partition("::")
+        where = f"{table}[{name!r}] = {ref!r} in tests/test_defenses.py"
+        if name not in DEFENSES:
+            problems.append(f"{where}: no registered defense {name!r} (registered: "
+                            f"{sorted(DEFENSES)}); remove the entry")
+        elif not (path.startswith("tests/") and test and os.path.isfile(os.path.join(root, path))):
+            problems.append(f"{where}: write it as 'tests/FILE.py::test_function', an existing "
+                            f"file")
+        elif test not in _test_functions(os.path.join(root, path)):
+            problems.append(f"{where}: {path} has no top-level 'def {test}('")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.mark.parametrize("spec, pattern", [

@@ -369,18 +369,20 @@ _OLD_DEFAULTS = {
 _OLD_OVERRIDES = {"infonce": {"learning_rate": 1e-3, "temperature": 0.1},
                   "softnn": {"temperature": 10.0}}
 
-# One dedicated test per registered loss (adding a loss = function + registry entry + test).
+# One dedicated, hand-computed test per registered loss, as "file::function" from the
+# repository root (adding a loss = function + LOSSES entry + test + an entry here; see
+# docs/extending.md). test_every_registered_loss_has_its_own_test checks this map.
 _PER_LOSS_TEST = {
-    "mse": "test_losses.py::test_mse_hand_computed",
-    "infonce": "test_losses.py::test_infonce_closed_form_at_optimum_and_beats_random",
-    "softnn": "test_losses.py::test_softnn_loss_matches_loop_reference",
-    "wasserstein": "test_losses.py::test_wasserstein_known_1d_histograms",
-    "cosine": "test_losses_extra.py::test_cosine_loss_hand_computed",
-    "barlow": "test_losses_extra.py::test_barlow_loss_hand_computed",
-    "symmetrized": "test_losses_extra.py::test_symmetrized_hand_computed",
-    "supcon": "test_losses_extra.py::test_supcon_stealing_hand_computed",
-    "softce": "test_losses_extra.py::test_soft_cross_entropy_hand_computed",
-    "xent": "test_losses_extra.py::test_probability_cross_entropy_and_softce_default",
+    "mse": "tests/test_losses.py::test_mse_hand_computed",
+    "infonce": "tests/test_losses.py::test_infonce_closed_form_at_optimum_and_beats_random",
+    "softnn": "tests/test_losses.py::test_softnn_loss_matches_loop_reference",
+    "wasserstein": "tests/test_losses.py::test_wasserstein_known_1d_histograms",
+    "cosine": "tests/test_losses_extra.py::test_cosine_loss_hand_computed",
+    "barlow": "tests/test_losses_extra.py::test_barlow_loss_hand_computed",
+    "symmetrized": "tests/test_losses_extra.py::test_symmetrized_hand_computed",
+    "supcon": "tests/test_losses_extra.py::test_supcon_stealing_hand_computed",
+    "softce": "tests/test_losses_extra.py::test_soft_cross_entropy_hand_computed",
+    "xent": "tests/test_losses_extra.py::test_probability_cross_entropy_and_softce_default",
 }
 
 
@@ -417,34 +419,91 @@ def test_registry_fn_runs_on_tiny_batch(name):
 
 
 def test_registry_defaults_are_the_old_numbers():
-    assert set(losses_mod.LOSSES) == set(_OLD_DEFAULTS)
+    # The losses that existed before the registry keep their numbers; a new loss brings its
+    # own (checked for completeness in test_every_registered_loss_has_complete_defaults).
+    missing = sorted(set(_OLD_DEFAULTS) - set(losses_mod.LOSSES))
+    assert not missing, f"losses removed from the registry: {missing}"
     for name, (bsz, lr, tau) in _OLD_DEFAULTS.items():
         spec = losses_mod.LOSSES[name]
-        assert spec.defaults() == {"batch_size": bsz, "learning_rate": lr, "temperature": tau}
-    assert losses_mod.scale_overrides() == _OLD_OVERRIDES
-    assert list(losses_mod.scale_overrides()) == list(_OLD_OVERRIDES)  # config key order
+        assert spec.defaults() == {"batch_size": bsz, "learning_rate": lr, "temperature": tau}, name
+    old = {n: o for n, o in losses_mod.scale_overrides().items() if n in _OLD_DEFAULTS}
+    assert old == _OLD_OVERRIDES
+    assert list(old) == list(_OLD_OVERRIDES)  # config key order
+
+
+def test_every_registered_loss_has_complete_defaults():
+    """Every loss, old or new, has the reference settings a steal config falls back to."""
+    for name, spec in losses_mod.LOSSES.items():
+        d = spec.defaults()
+        assert set(d) == {"batch_size", "learning_rate", "temperature"}, name
+        assert type(d["batch_size"]) is int and d["batch_size"] >= 1, (name, d)
+        assert type(d["learning_rate"]) is float and d["learning_rate"] > 0, (name, d)
+        assert d["temperature"] is None or (
+            type(d["temperature"]) is float and d["temperature"] > 0), (name, d)
+        assert spec.source and spec.fn.__doc__, (
+            f"loss {name!r}: give its LossSpec a source= and its function a docstring")
+
+
+# The losses and needs before any contributor's addition: pinned, in registry order.
+_KNOWN_EXTRA = ("cosine", "barlow", "symmetrized", "supcon", "softce")
+_KNOWN_NEEDS = {"supcon": {"labels"}, "symmetrized": {"pair", "predictor"},
+                "xent": {"class_targets"}}
 
 
 def test_registry_derived_names_and_needs():
+    # "all" is exactly the paper's four (ICML 2022 main results), in this order.
     assert STEALING_LOSSES == ("mse", "infonce", "softnn", "wasserstein")
-    assert losses_mod.EXTRA_LOSSES == ("cosine", "barlow", "symmetrized", "supcon", "softce")
+    # the derived lists follow the registry's groups, in registry order
+    groups = {n: s.group for n, s in losses_mod.LOSSES.items()}
+    assert losses_mod.EXTRA_LOSSES == tuple(n for n, g in groups.items() if g == "extra")
     assert losses_mod.ALL_LOSSES == STEALING_LOSSES + losses_mod.EXTRA_LOSSES
+    assert set(losses_mod.ALL_LOSSES) == {n for n, g in groups.items() if g != "baseline"}
+    # the known extra losses are still there, in their order (new ones may follow)
+    assert tuple(n for n in losses_mod.EXTRA_LOSSES if n in _KNOWN_EXTRA) == _KNOWN_EXTRA
     assert "xent" not in losses_mod.ALL_LOSSES  # a baseline, not a selectable stealing loss
-    needs = {n: set(s.needs) for n, s in losses_mod.LOSSES.items() if s.needs}
-    assert needs == {"supcon": {"labels"}, "symmetrized": {"pair", "predictor"},
-                     "xent": {"class_targets"}}
-    for name, spec in losses_mod.LOSSES.items():
-        assert spec.source and spec.fn.__doc__, name
+    assert groups["xent"] == "baseline"
+    needs = {n: set(s.needs) for n, s in losses_mod.LOSSES.items()
+             if s.needs and n in _OLD_DEFAULTS}
+    assert needs == _KNOWN_NEEDS
+
+
+def _test_functions(path):
+    """Names of the top-level ``def test_...`` functions of a test file."""
+    import ast
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def _missing_tests(kind, registered, table, table_name, table_file, where, example):
+    """Problems between the registry keys ``registered`` and a ``{name:
+    "tests/FILE.py::test_function"}`` map ``table``, one line each saying what to do."""
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    problems = [f"{kind} {name!r} has no test: add a hand-computed test to {where} and list it "
+                f"in {table_name} in {table_file} as {name!r}: '{example}::test_{name}_...'"
+                for name in registered if name not in table]
+    for name, ref in table.items():
+        path, _, test = ref.partition("::")
+        where = f"{table_name}[{name!r}] = {ref!r} in {table_file}"
+        if name not in registered:
+            problems.append(f"{where}: no registered {kind} {name!r} (registered: "
+                            f"{list(registered)}); remove the entry")
+        elif not (path.startswith("tests/") and test and os.path.isfile(os.path.join(root, path))):
+            problems.append(f"{where}: write it as 'tests/FILE.py::test_function', an existing "
+                            f"file")
+        elif test not in _test_functions(os.path.join(root, path)):
+            problems.append(f"{where}: {path} has no top-level 'def {test}('")
+    return problems
 
 
 def test_every_registered_loss_has_its_own_test():
-    import os
-    assert set(_PER_LOSS_TEST) == set(losses_mod.LOSSES)
-    here = os.path.dirname(os.path.abspath(__file__))
-    for name, ref in _PER_LOSS_TEST.items():
-        path, test = ref.split("::")
-        with open(os.path.join(here, path)) as f:
-            assert f"def {test}(" in f.read(), (name, ref)
+    problems = _missing_tests(
+        "loss", list(losses_mod.LOSSES), _PER_LOSS_TEST, "_PER_LOSS_TEST", "tests/test_losses.py",
+        "tests/test_losses_extra.py (tests/test_losses.py for a 'paper' loss)",
+        "tests/test_losses_extra.py")
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 def test_lossspec_validation():

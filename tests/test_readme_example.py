@@ -79,3 +79,74 @@ def test_surrogate_config_is_the_main_jobs_config():
         sslsteal_jax.surrogate_config("infonce", epoch=2)
     with pytest.raises(sslsteal_jax.ConfigError, match="unknown stealing loss 'bogus'"):
         sslsteal_jax.surrogate_config("bogus")
+    # bad values fail here, in one line, not later inside training
+    for kw, msg in ((dict(epochs=2.7), r"epochs=2.7; allowed: an integer >= 1"),
+                    (dict(epochs=0), r"epochs=0; allowed: an integer >= 1"),
+                    (dict(seed=-1), r"seed=-1; allowed: an integer >= 0"),
+                    (dict(batch_size=-1), r"steal.batch_size=-1; allowed: an integer >= 1"),
+                    (dict(learning_rate="x"), r"learning_rate='x': not of the field's type"),
+                    (dict(model={"arch": "resnet99"}), r"model.arch='resnet99'; allowed: "),
+                    (dict(loss="xent"), r"unknown stealing loss 'xent'")):
+        args = {**dict(loss="infonce", epochs=2, victim_encoder=enc), **kw}
+        with pytest.raises(sslsteal_jax.ConfigError, match=msg):
+            sslsteal_jax.surrogate_config(**args)
+    with pytest.raises(sslsteal_jax.ConfigError, match="needs an architecture: pass "
+                                                       "victim_encoder"):
+        sslsteal_jax.surrogate_config("infonce", 2)
+
+
+def test_train_surrogate_refuses_float_images_and_names_non_finite_answers():
+    """The training step divides by 255: float images in [0, 1] (what VictimAPI.query
+    also accepts) would train on near-black inputs without an error; they are refused
+    with the conversion. Non-finite answers are counted, not blamed on the shape."""
+    import numpy as np
+    import sslsteal_jax
+    from sslsteal_jax.models import build_encoder
+    from sslsteal_jax.trainers.surrogate import prepare_surrogate
+    cfg = sslsteal_jax.surrogate_config("infonce", 1, build_encoder("resnet10", 4, "cifar"))
+    x = np.zeros((8, 28, 28, 1), np.float32)
+    v = np.ones((8, 4), np.float32)
+    with pytest.raises(ValueError, match=r"images must be uint8 \(N, H, W, C\) pixels in "
+                                         r"\[0, 255\], got float32 \(8, 28, 28, 1\); for "
+                                         r"float images in \[0, 1\] pass \(x \* 255\)"):
+        prepare_surrogate(x, v, cfg, abstract=True)
+    with pytest.raises(ValueError, match=r"got uint8 \(8, 28, 28\)$"):
+        prepare_surrogate(np.zeros((8, 28, 28), np.uint8), v, cfg, abstract=True)
+    v[0, 1] = np.nan
+    with pytest.raises(ValueError, match="answers must be finite: 1 of 32 values are NaN"):
+        prepare_surrogate(x.astype(np.uint8), v, cfg, abstract=True)
+
+
+def test_evaluate_encoder_checks_its_arguments_before_the_probes():
+    """Bad arguments of the notebook API's evaluate_encoder are one clear error each, and
+    victim answers of the wrong shape are an error, not a row whose fidelity is silently
+    None (the README example's last line then failed on formatting None)."""
+    import types
+    import jax
+    import numpy as np
+    import sslsteal_jax
+    from sslsteal_jax.models import SurrogateModel, build_encoder, init_variables
+    enc_module = SurrogateModel(build_encoder("resnet10", 4, "cifar"))  # outputs (h, h)
+    x = np.zeros((8, 28, 28, 1), np.uint8)
+    variables = init_variables(enc_module, jax.random.key(0), x[:2] / 255.0)
+    enc = sslsteal_jax.Encoder.surrogate("victim", enc_module, variables)
+    data = types.SimpleNamespace(probe_train_x=x, probe_test_x=x)
+    key = jax.random.key(0)
+    cases = [
+        (dict(encoder=enc_module), TypeError, "encoder must be an sslsteal_jax.Encoder"),
+        (dict(key=0), TypeError, r"key must be a JAX PRNG key \(jax.random.key\(0\)\), got 0"),
+        (dict(per_class=0), ValueError, r"per_class=0; allowed: an integer >= 1"),
+        (dict(probe_epochs=2.5), ValueError, r"probe_epochs=2.5; allowed: an integer >= 1"),
+        (dict(victim_outputs=np.ones((5, 32), np.float32)), ValueError,
+         r"victim_outputs must be float \(N_test=8, D\) answers on data.probe_test_x, got "
+         r"float32 \(5, 32\)"),
+        (dict(victim_outputs=np.full((8, 32), np.nan, np.float32)), ValueError,
+         "victim_outputs must be finite: 256 of 256 values"),
+        # the right rows, the wrong width: the encoder answers 32-d
+        (dict(victim_outputs=np.ones((8, 64), np.float32)), ValueError,
+         r"victim_outputs has shape \(8, 64\) but encoder 'victim' answers \(8, 32\)"),
+    ]
+    for kw, err, msg in cases:
+        args = {**dict(encoder=enc, data=data, key=key, victim_outputs=None), **kw}
+        with pytest.raises(err, match=msg):
+            sslsteal_jax.evaluate_encoder(**args)

@@ -64,6 +64,22 @@ def victim_fingerprint(variables) -> str:
     return h.hexdigest()[:16]
 
 
+def _check_count(name: str, value, minimum: int | None, optional: bool = False) -> None:
+    """``value`` is an integer (numpy integers too, never a bool or a float) >= ``minimum``
+    (any integer when None), or None when ``optional``.
+
+    Raises:
+      ValueError: otherwise, naming the value and what is allowed.
+    """
+    if optional and value is None:
+        return
+    ok = (not isinstance(value, bool) and isinstance(value, (int, np.integer))
+          and (minimum is None or value >= minimum))
+    if not ok:
+        allowed = "an integer" + ("" if minimum is None else f" >= {minimum}")
+        raise ValueError(f"{name}={value!r}; allowed: {allowed}" + (" or None" if optional else ""))
+
+
 class BudgetExceededError(RuntimeError):
     """A query would exceed the user's query budget; nothing was answered."""
 
@@ -107,8 +123,10 @@ class VictimAPI:
         ``center=True``); ignored otherwise.
     Raises:
       ValueError: unknown ``output``, ``output="projection"`` on an imported victim
-        without a head (``models.imported.ImportedModel``), a bad defense spec, or a
-        chain that needs ``defense_reference`` without one (the message says which link).
+        without a head (``models.imported.ImportedModel``), ``default_budget`` not None
+        or an integer >= 0, ``batch_size`` not None or an integer >= 1, ``seed`` not an
+        integer, a bad defense spec, or a chain that needs ``defense_reference`` without
+        one (the message says which link).
     """
 
     def __init__(self, model, variables, image_shape, output: str = "representation",
@@ -120,10 +138,13 @@ class VictimAPI:
             raise ConfigError("API output 'projection' needs a projection head, and this victim "
                               "was imported without one; use output 'representation', or "
                               "import the checkpoint again with head=projection")
+        _check_count("default_budget", default_budget, minimum=0, optional=True)
+        _check_count("batch_size", batch_size, minimum=1, optional=True)
+        _check_count("seed", seed, minimum=None)
         self._variables = variables
         self.image_shape = tuple(image_shape)
         self.output = output
-        self.default_budget = default_budget
+        self.default_budget = None if default_budget is None else int(default_budget)
         self.batch_size = None if batch_size is None else int(batch_size)
         self._accounts: dict[str, Account] = {}
         self._ledger_lock = threading.Lock()  # accounts: reserve / refund / register
@@ -196,10 +217,10 @@ class VictimAPI:
         charging the account they reserved on, not the new one.
 
         Raises:
-          ValueError: negative budget.
+          ValueError: ``budget`` not None or an integer >= 0 (a float, text or bool is
+            refused, not truncated).
         """
-        if budget is not None and int(budget) < 0:
-            raise ValueError(f"budget must be >= 0 or None, got {budget}")
+        _check_count("budget", budget, minimum=0, optional=True)
         with self._ledger_lock:
             self._accounts[user] = Account(None if budget is None else int(budget))
             lock = self._user_locks.setdefault(user, threading.Lock())

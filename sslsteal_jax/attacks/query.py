@@ -44,16 +44,31 @@ def collect_answers(api, user: str, images: np.ndarray, budget: int,
       ``(queried_images uint8 (budget - start, H, W, C), answers (budget - start, ...))``:
       float32 ``(budget - start, D)`` representations for a ``VictimAPI``.
     Raises:
-      ValueError: ``budget`` outside [1, N] (names the pool size) or ``start`` outside
-        [0, budget).
-      BudgetExceededError: from the API when the account's budget is smaller.
+      ValueError: ``budget`` not an integer in [1, N] (names the pool size), ``chunk``
+        not an integer >= 1, or ``start`` outside [0, budget).
+      BudgetExceededError: the account's remaining budget (``api.remaining(user)``,
+        where the API has it) is smaller than ``budget - start``: raised before any
+        query, so nothing is charged and no answer is lost; otherwise from the API.
     """
+    from sslsteal_jax.api import BudgetExceededError
+
     n = len(images)
+    for name, v in (("budget", budget), ("chunk", chunk), ("start", start)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"query {name}={v!r}; allowed: an integer")
     if not 1 <= int(budget) <= n:
         raise ValueError(f"query budget {budget} must be between 1 and the query pool size {n}")
-    budget, start = int(budget), int(start)
+    budget, start, chunk = int(budget), int(start), int(chunk)
+    if chunk < 1:
+        raise ValueError(f"query chunk={chunk}; allowed: images per API call, an integer >= 1")
     if not 0 <= start < budget:
         raise ValueError(f"query range start {start} must be in [0, budget={budget})")
+    remaining = getattr(api, "remaining", None)
+    left = remaining(user) if callable(remaining) else None
+    if left is not None and left < budget - start:
+        raise BudgetExceededError(f"{user!r} would send {budget - start} queries but has "
+                                  f"{left} left; nothing was sent (register a larger budget "
+                                  "or buy fewer)")
     sent, out = [], []
     for j, i in enumerate(tqdm(range(start, budget, chunk), desc="querying victim API",
                                disable=not progress or not mesh_lib.is_writer(),  # one bar on a pod
@@ -149,8 +164,10 @@ def collect_view_answers(api, user: str, images: np.ndarray, budget: int, views:
 
 
 def owner_answers(api, images) -> np.ndarray:
-    """The API's answers to every image of ``images`` for its owner's (never limited)
-    account ``"owner"``: float32 ``(N, D)``.
+    """The API's answers to every image of ``images`` for the account ``"owner"``:
+    float32 ``(N, D)``, through the API's defenses when it has any. The account opens
+    with the API's default budget (unlimited unless ``default_budget`` is set; the
+    experiments' APIs leave it unset).
 
     ``images``: uint8 ``(N, H, W, C)``, an array (one ``api.query`` call) or a lazy view
     (``data.stream.StreamSource``: queried ``collect_answers``' chunk at a time, so

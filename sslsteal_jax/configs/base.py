@@ -18,7 +18,9 @@ import ml_collections
 from sslsteal_jax import losses
 from sslsteal_jax.configs.args import Arg
 from sslsteal_jax.defaults import DEFAULT_VICTIM_CHECKPOINT, default_steal_block
-from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.trainers.surrogate import check_steal  # noqa: F401 (re-exported)
+from sslsteal_jax.errors import (ConfigError, check_choice, check_int,  # noqa: F401 (re-exported)
+                                 check_number, fail)
 
 #: The victim the main job steals from (stage-2 fine-tuned; also evaluate's fidelity reference).
 MAIN_VICTIM = DEFAULT_VICTIM_CHECKPOINT
@@ -33,7 +35,7 @@ SEED_ARG = Arg(0, "seed of the run (surrogate initialisation, data order, probes
 def losses_arg(default: str) -> Arg:
     """The ``losses`` argument: stealing losses, or a group name."""
     return Arg((default,), "stealing losses (" + " ".join(losses.ALL_LOSSES) + "), or all (the "
-               "paper's four) | extra (the other five) | every")
+               "paper's: " + " ".join(losses.STEALING_LOSSES) + ") | extra (the rest) | every")
 
 
 def placeholder(kind: type):
@@ -156,37 +158,6 @@ def scan_estimate(cfg, forward_flops: float, probe_train_size: int) -> dict:
 
 # ----------------------------------------------------------------------------- checks
 
-def fail(field: str, value, allowed: str):
-    """Raise ``ConfigError("<field>=<value!r>; allowed: <allowed>")``."""
-    raise ConfigError(f"{field}={value!r}; allowed: {allowed}")
-
-
-def check_int(field: str, value, minimum: int = 1, optional: bool = False) -> None:
-    """``value`` is an int >= ``minimum`` (or None when ``optional``)."""
-    if optional and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        fail(field, value, f"an integer >= {minimum}" + (" or None" if optional else ""))
-
-
-def check_number(field: str, value, optional: bool = False, upper: float | None = None,
-                 zero: bool = False) -> None:
-    """``value`` is a finite number > 0 (>= 0 when ``zero``; <= ``upper`` when given), or
-    None when ``optional``."""
-    if optional and value is None:
-        return
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or value < 0 or (value == 0 and not zero) or (upper is not None and value > upper)):
-        fail(field, value, f"a number {'>=' if zero else '>'} 0"
-             + (f" and <= {upper:g}" if upper is not None else "") + (" or None" if optional else ""))
-
-
-def check_choice(field: str, value, choices) -> None:
-    """``value`` is one of ``choices``."""
-    if value not in choices:
-        fail(field, value, " | ".join(str(c) for c in choices))
-
-
 def check_int_tuple(field: str, value, minimum: int, example: str,
                     allow_empty: bool = False) -> None:
     """``value`` is a tuple of ints >= ``minimum`` (non-empty unless ``allow_empty``).
@@ -237,27 +208,6 @@ def check_dataset(field: str, name: str) -> None:
         tfds.builder_cls(base)
     except tfds.core.registered.DatasetNotFoundError:
         raise registry.unknown_dataset_error(base) from None
-
-
-def check_steal(prefix: str, steal) -> None:
-    """The ``steal`` block: epochs >= 1; batch_size / learning_rate / temperature None
-    (the loss's registry setting, or its ``loss_overrides`` entry) or positive; the
-    optimizer (``training.optim.OPTIMIZERS``); the compute dtype.
-
-    Raises:
-      ConfigError: the first bad field (``<prefix>.steal.<field>``).
-    """
-    from sslsteal_jax.models import compute_dtype
-    from sslsteal_jax.training.optim import OPTIMIZERS
-
-    p = f"{prefix}steal"
-    check_int(f"{p}.epochs", steal.epochs)
-    check_int(f"{p}.batch_size", steal.batch_size, optional=True)
-    check_number(f"{p}.learning_rate", steal.learning_rate, optional=True)
-    check_number(f"{p}.temperature", steal.temperature, optional=True)
-    check_number(f"{p}.weight_decay", steal.weight_decay, zero=True)
-    check_choice(f"{p}.optimizer", steal.optimizer, OPTIMIZERS)
-    compute_dtype(steal.model.dtype)
 
 
 def check_stream(st, strategies=None) -> None:

@@ -159,8 +159,11 @@ def validate(cfg) -> None:
 
     if isinstance(cfg.budget, bool) or not isinstance(cfg.budget, int) or cfg.budget < 1:
         raise ConfigError(f"budget {cfg.budget} must be >= 1 (and at most the query pool size)")
-    if cfg.steal.loss not in losses.LOSSES:
-        base.fail("steal.loss", cfg.steal.loss, " | ".join(losses.LOSSES))
+    # the matrix buys one answer per image: no labels, view pairs or class targets
+    direct = [n for n in losses.ALL_LOSSES if not losses.LOSSES[n].needs]
+    if cfg.steal.loss not in direct:
+        base.fail("steal.loss", cfg.steal.loss, " | ".join(direct) + " (losses that need "
+                  "only the answers)")
     base.check_steal("", cfg.steal)
     base.check_eval(cfg.eval)
     n_test = cfg.legit.test_size

@@ -17,11 +17,11 @@ Spec formats (``parse_spec``):
 Unknown defense names or parameters, wrong types and out-of-range values raise
 ``ValueError`` naming the bad value and the allowed ones.
 
-Registered defenses (parameters and defaults in ``DEFENSES``):
-gaussian, laplace (perturb.py; ICML 2022 Section 5), round, topk, quantize
-(perturb.py), similarity (similarity.py; ICML 2022 Section 5), b4b (b4b.py;
-Dubinski et al., NeurIPS 2023), transform (transforms.py; a per-user secret
-transform on its own).
+Registered defenses: the keys of ``DEFENSES`` (below), each with its function,
+default parameters and checks; the functions and their sources are in the other
+modules of this package. List them with
+``python -c "from sslsteal_jax.defenses import DEFENSES; print(sorted(DEFENSES))"``
+(an unknown name's error lists them too).
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features, make_apply
 from sslsteal_jax.evaluation.report import COLUMNS, format_table, plot_results
-from sslsteal_jax.losses import parse_losses
+from sslsteal_jax.losses import LOSSES, parse_losses
 from sslsteal_jax.models import SurrogateModel, compute_dtype
 from sslsteal_jax.pipeline import evaluate, queries, results, victim as victim_lib, workdir as wd
 from sslsteal_jax.trainers.simclr import augment_config
@@ -196,7 +196,8 @@ def _train_surrogates(cfg, workdir, victim, data, key, plans, bought, losses,
     ``surrogates[(loss, strategy)] = (module, variables)``."""
     surrogates, summaries, head_summary, head_fn = {}, {}, None, None
     enc = victim.module.encoder
-    pool_labels = (query_pool_labels(data.names["query_pool"]) if "supcon" in losses else None)
+    needs_labels = [loss for loss in losses if "labels" in LOSSES[loss].needs]  # e.g. supcon
+    pool_labels = query_pool_labels(data.names["query_pool"]) if needs_labels else None
     for s, p in plans.items():
         images, answers = bought[p.query_set].images, bought[p.query_set].answers
         if s in LABEL_STRATEGIES:
@@ -221,7 +222,7 @@ def _train_surrogates(cfg, workdir, victim, data, key, plans, bought, losses,
             if s == "stolenencoder":
                 scfg.surrogate_views = int(cfg.surrogate_views)
             kw = dict(extra)
-            if loss == "supcon":
+            if loss in needs_labels:
                 kw["labels"] = np.repeat(pool_labels[:p.images], p.views)
             sub = f"surrogate_{loss}" if s == "direct" else f"surrogate_{s}_{loss}"
             smod, svars, summ = train_surrogate(images, answers, scfg, os.path.join(workdir, sub),

@@ -30,7 +30,8 @@ def eval_kwargs(cfg) -> dict:
                 select_probe=bool(cfg.eval.select_probe))
 
 
-def encoder_row(encoder: Encoder, data, key, victim_outputs=None, ev: dict | None = None) -> dict:
+def encoder_row(encoder: Encoder, data, key, victim_outputs=None, ev: dict | None = None,
+                strict: bool = False) -> dict:
     """Evaluate one encoder on ``data``'s probe splits.
 
     Args:
@@ -41,10 +42,14 @@ def encoder_row(encoder: Encoder, data, key, victim_outputs=None, ev: dict | Non
       key: PRNG key (probe initialisation and order, few-label subset).
       victim_outputs: float32 ``(N_test, D)`` the victim API's answers on
         ``data.probe_test_x``; None (or an encoder without ``victim_space``, or an
-        output of another shape) skips fidelity.
+        output of another shape unless ``strict``) skips fidelity.
       ev: ``evaluate_features`` keywords (:func:`eval_kwargs`).
+      strict: an encoder output whose shape differs from ``victim_outputs`` is an
+        error instead of a row without fidelity.
     Returns:
       the report row (``evaluation.report.evaluate_features``).
+    Raises:
+      ValueError: ``strict`` and the shapes differ (names both).
     """
     tr = encoder.features(data.probe_train_x, desc=f"features {encoder.name} (probe train)")
     fidelity = victim_outputs is not None and encoder.victim_space is not None
@@ -57,6 +62,11 @@ def encoder_row(encoder: Encoder, data, key, victim_outputs=None, ev: dict | Non
         te = encoder.features(data.probe_test_x)
         out = te if fidelity else None
     if out is not None and out.shape != victim_outputs.shape:
+        if strict:
+            raise ValueError(f"victim_outputs has shape {tuple(victim_outputs.shape)} but "
+                             f"encoder {encoder.name!r} answers {tuple(out.shape)} on "
+                             "data.probe_test_x; pass the victim's answers on exactly those "
+                             "images (api.query('owner', data.probe_test_x)), or None")
         out = None
     return evaluate_features(encoder.name, tr, te, data, key, victim_outputs, out, **(ev or {}))
 
@@ -133,12 +143,41 @@ def evaluate_encoder(encoder: Encoder, data, key, victim_outputs=None, *, per_cl
       victim_outputs: float32 ``(N_test, D)`` the victim API's answers on
         ``data.probe_test_x`` (e.g. ``api.query("owner", data.probe_test_x)``), for
         fidelity; None skips fidelity.
-      per_class, probe_epochs, select_probe: as ``evaluation.report.evaluate_features``.
+      per_class, probe_epochs, select_probe: as ``evaluation.report.evaluate_features``
+        (labels per class of the few-label probe and probe epochs: integers >= 1).
     Returns:
       the report row: ``name``, ``probe_full`` / ``probe_100`` / ``knn`` (accuracy in
-      percent), ``cosine_fidelity`` / ``l2_fidelity`` (None without fidelity), and
-      ``probe_full_settings``.
+      percent), ``cosine_fidelity`` (mean cosine similarity to the victim's answers, in
+      [-1, 1], higher is closer) / ``l2_fidelity`` (mean L2 distance of the unit-normalised
+      outputs, in [0, 2], lower is closer; ``evaluation.fidelity``) (both None without
+      fidelity), and ``probe_full_settings``.
+    Raises:
+      TypeError: ``encoder`` is not an Encoder, or ``key`` not a JAX PRNG key.
+      ValueError: ``per_class`` or ``probe_epochs`` not an integer >= 1;
+        ``victim_outputs`` not a finite float ``(len(data.probe_test_x), D)`` array, or
+        of another shape than the encoder's ``victim_space`` output (checked before the
+        probes run; fidelity is never dropped silently).
     """
+    import numpy as np
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"encoder must be an sslsteal_jax.Encoder (e.g. Encoder.surrogate("
+                        f"name, module, variables)), got {type(encoder).__name__}")
+    if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                            or (key.dtype == np.uint32 and key.shape == (2,)))):
+        raise TypeError(f"key must be a JAX PRNG key (jax.random.key(0)), got {key!r}")
+    for name, v in (("per_class", per_class), ("probe_epochs", probe_epochs)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name}={v!r}; allowed: an integer >= 1")
+    if victim_outputs is not None:
+        vo = np.asarray(victim_outputs)
+        n = len(data.probe_test_x)
+        if vo.ndim != 2 or len(vo) != n or not np.issubdtype(vo.dtype, np.floating):
+            raise ValueError(f"victim_outputs must be float (N_test={n}, D) answers on "
+                             f"data.probe_test_x, got {vo.dtype} {vo.shape}")
+        if not np.isfinite(vo).all():
+            raise ValueError(f"victim_outputs must be finite: {int((~np.isfinite(vo)).sum())} "
+                             f"of {vo.size} values are NaN or infinite")
+        victim_outputs = vo
     return encoder_row(encoder, data, key, victim_outputs,
                        dict(per_class=int(per_class), probe_epochs=int(probe_epochs),
-                            select_probe=bool(select_probe)))
+                            select_probe=bool(select_probe)), strict=True)

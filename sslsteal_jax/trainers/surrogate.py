@@ -32,7 +32,7 @@ import numpy as np
 from sslsteal_jax import losses
 from sslsteal_jax.data.augment import AugmentConfig, augment_batch
 from sslsteal_jax.defaults import default_steal_block
-from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.errors import ConfigError, check_choice, check_int, check_number
 from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.models import (SurrogateModel, arch_family, arch_name, default_width,
                                  encoder_from_config, encoder_options, init_variables)
@@ -86,6 +86,29 @@ def steal_config(steal, loss: str, victim_encoder=None, loss_overrides=None,
 OPTIONAL_FIELDS = ("steps", "surrogate_views", "view_weight", "view_augment", "predictor_hidden")
 
 
+def check_steal(prefix: str, steal) -> None:
+    """The ``steal`` block (a surrogate config): epochs >= 1; batch_size / learning_rate
+    / temperature None (the loss's registry setting, or its ``loss_overrides`` entry) or
+    positive; weight decay >= 0; the optimizer (``training.optim.OPTIMIZERS``); the
+    compute dtype. Used by every config's validation (``configs.base``) and by
+    :func:`surrogate_config`.
+
+    Raises:
+      ConfigError: the first bad field (``<prefix>steal.<field>``).
+    """
+    from sslsteal_jax.models import compute_dtype
+    from sslsteal_jax.training.optim import OPTIMIZERS
+
+    p = f"{prefix}steal"
+    check_int(f"{p}.epochs", steal.epochs)
+    check_int(f"{p}.batch_size", steal.batch_size, optional=True)
+    check_number(f"{p}.learning_rate", steal.learning_rate, optional=True)
+    check_number(f"{p}.temperature", steal.temperature, optional=True)
+    check_number(f"{p}.weight_decay", steal.weight_decay, zero=True)
+    check_choice(f"{p}.optimizer", steal.optimizer, OPTIMIZERS)
+    compute_dtype(steal.model.dtype)
+
+
 def surrogate_config(loss: str = "infonce", epochs: int = 30, victim_encoder=None, *,
                      seed: int = 0, **overrides) -> ml_collections.ConfigDict:
     """The main job's surrogate config for ``loss``, for use from Python (notebooks).
@@ -103,20 +126,40 @@ def surrogate_config(loss: str = "infonce", epochs: int = 30, victim_encoder=Non
         ``model={"arch": ..., "width": ..., "stem": ...}``.
       seed: initialisation and data-order seed.
     Raises:
-      ConfigError (a ValueError): unknown loss or override field.
+      ConfigError (a ValueError): unknown loss or override field, ``epochs`` not an
+        integer >= 1, ``seed`` not an integer >= 0, a bad steal field (batch size,
+        learning rate, temperature, optimizer, dtype: ``configs.base.check_steal``), or
+        an unknown architecture / no architecture (neither ``victim_encoder`` nor
+        ``model``).
     """
-    if loss not in losses.LOSSES:
-        raise ConfigError(f"unknown stealing loss {loss!r}; allowed: {list(losses.LOSSES)}")
-    scfg = steal_config(default_steal_block(int(epochs), int(seed)), loss, victim_encoder,
+    from sslsteal_jax.models import ARCHITECTURES, VIT_ARCHITECTURES
+
+    if loss not in losses.ALL_LOSSES:
+        raise ConfigError(f"unknown stealing loss {loss!r}; allowed: {list(losses.ALL_LOSSES)}")
+    check_int("epochs", epochs, minimum=1)
+    check_int("seed", seed, minimum=0)
+    scfg = steal_config(default_steal_block(epochs, seed), loss, victim_encoder,
                         losses.scale_overrides())
     for k, v in overrides.items():
         if k not in scfg and k not in OPTIONAL_FIELDS:
             raise ConfigError(f"unknown surrogate config field {k!r}; allowed: "
                               f"{sorted(scfg.keys()) + list(OPTIONAL_FIELDS)}")
-        if k == "model" and isinstance(v, dict):
-            scfg.model.update(v)
-        else:
-            scfg[k] = v
+        try:
+            if k == "model" and isinstance(v, dict):
+                scfg.model.update(v)
+            else:
+                scfg[k] = v
+        except TypeError:  # ml_collections refuses a value of another type
+            raise ConfigError(f"{k}={v!r}: not of the field's type "
+                              f"({type(scfg.get(k)).__name__})") from None
+    check_steal("", scfg)
+    archs = sorted(ARCHITECTURES) + sorted(VIT_ARCHITECTURES)
+    if not scfg.model.get("arch"):
+        raise ConfigError("surrogate_config needs an architecture: pass victim_encoder (the "
+                          "victim's LoadedModel.module.encoder) or model={'arch': ..., "
+                          f"'width': ..., 'stem': ...}}; architectures: {archs}")
+    if scfg.model.arch not in archs:
+        raise ConfigError(f"model.arch={scfg.model.arch!r}; allowed: {archs}")
     return scfg
 
 
@@ -278,6 +321,21 @@ class SurrogateSetup(NamedTuple):
     desc: str
 
 
+def _check_uint8_images(what: str, images) -> None:
+    """``images`` are uint8 ``(N, H, W, C)`` pixels (the training step divides by 255:
+    float images in [0, 1] would train on near-black inputs without any error).
+
+    Raises:
+      ValueError: another dtype or rank (names both and how to convert floats).
+    """
+    dtype, shape = getattr(images, "dtype", None), tuple(getattr(images, "shape", ()))
+    if dtype != np.uint8 or len(shape) != 4:
+        raise ValueError(
+            f"{what} must be uint8 (N, H, W, C) pixels in [0, 255], got {dtype} {shape}"
+            + ("; for float images in [0, 1] pass (x * 255).round().astype(np.uint8)"
+               if dtype is not None and np.issubdtype(dtype, np.floating) else ""))
+
+
 def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
                       labels: np.ndarray | None = None, pair: tuple | None = None,
                       target_head=None, abstract: bool = False) -> SurrogateSetup:
@@ -294,10 +352,14 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
     Raises:
       ValueError: as :func:`train_surrogate`.
     """
+    _check_uint8_images("images", images)
     if len(images) != len(answers):
         raise ValueError(f"{len(images)} images but {len(answers)} answers")
-    if answers.ndim != 2 or not np.isfinite(answers).all():
-        raise ValueError(f"answers must be finite float (N, D), got shape {answers.shape}")
+    if answers.ndim != 2:
+        raise ValueError(f"answers must be float (N, D), got shape {answers.shape}")
+    if not np.isfinite(answers).all():
+        raise ValueError(f"answers must be finite: {int((~np.isfinite(answers)).sum())} of "
+                         f"{answers.size} values are NaN or infinite")
     hp = resolve_hparams(cfg)
     needs = losses.LOSSES[cfg.loss].needs
     if "labels" in needs and labels is None:
@@ -305,6 +367,8 @@ def prepare_surrogate(images: np.ndarray, answers: np.ndarray, cfg, *,
     if labels is not None and len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     paired = "pair" in needs and pair is not None
+    if paired:
+        _check_uint8_images("pair images", pair[0])
     if paired and (len(pair[0]) != len(images) or np.shape(pair[1]) != answers.shape):
         raise ValueError(f"pair arrays must match images {images.shape} and answers "
                          f"{answers.shape}, got {np.shape(pair[0])} and {np.shape(pair[1])}")
@@ -392,8 +456,9 @@ def train_surrogate(images: np.ndarray, answers: np.ndarray, cfg, workdir: str |
       ``(h, o)``), ``{'params', 'batch_stats'}``, dict with ``steps``,
       ``wall_seconds``, ``examples_per_second``, ``final_loss``, ``hparams``.
     Raises:
-      ValueError: unknown loss, mismatched ``images``/``answers``/``labels``/
-        ``pair``, missing labels for "supcon", bad sizes.
+      ValueError: images (or pair images) not uint8 ``(N, H, W, C)``, answers not a
+        finite 2-D array, unknown loss, mismatched ``images``/``answers``/``labels``/
+        ``pair``, missing labels for a loss that needs them, bad sizes.
 
     The setup (model, initial state, step, data, keys) is
     :func:`prepare_surrogate`; ``trainers.stacked.train_surrogates_stacked``

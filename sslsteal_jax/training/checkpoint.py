@@ -252,7 +252,10 @@ def read_meta(directory: str, step: int | None = None) -> dict:
     mngr = manager(directory)
     step = mngr.latest_step() if step is None else step
     if step is None:
-        raise CheckpointNotFoundError(f"no checkpoint found in {directory}")
+        sub = os.path.join(directory, "checkpoints")
+        hint = (f" (a run directory? its checkpoints are in {sub})"
+                if os.path.isdir(sub) else "")
+        raise CheckpointNotFoundError(f"no checkpoint found in {directory}{hint}")
     try:
         out = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     except Exception as e:  # noqa: BLE001 - only read failures are re-raised as corrupt
@@ -312,6 +315,9 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
       CheckpointCorruptError: a file of the checkpoint is missing, truncated or
         damaged (names the directory and the file or array).
     """
+    if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+        raise CheckpointNotFoundError(f"{ckpt_dir!r} is a file, not a checkpoint directory "
+                                      "(e.g. victims/fashion_mnist_resnet10_w16_ft6/checkpoints)")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
     meta = read_meta(ckpt_dir, step)
