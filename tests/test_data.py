@@ -288,3 +288,18 @@ def test_empty_dataset_name_is_a_config_error():
     from sslsteal_jax.errors import ConfigError
     with pytest.raises(ConfigError, match="dataset name must be a non-empty string, got ''"):
         registry.load_split("", "train")
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(probe_test_size=2.5), r"probe_test_size=2.5; allowed: an integer number of images$"),
+    (dict(probe_train_size="100"), r"probe_train_size='100'; allowed: an integer number of "
+                                   r"images or None"),
+    (dict(victim_train_size=True), r"victim_train_size=True; allowed: an integer"),
+])
+def test_experiment_data_sizes_must_be_integers(kw, msg):
+    """A size of another type is one clear ConfigError before any data is read (2.5 once
+    ended in numpy's "slice indices must be integers")."""
+    from sslsteal_jax.data.splits import experiment_data
+    from sslsteal_jax.errors import ConfigError
+    with pytest.raises(ConfigError, match=msg):
+        experiment_data("fashion_mnist", None, **kw)

@@ -150,3 +150,7 @@ def test_evaluate_encoder_checks_its_arguments_before_the_probes():
         args = {**dict(encoder=enc, data=data, key=key, victim_outputs=None), **kw}
         with pytest.raises(err, match=msg):
             sslsteal_jax.evaluate_encoder(**args)
+    # features of images the encoder does not fit: one line naming the shape, not flax's error
+    with pytest.raises(ValueError, match=r"images of shape \(4, 32, 32, 3\) do not fit encoder "
+                                         r"'victim' \(its parameters expect other input"):
+        enc.features(np.zeros((4, 32, 32, 3), np.uint8))

@@ -73,11 +73,15 @@ def experiment_data(dataset: str = "fashion_mnist", query_dataset: str | None = 
       stream_threads, stream_prefetch: the views' grain worker threads and batches
         read ahead (``StreamSource``).
     Raises:
-      ConfigError (a ValueError): unknown dataset or split, a ``probe_train_size`` /
-        ``victim_train_size`` outside (0, train size], or ``probe_test_size`` not
-        smaller than the test split.
+      ConfigError (a ValueError): unknown dataset or split, a size that is not an
+        integer, a ``probe_train_size`` / ``victim_train_size`` outside (0, train size],
+        or ``probe_test_size`` not smaller than the test split.
     """
     sizes = (("victim_train_size", victim_train_size), ("probe_train_size", probe_train_size))
+    for name, v in (*sizes, ("probe_test_size", probe_test_size)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise ConfigError(f"{name}={v!r}; allowed: an integer number of images"
+                              + (" or None" if name != "probe_test_size" else ""))
     q_name, _, q_split = (query_dataset or "").partition(":")
     pool_is_train = q_name == dataset and q_split == "train"
     if stream:

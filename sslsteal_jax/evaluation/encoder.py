@@ -102,5 +102,17 @@ class Encoder:
     def features(self, images: np.ndarray, output: str = "representation",
                  desc: str | None = None) -> np.ndarray:
         """float32 ``(N, D)`` outputs of role ``output`` on uint8 images ``(N,H,W,C)``
-        (batched, data-parallel: ``extract_features``)."""
-        return extract_features(self.apply(output), images, desc=desc)
+        (batched, data-parallel: ``extract_features``).
+
+        Raises:
+          ValueError: images whose shape the encoder's parameters do not fit (e.g. a
+            colour image for a greyscale encoder), naming the shape, instead of flax's
+            parameter-shape error.
+        """
+        import flax.errors
+        try:
+            return extract_features(self.apply(output), images, desc=desc)
+        except flax.errors.ScopeParamShapeError as e:
+            raise ValueError(f"images of shape {tuple(np.shape(images))} do not fit encoder "
+                             f"{self.name!r} (its parameters expect other input channels or "
+                             f"size; flax: {str(e).splitlines()[0]})") from None
