@@ -124,6 +124,11 @@ def test_default_budget_and_register(victim, images):
             a.register("x", bad)
     a.register("np", np.int64(4))
     assert a.remaining("np") == 4
+    for user in (123, "", None):  # account names key the ledger and the defense secrets
+        with pytest.raises(ValueError, match=r"user=.*; allowed: a non-empty account name"):
+            a.query(user, images[:1])
+        with pytest.raises(ValueError, match=r"user=.*; allowed: a non-empty account name"):
+            a.register(user, 3)
     for kw, msg in ((dict(default_budget=-1), r"default_budget=-1; allowed: an integer >= 0"),
                     (dict(batch_size=0), r"batch_size=0; allowed: an integer >= 1 or None"),
                     (dict(seed="a"), r"seed='a'; allowed: an integer$")):

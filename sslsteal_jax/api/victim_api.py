@@ -221,6 +221,8 @@ class VictimAPI:
             refused, not truncated).
         """
         _check_count("budget", budget, minimum=0, optional=True)
+        if not isinstance(user, str) or not user:
+            raise ValueError(f"user={user!r}; allowed: a non-empty account name (str)")
         with self._ledger_lock:
             self._accounts[user] = Account(None if budget is None else int(budget))
             lock = self._user_locks.setdefault(user, threading.Lock())
@@ -228,8 +230,15 @@ class VictimAPI:
             self._defense_states.pop(user, None)
 
     def _account_locked(self, user: str) -> Account:
-        """``user``'s account (opened with the default budget); caller holds the ledger lock."""
+        """``user``'s account (opened with the default budget); caller holds the ledger lock.
+
+        Raises:
+          ValueError: ``user`` is not a non-empty string (account names key the ledger
+            and the per-user defense secrets).
+        """
         if user not in self._accounts:
+            if not isinstance(user, str) or not user:
+                raise ValueError(f"user={user!r}; allowed: a non-empty account name (str)")
             self._accounts[user] = Account(self.default_budget)
             self._user_locks.setdefault(user, threading.Lock())
         return self._accounts[user]
