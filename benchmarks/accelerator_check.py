@@ -654,8 +654,8 @@ def main(argv=None) -> int:
                    help="small widths/resolutions/batches, 1 warm-up + 1 timed step (CPU smoke test)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed steps after compilation (default 2; tiny 1)")
-    p.add_argument("--steps", type=int, default=None, help="steps per timed block (default 5; tiny 1)")
-    p.add_argument("--repeats", type=int, default=None,
+    p.add_argument("--steps", type=bench.positive_int, default=None, help="steps per timed block (default 5; tiny 1)")
+    p.add_argument("--repeats", type=bench.positive_int, default=None,
                    help="timed blocks, JAX and torch alternating; the median is reported (default 2; tiny 1)")
     p.add_argument("--only", default="steal,vmap,inference",
                    help="comma list of sections to run: steal, vmap, inference (machine info always)")

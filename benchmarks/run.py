@@ -335,30 +335,51 @@ def machine_info(args, peak, how):
     return info
 
 
+#: The benchmarks ``--only`` selects from.
+SECTIONS = ("inference", "simclr", "steal", "vmap")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (steps, repeats, batches: 0 or less measured
+    nothing and reported negative or NaN images/s as a success)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v}; allowed: an integer >= 1")
+    return v
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="benchmarks/results/bench.json", help="JSON output path")
-    p.add_argument("--steps", type=int, default=3, help="steps per timed block")
-    p.add_argument("--repeats", type=int, default=3, help="timed blocks (median reported)")
-    p.add_argument("--batch", type=int, default=256, help="batch of the SimCLR and steal steps")
+    p.add_argument("--steps", type=positive_int, default=3, help="steps per timed block")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed blocks (median reported)")
+    p.add_argument("--batch", type=positive_int, default=256,
+                   help="batch of the SimCLR and steal steps")
     p.add_argument("--inference-batches", default="default,1000",
                    help="comma list of victim-inference batch sizes; 'default' = "
                         "evaluation.features.default_batch_size (128 on CPU)")
-    p.add_argument("--k", type=int, default=8, help="surrogates in the vmapped step")
-    p.add_argument("--vmap-batch", type=int, default=64, help="batch per vmapped surrogate (mse reference: 64)")
+    p.add_argument("--k", type=positive_int, default=8, help="surrogates in the vmapped step")
+    p.add_argument("--vmap-batch", type=positive_int, default=64,
+                   help="batch per vmapped surrogate (mse reference: 64)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--peak-flops", type=float, default=None, help="override peak FLOP/s per device")
     p.add_argument("--steal", default="resnet18:mse,resnet10:infonce",
                    help="comma list of arch:loss steal steps to time against torch")
-    p.add_argument("--only", default="inference,simclr,steal,vmap", help="subset of benchmarks")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma list, a subset of {', '.join(SECTIONS)}")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     p.add_argument("--torch-threads", type=int, default=None)
     args = p.parse_args(argv)
+    only = {x.strip() for x in args.only.split(",") if x.strip()}
+    if not only or only - set(SECTIONS):
+        p.error(f"--only {args.only!r}: allowed sections are {', '.join(SECTIONS)}")
 
     mesh = mesh_lib.data_mesh()
     peak, how = peak_flops_per_device(args.dtype, args.peak_flops)
     rng = np.random.default_rng(0)
-    only = set(args.only.split(","))
     res = {"machine": machine_info(args, peak, how), "results": []}
 
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

@@ -36,9 +36,16 @@ while [ "$#" -gt 0 ]; do
     -h|--help) usage; exit 0 ;;
     --processes=*) PROCESSES=${1#--processes=}; shift ;;
     --port=*) PORT=${1#--port=}; shift ;;
+    -*) echo "error: launch/local.sh: unknown option '$1' before CONFIG; allowed: --processes=N," \
+          "--port=P (with '=', before CONFIG WORKDIR), -h/--help" >&2; exit 2 ;;
     *) break ;;
   esac
 done
+if [ -n "$PORT" ] && [ -z "$PROCESSES" ]; then
+  echo "error: launch/local.sh --port=$PORT needs --processes=N (the coordinator port of a" \
+    "multi-process run); a single process takes no port" >&2
+  exit 2
+fi
 if [ -n "$PROCESSES" ] && ! [[ "$PROCESSES" =~ ^[1-9][0-9]*$ ]]; then
   echo "error: launch/local.sh --processes=$PROCESSES; allowed: an integer >= 1" >&2
   exit 2

@@ -199,3 +199,23 @@ def test_host_init_shapes_match_flax():
     for a, b in zip(jax.tree_util.tree_leaves(v), jax.tree_util.tree_leaves(ref)):
         assert isinstance(a, np.ndarray) and a.shape == b.shape and a.dtype == b.dtype
         assert np.isfinite(a).all()
+
+
+@pytest.mark.parametrize("main, argv, message", [
+    ("run", ["--steps=-1"], "argument --steps: -1; allowed: an integer >= 1"),
+    ("run", ["--repeats=0"], "argument --repeats: 0; allowed: an integer >= 1"),
+    ("run", ["--only=nothing"], "--only 'nothing': allowed sections are inference, simclr, "
+                                "steal, vmap"),
+    ("run", ["--only=inference,bogus"], "allowed sections are"),
+    ("ac", ["--tiny", "--steps=0"], "argument --steps: 0; allowed: an integer >= 1"),
+])
+def test_benchmark_arguments_that_measure_nothing_are_usage_errors(capsys, main, argv, message):
+    """--steps=-1 once reported negative images/s and MFU as a success, and --only with no
+    known section wrote nothing but said it had: argparse usage errors now (exit 2), before
+    any work."""
+    from benchmarks import run as bench
+    fn = bench.main if main == "run" else ac.main
+    with pytest.raises(SystemExit) as e:
+        fn(argv + ["--out=/nonexistent/never_written.json"])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err

@@ -282,5 +282,13 @@ def test_file_errors(tmp_path, r18):
     cut.write_bytes(open(full, "rb").read()[:2000])
     _expect(lambda: import_checkpoint(str(cut), "resnet18", trust_pickle=True),
             "cannot read", "cut.pth", cls=ConfigError)
+    # not a torch file at all: not "pass trust_pickle" (which then repeated the same advice)
+    text = tmp_path / "notes.pth"
+    text.write_text("# a README, not a checkpoint\n")
+    for trust in (False, True):
+        err = _expect(lambda: import_checkpoint(str(text), "resnet18", trust_pickle=trust),
+                      "cannot read", "notes.pth as a PyTorch checkpoint (not a file written by "
+                      "torch.save", cls=ConfigError)
+        assert "trust_pickle" not in str(err)
     _expect(lambda: import_checkpoint(full, "resnet99"), "unknown architecture 'resnet99'",
             cls=ConfigError)

@@ -184,6 +184,22 @@ def test_local_script_rejects_bad_options(bad):
     assert p.returncode == 2 and p.stderr.startswith(f"error: launch/local.sh {bad}")
 
 
+@pytest.mark.parametrize("args, message", [
+    # --port without --processes was ignored and the run started
+    (["--port=8000"], "error: launch/local.sh --port=8000 needs --processes=N"),
+    # a space instead of '=' reached python as a config path ("config file '--processes'")
+    (["--processes", "2"], "error: launch/local.sh: unknown option '--processes' before CONFIG"),
+    (["--bogus"], "error: launch/local.sh: unknown option '--bogus' before CONFIG; allowed: "
+                  "--processes=N, --port=P"),
+])
+def test_local_script_usage_errors_exit_2_before_running(args, message):
+    p = subprocess.run(["bash", os.path.join(ROOT, "launch", "local.sh"), *args,
+                        "configs/quickstart.py", "runs/q"], capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith(message), p.stderr
+    assert p.stdout == ""
+
+
 # subprocess.Popen forks and at once execs a new interpreter, which is safe beside JAX's
 # threads; JAX's at-fork hook warns about any fork once this pytest worker has started its
 # backend. The launcher itself never imports jax (``python -m sslsteal_jax.cluster``).

@@ -150,6 +150,17 @@ def test_ledger_stores_hashed_keys_and_admin_commands(tmp_path):
         admin.run(["--db", str(tmp_path / "none.sqlite"), "list"])
 
 
+def test_admin_prints_the_command_the_parser_read(tmp_path, monkeypatch, capsys):
+    """A ledger path spelt like a command (``--db list create x``) once made main() print
+    the created key as a 'list' table: a traceback after the key was stored, its secret lost."""
+    monkeypatch.chdir(tmp_path)
+    assert admin.main(["--db", "list", "create", "x", "--budget=5"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("created key 'x' (budget 5") and "ssk_" in out, out
+    assert admin.main(["--db", "list", "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["x", "5"]
+
+
 def test_ledger_charges_once_per_idempotency_key(tmp_path):
     lg = Ledger(str(tmp_path / "l.sqlite"))
     rec, _ = lg.create_key("k", 10)
@@ -487,10 +498,29 @@ def test_server_cli_user_errors_are_one_line(tmp_path, capsys):
         (["--victim=/no/such/dir", f"--db={db}"], "--victim='/no/such/dir' is not a directory"),
         ([f"--victim={tmp_path}", f"--db={db}", "--max_batch=0"], "--max_batch=0 must be >= 1"),
         ([f"--victim={tmp_path}", f"--db={db}", "--port=x"], "invalid int value: 'x'"),
+        # uvicorn would bind 70000 % 65536 = 4464 under a banner saying 70000
+        ([f"--victim={tmp_path}", f"--db={db}", "--port=70000"],
+         "--port=70000; allowed: an integer in [1, 65535]"),
+        ([f"--victim={tmp_path}", f"--db={db}", "--port=0"], "--port=0; allowed"),
+        ([f"--victim={tmp_path}", f"--db={db}", "--max_wait_ms=-1"],
+         "--max_wait_ms=-1; allowed: a number >= 0"),
+        ([f"--victim={tmp_path}", f"--db={db}", "--idempotency_ttl_h=0"],
+         "--idempotency_ttl_h=0; allowed: a number > 0"),
     ]:
         assert cli.main(argv) == 1
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: ") and pattern in err, err
+    # a port another process listens on: one line before anything is loaded (uvicorn printed
+    # its own error after the banner and exited with status 3, the "stalled" status)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert cli.main([f"--victim={tmp_path}", f"--db={db}", f"--port={port}"]) == 1
+        err = capsys.readouterr().err
+        assert err == (f"error: cannot serve on 127.0.0.1:{port}: Address already in use; stop "
+                       "the process that uses it or pick another --port\n"), err
+    assert not os.path.exists(db)  # nothing was created for a refused start
     held = cli._lock_ledger(db)  # one server per ledger
     with pytest.raises(ConfigError, match="in use by another server"):
         cli._lock_ledger(db)

@@ -176,10 +176,14 @@ def read_checkpoint(path: str, trust_pickle: bool = False):
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
-        raise ConfigError(
-            f"{path} stores pickled Python objects besides tensors, which torch refuses to load "
-            "safely; if you trust the file, import it with trust_pickle=true (runs code from the "
-            "file), or save only its state dict") from e
+        msg = str(e).lower()  # torch names a refused Python object ("unsupported global")
+        if not trust_pickle and ("can still be loaded" in msg or "unsupported global" in msg):
+            raise ConfigError(
+                f"{path} stores pickled Python objects besides tensors, which torch refuses to "
+                "load safely; if you trust the file, import it with trust_pickle=true (runs code "
+                "from the file), or save only its state dict") from e
+        raise ConfigError(f"cannot read {path} as a PyTorch checkpoint (not a file written "
+                          "by torch.save: unpickling failed)") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot read {path} as a PyTorch checkpoint ({first}); is the file "

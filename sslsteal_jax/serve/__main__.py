@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", required=True, help="SQLite ledger file (created when missing)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
                    "0.0.0.0 exposes the service to the network)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port, 1-65535 (default "
+                   f"{DEFAULT_PORT}); it must be free")
     p.add_argument("--output", default="representation", choices=("representation", "projection"))
     p.add_argument("--defenses", default="none", help="defense chain spec applied to every "
                    "answer, each key with its own state (e.g. 'gaussian:scale=0.1', 'b4b')")
@@ -72,16 +73,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(args) -> None:
-    for name, lo in (("port", 0), ("max_batch", 1), ("max_images", 1)):
+    """Flag values, before anything is loaded or created.
+
+    Raises:
+      ConfigError: the first bad flag (one line naming it and what is allowed), or a
+        port another process already listens on.
+    """
+    if not 1 <= args.port <= 65535:  # uvicorn would bind port % 65536 without a word
+        raise ConfigError(f"--port={args.port}; allowed: an integer in [1, 65535]")
+    for name, lo in (("max_batch", 1), ("max_images", 1)):
         if getattr(args, name) < lo:
             raise ConfigError(f"--{name}={getattr(args, name)} must be >= {lo}")
-    if not args.max_wait_ms >= 0 or not args.max_request_mb > 0 or not args.idempotency_ttl_h > 0:
-        raise ConfigError(f"--max_wait_ms={args.max_wait_ms} must be >= 0, --max_request_mb="
-                          f"{args.max_request_mb} and --idempotency_ttl_h={args.idempotency_ttl_h} "
-                          f"> 0")
+    for name, zero in (("max_wait_ms", True), ("max_request_mb", False),
+                       ("idempotency_ttl_h", False)):
+        v = getattr(args, name)
+        if not (v >= 0 if zero else v > 0):
+            raise ConfigError(f"--{name}={v:g}; allowed: a number {'>=' if zero else '>'} 0")
+    _check_port_free(args.host, args.port)
     if not os.path.isdir(args.victim):
         raise ConfigError(f"--victim={args.victim!r} is not a directory (a SimCLR checkpoint "
                           f"directory, e.g. victims/fashion_mnist_resnet10_w16_ft6/checkpoints)")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once and release it, so that a port in use is one clear error
+    before the victim is loaded (uvicorn would print its own error after the banner and
+    exit with status 3, the project's "stalled" status).
+
+    Raises:
+      ConfigError: the address cannot be bound (in use, or not an address of this host).
+    """
+    import socket
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"--host={host!r} is not an address of this machine ({e})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(addr)
+        except OSError as e:
+            raise ConfigError(f"cannot serve on {host}:{port}: {e.strerror or e}; stop the "
+                              "process that uses it or pick another --port") from None
 
 
 def _lock_ledger(path: str):
@@ -116,9 +150,6 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         _check(args)
         from sslsteal_jax.serve.ledger import Ledger, fingerprint
-
-        ledger = Ledger(args.db, args.synchronous, args.answers_synchronous)
-        lock = _lock_ledger(args.db)  # noqa: F841 -- held until exit
         import uvicorn
 
         from sslsteal_jax.api.victim_api import VictimAPI
@@ -127,10 +158,12 @@ def main(argv=None) -> int:
         from sslsteal_jax.training.checkpoint import load_model
 
         reference = _reference(args.defense_reference) if args.defense_reference else None
-        loaded = load_model(args.victim)
+        loaded = load_model(args.victim)  # a bad victim leaves no ledger file behind
         if loaded.kind != "simclr":
             raise ConfigError(f"--victim={args.victim!r} holds a {loaded.kind!r} checkpoint; the "
                               f"service needs a 'simclr' victim")
+        ledger = Ledger(args.db, args.synchronous, args.answers_synchronous)
+        lock = _lock_ledger(args.db)  # noqa: F841 -- held until exit
         make = functools.partial(VictimAPI, loaded.module, loaded.variables, loaded.image_shape,
                                  output=args.output, seed=args.seed, defense_reference=reference)
         api = make(defenses=args.defenses)

@@ -89,13 +89,12 @@ def main(argv=None) -> int:
     """CLI entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     try:
-        out = run(argv)
+        args = build_parser().parse_args(argv)  # the command as the parser read it: a --db
+        out = run(argv)                         # value spelt like a command is not one
     except ConfigError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)
         return 1
-    as_json = "--json" in argv
-    command = next((a for a in argv if a in ("create", "list", "revoke", "top-up", "totals")), "")
-    print(json.dumps(out) if as_json else _text(command, out))
+    print(json.dumps(out) if getattr(args, "json", False) else _text(args.command, out))
     return 0
 
 
