@@ -201,6 +201,9 @@ def test_wrong_arch_names_the_keys_and_the_checkpoint_arch(r18):
 def test_stem_mismatch(r18):
     _expect(lambda: convert_state_dict(r18[1], "resnet18", stem="imagenet"),
             "conv1.weight has shape (8, 3, 3, 3)", "pass stem=cifar")
+    # a misspelt stem names the allowed values (it read "a cifar stem, but stem='cifr'")
+    _expect(lambda: convert_state_dict(r18[1], "resnet18", stem="cifr"),
+            "stem='cifr'; allowed: imagenet | cifar (or unset", cls=ConfigError)
 
 
 def test_unknown_layout(tmp_path):
@@ -269,6 +272,9 @@ def test_vit_errors():
 
 def test_file_errors(tmp_path, r18):
     _expect(lambda: import_checkpoint(str(tmp_path / "none.pth"), "resnet18"), "does not exist",
+            cls=ConfigError)
+    _expect(lambda: import_checkpoint(str(tmp_path), "resnet18"), "is a directory; give the "
+            "checkpoint file inside it (.pth.tar / .pth / .ckpt / .pt / .safetensors)",
             cls=ConfigError)
     bad = tmp_path / "x.npz"
     bad.write_bytes(b"0")

@@ -154,6 +154,9 @@ def read_checkpoint(path: str, trust_pickle: bool = False):
       ConfigError: no such file, unknown suffix, torch / safetensors not installed, an
         unreadable file, or pickled objects without ``trust_pickle``.
     """
+    if os.path.isdir(path):
+        raise ConfigError(f"checkpoint file {path!r} is a directory; give the checkpoint "
+                          f"file inside it ({' / '.join(SUFFIXES)})")
     if not os.path.isfile(path):
         raise ConfigError(f"checkpoint file {path!r} does not exist")
     fmt = checkpoint_format(path)
@@ -520,6 +523,9 @@ def convert_state_dict(sd: dict, arch: str, *, stem: str | None = None, pool: st
     head_prefix = _HEAD_PREFIX[family]
     opts = {"mean": tuple(mean), "std": tuple(std)}
     if family == "resnet":
+        if stem not in (None, "", "imagenet", "cifar"):
+            raise ConfigError(f"stem={stem!r}; allowed: imagenet | cifar (or unset: read from "
+                              "conv1.weight)")
         w = np.shape(sd["conv1.weight"])
         found = {7: "imagenet", 3: "cifar"}.get(int(w[-1]))
         if found is None or (stem and stem != found):
