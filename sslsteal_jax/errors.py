@@ -78,12 +78,20 @@ def fail(field: str, value, allowed: str):
     raise ConfigError(f"{field}={value!r}; allowed: {allowed}")
 
 
-def check_int(field: str, value, minimum: int = 1, optional: bool = False) -> None:
-    """``value`` is an int >= ``minimum`` (or None when ``optional``)."""
+def check_int(field: str, value, minimum: int | None = 1, optional: bool = False) -> None:
+    """``value`` is an integer (a Python or numpy integer, never a bool or a float) >=
+    ``minimum`` (any integer when ``minimum`` is None), or None when ``optional``.
+
+    Raises:
+      ConfigError: ``"<field>=<value!r>; allowed: an integer >= <minimum>[ or None]"``.
+    """
+    import numbers
     if optional and value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        fail(field, value, f"an integer >= {minimum}" + (" or None" if optional else ""))
+    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+            or (minimum is not None and value < minimum)):
+        fail(field, value, "an integer" + ("" if minimum is None else f" >= {minimum}")
+             + (" or None" if optional else ""))
 
 
 def check_number(field: str, value, optional: bool = False, upper: float | None = None,

@@ -108,34 +108,13 @@ _PER_DEFENSE_TEST = {
 }
 
 
-def _test_functions(path):
-    """Names of the top-level functions of a test file."""
-    import ast
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-
-
 def test_every_registered_defense_has_its_own_test():
-    import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    table = "_PER_DEFENSE_TEST"
-    problems = [f"defense {name!r} has no test: add a test checking it against its definition "
-                f"(a hand-computed output or its noise statistics) to tests/test_defenses.py and "
-                f"list it in {table} in tests/test_defenses.py as "
-                f"{name!r}: 'tests/test_defenses.py::test_{name}_...'"
-                for name in DEFENSES if name not in _PER_DEFENSE_TEST]
-    for name, ref in _PER_DEFENSE_TEST.items():
-        path, _, test = ref.partition("::")
-        where = f"{table}[{name!r}] = {ref!r} in tests/test_defenses.py"
-        if name not in DEFENSES:
-            problems.append(f"{where}: no registered defense {name!r} (registered: "
-                            f"{sorted(DEFENSES)}); remove the entry")
-        elif not (path.startswith("tests/") and test and os.path.isfile(os.path.join(root, path))):
-            problems.append(f"{where}: write it as 'tests/FILE.py::test_function', an existing "
-                            f"file")
-        elif test not in _test_functions(os.path.join(root, path)):
-            problems.append(f"{where}: {path} has no top-level 'def {test}('")
+    from registry_guard import missing_tests
+    problems = missing_tests(
+        "defense", sorted(DEFENSES), _PER_DEFENSE_TEST, "_PER_DEFENSE_TEST",
+        "tests/test_defenses.py", "add a test checking it against its definition (a "
+        "hand-computed output or its noise statistics) to tests/test_defenses.py",
+        "tests/test_defenses.py")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

@@ -467,41 +467,12 @@ def test_registry_derived_names_and_needs():
     assert needs == _KNOWN_NEEDS
 
 
-def _test_functions(path):
-    """Names of the top-level ``def test_...`` functions of a test file."""
-    import ast
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    return {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
-
-
-def _missing_tests(kind, registered, table, table_name, table_file, where, example):
-    """Problems between the registry keys ``registered`` and a ``{name:
-    "tests/FILE.py::test_function"}`` map ``table``, one line each saying what to do."""
-    import os
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    problems = [f"{kind} {name!r} has no test: add a hand-computed test to {where} and list it "
-                f"in {table_name} in {table_file} as {name!r}: '{example}::test_{name}_...'"
-                for name in registered if name not in table]
-    for name, ref in table.items():
-        path, _, test = ref.partition("::")
-        where = f"{table_name}[{name!r}] = {ref!r} in {table_file}"
-        if name not in registered:
-            problems.append(f"{where}: no registered {kind} {name!r} (registered: "
-                            f"{list(registered)}); remove the entry")
-        elif not (path.startswith("tests/") and test and os.path.isfile(os.path.join(root, path))):
-            problems.append(f"{where}: write it as 'tests/FILE.py::test_function', an existing "
-                            f"file")
-        elif test not in _test_functions(os.path.join(root, path)):
-            problems.append(f"{where}: {path} has no top-level 'def {test}('")
-    return problems
-
-
 def test_every_registered_loss_has_its_own_test():
-    problems = _missing_tests(
+    from registry_guard import missing_tests
+    problems = missing_tests(
         "loss", list(losses_mod.LOSSES), _PER_LOSS_TEST, "_PER_LOSS_TEST", "tests/test_losses.py",
-        "tests/test_losses_extra.py (tests/test_losses.py for a 'paper' loss)",
-        "tests/test_losses_extra.py")
+        "add a hand-computed test to tests/test_losses_extra.py (tests/test_losses.py for a "
+        "'paper' loss)", "tests/test_losses_extra.py")
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)
 

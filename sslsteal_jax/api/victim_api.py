@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sslsteal_jax.errors import ConfigError
+from sslsteal_jax.errors import ConfigError, check_int
 from sslsteal_jax.defenses.chain import DefenseChain, needs_reference, parse_spec, user_key
 from sslsteal_jax.evaluation.features import extract_features
 from sslsteal_jax.training import mesh as mesh_lib
@@ -64,20 +64,14 @@ def victim_fingerprint(variables) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_count(name: str, value, minimum: int | None, optional: bool = False) -> None:
-    """``value`` is an integer (numpy integers too, never a bool or a float) >= ``minimum``
-    (any integer when None), or None when ``optional``.
+def _check_user(user) -> None:
+    """Account names key the ledger and the per-user defense secrets.
 
     Raises:
-      ValueError: otherwise, naming the value and what is allowed.
+      ValueError: ``user`` is not a non-empty string.
     """
-    if optional and value is None:
-        return
-    ok = (not isinstance(value, bool) and isinstance(value, (int, np.integer))
-          and (minimum is None or value >= minimum))
-    if not ok:
-        allowed = "an integer" + ("" if minimum is None else f" >= {minimum}")
-        raise ValueError(f"{name}={value!r}; allowed: {allowed}" + (" or None" if optional else ""))
+    if not isinstance(user, str) or not user:
+        raise ValueError(f"user={user!r}; allowed: a non-empty account name (str)")
 
 
 class BudgetExceededError(RuntimeError):
@@ -138,9 +132,9 @@ class VictimAPI:
             raise ConfigError("API output 'projection' needs a projection head, and this victim "
                               "was imported without one; use output 'representation', or "
                               "import the checkpoint again with head=projection")
-        _check_count("default_budget", default_budget, minimum=0, optional=True)
-        _check_count("batch_size", batch_size, minimum=1, optional=True)
-        _check_count("seed", seed, minimum=None)
+        check_int("default_budget", default_budget, minimum=0, optional=True)
+        check_int("batch_size", batch_size, minimum=1, optional=True)
+        check_int("seed", seed, minimum=None)
         self._variables = variables
         self.image_shape = tuple(image_shape)
         self.output = output
@@ -220,9 +214,8 @@ class VictimAPI:
           ValueError: ``budget`` not None or an integer >= 0 (a float, text or bool is
             refused, not truncated).
         """
-        _check_count("budget", budget, minimum=0, optional=True)
-        if not isinstance(user, str) or not user:
-            raise ValueError(f"user={user!r}; allowed: a non-empty account name (str)")
+        check_int("budget", budget, minimum=0, optional=True)
+        _check_user(user)
         with self._ledger_lock:
             self._accounts[user] = Account(None if budget is None else int(budget))
             lock = self._user_locks.setdefault(user, threading.Lock())
@@ -237,8 +230,7 @@ class VictimAPI:
             and the per-user defense secrets).
         """
         if user not in self._accounts:
-            if not isinstance(user, str) or not user:
-                raise ValueError(f"user={user!r}; allowed: a non-empty account name (str)")
+            _check_user(user)
             self._accounts[user] = Account(self.default_budget)
             self._user_locks.setdefault(user, threading.Lock())
         return self._accounts[user]

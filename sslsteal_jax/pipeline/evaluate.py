@@ -14,6 +14,7 @@ import jax
 from sslsteal_jax.evaluation.encoder import Encoder
 from sslsteal_jax.evaluation.features import extract_features, raw_pixels
 from sslsteal_jax.evaluation.parallel import default_workers, run_concurrently
+from sslsteal_jax.errors import check_int
 from sslsteal_jax.evaluation.report import evaluate_features
 from sslsteal_jax.models import init_variables
 
@@ -165,9 +166,8 @@ def evaluate_encoder(encoder: Encoder, data, key, victim_outputs=None, *, per_cl
     if not (isinstance(key, jax.Array) and (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
                                             or (key.dtype == np.uint32 and key.shape == (2,)))):
         raise TypeError(f"key must be a JAX PRNG key (jax.random.key(0)), got {key!r}")
-    for name, v in (("per_class", per_class), ("probe_epochs", probe_epochs)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name}={v!r}; allowed: an integer >= 1")
+    check_int("per_class", per_class)
+    check_int("probe_epochs", probe_epochs)
     if victim_outputs is not None:
         vo = np.asarray(victim_outputs)
         n = len(data.probe_test_x)
