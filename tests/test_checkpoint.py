@@ -432,3 +432,39 @@ def test_cli_evaluate_corrupt_checkpoint_is_one_line(tmp_path):
         f"error: checkpoint {dst} (step {os.path.basename(step)}) is corrupt or incomplete: "
         "cannot read array params."), p.stderr[-3000:]
     assert not os.path.exists(tmp_path / "w")  # found before the workdir is made
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_loop_keeps_at_most_depth_steps_in_flight(monkeypatch, depth):
+    """Bounded dispatch (``loop.MAX_STEPS_IN_FLIGHT``): before dispatching step s the
+    loop waits for the outputs of step s - depth, in order, and never for a later
+    one; unbounded dispatch (no waits) once deadlocked XLA:CPU collectives."""
+    events = []
+    real_add = loop.StepsInFlight.add
+
+    def add(self, outputs):
+        events.append(("add", id(outputs)))
+        real_add(self, outputs)
+
+    def block(tree):
+        events.append(("wait", id(tree)))
+        jax.block_until_ready(tree)
+
+    monkeypatch.setattr(loop, "MAX_STEPS_IN_FLIGHT", depth)
+    monkeypatch.setattr(loop.StepsInFlight, "add", add)
+    monkeypatch.setattr(loop, "_block", block)
+    _, summary = _tiny_run(None, None)
+    assert summary["steps"] == 16
+    adds = [i for kind, i in events if kind == "add"]
+    assert len(adds) == 16
+    want = []
+    for s, i in enumerate(adds):
+        if s >= depth:
+            want.append(("wait", adds[s - depth]))
+        want.append(("add", i))
+    assert events == want
+
+
+def test_steps_in_flight_refuses_depth_zero():
+    with pytest.raises(ValueError, match="depth=0"):
+        loop.StepsInFlight(0)

@@ -12,6 +12,7 @@ so the final metrics of a resumed run equal an uninterrupted run's.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -35,6 +36,18 @@ class _Preempted(Exception):
     pass
 
 
+#: Optimizer steps the loop lets run ahead of the host: before dispatching step
+#: s it waits until step ``s - MAX_STEPS_IN_FLIGHT`` has finished. Unbounded
+#: asynchronous dispatch (what JAX does by itself) let the host queue dozens of
+#: steps, and with several XLA:CPU devices that once deadlocked the main job: one
+#: device's part of a step waited at an all-to-all for the other device's part,
+#: whose launch was blocked behind that device's limit of 32 in-flight programs
+#: (the PjRt CPU client's admission semaphore), with the host at 0 % CPU for
+#: good. Two steps in flight keep a device busy while the host prepares the
+#: next batch (``benchmarks/`` measures the images/s), and keep each device
+#: far below that limit. The numbers do not change: only when steps start does.
+MAX_STEPS_IN_FLIGHT = 2
+
 #: Key of the checkpoint metadata holding the loop's metrics window:
 #: ``{"logged_at": step of the last log line, "pending": per-step metrics of the
 #: steps after it (host floats, or lists of K floats for stacked members),
@@ -57,6 +70,41 @@ def _items(state: TrainState) -> dict:
     # int32 array so a fresh state's tree matches a checkpoint's (resume needs this).
     return {"model": {"params": state.params, "batch_stats": state.batch_stats},
             "opt": {"opt_state": state.opt_state, "step": jnp.asarray(state.step, jnp.int32)}}
+
+
+class StepsInFlight:
+    """Bounded asynchronous dispatch: at most ``depth`` dispatched steps unfinished.
+
+    The loop calls :meth:`wait_for_room` before dispatching a step and
+    :meth:`add` with the step's outputs right after; the wait blocks
+    (``jax.block_until_ready``) on the oldest outputs while ``depth`` steps are
+    held. See :data:`MAX_STEPS_IN_FLIGHT` for why.
+
+    Args:
+      depth: int >= 1, steps allowed in flight.
+    Raises:
+      ValueError: ``depth`` < 1.
+    """
+
+    def __init__(self, depth: int):
+        if int(depth) < 1:
+            raise ValueError(f"depth={depth!r}; allowed: an integer >= 1")
+        self.depth = int(depth)
+        self._outputs = collections.deque()
+
+    def wait_for_room(self) -> None:
+        """Block until fewer than ``depth`` of the added steps may still be running."""
+        while len(self._outputs) >= self.depth:
+            _block(self._outputs.popleft())
+
+    def add(self, outputs) -> None:
+        """Hold a just-dispatched step's outputs (any pytree of arrays)."""
+        self._outputs.append(outputs)
+
+
+def _block(tree) -> None:
+    """``jax.block_until_ready(tree)`` (one name, so tests can watch the waits)."""
+    jax.block_until_ready(tree)
 
 
 def restore_state(state: TrainState, ckpt_dir: str) -> tuple[TrainState, bool, dict | None]:
@@ -248,12 +296,15 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
                mininterval=2.0, leave=False)
     # Multi-device steps hold the collective guard for the whole run (training.mesh,
     # concurrency rule): no other thread's sharded program can interleave with them.
+    inflight = StepsInFlight(MAX_STEPS_IN_FLIGHT)
     with mesh_lib.collective_section(mesh):
         try:
             while step < total_steps:
-                batch = mesh_lib.place_local_rows(host_batch(step), batch_size, mesh,
-                                                  leading_axes=int(k > 0))
+                local = host_batch(step)  # host work first: it overlaps the steps in flight
+                inflight.wait_for_room()
+                batch = mesh_lib.place_local_rows(local, batch_size, mesh, leading_axes=int(k > 0))
                 state, m = jstep(state, *batch, fold_in(key, step))
+                inflight.add(m)
                 acc.append(m)  # right after the step: the window always matches the state
                 step += 1
                 watchdog.progress(desc)
