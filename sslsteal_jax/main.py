@@ -226,8 +226,12 @@ def check_config_path(value: str) -> None:
     hint = ""
     if close:
         hint = f" (did you mean {next(p for p, _ in configs if os.path.basename(p) == close[0])}?)"
-    problem = (f"{path!r} is not a config file (it defines no get_config())"
-               if os.path.isfile(path) else f"config file {path!r} does not exist")
+    if os.path.isdir(path):
+        problem = f"{path!r} is a directory, not a config file: name a .py file in it"
+    elif os.path.isfile(path):
+        problem = f"{path!r} is not a config file (it defines no get_config())"
+    else:
+        problem = f"config file {path!r} does not exist"
     raise ConfigError(f"{problem}{hint}; available configs: {listing}")
 
 

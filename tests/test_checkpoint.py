@@ -468,3 +468,72 @@ def test_loop_keeps_at_most_depth_steps_in_flight(monkeypatch, depth):
 def test_steps_in_flight_refuses_depth_zero():
     with pytest.raises(ValueError, match="depth=0"):
         loop.StepsInFlight(0)
+
+
+@pytest.mark.parametrize("where", ["add", "block"])
+def test_interrupt_inside_the_dispatch_bound_keeps_the_metrics_window(tmp_path, monkeypatch,
+                                                                      capsys, where):
+    """Ctrl-C raised inside ``StepsInFlight.add`` (right after a step) or inside the wait
+    before a step: the saved checkpoint's metrics window matches its state, so the
+    resumed run reports the uninterrupted run's final metrics and log."""
+    _, want = _tiny_run(str(tmp_path / "a" / "ckpt"), str(tmp_path / "a" / "log.jsonl"))
+    calls = {"n": 0}
+    real_add, real_block = loop.StepsInFlight.add, loop._block
+
+    def add(self, outputs):
+        calls["n"] += 1
+        if calls["n"] == 11:
+            raise KeyboardInterrupt
+        real_add(self, outputs)
+
+    def block(tree):
+        calls["n"] += 1
+        if calls["n"] == 9:
+            raise KeyboardInterrupt
+        real_block(tree)
+
+    if where == "add":
+        monkeypatch.setattr(loop.StepsInFlight, "add", add)
+    else:
+        monkeypatch.setattr(loop, "_block", block)
+    wd = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_run(str(wd / "ckpt"), str(wd / "log.jsonl"))
+    monkeypatch.setattr(loop.StepsInFlight, "add", real_add)
+    monkeypatch.setattr(loop, "_block", real_block)
+    capsys.readouterr()
+    _, got = _tiny_run(str(wd / "ckpt"), str(wd / "log.jsonl"))
+    assert "holds no metrics window" not in capsys.readouterr().out
+    assert got["resumed_from"] == 11 if where == "add" else got["resumed_from"] == 10
+    assert got["final_metrics"] == want["final_metrics"] and got["final_metrics"]
+    with open(tmp_path / "a" / "log.jsonl") as fa, open(wd / "log.jsonl") as fb:
+        assert fb.read() == fa.read()
+
+
+def test_step_without_metrics_is_refused():
+    import jax.numpy as jnp
+    import optax
+    from sslsteal_jax.training.state import TrainState
+
+    state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(3)}, tx=optax.sgd(0.1))
+    x = np.zeros((16, 3), np.float32)
+    with pytest.raises(ValueError, match="returned no metrics"):
+        loop.run_training(state, lambda st, xb, key: (st, {}), [x], batch_size=8, total_steps=2,
+                          key=jax.random.key(0), seed=0, ckpt_dir=None, meta={}, desc="empty",
+                          progress=False)
+
+
+def test_serial_array_handler_registers_without_a_warning(caplog):
+    """Registering the one-process array handler does not print orbax's
+    "overriding jax.Array" warning on every run (it was on stderr at every resume)."""
+    import logging
+
+    import orbax.checkpoint as ocp
+    from sslsteal_jax.training import checkpoint as ckpt
+    with caplog.at_level(logging.INFO):
+        ckpt._single_process_array_handler.__wrapped__()
+        assert not [r for r in caplog.records if "overriding" in r.getMessage()]
+        # the check can fail: orbax's own call, unsilenced, does warn
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.get_type_handler(jax.Array), override=True)
+    assert [r for r in caplog.records if "overriding" in r.getMessage()]

@@ -63,6 +63,7 @@ def test_end_to_end_steal(finished):
         on_disk = json.load(f)
     assert on_disk["queries_charged"] == BUDGET == results["queries_charged"]
     assert on_disk["budget"] == BUDGET
+    assert on_disk["resumed"] is False  # every step trained in this invocation
     rows = {r["name"]: r for r in on_disk["rows"]}
     assert set(rows) == {"victim", "surrogate (infonce)", "independent (random init)",
                          "raw pixels"}
@@ -106,6 +107,22 @@ def test_streamed_run_gives_the_in_memory_numbers(finished, tmp_path):
     keys = ("probe_full", "probe_100", "knn", "cosine_fidelity", "l2_fidelity")
     assert ([{k: r[k] for k in ("name", *keys)} for r in streamed["rows"]]
             == [{k: r[k] for k in ("name", *keys)} for r in results["rows"]])
+
+
+@pytest.mark.slow
+def test_rerun_from_finished_checkpoints_says_resumed(finished, tmp_path):
+    """An overwrite rerun finds every training step in the checkpoints: same rows, and
+    ``results.json`` says its times cover this invocation only (``resumed``)."""
+    import shutil
+    wd, results = finished
+    copy = str(tmp_path / "again")
+    shutil.copytree(wd, copy)
+    cfg = tiny_config()
+    cfg.overwrite = True
+    again = run(cfg, copy)
+    assert again["resumed"] is True
+    assert again["surrogate_training"]["infonce"]["resumed_from"] == EPOCHS * (BUDGET // 256)
+    assert again["rows"] == results["rows"]
 
 
 @pytest.mark.slow

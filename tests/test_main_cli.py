@@ -470,3 +470,11 @@ def test_typed_values_and_non_config_files_are_one_line(tmp_path, args, expected
     _assert_one_error_line(rc, err, expected)
     assert not os.path.exists(tmp_path / "w")
 
+
+
+def test_config_directory_is_named_as_a_directory():
+    from sslsteal_jax.errors import ConfigError
+    from sslsteal_jax.main import check_config_path
+    with pytest.raises(ConfigError, match=r"^'configs' is a directory, not a config file: name a "
+                       r"\.py file in it; available configs: configs/budget_scan\.py"):
+        check_config_path("configs")

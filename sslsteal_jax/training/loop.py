@@ -37,15 +37,19 @@ class _Preempted(Exception):
 
 
 #: Optimizer steps the loop lets run ahead of the host: before dispatching step
-#: s it waits until step ``s - MAX_STEPS_IN_FLIGHT`` has finished. Unbounded
-#: asynchronous dispatch (what JAX does by itself) let the host queue dozens of
-#: steps, and with several XLA:CPU devices that once deadlocked the main job: one
-#: device's part of a step waited at an all-to-all for the other device's part,
-#: whose launch was blocked behind that device's limit of 32 in-flight programs
-#: (the PjRt CPU client's admission semaphore), with the host at 0 % CPU for
-#: good. Two steps in flight keep a device busy while the host prepares the
-#: next batch (``benchmarks/`` measures the images/s), and keep each device
-#: far below that limit. The numbers do not change: only when steps start does.
+#: s it waits until step ``s - MAX_STEPS_IN_FLIGHT`` has finished. Before this
+#: bound the loop let JAX dispatch asynchronously without limit (nothing waited
+#: until the next log line, 50 steps on), so each XLA:CPU device's admission
+#: semaphore (at most 32 programs in flight per device, "pacing, not correctness"
+#: in XLA's source) was full most of the time. In the two stalls of the claim-5
+#: run (2026-12-01, 2 CPU devices, a loaded host) one device's launch of a step
+#: was blocked on that semaphore while the other device's part waited at an
+#: all-to-all for it. That this wait is the cause is a hypothesis (BUILD.md,
+#: "Stall watchdog"; ``benchmarks/dispatch_depth.py`` counts hangs per depth);
+#: the bound removes that state at no cost: two steps in flight keep the devices
+#: busy while the host prepares the next batch (images/s in benchmarks/README.md).
+#: The numbers do not change, only when steps are dispatched. ``step_fn`` must
+#: return at least one metric (the loop waits on the metrics).
 MAX_STEPS_IN_FLIGHT = 2
 
 #: Key of the checkpoint metadata holding the loop's metrics window:
@@ -154,7 +158,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
 
     Args:
       state: initial TrainState (overwritten by the checkpoint in ``ckpt_dir`` if any).
-      step_fn: ``(state, *batch, key) -> (state, metrics dict of scalars)``; it is
+      step_fn: ``(state, *batch, key) -> (state, metrics dict of scalars)``, at
+        least one metric (the loop waits on them, :data:`MAX_STEPS_IN_FLIGHT`); it is
         jitted here for the ("data",) mesh over all devices
         (``mesh.compile_step``: state and key replicated, batch split over
         devices, state donated), so the same call trains data-parallel on 1
@@ -199,7 +204,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
       ``log_every`` below ``total_steps``; after a resume, also of a run that
       was already finished, equal to an uninterrupted run's), ``resumed_from``.
     Raises:
-      ValueError: inconsistent array lengths, batch size, or member counts.
+      ValueError: inconsistent array lengths, batch size, or member counts; a
+        ``step_fn`` that returns no metrics.
       KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint.
     """
     k = int(members)
@@ -304,8 +310,11 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
                 inflight.wait_for_room()
                 batch = mesh_lib.place_local_rows(local, batch_size, mesh, leading_axes=int(k > 0))
                 state, m = jstep(state, *batch, fold_in(key, step))
-                inflight.add(m)
                 acc.append(m)  # right after the step: the window always matches the state
+                if not m:
+                    raise ValueError(f"{desc}: step_fn returned no metrics; it must return at "
+                                     "least one (the loop waits on them to bound dispatch)")
+                inflight.add(m)
                 step += 1
                 watchdog.progress(desc)
                 if step % log_every == 0 or step == total_steps:
