@@ -18,10 +18,15 @@
 # (gcloud config set project ...).
 set -euo pipefail
 USAGE="usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [flags...]"
-TPU=${1:?$USAGE}
-ZONE=${2:?$USAGE}
-CONFIG=${3:?$USAGE}
-WORKDIR=${4:?$USAGE}
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then echo "$USAGE"; exit 0; fi
+if [[ $# -lt 4 || -z "${1:-}" || -z "${2:-}" || -z "${3:-}" || -z "${4:-}" ]]; then
+  echo "error: launch/tpu_pod.sh needs four non-empty arguments (got $#); $USAGE" >&2
+  exit 2
+fi
+TPU=$1
+ZONE=$2
+CONFIG=$3
+WORKDIR=$4
 shift 4
 cd "$(dirname "$0")/.."
 ssh_all() { gcloud compute tpus tpu-vm ssh "$TPU" --zone "$ZONE" --worker=all --command "$1"; }

@@ -200,6 +200,23 @@ def test_local_script_usage_errors_exit_2_before_running(args, message):
     assert p.stdout == ""
 
 
+@pytest.mark.parametrize("script, args, message", [
+    ("tpu_pod.sh", ["my-tpu", "us-central2-b"], "error: launch/tpu_pod.sh needs four non-empty "
+     "arguments (got 2); usage: launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [flags...]"),
+    ("tpu_pod.sh", ["my-tpu", "", "configs/quickstart.py", "runs/q"], "error: launch/tpu_pod.sh "
+     "needs four non-empty arguments (got 4)"),
+    ("slurm_gpu.sbatch", ["configs/quickstart.py"], "error: launch/slurm_gpu.sbatch needs two "
+     "non-empty arguments, CONFIG and WORKDIR (got 1); usage: sbatch launch/slurm_gpu.sbatch "
+     "CONFIG WORKDIR [flags...]"),
+])
+def test_pod_scripts_usage_errors_are_one_line_exit_2(script, args, message):
+    """Was bash's raw ``${1:?...}`` error ("line 21: 1: usage: ...", exit 1)."""
+    p = subprocess.run(["bash", os.path.join(ROOT, "launch", script), *args],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith(message), p.stderr
+    assert len(p.stderr.splitlines()) == 1 and p.stdout == ""
+
+
 # subprocess.Popen forks and at once execs a new interpreter, which is safe beside JAX's
 # threads; JAX's at-fork hook warns about any fork once this pytest worker has started its
 # backend. The launcher itself never imports jax (``python -m sslsteal_jax.cluster``).

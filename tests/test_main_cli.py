@@ -265,7 +265,8 @@ def test_evaluate_nonexistent_checkpoint(tmp_path):
     rc, _, err = _run(f"--config={os.path.join(ROOT, 'configs', 'evaluate.py')}",
                       f"--workdir={tmp_path / 'w'}", f"--config.checkpoints={missing}",
                       cwd=str(tmp_path))
-    _assert_one_error_line(rc, err, f"error: checkpoint directory {missing!r} does not exist")
+    _assert_one_error_line(rc, err, f"error: config.checkpoints: checkpoint directory {missing!r} "
+                           "does not exist")
     assert not os.path.exists(tmp_path / "w")
 
 
@@ -275,7 +276,8 @@ def test_evaluate_nonexistent_victim_checkpoint(tmp_path):
     rc, _, err = _run("--config=configs/evaluate.py", f"--workdir={tmp_path / 'w'}",
                       "--config.checkpoints=victims/fashion_mnist_resnet10_w16_ft6/checkpoints",
                       f"--config.victim_checkpoint={missing}")
-    _assert_one_error_line(rc, err, f"error: checkpoint directory {missing!r} does not exist")
+    _assert_one_error_line(rc, err, "error: config.victim_checkpoint (the fidelity reference; '' "
+                           f"for none): checkpoint directory {missing!r} does not exist")
     assert not os.path.exists(tmp_path / "w")
 
 

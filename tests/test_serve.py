@@ -150,6 +150,25 @@ def test_ledger_stores_hashed_keys_and_admin_commands(tmp_path):
         admin.run(["--db", str(tmp_path / "none.sqlite"), "list"])
 
 
+def test_admin_text_output_of_every_command(tmp_path, capsys):
+    """revoke / top-up / totals print a sentence (they printed raw JSON); --json stays JSON."""
+    import json
+    db = str(tmp_path / "l.sqlite")
+    assert admin.main(["--db", db, "create", "alice", "--budget", "100"]) == 0
+    assert admin.main(["--db", db, "create", "bob"]) == 0
+    capsys.readouterr()
+    want = [(["top-up", "alice", "50"],
+             "topped up key 'alice': budget 150, 0 queries used, 150 remaining"),
+            (["revoke", "bob"], "revoked key 'bob': budget unlimited, 0 queries used, no limit "
+             "(revoked)"),
+            (["totals"], "queries charged 0, pending 0, answered and stored 0 (all keys)")]
+    for argv, line in want:
+        assert admin.main(["--db", db, *argv]) == 0
+        assert capsys.readouterr().out == line + "\n"
+    assert admin.main(["--db", db, "--json", "totals"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"charged": 0, "pending": 0, "answered": 0}
+
+
 def test_admin_prints_the_command_the_parser_read(tmp_path, monkeypatch, capsys):
     """A ledger path spelt like a command (``--db list create x``) once made main() print
     the created key as a 'list' table: a traceback after the key was stored, its secret lost."""

@@ -82,7 +82,14 @@ def _text(command: str, out) -> str:
     if command == "create":
         return (f"created key {out['name']!r} (budget {out['budget']}, rate limit "
                 f"{out['rate_limit']}):\n{out['key']}\n(shown once; only its hash is stored)")
-    return json.dumps(out)
+    if command in ("revoke", "top-up"):
+        left = "no limit" if out["remaining"] is None else f"{out['remaining']} remaining"
+        done = "revoked" if command == "revoke" else "topped up"
+        budget = "unlimited" if out["budget"] is None else out["budget"]
+        return (f"{done} key {out['name']!r}: budget {budget}, {out['used']} queries "
+                f"used, {left}{' (revoked)' if out['revoked'] else ''}")
+    return (f"queries charged {out['charged']}, pending {out['pending']}, answered and stored "
+            f"{out['answered']} (all keys)")
 
 
 def main(argv=None) -> int:
