@@ -245,7 +245,7 @@ def small_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow  # ~10 s of CPU: orbax write + read, two ResNet compilations
-def test_import_experiment_writes_a_victim_checkpoint(tmp_path, small_checkpoint):
+def test_import_experiment_writes_a_victim_checkpoint(tmp_path, small_checkpoint, capsys):
     """configs/import_checkpoint.py through main.run: an orbax victim checkpoint with
     the metadata (source hash, arch, input size, normalisation) that load_model and
     VictimAPI.from_checkpoint read; the API's answers are the torch representation."""
@@ -280,6 +280,14 @@ def test_import_experiment_writes_a_victim_checkpoint(tmp_path, small_checkpoint
     os.remove(os.path.join(wd, "results.json"))
     with pytest.raises(ConfigError, match="already holds another checkpoint"):
         run(other, wd)
+    # head=projection on a bare Linear fc (here the 10-class classifier layer): imported as a
+    # one-layer head, and the summary line says what it is
+    capsys.readouterr()
+    run(_config("import_checkpoint", f"source={path},arch=resnet18,stem=cifar,head=projection"),
+        str(tmp_path / "imp_head"))
+    assert ("projection head 10-d: Linear (one Linear layer, as a supervised classifier's output "
+            "layer; if this checkpoint is a classifier, import it with head=none)"
+            in capsys.readouterr().out)
 
 
 def test_import_config_errors():

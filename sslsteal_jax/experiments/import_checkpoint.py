@@ -116,7 +116,14 @@ def run(cfg, workdir: str) -> dict:
                "environment": wd.run_environment()}
     ckpt.write_json_atomic(os.path.join(workdir, "results.json"), results)
     info = imp.info
-    head = (f", projection head {check['projection_dim']}-d" if info["head"] else "")
+    head = ""
+    if info["head"]:
+        kinds = [layer[0] for layer in imp.model_cfg["head_layers"]]
+        head = (f", projection head {check['projection_dim']}-d: "
+                + "-".join({"linear": "Linear", "relu": "ReLU"}.get(k, "BN") for k in kinds))
+        if kinds == ["linear"]:  # a bare Linear: also what a supervised classifier stores
+            head += (" (one Linear layer, as a supervised classifier's output layer; if this "
+                     "checkpoint is a classifier, import it with head=none)")
     h_, w_, c_ = imp.image_shape
     print(f"imported {info['arch']} ({info['stem']} stem, {check['representation_dim']}-d "
           f"representation{head}, {h_}x{w_}x{c_} inputs) from {source} (sha256 "
