@@ -492,6 +492,7 @@ def test_interrupt_inside_the_dispatch_bound_keeps_the_metrics_window(tmp_path, 
             raise KeyboardInterrupt
         real_block(tree)
 
+    monkeypatch.setattr(loop, "MAX_STEPS_IN_FLIGHT", 2)  # the call counts below assume 2
     if where == "add":
         monkeypatch.setattr(loop.StepsInFlight, "add", add)
     else:

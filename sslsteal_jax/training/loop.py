@@ -46,8 +46,10 @@ class _Preempted(Exception):
 #: was blocked on that semaphore while the other device's part waited at an
 #: all-to-all for it. That this wait is the cause is a hypothesis (BUILD.md,
 #: "Stall watchdog"; ``benchmarks/dispatch_depth.py`` counts hangs per depth);
-#: the bound removes that state at no cost: two steps in flight keep the devices
-#: busy while the host prepares the next batch (images/s in benchmarks/README.md).
+#: the bound removes that state at no measurable cost: two steps in flight keep
+#: the devices busy while the host prepares the next batch (2026-12-01, 2 CPU
+#: devices: 312 images/s at depth 2, 309 unbounded, run-to-run spread +-10 %;
+#: benchmarks/README.md).
 #: The numbers do not change, only when steps are dispatched. ``step_fn`` must
 #: return at least one metric (the loop waits on the metrics).
 MAX_STEPS_IN_FLIGHT = 2
