@@ -531,7 +531,7 @@ def test_serial_array_handler_registers_without_a_warning(caplog):
 
     import orbax.checkpoint as ocp
     from sslsteal_jax.training import checkpoint as ckpt
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):  # whatever verbosity earlier tests set
         ckpt._single_process_array_handler.__wrapped__()
         assert not [r for r in caplog.records if "overriding" in r.getMessage()]
         # the check can fail: orbax's own call, unsilenced, does warn
