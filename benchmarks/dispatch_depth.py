@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -39,14 +38,12 @@ import sys
 import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks.busy import spinning  # noqa: E402
+
 UNBOUNDED = 10 ** 9  # a depth no run reaches
-
-
-def _spin():
-    parent = os.getppid()
-    while os.getppid() == parent:  # ends when the benchmark dies, however it dies
-        for _ in range(100000):
-            pass
 
 
 def one_run(depth: int, width: int, batch: int, steps: int, stall: float) -> None:
@@ -131,6 +128,46 @@ def _on_term(signum, frame):
     raise SystemExit(128 + signum)  # runs main()'s finally: spinners and child stopped
 
 
+def _run_all(args, depths) -> tuple[list, bool]:
+    """Each depth ``args.repeats`` times (alternating order), each a fresh child process.
+
+    Returns ``(records, failed)``; a child still running when this returns early
+    (SIGTERM, Ctrl-C) is killed."""
+    runs, child, failed = [], None, False
+    try:
+        for r in range(args.repeats):
+            for depth in (depths if r % 2 == 0 else depths[::-1]):
+                cmd = [sys.executable, os.path.abspath(__file__), "--child", str(depth),
+                       "--steps", str(args.steps), "--width", str(args.width),
+                       "--batch", str(args.batch), "--stall", str(args.stall)]
+                t0 = time.time()
+                child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                         text=True, cwd=_ROOT)
+                try:
+                    stdout, stderr = child.communicate(timeout=args.limit)
+                    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
+                    rec = json.loads(lines[-1]) if lines else {"depth": depth,
+                                                               "rc": child.returncode,
+                                                               "hang": False}
+                    if child.returncode not in (0, 3):
+                        sys.stderr.write(stderr[-3000:])
+                        failed = True
+                    if rec.get("hang"):
+                        sys.stderr.write(f"depth {depth}: hang; thread stacks:\n{stderr[-6000:]}\n")
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.communicate()
+                    rec = {"depth": depth, "rc": 124, "hang": True}
+                child = None
+                rec["seconds"] = round(time.time() - t0, 1)
+                runs.append(rec)
+                print(json.dumps(rec), flush=True)
+    finally:
+        if child is not None and child.poll() is None:
+            child.kill()
+    return runs, failed
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -175,43 +212,8 @@ def main(argv=None):
         p.error(f"{host['devices']} device(s) on this host: the hang test needs >= 2 "
                 "(set SSLSTEAL_CPU_DEVICES=2)")
     signal.signal(signal.SIGTERM, _on_term)
-    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
-    for s in spinners:
-        s.start()
-    runs, child, failed = [], None, False
-    try:
-        for r in range(args.repeats):
-            for depth in (depths if r % 2 == 0 else depths[::-1]):
-                cmd = [sys.executable, os.path.abspath(__file__), "--child", str(depth),
-                       "--steps", str(args.steps), "--width", str(args.width),
-                       "--batch", str(args.batch), "--stall", str(args.stall)]
-                t0 = time.time()
-                child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         text=True, cwd=_ROOT)
-                try:
-                    stdout, stderr = child.communicate(timeout=args.limit)
-                    lines = [ln for ln in stdout.splitlines() if ln.startswith("{")]
-                    rec = json.loads(lines[-1]) if lines else {"depth": depth,
-                                                               "rc": child.returncode,
-                                                               "hang": False}
-                    if child.returncode not in (0, 3):
-                        sys.stderr.write(stderr[-3000:])
-                        failed = True
-                    if rec.get("hang"):
-                        sys.stderr.write(f"depth {depth}: hang; thread stacks:\n{stderr[-6000:]}\n")
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.communicate()
-                    rec = {"depth": depth, "rc": 124, "hang": True}
-                child = None
-                rec["seconds"] = round(time.time() - t0, 1)
-                runs.append(rec)
-                print(json.dumps(rec), flush=True)
-    finally:
-        if child is not None and child.poll() is None:
-            child.kill()
-        for sp in spinners:
-            sp.terminate()
+    with spinning(args.busy):
+        runs, failed = _run_all(args, depths)
     result = {"runs": runs, "config": {k: getattr(args, k) for k in
                                        ("depths", "steps", "width", "batch", "busy", "repeats",
                                         "stall")},

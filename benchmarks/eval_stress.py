@@ -31,18 +31,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 import time
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
-
-def _spin():
-    while True:
-        pass
+from benchmarks.busy import spinning  # noqa: E402
 
 
 def one_run(probe_train: int, probe_test: int, watchdog_s: float) -> None:
@@ -150,11 +148,8 @@ def main():
         return threads_run(args.threads, args.seconds, args.stall)
     if args.one:
         return one_run(args.probe_train, args.probe_test, args.watchdog)
-    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
-    for p in spinners:
-        p.start()
     runs = []
-    try:
+    with spinning(args.busy):
         for i in range(args.runs):
             t0 = time.time()
             try:
@@ -174,9 +169,6 @@ def main():
                 rec["stderr_tail"] = err[-1500:]
             runs.append(rec)
             print(f"run {i + 1}/{args.runs}: {rec}", flush=True)
-    finally:
-        for p in spinners:
-            p.terminate()
     summary = {"runs": runs, "hangs": sum(r["rc"] in (3, "timeout") for r in runs),
                "failures": sum(r["rc"] != 0 for r in runs), "busy_processes": args.busy,
                "probe_train": args.probe_train, "probe_test": args.probe_test}

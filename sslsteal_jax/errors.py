@@ -5,6 +5,7 @@ The command line (:mod:`sslsteal_jax.main`) prints the message of a
 with status 1; any other exception keeps its traceback, since it is a bug.
 """
 import math
+import numbers
 
 
 class ConfigError(ValueError):
@@ -85,7 +86,6 @@ def check_int(field: str, value, minimum: int | None = 1, optional: bool = False
     Raises:
       ConfigError: ``"<field>=<value!r>; allowed: an integer >= <minimum>[ or None]"``.
     """
-    import numbers
     if optional and value is None:
         return
     if (isinstance(value, bool) or not isinstance(value, numbers.Integral)

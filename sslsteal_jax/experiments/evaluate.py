@@ -37,12 +37,12 @@ def run(cfg, workdir: str) -> dict:
         raise ConfigError("config.checkpoints is empty; give one or more checkpoint directories "
                           "separated by commas")
     victim_path = wd.resolve_path(cfg.victim_checkpoint) if cfg.victim_checkpoint else None
-    missing = [(f"config.checkpoints: checkpoint directory {p!r}", p) for p in paths]
-    missing += [(f"config.victim_checkpoint (the fidelity reference; '' for none): checkpoint "
-                 f"directory {victim_path!r}", victim_path)] if victim_path else []
-    missing = [what for what, p in missing if not os.path.isdir(p)]
-    if missing:
-        raise ConfigError(f"{missing[0]} does not exist")
+    named = [("config.checkpoints", p) for p in paths] + [
+        ("config.victim_checkpoint (the fidelity reference; '' for none)", victim_path)] * bool(
+        victim_path)
+    for field, p in named:
+        if not os.path.isdir(p):
+            raise ConfigError(f"{field}: checkpoint directory {p!r} does not exist")
     # Every checkpoint is read before the workdir is made or data loaded: a mismatch or a
     # corrupt file fails in seconds, in one line.
     override = {k: v for k, v in dict(cfg.expect_model).items() if v} or None

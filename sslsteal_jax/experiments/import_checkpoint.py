@@ -120,7 +120,7 @@ def run(cfg, workdir: str) -> dict:
     if info["head"]:
         kinds = [layer[0] for layer in imp.model_cfg["head_layers"]]
         head = (f", projection head {check['projection_dim']}-d: "
-                + "-".join({"linear": "Linear", "relu": "ReLU"}.get(k, "BN") for k in kinds))
+                + "-".join({"linear": "Linear", "relu": "ReLU", "batchnorm": "BN"}[k] for k in kinds))
         if kinds == ["linear"]:  # a bare Linear: also what a supervised classifier stores
             head += (" (one Linear layer, as a supervised classifier's output layer; if this "
                      "checkpoint is a classifier, import it with head=none)")

@@ -119,18 +119,14 @@ def _single_process_array_handler() -> None:
     the decision is made once: ``functools.cache``)."""
     if jax.process_count() > 1:
         return
-    import logging
-
     from orbax.checkpoint._src.metadata import array_metadata_store
-    absl_logger = logging.getLogger("absl")  # orbax warns "overriding jax.Array" on every run:
-    level = absl_logger.level               # the override is the point, so keep it quiet
-    absl_logger.setLevel(logging.ERROR)
-    try:
-        ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+    from orbax.checkpoint._src.serialization import type_handler_registry
+    # the registry's own add(): it can skip the "overriding jax.Array" warning that
+    # ocp.type_handlers.register_type_handler prints on every run (the override is the point)
+    type_handler_registry.GLOBAL_TYPE_HANDLER_REGISTRY.add(
+        jax.Array, ocp.type_handlers.ArrayHandler(
             use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()),
-            override=True)  # as orbax's default handler, but serial
-    finally:
-        absl_logger.setLevel(level)
+        override=True, ignore_warnings=True)  # as orbax's default handler, but serial
 
 
 def save(mngr: ocp.CheckpointManager, step: int, items: dict, meta: dict) -> None:
