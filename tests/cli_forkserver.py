@@ -43,8 +43,25 @@ def _child(req: dict, out_path: str, err_path: str) -> None:
     os._exit(code)
 
 
+# What a command-line run imports after ``sslsteal_jax.main`` (its config module, the
+# experiment it dispatches to and their jax / flax / optax / orbax / tfds imports: ~2.5 s
+# of CPU per case). Importing does not start a JAX backend (``host_devices`` must see
+# none started: it is checked in each child as in a fresh interpreter), so a fork after
+# it is the state ``python -m sslsteal_jax.main`` reaches a moment later.
+PRELOAD = ("sslsteal_jax.main", "sslsteal_jax.configs", "sslsteal_jax.configs.base",
+           "sslsteal_jax.experiments.steal", "sslsteal_jax.experiments.budget_scan",
+           "sslsteal_jax.experiments.defense_matrix", "sslsteal_jax.experiments.verify",
+           "sslsteal_jax.experiments.evaluate", "sslsteal_jax.experiments.train_victim")
+
+
 def serve() -> None:
-    import sslsteal_jax.main  # noqa: F401 - the imports every child shares
+    import importlib
+
+    for name in PRELOAD:  # the imports every child shares
+        importlib.import_module(name)
+    import jax  # noqa: F401
+
+    assert not jax._src.xla_bridge.backends_are_initialized(), "a preload started a backend"
 
     tmp = tempfile.mkdtemp(prefix="cli-forkserver-")
     out_path, err_path = os.path.join(tmp, "out"), os.path.join(tmp, "err")
