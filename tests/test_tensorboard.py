@@ -114,3 +114,27 @@ def test_tag_parts():
 def test_flatten_config():
     assert summaries.flatten({"a": {"b": 1, "c": [1, 2]}, "d": None, "e": "x"}) == {
         "a.b": 1, "a.c": "[1, 2]", "d": "None", "e": "x"}
+
+
+def test_writing_events_does_not_import_torch(tmp_path):
+    """tensorboardX's package imports torch when installed, for type annotations only
+    (~2.7 s of CPU per process); the writer loads it without torch, every summary kind
+    (scalars, text, hyperparameters) is written, and torch stays importable after."""
+    pytest.importorskip("torch")  # only meaningful where torch is installed
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from sslsteal_jax.training import summaries as s\n"
+            f"w = s.MetricWriter({str(tmp_path)!r})\n"
+            "w.scalars(1, {'a': 1.5}); w.text('t', 'hello'); w.hparams({'lr': 0.1}, {'m': 2.0})\n"
+            "w.close()\n"
+            "print('torch' in sys.modules, sys.modules.get('torch', 0) is None)\n"
+            "import torch, tensorboardX\n"
+            "print(torch.ones(2).sum().item(), hasattr(tensorboardX, 'SummaryWriter'))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.split() == ["False", "False", "2.0", "True"], p.stdout
+    acc = _read(str(tmp_path))
+    assert _scalars(acc, "a") == [(1, 1.5)]

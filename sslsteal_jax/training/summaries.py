@@ -24,6 +24,7 @@ import math
 import numbers
 import os
 import re
+import sys
 import time
 from typing import Mapping, Sequence
 
@@ -53,6 +54,31 @@ def tag_part(text) -> str:
     """``text`` as one part of a TensorBoard tag: runs of characters other than letters,
     digits, ``_ . -`` become one ``_`` (``"surrogate (infonce)"`` -> ``"surrogate_infonce"``)."""
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(text)).strip("_") or "_"
+
+
+def _tensorboardx():
+    """The ``tensorboardX`` package, imported without torch.
+
+    tensorboardX's package ``__init__`` imports its ``SummaryWriter`` module, which
+    imports torch whenever torch is installed (as with the ``test`` / ``torch`` extras)
+    only to name ``torch.Tensor`` in type annotations: 2.7 s of CPU and a few hundred MB
+    per process that writes events, measured on the 2-core dev machine (tensorboardX
+    2.6.5, torch 2.13). This writer uses neither, so while tensorboardX loads, ``import
+    torch`` fails (a ``None`` entry in ``sys.modules``, Python's documented way to block
+    an import) and the annotations fall back to numpy's array type. Nothing else
+    changes: the entry is removed right after, a later ``import torch`` works, and
+    tensorboardX still converts torch tensors (``x2num`` imports torch when given one).
+    When torch or tensorboardX is already imported, this is a plain import.
+    """
+    if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+        sys.modules["torch"] = None
+        try:
+            import tensorboardX  # noqa: F401
+        finally:
+            if sys.modules.get("torch", 0) is None:
+                del sys.modules["torch"]
+    import tensorboardX
+    return tensorboardX
 
 
 def _number(v) -> float | None:
@@ -91,6 +117,7 @@ class MetricWriter:
 
     def _writer(self):
         if self._events is None:
+            _tensorboardx()
             from tensorboardX.event_file_writer import EventsWriter
             from tensorboardX.proto.event_pb2 import Event, SessionLog
             os.makedirs(self.logdir, exist_ok=True)
@@ -103,6 +130,7 @@ class MetricWriter:
         return self._events
 
     def _write(self, step: int, summary_proto) -> None:
+        _tensorboardx()
         from tensorboardX.proto.event_pb2 import Event
         self._writer().write_event(Event(wall_time=time.time(), step=int(step),
                                          summary=summary_proto))
@@ -112,7 +140,7 @@ class MetricWriter:
         ``<tag>/member_<k>``; non-numbers and NaN/inf are skipped."""
         if not self.active:
             return
-        from tensorboardX import summary
+        summary = _tensorboardx().summary
         for tag, v in values.items():
             items = ([(f"{tag}/member_{k}", x) for k, x in enumerate(v)]
                      if isinstance(v, (list, tuple)) else [(tag, v)])
@@ -124,8 +152,7 @@ class MetricWriter:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """Write a text summary (shown in TensorBoard's TEXT tab, markdown)."""
         if self.active:
-            from tensorboardX import summary
-            self._write(step, summary.text(tag, text))
+            self._write(step, _tensorboardx().summary.text(tag, text))
 
     def hparams(self, hparams: Mapping[str, object], metrics: Mapping[str, object]) -> None:
         """Write one HPARAMS-tab entry into ``<logdir>/hparams``: ``hparams`` (flattened,
@@ -133,7 +160,7 @@ class MetricWriter:
         scalars', e.g. ``hparam/final_loss``)."""
         if not self.active:
             return
-        from tensorboardX.summary import hparams as hparams_summaries
+        hparams_summaries = _tensorboardx().summary.hparams
         nums = {k: _number(v) for k, v in metrics.items()}
         nums = {k: v for k, v in nums.items() if v is not None}
         # the HPARAMS tab reads the experiment / session protos and the metric scalars of a
