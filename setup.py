@@ -35,7 +35,11 @@ setup(
         # (CPU wheel: --extra-index-url https://download.pytorch.org/whl/cpu)
         "test": ["pytest>=7", "pytest-xdist>=3.5", "fastapi>=0.110", "uvicorn>=0.29", "httpx>=0.27",
                  "prometheus-client>=0.20", "torch==2.13.0", "safetensors",
-                 "tensorboard>=2.15"],
+                 "tensorboard>=2.15",
+                 # JAX compresses each persistent-cache entry (the suite caches every compiled
+                 # program) with zstandard when installed, else zlib: 0.05 s instead of 0.30 s
+                 # for 40 of the suite's programs (8.3 MB), measured 2026-12-02
+                 "zstandard"],
         # the HTTP service: python -m sslsteal_jax.serve (docs/serving.md)
         "serve": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"],
         # reading PyTorch checkpoints (models/convert.py)
