@@ -1,15 +1,17 @@
 """A fork server for command-line tests: ``python -m sslsteal_jax.main`` without paying
-the interpreter start and the imports (jax, flax, absl, ml_collections: ~2 s of CPU) for
-every case.
+the interpreter start and the imports (jax, flax, optax, orbax, absl, ml_collections, the
+configs and experiments: ~2.5 s of CPU) for every case.
 
-The server imports ``sslsteal_jax.main`` once, never starts a JAX backend, and for each
+The server imports ``sslsteal_jax.main`` and ``PRELOAD`` once, never starts a JAX backend, and for each
 request (one JSON line on stdin: ``{"argv": [...], "cwd": str, "env": {...}}``) forks a
 child that does exactly what ``python -m sslsteal_jax.main ARGV`` does after its imports:
 ``absl.app.run(main.main, flags_parser=main.parse_flags)`` with ``sys.argv`` set, in
 ``cwd``, with ``env`` added to the environment, standard output and error going to files.
 The reply is one JSON line ``{"rc": int, "stdout": str, "stderr": str}``. A fork copies
 the process as it was before any flag was parsed, so every case starts from the same
-state a fresh interpreter would (the flags, the config, the JAX backend not started).
+state (the flags, the config, the JAX backend not started). One difference from a fresh
+interpreter: orbax's two absl flags (``experimental_orbax_use_distributed_*``) are
+already defined when the command line is parsed (``--helpfull`` lists them).
 """
 import json
 import os
@@ -44,10 +46,10 @@ def _child(req: dict, out_path: str, err_path: str) -> None:
 
 
 # What a command-line run imports after ``sslsteal_jax.main`` (its config module, the
-# experiment it dispatches to and their jax / flax / optax / orbax / tfds imports: ~2.5 s
-# of CPU per case). Importing does not start a JAX backend (``host_devices`` must see
-# none started: it is checked in each child as in a fresh interpreter), so a fork after
-# it is the state ``python -m sslsteal_jax.main`` reaches a moment later.
+# experiment it dispatches to and their jax / flax / optax / orbax / sklearn imports:
+# ~2.5 s of CPU per case). Importing does not start a JAX backend (``host_devices`` must
+# see none started: checked below, and in each child as in a fresh interpreter). The
+# server is idle (no work on the BLAS / arrow threads these imports start) when it forks.
 PRELOAD = ("sslsteal_jax.main", "sslsteal_jax.configs", "sslsteal_jax.configs.base",
            "sslsteal_jax.experiments.steal", "sslsteal_jax.experiments.budget_scan",
            "sslsteal_jax.experiments.defense_matrix", "sslsteal_jax.experiments.verify",

@@ -61,19 +61,26 @@ def _tensorboardx():
 
     tensorboardX's package ``__init__`` imports its ``SummaryWriter`` module, which
     imports torch whenever torch is installed (as with the ``test`` / ``torch`` extras)
-    only to name ``torch.Tensor`` in type annotations: 2.7 s of CPU and a few hundred MB
-    per process that writes events, measured on the 2-core dev machine (tensorboardX
-    2.6.5, torch 2.13). This writer uses neither, so while tensorboardX loads, ``import
-    torch`` fails (a ``None`` entry in ``sys.modules``, Python's documented way to block
-    an import) and the annotations fall back to numpy's array type. Nothing else
-    changes: the entry is removed right after, a later ``import torch`` works, and
+    only to name ``torch.Tensor`` in type annotations: about 3 s of CPU and 170 MB of
+    memory per process that writes events (a toy steal run on the 2-core dev machine,
+    tensorboardX 2.6.5, torch 2.13). This writer uses neither, so while tensorboardX
+    loads, ``import torch`` fails (a ``None`` entry in ``sys.modules``, Python's
+    documented way to block an import) and the annotations fall back to numpy's array
+    type. The entry is removed right after; a later ``import torch`` works, and
     tensorboardX still converts torch tensors (``x2num`` imports torch when given one).
+    A tensorboardX that cannot load without torch is imported again the plain way.
     When torch or tensorboardX is already imported, this is a plain import.
+
+    Not thread-safe against other threads importing torch for the first time during
+    that import (theirs would fail); this package imports torch only in
+    ``models.convert``, on the calling thread.
     """
     if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
         sys.modules["torch"] = None
         try:
             import tensorboardX  # noqa: F401
+        except ImportError:
+            pass  # needs torch after all: the plain import below
         finally:
             if sys.modules.get("torch", 0) is None:
                 del sys.modules["torch"]
