@@ -37,9 +37,10 @@ def run(cfg, workdir: str) -> dict:
         raise ConfigError("config.checkpoints is empty; give one or more checkpoint directories "
                           "separated by commas")
     victim_path = wd.resolve_path(cfg.victim_checkpoint) if cfg.victim_checkpoint else None
-    named = [("config.checkpoints", p) for p in paths] + [
-        ("config.victim_checkpoint (the fidelity reference; '' for none)", victim_path)] * bool(
-        victim_path)
+    named = [("config.checkpoints", p) for p in paths]
+    if victim_path:
+        named.append(("config.victim_checkpoint (the fidelity reference; '' for none)",
+                      victim_path))
     for field, p in named:
         if not os.path.isdir(p):
             raise ConfigError(f"{field}: checkpoint directory {p!r} does not exist")

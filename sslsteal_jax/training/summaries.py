@@ -19,6 +19,7 @@ after its last checkpoint, as the JSONL log drops those lines.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import numbers
@@ -56,8 +57,9 @@ def tag_part(text) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-]+", "_", str(text)).strip("_") or "_"
 
 
+@functools.cache
 def _tensorboardx():
-    """The ``tensorboardX`` package, imported without torch.
+    """The ``tensorboardX`` package, imported without torch (once per process).
 
     tensorboardX's package ``__init__`` imports its ``SummaryWriter`` module, which
     imports torch whenever torch is installed (as with the ``test`` / ``torch`` extras)
