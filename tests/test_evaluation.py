@@ -74,6 +74,43 @@ def test_extract_features_batches_match_single_call():
     np.testing.assert_allclose(raw_pixels(imgs), imgs.reshape(25, -1) / 255.0, rtol=1e-6)
 
 
+
+def test_equal_modules_share_one_compiled_apply_with_their_own_variables():
+    """make_apply keeps one compiled program per (module, output, mesh): a second, equal
+    module object (another cell of the same architecture) reuses it, and each apply
+    still computes with its own variables (checked against ``module.apply``). A module
+    that cannot be hashed (a list field) is compiled on its own."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from sslsteal_jax.evaluation.features import make_apply
+
+    class Net(nn.Module):
+        width: int
+        sizes: object = None
+
+        @nn.compact
+        def __call__(self, x, train=False):
+            h = nn.Dense(self.width)(x.reshape(x.shape[0], -1))
+            return h, 2.0 * h
+
+    imgs = np.random.default_rng(0).integers(0, 256, size=(16, 4, 4, 1), dtype=np.uint8)
+    x = jnp.asarray(imgs, jnp.float32) / 255.0
+    a, b = Net(3), Net(3)
+    assert a is not b and a == b
+    va, vb = (a.init(jax.random.key(i), x) for i in (0, 1))
+    fa, fb, fc = make_apply(a, va, 1), make_apply(b, vb, 1), make_apply(Net(5), va, 1)
+    assert fa.jitted is fb.jitted and fc.jitted is not fa.jitted
+    assert make_apply(a, va, (0, 1)).jitted is not fa.jitted  # another output: another program
+    for f, v in ((fa, va), (fb, vb)):
+        np.testing.assert_allclose(extract_features(f, imgs), np.asarray(a.apply(v, x)[1]),
+                                   rtol=1e-6)
+    assert not np.allclose(extract_features(fa, imgs), extract_features(fb, imgs))
+    u = Net(3, sizes=[1, 2])  # unhashable field: its own program, still correct
+    fu = make_apply(u, va, 0)
+    np.testing.assert_allclose(extract_features(fu, imgs), np.asarray(a.apply(va, x)[0]),
+                               rtol=1e-6)
+
 @pytest.mark.slow
 def test_selected_probe_picks_setting_on_validation():
     from sslsteal_jax.evaluation.probe import selected_linear_probe

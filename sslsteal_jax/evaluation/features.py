@@ -5,6 +5,8 @@ evaluation (docs/science.md section 4): encoders are always applied with ``train
 """
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
@@ -29,18 +31,20 @@ def make_apply(module, variables, output_index: int | None = None, mesh=None):
     collective in the program: ``training.mesh.compile_apply``; read the output
     with ``training.mesh.to_host``). B must be a multiple of the device count
     (:func:`extract_features` pads for you).
+
+    The compiled program is kept for the life of the process per (module,
+    ``output_index``, mesh) (flax modules compare and hash by their fields, like
+    ``models.init_variables``): evaluating another encoder of the same architecture
+    (the cells of a budget scan, the surrogates of a defense matrix, the independent
+    encoder beside a surrogate) passes its variables to the program already compiled
+    instead of tracing, lowering and compiling it again.
     """
     mesh = mesh_lib.data_mesh() if mesh is None else mesh
-
-    def _apply(v, x):
-        if x.dtype == jnp.uint8:
-            x = x.astype(jnp.float32) / 255.0
-        out = module.apply(v, x, train=False)
-        if isinstance(output_index, (tuple, list)):
-            return jnp.concatenate([out[i] for i in output_index], axis=-1)
-        return out if output_index is None else out[output_index]
-
-    jitted = mesh_lib.compile_apply(_apply, mesh)
+    index = tuple(output_index) if isinstance(output_index, (tuple, list)) else output_index
+    try:
+        jitted = _compiled_apply(module, index, mesh)
+    except TypeError:  # an unhashable module (a field holding a list, a dict or an array)
+        jitted = _compiled_apply.__wrapped__(module, index, mesh)
     variables = mesh_lib.replicate(variables, mesh)
 
     def apply(x):
@@ -50,6 +54,22 @@ def make_apply(module, variables, output_index: int | None = None, mesh=None):
     apply.jitted = jitted
     apply.variables = variables
     return apply
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled_apply(module, output_index, mesh):
+    """The jitted ``(variables, images) -> outputs`` of :func:`make_apply` (``output_index``
+    None, an int or a tuple of ints)."""
+
+    def _apply(v, x):
+        if x.dtype == jnp.uint8:
+            x = x.astype(jnp.float32) / 255.0
+        out = module.apply(v, x, train=False)
+        if isinstance(output_index, tuple):
+            return jnp.concatenate([out[i] for i in output_index], axis=-1)
+        return out if output_index is None else out[output_index]
+
+    return mesh_lib.compile_apply(_apply, mesh)
 
 
 # Images per inference call on CPU (whole batch, all devices together). Measured
