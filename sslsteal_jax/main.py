@@ -409,6 +409,21 @@ def _quiet_other_processes() -> None:
         sys.stdout = open(os.devnull, "w")
 
 
+def _remove_empty_tree(path: str) -> None:
+    """Remove ``path`` if it holds no file at any depth (only empty folders): the work
+    directory a run made before it stopped at a user mistake (a victim checkpoint not
+    found, ...), so the corrected command does not meet a leftover directory. A
+    directory holding any file is kept as it is."""
+    for root, _, files in os.walk(path):
+        if files:
+            return
+    for root, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
+        try:
+            os.rmdir(root)
+        except OSError:
+            return
+
+
 def main(argv):
     """absl entry point: validate flags, run the experiment; exit 130 after Ctrl-C/SIGTERM
     (the checkpoint is saved, rerunning the command resumes). User mistakes
@@ -468,6 +483,7 @@ def main(argv):
     from sslsteal_jax.pipeline.workdir import WorkdirExistsError
     from sslsteal_jax.watchdog import Watchdog
     dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None
+    made_workdir = not os.path.exists(_WORKDIR.value)
     try:
         if dog is not None:
             dog.start()
@@ -480,6 +496,8 @@ def main(argv):
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
         if dog is not None:
             dog.stop()
+        if made_workdir:
+            _remove_empty_tree(_WORKDIR.value)
         _fail(str(e), immediate=True)
     except KeyboardInterrupt:
         from tqdm import tqdm  # on a line of its own, below any progress bar

@@ -225,6 +225,27 @@ def test_budget_scan_bad_settings(tmp_path, override, expected):
     assert not os.path.exists(tmp_path / "w")
 
 
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_missing_victim_checkpoint_leaves_no_workdir_behind(tmp_path, existing):
+    """The main job stops at a victim checkpoint that does not exist after it made its
+    work directory: one error line, and the empty directory it made is removed (the
+    corrected command starts clean); a directory that existed before (here with a file
+    of the user's) is left as it was."""
+    work = tmp_path / "w"
+    if existing:
+        work.mkdir()
+        (work / "notes.txt").write_text("mine")
+    rc, _, err = _run("--config=configs/quickstart.py", f"--workdir={work}",
+                      "--config.victim.checkpoint=no/such/victim")
+    _assert_one_error_line(rc, err, "error: victim checkpoint 'no/such/victim' not found "
+                           f"({ROOT}/no/such/victim); fix the path, or train a victim into "
+                           "<workdir>/victim with configs/quickstart.py:victim=scratch")
+    if existing:
+        assert sorted(os.listdir(work)) == ["notes.txt"]
+    else:
+        assert not os.path.exists(work)
+
 @pytest.mark.slow
 @pytest.mark.parametrize("override,expected", [
     ("--config.budget=0", "error: budget 0 must be >= 1 (and at most the query pool size)"),

@@ -113,3 +113,28 @@ def test_prepare_workdir_names_a_file_given_as_workdir(tmp_path):
     f.write_text("x")
     with pytest.raises(ConfigError, match="is an existing file, not a directory"):
         prepare_workdir(str(f), False)
+
+
+@pytest.mark.parametrize("text,cpu,isa", [
+    ("model name\t: Intel(R) Xeon(R) Gold\nflags\t\t: fpu sse2 avx avx2 fma\n",
+     "Intel(R) Xeon(R) Gold", "avx2"),
+    ("model name\t: Intel(R) Xeon(R) Gold\nflags\t\t: sse2 avx avx2 avx512f avx512bw\n"
+     "model name\t: second core\nflags\t\t: sse2\n", "Intel(R) Xeon(R) Gold", "avx512"),
+    ("processor\t: 0\nFeatures\t: fp asimd evtstrm\nModel\t\t: Raspberry Pi 4\n",
+     "Raspberry Pi 4", "neon"),
+    ("processor\t: 0\n", None, "unknown")])
+def test_run_environment_names_the_cpu_and_its_vector_instructions(tmp_path, text, cpu, isa):
+    """results.json's environment records the CPU model and its widest vector instruction
+    set (XLA:CPU's rounding differs between AVX2 and AVX-512 hosts), read from
+    /proc/cpuinfo (the first core's lines)."""
+    from sslsteal_jax.pipeline import workdir as wd
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(text)
+    got = wd.cpu_description(str(info))
+    assert got["cpu_vector_isa"] == isa
+    if cpu is not None:
+        assert got["cpu"] == cpu
+    env = wd.run_environment()
+    assert set(env) == {"jax", "platform", "devices", "device_kind", "cpu", "cpu_vector_isa"}
+    assert env["cpu_vector_isa"] in ("avx512", "avx2", "avx", "sse", "neon", "unknown")

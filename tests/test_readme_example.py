@@ -48,6 +48,8 @@ def test_readme_example_runs_and_steals(tmp_path):
     probe, knn, fidelity = map(float, m.groups())
     assert probe > 45.0 and knn > 45.0, p.stdout
     assert 0.5 < fidelity <= 1.0, p.stdout
+    # every call passes progress=False: no progress bar on stderr (tqdm writes "it/s")
+    assert "it/s" not in p.stderr and "step/s" not in p.stderr, p.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ def eval_kwargs(cfg) -> dict:
 
 
 def encoder_row(encoder: Encoder, data, key, victim_outputs=None, ev: dict | None = None,
-                strict: bool = False) -> dict:
+                strict: bool = False, progress: bool = True) -> dict:
     """Evaluate one encoder on ``data``'s probe splits.
 
     Args:
@@ -47,12 +47,14 @@ def encoder_row(encoder: Encoder, data, key, victim_outputs=None, ev: dict | Non
       ev: ``evaluate_features`` keywords (:func:`eval_kwargs`).
       strict: an encoder output whose shape differs from ``victim_outputs`` is an
         error instead of a row without fidelity.
+      progress: a progress bar over the probe-train feature batches.
     Returns:
       the report row (``evaluation.report.evaluate_features``).
     Raises:
       ValueError: ``strict`` and the shapes differ (names both).
     """
-    tr = encoder.features(data.probe_train_x, desc=f"features {encoder.name} (probe train)")
+    tr = encoder.features(data.probe_train_x,
+                          desc=f"features {encoder.name} (probe train)" if progress else None)
     fidelity = victim_outputs is not None and encoder.victim_space is not None
     if fidelity and encoder.victim_space != encoder.representation:
         # one forward pass for the representation and the output compared with the victim
@@ -133,7 +135,8 @@ def evaluate_encoders(encoders, data, key, victim_outputs=None, ev: dict | None 
 
 
 def evaluate_encoder(encoder: Encoder, data, key, victim_outputs=None, *, per_class: int = 100,
-                     probe_epochs: int = 60, select_probe: bool = True) -> dict:
+                     probe_epochs: int = 60, select_probe: bool = True,
+                     progress: bool = True) -> dict:
     """Evaluate one encoder as the experiments' report rows do (Python API).
 
     Args:
@@ -146,6 +149,8 @@ def evaluate_encoder(encoder: Encoder, data, key, victim_outputs=None, *, per_cl
         fidelity; None skips fidelity.
       per_class, probe_epochs, select_probe: as ``evaluation.report.evaluate_features``
         (labels per class of the few-label probe and probe epochs: integers >= 1).
+      progress: a progress bar over the feature batches (False: silent, as the other
+        Python-API calls' ``progress=False``).
     Returns:
       the report row: ``name``, ``probe_full`` / ``probe_100`` / ``knn`` (accuracy in
       percent), ``cosine_fidelity`` (mean cosine similarity to the victim's answers, in
@@ -180,4 +185,5 @@ def evaluate_encoder(encoder: Encoder, data, key, victim_outputs=None, *, per_cl
         victim_outputs = vo
     return encoder_row(encoder, data, key, victim_outputs,
                        dict(per_class=int(per_class), probe_epochs=int(probe_epochs),
-                            select_probe=bool(select_probe)), strict=True)
+                            select_probe=bool(select_probe)), strict=True,
+                       progress=bool(progress))

@@ -1,6 +1,7 @@
 """Work directories, repository-relative paths and the run environment."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -67,8 +68,37 @@ def resolve_path(path: str | None) -> str | None:
 
 def run_environment() -> dict:
     """What the numbers of a run depend on besides its config and seed:
-    ``{"jax": version, "platform": "cpu" | "gpu" | "tpu", "devices": int}``
-    (data-parallel device count: float summation order, hence the last digits,
-    depends on it; see ``sslsteal_jax.host_devices``)."""
+    ``{"jax": version, "platform": "cpu" | "gpu" | "tpu", "devices": int, "device_kind": str,
+    "cpu": str, "cpu_vector_isa": str}``: the data-parallel device count (float summation
+    order, hence the last digits, depends on it; see ``sslsteal_jax.host_devices``), the
+    accelerator's kind, and the host CPU's model and widest vector instruction set
+    (:func:`cpu_description`: XLA:CPU's code, hence the rounding of a CPU run, differs
+    between AVX2 and AVX-512 machines)."""
     return {"jax": jax.__version__, "platform": jax.devices()[0].platform,
-            "devices": jax.device_count()}
+            "devices": jax.device_count(), "device_kind": jax.devices()[0].device_kind,
+            **cpu_description()}
+
+
+@functools.cache
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
+    """``{"cpu": model name, "cpu_vector_isa": "avx512" | "avx2" | "avx" | "sse" | "neon" |
+    "unknown"}`` of this host, read from ``cpuinfo`` (Linux's ``/proc/cpuinfo``; where it
+    cannot be read, the model from ``platform.processor()`` and "unknown")."""
+    import platform
+    model, flags = platform.processor() or platform.machine() or "unknown", set()
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Model") and model in ("", platform.machine(),
+                                                                platform.processor()):
+                    model = value.strip()
+                elif key in ("flags", "Features") and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = next((name for name, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"),
+                                        ("sse", "sse2"), ("neon", "asimd"), ("neon", "neon"))
+                if flag in flags), "unknown")
+    return {"cpu": model or "unknown", "cpu_vector_isa": isa}
