@@ -409,6 +409,17 @@ def _quiet_other_processes() -> None:
         sys.stdout = open(os.devnull, "w")
 
 
+def _first_missing(path: str) -> str | None:
+    """The top-most directory on the way to ``path`` that does not exist yet (``path``
+    itself, or a parent the run would create with it); None when ``path`` exists."""
+    path = os.path.abspath(path)
+    if os.path.exists(path):
+        return None
+    while not os.path.exists(os.path.dirname(path)):
+        path = os.path.dirname(path)
+    return path
+
+
 def _remove_empty_tree(path: str) -> None:
     """Remove ``path`` if it holds no file at any depth (only empty folders): the work
     directory a run made before it stopped at a user mistake (a victim checkpoint not
@@ -483,7 +494,7 @@ def main(argv):
     from sslsteal_jax.pipeline.workdir import WorkdirExistsError
     from sslsteal_jax.watchdog import Watchdog
     dog = Watchdog(_WATCHDOG.value, _WORKDIR.value) if _WATCHDOG.value > 0 else None
-    made_workdir = not os.path.exists(_WORKDIR.value)
+    made_root = _first_missing(_WORKDIR.value)  # what a user mistake may leave behind
     try:
         if dog is not None:
             dog.start()
@@ -496,8 +507,8 @@ def main(argv):
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
         if dog is not None:
             dog.stop()
-        if made_workdir:
-            _remove_empty_tree(_WORKDIR.value)
+        if made_root is not None:
+            _remove_empty_tree(made_root)
         _fail(str(e), immediate=True)
     except KeyboardInterrupt:
         from tqdm import tqdm  # on a line of its own, below any progress bar

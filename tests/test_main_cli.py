@@ -229,10 +229,10 @@ def test_budget_scan_bad_settings(tmp_path, override, expected):
 @pytest.mark.parametrize("existing", [False, True])
 def test_missing_victim_checkpoint_leaves_no_workdir_behind(tmp_path, existing):
     """The main job stops at a victim checkpoint that does not exist after it made its
-    work directory: one error line, and the empty directory it made is removed (the
-    corrected command starts clean); a directory that existed before (here with a file
-    of the user's) is left as it was."""
-    work = tmp_path / "w"
+    work directory: one error line, and the empty directories it made (the workdir and
+    its new parent) are removed (the corrected command starts clean); a directory that
+    existed before (here with a file of the user's) is left as it was."""
+    work = tmp_path / "w" if existing else tmp_path / "new" / "w"  # (parents made too)
     if existing:
         work.mkdir()
         (work / "notes.txt").write_text("mine")
@@ -244,7 +244,7 @@ def test_missing_victim_checkpoint_leaves_no_workdir_behind(tmp_path, existing):
     if existing:
         assert sorted(os.listdir(work)) == ["notes.txt"]
     else:
-        assert not os.path.exists(work)
+        assert not os.path.exists(tmp_path / "new")
 
 @pytest.mark.slow
 @pytest.mark.parametrize("override,expected", [

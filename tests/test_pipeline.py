@@ -122,6 +122,7 @@ def test_prepare_workdir_names_a_file_given_as_workdir(tmp_path):
      "model name\t: second core\nflags\t\t: sse2\n", "Intel(R) Xeon(R) Gold", "avx512"),
     ("processor\t: 0\nFeatures\t: fp asimd evtstrm\nModel\t\t: Raspberry Pi 4\n",
      "Raspberry Pi 4", "neon"),
+    ("processor\t: 0\nFeatures\t: fp asimd sve sve2\n", None, "sve2"),
     ("processor\t: 0\n", None, "unknown")])
 def test_run_environment_names_the_cpu_and_its_vector_instructions(tmp_path, text, cpu, isa):
     """results.json's environment records the CPU model and its widest vector instruction
@@ -137,4 +138,5 @@ def test_run_environment_names_the_cpu_and_its_vector_instructions(tmp_path, tex
         assert got["cpu"] == cpu
     env = wd.run_environment()
     assert set(env) == {"jax", "platform", "devices", "device_kind", "cpu", "cpu_vector_isa"}
-    assert env["cpu_vector_isa"] in ("avx512", "avx2", "avx", "sse", "neon", "unknown")
+    assert env["cpu_vector_isa"] in ("avx512", "avx2", "avx", "sse", "sve2", "sve", "neon",
+                                     "unknown")

@@ -81,13 +81,15 @@ def run_environment() -> dict:
 
 @functools.cache
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
-    """``{"cpu": model name, "cpu_vector_isa": "avx512" | "avx2" | "avx" | "sse" | "neon" |
-    "unknown"}`` of this host, read from ``cpuinfo`` (Linux's ``/proc/cpuinfo``; where it
-    cannot be read, the model from ``platform.processor()`` and "unknown")."""
+    """``{"cpu": model name, "cpu_vector_isa": "avx512" | "avx2" | "avx" | "sse" | "sve2" |
+    "sve" | "neon" | "unknown"}`` of this host, read from ``cpuinfo`` (Linux's
+    ``/proc/cpuinfo``; where it cannot be read, e.g. on macOS, the model from
+    ``platform.processor()`` and "unknown"). On a multi-host run each process reads its
+    own host, and results files record process 0's."""
     import platform
     model, flags = platform.processor() or platform.machine() or "unknown", set()
     try:
-        with open(cpuinfo) as f:
+        with open(cpuinfo, errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
@@ -99,6 +101,7 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
     except OSError:
         pass
     isa = next((name for name, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("avx", "avx"),
-                                        ("sse", "sse2"), ("neon", "asimd"), ("neon", "neon"))
+                                        ("sse", "sse2"), ("sve2", "sve2"), ("sve", "sve"),
+                                        ("neon", "asimd"), ("neon", "neon"))
                 if flag in flags), "unknown")
     return {"cpu": model or "unknown", "cpu_vector_isa": isa}
