@@ -7,9 +7,16 @@ see its README.md). Paths are relative to the repository root
 (``pipeline.workdir.resolve_path`` tries the cwd first, then the root).
 ``default_steal_block`` is the main job's surrogate-training block, ``api_block``
 the block that points experiments at a served victim. This module
-imports only ml_collections, so config files stay quick to load.
+imports only os and ml_collections, so config files stay quick to load.
 """
+import os
+
 import ml_collections
+
+#: The repository root: shipped victims and configs are resolved against it (relative
+#: paths are tried from the current directory first: ``pipeline.workdir.resolve_path``,
+#: ``training.checkpoint.load_model``).
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 #: Directory of the shipped default victim (run directory: config.json, results, README).
 DEFAULT_VICTIM = "victims/fashion_mnist_resnet10_w16_ft6"

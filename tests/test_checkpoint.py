@@ -99,6 +99,28 @@ def test_load_model_refuses_other_architecture(run_a, override):
         load_model(os.path.join(run_a[0], "checkpoints"), override)
 
 
+def test_load_model_finds_a_shipped_victim_from_another_directory(tmp_path, monkeypatch):
+    """A relative checkpoint path is tried from the current directory, then from the
+    repository root (the command line's rule): the README's Python API example loads
+    the shipped victim from any directory; a path found in neither names both places."""
+    from sslsteal_jax.defaults import DEFAULT_VICTIM_CHECKPOINT, REPO_ROOT
+    monkeypatch.chdir(tmp_path)
+    got = load_model(DEFAULT_VICTIM_CHECKPOINT)
+    want = load_model(os.path.join(REPO_ROOT, DEFAULT_VICTIM_CHECKPOINT))
+    assert got.kind == want.kind == "simclr" and got.meta == want.meta
+    import jax
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(got.variables),
+                                                    jax.tree_util.tree_leaves(want.variables)))
+    os.makedirs(tmp_path / "victims" / "mine" / "checkpoints")  # the cwd's copy comes first
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint found in \S*victims/mine"):
+        load_model("victims/mine/checkpoints")
+    with pytest.raises(FileNotFoundError) as e:
+        load_model("victims/no_such_victim/checkpoints")
+    assert str(e.value) == ("checkpoint directory 'victims/no_such_victim/checkpoints' does "
+                            f"not exist (looked in the current directory {str(tmp_path)!r} "
+                            f"and the repository root {REPO_ROOT!r})")
+
+
 def test_load_model_missing_dir(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_model(str(tmp_path / "nope"))

@@ -7,11 +7,9 @@ import time
 
 import jax
 
+from sslsteal_jax.defaults import REPO_ROOT  # noqa: F401 - re-exported (tests, experiments)
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.training import mesh as mesh_lib
-
-#: The repository root (shipped victims and configs are resolved against it).
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class WorkdirExistsError(ConfigError, FileExistsError):

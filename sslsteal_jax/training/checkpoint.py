@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from sslsteal_jax.defaults import REPO_ROOT
 from sslsteal_jax.errors import ConfigError, key_mismatch, root_cause
 from sslsteal_jax.models import build_model
 from sslsteal_jax.training import mesh as mesh_lib
@@ -305,14 +306,18 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
     """Load a victim or surrogate checkpoint written by this toolkit.
 
     Args:
-      ckpt_dir: directory holding orbax step folders (``<workdir>/checkpoints``).
+      ckpt_dir: directory holding orbax step folders (``<workdir>/checkpoints``). A
+        relative path is tried from the current directory, then from the repository
+        root (the command line's rule, ``pipeline.workdir.resolve_path``), so the
+        shipped victims load by their documented names from any directory.
       model_override: keys replacing the stored model config (e.g. to assert
         an expected architecture); a mismatch with the stored arrays raises.
       step: checkpoint step (default latest).
     Returns:
       :class:`LoadedModel` (module rebuilt with ``models.build_model``).
     Raises:
-      FileNotFoundError: no checkpoint in ``ckpt_dir``.
+      FileNotFoundError (``CheckpointNotFoundError``): no checkpoint in ``ckpt_dir``
+        (a relative path: in neither place; the message names both).
       CheckpointMismatchError: the stored arrays do not fit the (overridden)
         architecture; the message names the missing / extra arrays and, for a
         watermarked victim loaded with ``watermark_classes`` overridden, says so.
@@ -323,7 +328,14 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
         raise CheckpointNotFoundError(f"{ckpt_dir!r} is a file, not a checkpoint directory "
                                       "(e.g. victims/fashion_mnist_resnet10_w16_ft6/checkpoints)")
     if not os.path.isdir(ckpt_dir):
-        raise CheckpointNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist")
+        in_repo = None if os.path.isabs(ckpt_dir) else os.path.join(REPO_ROOT, ckpt_dir)
+        if in_repo is None or not os.path.isdir(in_repo):
+            where = "" if in_repo is None else (f" (looked in the current directory "
+                                                f"{os.getcwd()!r} and the repository root "
+                                                f"{REPO_ROOT!r})")
+            raise CheckpointNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist"
+                                          + where)
+        ckpt_dir = in_repo  # a shipped victim named from another directory, as the CLI allows
     meta = read_meta(ckpt_dir, step)
     kind = meta.get("kind")
     model_cfg = dict(meta["config"]["model"])
