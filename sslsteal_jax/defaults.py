@@ -4,7 +4,7 @@
 reference of ``configs/evaluate.py``: the shipped Fashion-MNIST ResNet-10
 (width 16) after stage-2 fine-tuning (``victims/fashion_mnist_resnet10_w16_ft6``,
 see its README.md). Paths are relative to the repository root
-(``pipeline.workdir.resolve_path`` tries the cwd first, then the root).
+(:func:`resolve_path` tries the cwd first, then the root).
 ``default_steal_block`` is the main job's surrogate-training block, ``api_block``
 the block that points experiments at a served victim. This module
 imports only os and ml_collections, so config files stay quick to load.
@@ -13,10 +13,20 @@ import os
 
 import ml_collections
 
-#: The repository root: shipped victims and configs are resolved against it (relative
-#: paths are tried from the current directory first: ``pipeline.workdir.resolve_path``,
-#: ``training.checkpoint.load_model``).
+#: The repository root: shipped victims and configs are resolved against it
+#: (:func:`resolve_path`).
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def resolve_path(path: str | None) -> str | None:
+    """Absolute path; relative paths are tried from the cwd, then from the repository root
+    (the rule of the command line and of ``training.checkpoint.load_model``).
+    None or "" stays None."""
+    if not path:
+        return None
+    if os.path.isabs(path) or os.path.exists(path):
+        return os.path.abspath(path)
+    return os.path.join(REPO_ROOT, path)
 
 #: Directory of the shipped default victim (run directory: config.json, results, README).
 DEFAULT_VICTIM = "victims/fashion_mnist_resnet10_w16_ft6"

@@ -425,10 +425,9 @@ def _remove_empty_tree(path: str) -> None:
     directory a run made before it stopped at a user mistake (a victim checkpoint not
     found, ...), so the corrected command does not meet a leftover directory. A
     directory holding any file is kept as it is."""
-    for root, _, files in os.walk(path):
-        if files:
-            return
-    for root, _, _ in sorted(os.walk(path), key=lambda t: -len(t[0])):
+    if any(files for _, _, files in os.walk(path)):
+        return
+    for root, _, _ in os.walk(path, topdown=False):  # children before their parent
         try:
             os.rmdir(root)
         except OSError:

@@ -7,7 +7,7 @@ import time
 
 import jax
 
-from sslsteal_jax.defaults import REPO_ROOT  # noqa: F401 - re-exported (tests, experiments)
+from sslsteal_jax.defaults import REPO_ROOT, resolve_path  # noqa: F401 - re-exported
 from sslsteal_jax.errors import ConfigError
 from sslsteal_jax.training import mesh as mesh_lib
 
@@ -54,16 +54,6 @@ def prepare_workdir(workdir: str, overwrite: bool) -> None:
                 os.replace(old, os.path.join(workdir, f"results.{stamp}.{ext}"))
 
 
-def resolve_path(path: str | None) -> str | None:
-    """Absolute path; relative paths are tried from the cwd, then from the repository root.
-    None or "" stays None."""
-    if not path:
-        return None
-    if os.path.isabs(path) or os.path.exists(path):
-        return os.path.abspath(path)
-    return os.path.join(REPO_ROOT, path)
-
-
 def run_environment() -> dict:
     """What the numbers of a run depend on besides its config and seed:
     ``{"jax": version, "platform": "cpu" | "gpu" | "tpu", "devices": int, "device_kind": str,
@@ -85,14 +75,13 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
     ``platform.processor()`` and "unknown"). On a multi-host run each process reads its
     own host, and results files record process 0's."""
     import platform
-    model, flags = platform.processor() or platform.machine() or "unknown", set()
+    model, flags = None, set()  # the first core's lines
     try:
         with open(cpuinfo, errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 key = key.strip()
-                if key in ("model name", "Model") and model in ("", platform.machine(),
-                                                                platform.processor()):
+                if key in ("model name", "Model") and model is None:
                     model = value.strip()
                 elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
@@ -102,4 +91,5 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict:
                                         ("sse", "sse2"), ("sve2", "sve2"), ("sve", "sve"),
                                         ("neon", "asimd"), ("neon", "neon"))
                 if flag in flags), "unknown")
-    return {"cpu": model or "unknown", "cpu_vector_isa": isa}
+    model = model or platform.processor() or platform.machine() or "unknown"
+    return {"cpu": model, "cpu_vector_isa": isa}

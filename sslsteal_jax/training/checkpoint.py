@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from sslsteal_jax.defaults import REPO_ROOT
+from sslsteal_jax.defaults import REPO_ROOT, resolve_path
 from sslsteal_jax.errors import ConfigError, key_mismatch, root_cause
 from sslsteal_jax.models import build_model
 from sslsteal_jax.training import mesh as mesh_lib
@@ -308,7 +308,7 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
     Args:
       ckpt_dir: directory holding orbax step folders (``<workdir>/checkpoints``). A
         relative path is tried from the current directory, then from the repository
-        root (the command line's rule, ``pipeline.workdir.resolve_path``), so the
+        root (the command line's rule, ``defaults.resolve_path``), so the
         shipped victims load by their documented names from any directory.
       model_override: keys replacing the stored model config (e.g. to assert
         an expected architecture); a mismatch with the stored arrays raises.
@@ -328,14 +328,14 @@ def load_model(ckpt_dir: str, model_override: dict | None = None, step: int | No
         raise CheckpointNotFoundError(f"{ckpt_dir!r} is a file, not a checkpoint directory "
                                       "(e.g. victims/fashion_mnist_resnet10_w16_ft6/checkpoints)")
     if not os.path.isdir(ckpt_dir):
-        in_repo = None if os.path.isabs(ckpt_dir) else os.path.join(REPO_ROOT, ckpt_dir)
-        if in_repo is None or not os.path.isdir(in_repo):
-            where = "" if in_repo is None else (f" (looked in the current directory "
-                                                f"{os.getcwd()!r} and the repository root "
-                                                f"{REPO_ROOT!r})")
+        found = resolve_path(ckpt_dir)  # a relative path: the repository root's copy
+        if not os.path.isdir(found):
+            where = "" if os.path.isabs(ckpt_dir) else (f" (looked in the current directory "
+                                                        f"{os.getcwd()!r} and the repository "
+                                                        f"root {REPO_ROOT!r})")
             raise CheckpointNotFoundError(f"checkpoint directory {ckpt_dir!r} does not exist"
                                           + where)
-        ckpt_dir = in_repo  # a shipped victim named from another directory, as the CLI allows
+        ckpt_dir = found
     meta = read_meta(ckpt_dir, step)
     kind = meta.get("kind")
     model_cfg = dict(meta["config"]["model"])
