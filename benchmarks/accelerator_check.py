@@ -675,6 +675,21 @@ def main(argv=None) -> int:
     only = {s.strip() for s in opts.only.split(",") if s.strip()}
     if not only or only - {"steal", "vmap", "inference"}:
         p.error(f"--only {opts.only!r}: allowed sections are steal, vmap, inference")
+    out_dir = os.path.dirname(os.path.abspath(opts.out))
+    try:  # before any work: a JSON path that cannot be written fails in one line, not at the end
+        if os.path.isdir(opts.out):
+            raise OSError("it is a directory")
+        os.makedirs(out_dir, exist_ok=True)
+        if not os.access(out_dir, os.W_OK):
+            raise OSError(f"{out_dir} is not writable")
+    except OSError as e:
+        blocker = out_dir
+        while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
+            blocker = os.path.dirname(blocker)
+        why = (f"{blocker} is a file, not a folder" if not os.path.isdir(blocker)
+               else getattr(e, "strerror", None) or str(e))
+        p.error(f"--out {opts.out!r}: cannot write the JSON there ({why}); "
+                "allowed: a file path whose folder exists or can be made")
     opts.warmup = opts.warmup if opts.warmup is not None else (1 if opts.tiny else 2)
     opts.steps = opts.steps if opts.steps is not None else (1 if opts.tiny else 5)
     opts.repeats = opts.repeats if opts.repeats is not None else (1 if opts.tiny else 2)

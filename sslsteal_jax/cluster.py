@@ -112,22 +112,45 @@ def distributed_mode(env: Mapping[str, str] | None = None) -> str | None:
 
 
 def first_host(nodelist: str) -> str:
-    """The first host name of a SLURM node list (``"node[07-08,12],gpu1"`` -> ``"node07"``).
+    """The first host name of a SLURM node list: its first comma-separated entry (commas
+    inside brackets do not separate) with every bracket replaced by its first value
+    (``"node[07-08,12],gpu1"`` -> ``"node07"``, ``"node[1-2]-ib"`` -> ``"node1-ib"``,
+    ``"rack[1-2]-n[01-04]"`` -> ``"rack1-n01"``), as ``scontrol show hostnames`` would
+    list it first.
 
     Raises:
-      ConfigError: an empty or unparsable list.
+      ConfigError: an empty list or unbalanced brackets.
     """
-    m = re.match(r"^\s*([^,\[\s]+)(?:\[\s*([^\],\-\s]+))?", nodelist or "")
-    if not m:
-        raise ConfigError(f"SLURM node list {nodelist!r} names no host")
-    return m.group(1) + (m.group(2) or "")
+    text, depth, end = (nodelist or "").strip(), 0, None
+    for i, c in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(c, 0)
+        if depth < 0 or depth > 1:
+            break
+        if c == "," and depth == 0:
+            end = i
+            break
+    entry = text[:end].strip()
+    host = re.sub(r"\[\s*([^\],\-\s]+)[^\]\[]*\]", lambda m: m.group(1), entry)
+    if depth != 0 or not host or re.search(r"[\[\]\s,]", host):
+        raise ConfigError(f"SLURM node list {nodelist!r} names no host (allowed: host names "
+                          "and bracket ranges, e.g. node[01-04],gpu1)")
+    return host
 
 
-def _int(env, name: str, minimum: int = 0) -> int:
+def _int(env, name: str, minimum: int = 0, maximum: int | None = None) -> int:
     raw = str(env.get(name, "")).strip()
-    if not re.fullmatch(r"\d+", raw) or int(raw) < minimum:
-        raise ConfigError(f"{name}={raw!r}; allowed: an integer >= {minimum}")
+    if (not re.fullmatch(r"\d+", raw) or int(raw) < minimum
+            or (maximum is not None and int(raw) > maximum)):
+        allowed = (f"an integer in [{minimum}, {maximum}]" if maximum is not None
+                   else f"an integer >= {minimum}")
+        raise ConfigError(f"{name}={raw!r}; allowed: {allowed}")
     return int(raw)
+
+
+def _port(env, default: int) -> int:
+    """``$JAX_COORDINATOR_PORT`` (a TCP port, 1-65535) when set, else ``default``."""
+    return _int(env, "JAX_COORDINATOR_PORT", 1, 65535) if env.get("JAX_COORDINATOR_PORT") \
+        else default
 
 
 def _device_ids(raw: str) -> tuple:
@@ -153,8 +176,7 @@ def _from_slurm(env) -> ProcessSpec:
     if missing:
         raise ConfigError(f"SSLSTEAL_DISTRIBUTED=slurm but {', '.join(missing)} not set: start "
                           "the processes with srun inside an sbatch job (launch/slurm_gpu.sbatch)")
-    port = (_int(env, "JAX_COORDINATOR_PORT", 1) if env.get("JAX_COORDINATOR_PORT")
-            else SLURM_PORT_BASE + _int(env, "SLURM_JOB_ID") % 2 ** 12)
+    port = _port(env, SLURM_PORT_BASE + _int(env, "SLURM_JOB_ID") % 2 ** 12)
     host = first_host(env.get("SLURM_STEP_NODELIST") or env["SLURM_JOB_NODELIST"])
     return ProcessSpec(f"{host}:{port}", _int(env, "SLURM_NTASKS", 1), _int(env, "SLURM_PROCID"),
                        (_int(env, "SLURM_LOCALID"),), "slurm")
@@ -195,13 +217,13 @@ def _from_tpu(env, fetch: Callable[[str], str] | None) -> ProcessSpec:
     else:
         fetch = fetch or (lambda key: metadata_attribute(key, env))
         hosts = fetch("worker-network-endpoints")
-        worker = int(fetch("agent-worker-number"))
+        worker = _int({"agent-worker-number": fetch("agent-worker-number")},
+                      "agent-worker-number")  # the metadata server's text, checked
         source = "tpu-metadata"
     workers = [_endpoint_host(h) for h in hosts.split(",") if h.strip()]
     if not workers or not 0 <= worker < len(workers):
         raise ConfigError(f"TPU worker list {hosts!r} and worker number {worker} do not fit")
-    port = (_int(env, "JAX_COORDINATOR_PORT", 1) if env.get("JAX_COORDINATOR_PORT")
-            else TPU_COORDINATOR_PORT)
+    port = _port(env, TPU_COORDINATOR_PORT)
     return ProcessSpec(f"{workers[0]}:{port}", len(workers), worker, None, source)
 
 
@@ -254,6 +276,19 @@ def resolve(env: Mapping[str, str] | None = None,
 
 # ---- N processes on this host ------------------------------------------------------------------
 
+def port_is_free(port: int) -> bool:
+    """Whether a TCP listener can bind ``port`` on every interface right now, as process 0's
+    coordination service will (``jax.distributed``; its own error on a busy port is an
+    "UNKNOWN: Failed to start RPC server" traceback that does not name the port)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is free
+        try:
+            s.bind(("", int(port)))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     """A TCP port free on localhost right now (for the coordinator of a local run)."""
     with socket.socket() as s:
@@ -278,8 +313,14 @@ def _stop_with_parent() -> None:
         pass
 
 
+#: seconds the local launcher waits for its processes after passing on an interrupt
+#: before it kills them (``$SSLSTEAL_LAUNCH_STOP_SECONDS`` overrides)
+STOP_SECONDS = 60.0
+
+
 def launch_local(processes: int, command: Sequence[str], port: int | None = None,
-                 env: Mapping[str, str] | None = None, grace_seconds: float = 10.0) -> int:
+                 env: Mapping[str, str] | None = None, grace_seconds: float = 10.0,
+                 stop_seconds: float = STOP_SECONDS) -> int:
     """Run ``command`` as ``processes`` processes on this host joined by jax.distributed.
 
     Process i gets ``SSLSTEAL_DISTRIBUTED=env``, ``JAX_COORDINATOR_ADDRESS=localhost:port``,
@@ -291,7 +332,12 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
     process (each saves its part of the checkpoint). When one process exits with a
     non-zero status the others (then waiting at their next collective) get SIGTERM,
     and SIGKILL after ``grace_seconds``. On Linux the processes also get SIGTERM
-    when the launcher itself dies.
+    when the launcher itself dies. Processes still running ``stop_seconds`` after an
+    interrupt was passed on are killed (SIGKILL) and the launcher returns 130: the
+    processes of a multi-process run can be interrupted at different steps, and then
+    their collective checkpoint save waits for each other forever (measured
+    2026-12-02: 4 of 10 Ctrl-Cs during the toy run's victim training); a rerun resumes
+    from the last periodic checkpoint, as after any hard kill.
 
     Args:
       processes: N >= 1.
@@ -302,11 +348,14 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
       0 when every process exited 0, else the first non-zero exit status seen
       (a process killed by signal s counts as 128 + s).
     Raises:
-      ConfigError: ``processes`` < 1.
+      ConfigError: ``processes`` < 1, or ``port`` already in use on this host.
     """
     if int(processes) < 1:
         raise ConfigError(f"--processes={processes}; allowed: an integer >= 1")
     base = dict(os.environ if env is None else env)
+    if port and not port_is_free(int(port)):
+        raise ConfigError(f"--port={port} is in use on this host (the coordinator of process 0 "
+                          "could not start there); pick another, or leave --port out for a free one")
     port = int(port) if port else free_port()
     procs = []
     for i in range(int(processes)):
@@ -331,13 +380,24 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
                 except ProcessLookupError:
                     pass
 
+    interrupted = []
+
     def forward(signum, frame):
         send(signum)
+        interrupted.append(time.time())
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     status, kill_at = 0, None
     try:
         while any(p.poll() is None for p in procs):
+            if interrupted and kill_at is None and time.time() - interrupted[0] >= stop_seconds:
+                print(f"sslsteal_jax.cluster: the processes did not stop within {stop_seconds:g} s "
+                      "of the interrupt (interrupted at different steps, their collective "
+                      "checkpoint save can wait forever); killing them: rerun the same command "
+                      "to resume from the last periodic checkpoint", file=sys.stderr, flush=True)
+                status = status or 130
+                send(signal.SIGKILL)
+                kill_at = float("inf")
             for i, p in enumerate(procs):
                 rc = p.poll()
                 if rc is not None and rc != 0 and status == 0:
@@ -376,7 +436,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["launch"]:
             if len(argv) < 4 or not argv[1].isdigit() or not argv[2].isdigit():
                 raise ConfigError("usage: python -m sslsteal_jax.cluster launch N PORT COMMAND...")
-            return launch_local(int(argv[1]), argv[3:], int(argv[2]) or None)
+            stop = os.environ.get("SSLSTEAL_LAUNCH_STOP_SECONDS", "").strip()
+            try:
+                stop_s = float(stop) if stop else STOP_SECONDS
+                if not stop_s > 0:
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"SSLSTEAL_LAUNCH_STOP_SECONDS={stop!r}; allowed: seconds > 0 "
+                                  "(how long the launcher waits after an interrupt)") from None
+            return launch_local(int(argv[1]), argv[3:], int(argv[2]) or None, stop_seconds=stop_s)
         spec = resolve()
     except ConfigError as e:
         print("error: " + " ".join(str(e).split()), file=sys.stderr)

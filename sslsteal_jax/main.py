@@ -83,11 +83,53 @@ def _fail(message: str, status: int = 1, immediate: bool = False):
     loop is closed" tracebacks after the one line.
     """
     print("error: " + " ".join(str(message).split()), file=sys.stderr)
+    _leave(status, immediate)
+
+
+def _leave(status: int, immediate: bool) -> None:
+    """Exit with ``status``: through ``sys.exit``, or, ``immediate``, through
+    ``os._exit`` after flushing stdout, stderr and the logging handlers, skipping the
+    interpreter's shutdown. A run stopped by Ctrl-C / SIGTERM before or during its first
+    compilation has XLA and orbax threads still alive, and tearing down the interpreter
+    under them ended in "Fatal Python error: Segmentation fault" and exit status 139
+    (seen 2026-12-02, 1 and 2 processes, interrupts 6-22 s after the start); the
+    interrupted run has saved its checkpoint by then, so nothing is left to finish. A
+    process of a multi-host run first leaves the job as its ``atexit`` hook would
+    (``jax.distributed.shutdown``: a process 0 that vanished without it took the
+    coordination service with it, and the other processes aborted)."""
     if immediate:
+        import logging
+        if "jax" in sys.modules:
+            _leave_distributed(sys.modules["jax"], timeout_s=15.0)
+        logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
+
+
+def _leave_distributed(jax, timeout_s: float) -> None:
+    """``jax.distributed.shutdown()`` (a no-op without a multi-host job), waited for at most
+    ``timeout_s`` seconds: its barrier waits for every process, and a process that was
+    interrupted elsewhere (inside a collective) never comes, which would hold this one for
+    JAX's 300 s shutdown timeout. Past the bound this process leaves anyway."""
+    import threading
+
+    errors = []
+
+    def shutdown():
+        try:
+            jax.distributed.shutdown()
+        except Exception as e:  # noqa: BLE001 - leaving anyway; say why it was not clean
+            errors.append(e)
+
+    t = threading.Thread(target=shutdown, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive() or errors:
+        why = f"failed: {errors[0]}" if errors else f"took longer than {timeout_s:g} s"
+        print(f"warning: leaving the multi-host job {why}; the other processes may report "
+              "that this one is gone", file=sys.stderr)
 
 
 def _display(path: str) -> str:
@@ -503,6 +545,11 @@ def main(argv):
             from sslsteal_jax.pipeline.repeat import run_seeds
             exp = importlib.import_module(f"sslsteal_jax.experiments.{_CONFIG.value.experiment}")
             run_seeds(_CONFIG.value, _WORKDIR.value, seeds, run, getattr(exp, "plot_seeds", None))
+        # finished and written: a Ctrl-C from now on (e.g. to the launcher of a multi-process
+        # run while the processes exit) must not report "stopped" or print a traceback from
+        # the interpreter's shutdown of a complete run
+        import signal
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
         if dog is not None:
             dog.stop()
@@ -510,10 +557,12 @@ def main(argv):
             _remove_empty_tree(made_root)
         _fail(str(e), immediate=True)
     except KeyboardInterrupt:
+        if dog is not None:
+            dog.stop()
         from tqdm import tqdm  # on a line of its own, below any progress bar
         tqdm.write("stopped; rerun the same command to resume from the last checkpoint",
                    file=sys.stderr)
-        sys.exit(130)
+        _leave(130, immediate=True)
     finally:
         if dog is not None:
             dog.stop()

@@ -219,3 +219,18 @@ def test_benchmark_arguments_that_measure_nothing_are_usage_errors(capsys, main,
         fn(argv + ["--out=/nonexistent/never_written.json"])
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where,why", [("file/x.json", "is a file, not a folder"),
+                                       ("", "it is a directory")])
+def test_unwritable_out_fails_in_one_line_before_any_work(tmp_path, where, why):
+    """An --out that cannot be written is refused by the argument parser (status 2, one
+    error line naming it), not by a traceback after the sections have run."""
+    (tmp_path / "file").write_text("")
+    out = str(tmp_path / where) if where else str(tmp_path)
+    proc = subprocess.run([sys.executable, SCRIPT, "--tiny", "--out", out], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"accelerator_check.py: error: --out {out!r}: cannot write") and why in last
+    assert "Traceback" not in proc.stderr

@@ -261,9 +261,62 @@ def test_resolve_explicit_and_overrides():
 
 @pytest.mark.parametrize("nodelist,first", [
     ("node001", "node001"), ("node001,host2", "node001"), ("node[001-015],host2", "node001"),
-    ("node[007,009-015]", "node007"), ("gpu-a[3-4]", "gpu-a3")])
+    ("node[007,009-015]", "node007"), ("gpu-a[3-4]", "gpu-a3"), ("node[1-2]-ib", "node1-ib"),
+    ("rack[1-2]-n[01-04]", "rack1-n01"), ("a[1-2],b", "a1")])
 def test_first_host_of_slurm_node_lists(nodelist, first):
     assert cluster.first_host(nodelist) == first
+
+
+@pytest.mark.parametrize("nodelist", ["", " ", "node[1-2", "node]1", "node[[1]]"])
+def test_first_host_refuses_a_malformed_node_list(nodelist):
+    with pytest.raises(ConfigError, match=r"^SLURM node list .* names no host \(allowed: host"):
+        cluster.first_host(nodelist)
+
+
+def test_tpu_metadata_worker_number_must_be_an_integer():
+    meta = {"worker-network-endpoints": "w0,w1", "agent-worker-number": "one"}
+    with pytest.raises(ConfigError, match=r"^agent-worker-number='one'; allowed: an integer >= 0"):
+        cluster.resolve({"SSLSTEAL_DISTRIBUTED": "tpu"}, fetch_metadata=meta.__getitem__)
+
+
+def test_launcher_refuses_a_busy_port_in_one_line():
+    import socket
+    with socket.socket() as s:
+        s.bind(("", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert not cluster.port_is_free(port)
+        with pytest.raises(ConfigError, match=rf"^--port={port} is in use on this host"):
+            cluster.launch_local(2, [sys.executable, "-c", "pass"], port=port)
+    assert cluster.port_is_free(port)
+
+
+def test_launcher_kills_processes_that_do_not_stop_after_an_interrupt():
+    """Processes that ignore the interrupt passed on to them (as two processes waiting for
+    each other in the interrupt's checkpoint save do) are killed after
+    ``$SSLSTEAL_LAUNCH_STOP_SECONDS``; the launcher says so and exits 130."""
+    import signal
+    prog = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(120)\n"
+    env = dict(os.environ, PYTHONPATH=ROOT, SSLSTEAL_LAUNCH_STOP_SECONDS="1")
+    p = subprocess.Popen([sys.executable, "-m", "sslsteal_jax.cluster", "launch", "2", "0",
+                          sys.executable, "-c", prog], env=env, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)  # both started
+    t = time.time()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "did not stop within 1 s of the interrupt" in err and "rerun the same command" in err
+    assert time.time() - t < 30
+
+
+def test_launcher_stop_seconds_must_be_positive():
+    env = dict(os.environ, PYTHONPATH=ROOT, SSLSTEAL_LAUNCH_STOP_SECONDS="soon")
+    p = subprocess.run([sys.executable, "-m", "sslsteal_jax.cluster", "launch", "2", "0",
+                        sys.executable, "-c", "pass"], env=env, capture_output=True, text=True,
+                       timeout=60)
+    assert p.returncode == 1
+    assert p.stderr == ("error: SSLSTEAL_LAUNCH_STOP_SECONDS='soon'; allowed: seconds > 0 (how "
+                        "long the launcher waits after an interrupt)\n")
 
 
 @pytest.mark.parametrize("env,message", [
@@ -275,6 +328,9 @@ def test_first_host_of_slurm_node_lists(nodelist, first):
       "JAX_PROCESS_ID": "2"}, "process id 2 is outside [0, 2)"),
     ({"SSLSTEAL_DISTRIBUTED": "env", "JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "x",
       "JAX_PROCESS_ID": "0"}, "JAX_NUM_PROCESSES='x'; allowed: an integer >= 1"),
+    ({"SSLSTEAL_DISTRIBUTED": "slurm", "SLURM_JOB_ID": "1", "SLURM_NTASKS": "2",
+      "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "n[1-2]",
+      "JAX_COORDINATOR_PORT": "99999"}, "JAX_COORDINATOR_PORT='99999'; allowed: an integer in [1, 65535]"),
 ])
 def test_resolve_errors_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=None) as e:

@@ -64,9 +64,10 @@ VICTIM_N, VICTIM_BATCH, VICTIM_STEPS = 256, 32, 8   # tiny_steal.py
 STEAL_N, STEAL_BATCH, STEAL_STEPS = 256, 64, 8
 PAUSE_STEP = 5  # the 2 x 1 run is killed before victim step 5 (checkpoint at 3, log lines 2, 4)
 BUDGET = 256
-# results.json fields that measure time or name the run's own directory
+# results.json fields that measure time, say whether those times cover this invocation
+# only ("resumed": the 2 x 1 run's victim resumed), or name the run's own directory
 VOLATILE = {"timing_seconds", "wall_seconds", "examples_per_second", "images_per_second",
-            "victim_checkpoint"}
+            "victim_checkpoint", "resumed"}
 XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false "
              "--xla_cpu_collective_call_terminate_timeout_seconds=3600 "
              "--xla_cpu_collective_call_warn_stuck_timeout_seconds=600 "
@@ -217,6 +218,8 @@ def test_kill_and_resume_of_a_pod_checkpoint(runs):
     assert [x["step"] for x in r.killed_at["log"]] == [2, 4]
     assert not os.path.exists(os.path.join(r.workdir, "results.json.tmp"))
     assert f"resumed from checkpoint at step {r.killed_at['checkpoint']} of {VICTIM_STEPS}" in r.log()
+    # results.json says its times cover the relaunch only (the victim resumed; no surrogate did)
+    assert r.results()["resumed"] is True and ref.results()["resumed"] is False
     # the log line written after the checkpoint was dropped and written again, once
     assert [x["step"] for x in r.train_log("victim")] == [2, 4, 6, 8]
     assert r.train_log("victim") == ref.train_log("victim")

@@ -120,8 +120,10 @@ def run(cfg, workdir: str) -> dict:
            "surrogate_training": summaries,
            "timing_seconds": dict(zip(("victim", "query", "steal", "evaluate"), np.diff(t)),
                                   total=t[-1] - t[0]),
-           # a resumed run's times cover this invocation only (the checkpoints' work is not in them)
-           "resumed": any(int(sm.get("resumed_from") or 0) > 0 for sm in summaries.values()),
+           # a resumed run's times cover this invocation only (the checkpoints' work is not in
+           # them): the victim trained here or a surrogate resumed from its checkpoint
+           "resumed": victim.resumed or any(int(sm.get("resumed_from") or 0) > 0
+                                            for sm in summaries.values()),
            "environment": wd.run_environment(), "config": cfg.to_dict()}
     if head is not None:
         out["head_recreation"] = head

@@ -22,13 +22,23 @@ class Victim:
     module: the SimCLR model (``models.SimCLRModel``; call returns ``(representation,
     projection)``); variables: its ``{'params', 'batch_stats'}``; source: the
     checkpoint directory it came from (absolute path); meta: the checkpoint's
-    metadata (``{}`` for a victim trained in this run before its first save).
+    metadata (``{}`` for a victim trained in this run before its first save);
+    training: the training summary (``training.loop.run_training``: ``steps``,
+    ``resumed_from``, ...) when this run trained or resumed the victim in its work
+    directory, None for a victim loaded from a checkpoint.
     """
 
     module: object
     variables: dict
     source: str
     meta: dict = dataclasses.field(default_factory=dict)
+    training: dict | None = None
+
+    @property
+    def resumed(self) -> bool:
+        """Whether training steps of this victim ran in an earlier invocation (its
+        work-directory checkpoint was resumed, or was already finished)."""
+        return int((self.training or {}).get("resumed_from") or 0) > 0
 
     def encoder(self, api_output: str = "representation") -> Encoder:
         """The victim as an :class:`Encoder` whose victim-space output is what its
@@ -91,8 +101,8 @@ def get_victim(victim_cfg, workdir: str, data) -> Victim:
         raise ConfigError(f"victim checkpoint {victim_cfg.checkpoint!r} not found and "
                           f"victim.train_if_missing is False")
     vdir = os.path.join(workdir, "victim")
-    module, variables, _ = train_victim(victim_cfg.train, vdir, data)
-    return Victim(module, variables, vdir)
+    module, variables, summary = train_victim(victim_cfg.train, vdir, data)
+    return Victim(module, variables, vdir, training=summary)
 
 
 def train_victim(cfg, workdir: str, data):
