@@ -79,7 +79,8 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
       ``(model, variables, summary)``: the SimCLRModel, its variables
       ``{'params', 'batch_stats'}``, and a dict with ``steps``, ``epochs``,
       ``final_loss``, ``images_per_second`` (augmented views per second),
-      ``wall_seconds``.
+      ``wall_seconds`` (this invocation only), ``resumed_from`` (the checkpoint step
+      this invocation started from; 0 for a fresh run).
     Raises:
       ValueError: bad batch size / image array, or ``init_from`` is not a
         SimCLR checkpoint for this image shape.
@@ -114,7 +115,8 @@ def train_simclr(cfg, workdir: str, images: np.ndarray, progress: bool = True):
     summary = {"steps": total, "epochs": int(cfg.epochs),
                "final_loss": summary["final_metrics"].get("loss", float("nan")),
                "images_per_second": 2 * summary["examples_per_second"],
-               "wall_seconds": summary["wall_seconds"]}
+               "wall_seconds": summary["wall_seconds"],
+               "resumed_from": summary["resumed_from"]}
     return model, {"params": state.params, "batch_stats": state.batch_stats}, summary
 
 
