@@ -304,8 +304,13 @@ def _prefix_lines(stream, prefix: str, out) -> None:
 
 
 def _stop_with_parent() -> None:
-    """In the child before exec (Linux): SIGTERM when the launcher dies, so a killed
-    launcher leaves no processes behind (each saves its checkpoint part and exits)."""
+    """In the child before exec: Ctrl-C (SIGINT) handled by Python's default, even when
+    the launcher was started with SIGINT ignored (a background job of a script, nohup):
+    the launcher passes interrupts on on purpose, and an ignored one would be lost
+    outside the training loops (found 2026-12-02: 1 of 6 forwarded interrupts). On
+    Linux also SIGTERM when the launcher dies, so a killed launcher leaves no processes
+    behind (each saves its checkpoint part and exits)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         import ctypes
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -333,11 +338,13 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
     non-zero status the others (then waiting at their next collective) get SIGTERM,
     and SIGKILL after ``grace_seconds``. On Linux the processes also get SIGTERM
     when the launcher itself dies. Processes still running ``stop_seconds`` after an
-    interrupt was passed on are killed (SIGKILL) and the launcher returns 130: the
-    processes of a multi-process run can be interrupted at different steps, and then
-    their collective checkpoint save waits for each other forever (measured
-    2026-12-02: 4 of 10 Ctrl-Cs during the toy run's victim training); a rerun resumes
-    from the last periodic checkpoint, as after any hard kill.
+    interrupt was passed on are killed (SIGKILL) and the launcher returns 130. In a
+    training loop the processes agree on a step, save there together and stop
+    (``training.stop``; before that, 4 of 10 Ctrl-Cs of the toy run's victim
+    training hung in the collective save, 2026-12-02); the kill is the safety net
+    for a process stuck elsewhere (e.g. an interrupt swallowed by a callback while
+    the others wait for it at a collective). A rerun resumes from the last
+    checkpoint, as after any hard kill.
 
     Args:
       processes: N >= 1.
@@ -392,9 +399,8 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
         while any(p.poll() is None for p in procs):
             if interrupted and kill_at is None and time.time() - interrupted[0] >= stop_seconds:
                 print(f"sslsteal_jax.cluster: the processes did not stop within {stop_seconds:g} s "
-                      "of the interrupt (interrupted at different steps, their collective "
-                      "checkpoint save can wait forever); killing them: rerun the same command "
-                      "to resume from the last periodic checkpoint", file=sys.stderr, flush=True)
+                      "of the interrupt (one of them is stuck, waiting for the others); killing "
+                      "them: rerun the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
                 status = status or 130
                 send(signal.SIGKILL)
                 kill_at = float("inf")

@@ -11,7 +11,9 @@ Three runs are compared:
 * ``two_by_one``: 2 processes x 1 device, both killed (SIGKILL) in the middle of
   victim training, restarted with the same command, resumed from the multi-host
   orbax checkpoint;
-* ``two_by_two``: 2 processes x 2 devices.
+* ``two_by_two``: 2 processes x 2 devices, its process 1 alone interrupted (SIGINT) in
+  the middle of victim training: both stop at one agreed step after a checkpoint
+  (``training.stop``), and the same command resumes.
 
 Same global batch everywhere. 2 x 1 has the reference's device count, so every
 number equals it bit for bit (the all-reduces add the same two partial sums);
@@ -63,6 +65,7 @@ LAUNCH_TIMEOUT = 900  # seconds per launch (a loaded 2-core machine; about 1-2 m
 VICTIM_N, VICTIM_BATCH, VICTIM_STEPS = 256, 32, 8   # tiny_steal.py
 STEAL_N, STEAL_BATCH, STEAL_STEPS = 256, 64, 8
 PAUSE_STEP = 5  # the 2 x 1 run is killed before victim step 5 (checkpoint at 3, log lines 2, 4)
+SIGNAL_STEP = 1  # the 2 x 2 run's process 1 alone is interrupted before victim step 1
 BUDGET = 256
 # results.json fields that measure time, say whether those times cover this invocation
 # only ("resumed": the 2 x 1 run's victim resumed), or name the run's own directory
@@ -101,15 +104,18 @@ class Run:
         self.processes, self.devices, self.cache = processes, devices, cache
         self.logs = []
 
-    def start(self, pause: str | None = None) -> subprocess.Popen:
+    def start(self, pause: str | None = None, signal_at: str | None = None) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HOOKS]), XLA_FLAGS=XLA_FLAGS,
                    SSLSTEAL_CPU_DEVICES=str(self.devices), SSLSTEAL_TEST_HOOK_DIR=self.hooks,
                    SSLSTEAL_TEST_WORKDIR=self.workdir, JAX_COMPILATION_CACHE_DIR=self.cache,
                    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                    SSLSTEAL_TEST_CACHE_ALL_PROCESSES="1")
         env.pop("SSLSTEAL_TEST_PAUSE", None)
+        env.pop("SSLSTEAL_TEST_SIGNAL", None)
         if pause:
             env["SSLSTEAL_TEST_PAUSE"] = pause
+        if signal_at:  # and every process's stdout, to read each one's stop step
+            env.update(SSLSTEAL_TEST_SIGNAL=signal_at, SSLSTEAL_ALL_STDOUT="1")
         procs = [f"--processes={self.processes}"] if self.processes > 1 else []
         log = os.path.join(os.path.dirname(self.workdir), f"launch{len(self.logs)}.log")
         self.logs.append(log)
@@ -188,6 +194,10 @@ def runs(tmp_path_factory):
     two_one.complete()  # the same command again: resumes
 
     two_two = Run(root, "two_by_two", 2, 2, cache)
+    # Ctrl-C reaching process 1 alone before victim step SIGNAL_STEP: both processes
+    # agree on a step, save there together and stop; the same command resumes
+    two_two.interrupted_status = two_two.wait(
+        two_two.start(signal_at=f"{VICTIM_N}:{VICTIM_BATCH}:{SIGNAL_STEP}:1"))
     two_two.complete()
     return {"reference": ref, "two_by_one": two_one, "two_by_two": two_two}
 
@@ -226,6 +236,26 @@ def test_kill_and_resume_of_a_pod_checkpoint(runs):
     assert _tree_max_diff(r.variables("victim"), ref.variables("victim")) == 0.0
     assert _tree_max_diff(r.variables("surrogate_infonce"),
                           ref.variables("surrogate_infonce")) == 0.0
+
+
+def test_interrupt_of_one_process_stops_the_pod_at_one_agreed_step(runs):
+    """SIGINT to process 1 alone: both processes save the checkpoint at the same step and
+    exit 130 on their own (no kill by the launcher); the relaunch resumes there. Before
+    the agreement the processes stopped at different steps and their collective save
+    hung (4 of 10 tries, 2026-12-02)."""
+    import re
+    r = runs["two_by_two"]
+    first = r.log(0)
+    assert r.interrupted_status == 130, first[-4000:]
+    assert "did not stop within" not in first and "stopped at once" not in first
+    saved = re.findall(r"^(\[1\] )?SimCLR victim: interrupted, checkpoint saved at step (\d+);",
+                       first, re.M)
+    assert sorted(p for p, _ in saved) == ["", "[1] "], first[-4000:]
+    steps = {int(s) for _, s in saved}
+    assert len(steps) == 1, saved
+    (at,) = steps
+    assert SIGNAL_STEP < at < VICTIM_STEPS
+    assert f"resumed from checkpoint at step {at} of {VICTIM_STEPS}" in r.log()
 
 
 def test_two_by_one_equals_one_process_bit_for_bit(runs):

@@ -82,6 +82,28 @@ def test_resumed_run_replaces_the_steps_after_its_checkpoint(tmp_path):
     assert [s for s, _ in _scalars(acc, "train/loss")] == [2, 4, 6]
 
 
+def test_resume_in_the_same_second_and_process_sorts_after_the_interrupted_file(
+        tmp_path, monkeypatch):
+    """TensorBoard reads event files in name order. Two writers of one process within one
+    second differ only in their counter: ".9" sorted before ".10" as text, so the resumed
+    run's purge was read first and the old step-6 event survived ([6, 2, 4, 6], seen in a
+    loaded suite run, 2026-12-02). The counter is zero-padded."""
+    import itertools
+    import tensorboardX.event_file_writer as efw
+    monkeypatch.setattr(summaries.MetricWriter, "_files", itertools.count(9))
+    monkeypatch.setattr(efw.time, "time", lambda: 1_700_000_000.0)  # the same second
+    old = summaries.MetricWriter(str(tmp_path))
+    for step in (2, 4, 6):
+        old.scalars(step, {"train/loss": float(step)})
+    old.close()
+    new = summaries.MetricWriter(str(tmp_path), purge_step=5)  # resumed from step 4
+    new.scalars(6, {"train/loss": 60.0})
+    new.close()
+    assert _scalars(_read(str(tmp_path)), "train/loss") == [(2, 2.0), (4, 4.0), (6, 60.0)]
+    names = sorted(os.listdir(tmp_path))
+    assert [n.rsplit(".", 1)[-1] for n in names] == ["000009", "000010"]
+
+
 def test_scan_results_are_curves_over_the_budget(tmp_path):
     rows = [{"source": "in", "loss": "mse", "seed": 0, "budget": b, "probe_full": 50.0 + b / 100,
              "cosine_fidelity": None, "stacked": True} for b in (500, 1000, 2000)]

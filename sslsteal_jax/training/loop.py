@@ -5,7 +5,9 @@ One jitted step per batch; the data order is a deterministic function of
 checkpoint produces the same numbers as an uninterrupted run. Checkpoints
 (orbax) are written every ``checkpoint_every`` steps, every ``checkpoint_seconds``
 of wall time, at the end, and when the
-process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised).
+process receives SIGTERM or Ctrl-C (then KeyboardInterrupt is re-raised); the
+processes of a multi-process job first agree on the step to stop at
+(``training.stop``), so their collective save cannot wait on each other.
 Each checkpoint's JSON metadata also holds the metrics window
 (``METRICS_WINDOW_KEY``: the last logged means and the per-step metrics since),
 so the final metrics of a resumed run equal an uninterrupted run's.
@@ -15,7 +17,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import signal
 import time
 from typing import Callable, Sequence
 
@@ -30,10 +31,7 @@ from sslsteal_jax.training import checkpoint as ckpt
 from sslsteal_jax.training import mesh as mesh_lib
 from sslsteal_jax.training import optim, summaries
 from sslsteal_jax.training.state import TrainState
-
-
-class _Preempted(Exception):
-    pass
+from sslsteal_jax.training.stop import AgreedStop, ForcedStop, StopAgreement
 
 
 #: Optimizer steps the loop lets run ahead of the host: before dispatching step
@@ -208,7 +206,10 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
     Raises:
       ValueError: inconsistent array lengths, batch size, or member counts; a
         ``step_fn`` that returns no metrics.
-      KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint.
+      KeyboardInterrupt: on Ctrl-C / SIGTERM, after saving a checkpoint (with several
+        processes: at the step they agree on, ``training.stop``; a second signal stops
+        at once without one, ``training.stop.ForcedStop``).
+      RuntimeError: the processes could not agree on a stop step (``training.stop``).
     """
     k = int(members)
     groups = [arrays] if not k else list(arrays)
@@ -293,10 +294,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
             ckpt.save(mngr, step, _items(state),
                       dict(meta, step=int(step), **{METRICS_WINDOW_KEY: window}))
 
-    def on_term(signum, frame):
-        raise _Preempted()
-
-    old = signal.signal(signal.SIGTERM, on_term) if _main_thread() else None
+    # SIGTERM / Ctrl-C: one process stops at once; the processes of a pod agree on a step
+    stop = StopAgreement(lead=MAX_STEPS_IN_FLIGHT + 2)
     t0 = time.time()
     last_save = t0
     step = _step_of(state)
@@ -305,7 +304,7 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
     # Multi-device steps hold the collective guard for the whole run (training.mesh,
     # concurrency rule): no other thread's sharded program can interleave with them.
     inflight = StepsInFlight(MAX_STEPS_IN_FLIGHT)
-    with mesh_lib.collective_section(mesh):
+    with mesh_lib.collective_section(mesh), stop:
         try:
             while step < total_steps:
                 local = host_batch(step)  # host work first: it overlaps the steps in flight
@@ -330,21 +329,31 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
                 if mngr is not None and due and step < total_steps:
                     save(step)
                     last_save = time.time()
+                if stop.check(step):  # after this step's own save: see training.stop
+                    raise AgreedStop()
             if mngr is not None and (mngr.latest_step() or -1) < total_steps:
                 save(total_steps)
             if resumed_from < total_steps:  # trained here: the run's entry in the HPARAMS tab
                 tb.hparams(dict(meta.get("config") or {}, steps=total_steps,
                                 batch_size=batch_size, members=k),
                            {f"hparam/final_{name}": v for name, v in final.items()})
-        except (KeyboardInterrupt, _Preempted):
+            if stop.check_end(step):  # a process was interrupted: all stop after the last step
+                raise AgreedStop()
+        except ForcedStop:
             bar.close()
-            save(_step_of(state))
-            print(f"{desc}: interrupted, checkpoint saved at step {_step_of(state)}; rerun to resume")
+            last = mngr.latest_step() if mngr is not None else None
+            print(f"{desc}: stopped at once at step {step}, without a checkpoint; rerun to resume "
+                  f"from {'the start' if last is None else f'step {last}'}")
+            raise
+        except KeyboardInterrupt:
+            bar.close()
+            at = _step_of(state)
+            if mngr is not None and mngr.latest_step() != at:
+                save(at)
+            print(f"{desc}: interrupted, checkpoint saved at step {at}; rerun to resume")
             raise KeyboardInterrupt
         finally:
             _wait_quietly(state)  # nothing of ours still runs on a device when the guard is let go
-            if old is not None:
-                signal.signal(signal.SIGTERM, old)
             bar.close()
             tb.close()
     wall = time.time() - t0
@@ -378,8 +387,3 @@ def _wait_quietly(tree) -> None:
 def _step_of(state) -> int:
     """Optimizer steps taken (the first member's of a stacked state: all members step together)."""
     return int(np.asarray(state.step).reshape(-1)[0])
-
-
-def _main_thread() -> bool:
-    import threading
-    return threading.current_thread() is threading.main_thread()

@@ -130,8 +130,11 @@ class MetricWriter:
             from tensorboardX.event_file_writer import EventsWriter
             from tensorboardX.proto.event_pb2 import Event, SessionLog
             os.makedirs(self.logdir, exist_ok=True)
+            # TensorBoard reads a folder's event files in name order: the counter is
+            # zero-padded so a resumed run's file (same second, same process: ".10")
+            # sorts after the interrupted run's (".9"), or its purge comes first
             self._events = EventsWriter(os.path.join(self.logdir, "events"),
-                                        f".{os.getpid()}.{next(self._files)}")
+                                        f".{os.getpid()}.{next(self._files):06d}")
             if self._purge_step is not None:  # TensorBoard drops older events from this step on
                 self._events.write_event(Event(wall_time=time.time(), step=int(self._purge_step),
                                                session_log=SessionLog(status=SessionLog.START)))

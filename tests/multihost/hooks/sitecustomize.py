@@ -27,6 +27,10 @@ of compiling them all again. The programs, and so every number, are the same.
 step S of a loop over N examples with batch size B, it writes
 ``paused.<JAX_PROCESS_ID>`` in the hook folder and sleeps, so the test can kill
 every process at a known point (checkpoints and logs of the steps before exist).
+
+``$SSLSTEAL_TEST_SIGNAL=N:B:S:P``: process P alone sends itself SIGINT when it is about
+to read the batch of step S of a loop over N examples with batch size B (a Ctrl-C or a
+scheduler's signal that reaches one host of a pod).
 """
 import builtins
 import importlib.abc
@@ -49,8 +53,14 @@ def _patch_loop(module):
     orig = module.process_batch_indices
     pause = os.environ.get("SSLSTEAL_TEST_PAUSE")
     pause = tuple(int(x) for x in pause.split(":")) if pause else None
+    sig = os.environ.get("SSLSTEAL_TEST_SIGNAL")
+    sig = tuple(int(x) for x in sig.split(":")) if sig else None
+    me = int(os.environ.get("JAX_PROCESS_ID", "0"))
 
     def process_batch_indices(n, batch_size, seed, step, mesh):
+        if sig == (int(n), int(batch_size), int(step), me):
+            import signal
+            os.kill(os.getpid(), signal.SIGINT)
         if pause == (int(n), int(batch_size), int(step)):
             with _open(os.path.join(_DIR, f"paused.{os.environ.get('JAX_PROCESS_ID', '0')}"),
                        "w") as f:
