@@ -46,6 +46,10 @@ EXIT_STALLED = 3
 # dataset for the first time reports nothing and can take far longer: disable
 # the watchdog (0) for such a first run.
 DEFAULT_TIMEOUT_S = 900.0
+# Seconds the watchdog's own wake-up may be late before it asks whether the process was
+# stopped (SIGSTOP / Ctrl-Z, a paused VM) rather than stalled: then, with almost no CPU
+# time used meanwhile, the stopped time does not count (a hang keeps the clock running).
+SUSPENDED_AFTER_S = 30.0
 
 _lock = threading.Lock()
 _last = {"time": time.monotonic(), "what": "start", "count": 0}
@@ -63,6 +67,12 @@ def progress(what: str | None = None) -> None:
         _last["count"] += 1
         if what is not None:
             _last["what"] = what
+
+
+def _credit(seconds: float) -> None:
+    """Move the last progress report ``seconds`` later (time the process was stopped)."""
+    with _lock:
+        _last["time"] = min(_last["time"] + seconds, time.monotonic())
 
 
 def last_progress() -> tuple[float, str, int]:
@@ -124,7 +134,17 @@ class Watchdog:
         self.stop()
 
     def _watch(self) -> None:
+        wall, cpu = time.monotonic(), time.process_time()
         while not self._stop.wait(self._poll):
+            now, now_cpu = time.monotonic(), time.process_time()
+            late = now - wall - self._poll
+            if late > SUSPENDED_AFTER_S and now_cpu - cpu < 0.1 * (now - wall):
+                # This thread woke late and the process used almost no CPU meanwhile: it
+                # was stopped (Ctrl-Z / SIGSTOP, a paused VM), not stalled. That time is
+                # not the run's: the clock restarts (found 2026-12-02: a run stopped for
+                # 20 minutes and continued was ended as stalled at once).
+                _credit(late)
+            wall, cpu = now, now_cpu
             idle, what, _ = last_progress()
             if idle >= self.timeout_s:
                 self._fire(idle, what)

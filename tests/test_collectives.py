@@ -136,3 +136,33 @@ def test_watchdog_exits_a_hung_process(tmp_path):
     assert proc.returncode == watchdog.EXIT_STALLED
     assert "no progress for" in proc.stderr and time.time() - t0 < 30
     assert len(list(tmp_path.glob("stalled.*.txt"))) == 1
+
+
+def test_watchdog_does_not_count_time_the_process_was_stopped(tmp_path):
+    """Ctrl-Z / SIGSTOP for longer than the limit, then SIGCONT: the run goes on (the
+    watchdog woke late with no CPU used: stopped, not stalled). Before, a run stopped
+    for 20 minutes was ended as stalled the moment it continued (2026-12-02)."""
+    import signal
+    code = ("import time; from sslsteal_jax import watchdog\n"
+            "watchdog.SUSPENDED_AFTER_S = 1.0\n"
+            f"watchdog.Watchdog(2.0, {str(tmp_path)!r}, poll_s=0.2).start()\n"
+            "print('ready', flush=True)\n"
+            "for _ in range(4):\n"
+            "    time.sleep(1.5)\n"
+            "    watchdog.progress('tick')\n"
+            "print('done', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=workload.ROOT)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGSTOP)
+        time.sleep(5.0)  # 2.5x the watchdog's limit
+        proc.send_signal(signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and out.strip() == "done", err[-2000:]
+    assert not list(tmp_path.glob("stalled.*.txt"))
+
