@@ -13,7 +13,8 @@ without its SIGTERM-only notice and with a bound that makes it deadlock-free:
 
 1. A process that receives SIGINT / SIGTERM publishes its step count ``s_p``
    under ``<prefix>/<process id>``. Every process lists ``<prefix>/`` after each
-   step (one RPC per step, nothing on a device); one entry is the notice, and the
+   step (one RPC per step, nothing on a device: 190 us on localhost, 2026-12-02,
+   against 0.5-1 s for a victim step on CPU); one entry is the notice, and the
    process publishes its own step count.
 2. Once all ``P`` entries are there, ``stop_step = max(s_p) + LEAD``; every process
    runs on to it, saves the checkpoint there together with the others, and stops.
