@@ -408,8 +408,9 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
                 rc = p.poll()
                 if rc is not None and rc != 0 and status == 0:
                     status = rc if rc > 0 else 128 - rc
-                    print(f"sslsteal_jax.cluster: process {i} exited with status {status}; "
-                          "stopping the others", file=sys.stderr, flush=True)
+                    if not (interrupted and status == 130):  # the interrupt's own ending
+                        print(f"sslsteal_jax.cluster: process {i} exited with status {status}; "
+                              "stopping the others", file=sys.stderr, flush=True)
                     send(signal.SIGTERM)
                     kill_at = time.time() + grace_seconds
             if kill_at is not None and time.time() >= kill_at:

@@ -147,6 +147,21 @@ def _module_doc(path: str) -> str:
         return ""
 
 
+def _syntax_error(path: str) -> str | None:
+    """``"<message>, line N"`` when the .py file ``path`` does not parse, else None."""
+    import ast
+    if not path.endswith(".py"):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            ast.parse(f.read(), filename=path)
+    except SyntaxError as e:
+        return f"{e.msg}, line {e.lineno}"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return None
+
+
 def _is_config_file(path: str) -> bool:
     """True for a .py file that defines, assigns or imports ``get_config`` at module level
     (helpers do not; nor does a file that only mentions the name, or one that does not
@@ -270,6 +285,8 @@ def check_config_path(value: str) -> None:
         hint = f" (did you mean {next(p for p, _ in configs if os.path.basename(p) == close[0])}?)"
     if os.path.isdir(path):
         problem = f"{path!r} is a directory, not a config file: name a .py file in it"
+    elif os.path.isfile(path) and _syntax_error(path):
+        problem = f"{path!r} does not parse as Python ({_syntax_error(path)})"
     elif os.path.isfile(path):
         problem = f"{path!r} is not a config file (it defines no get_config())"
     else:

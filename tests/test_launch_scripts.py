@@ -309,6 +309,29 @@ def test_launcher_kills_processes_that_do_not_stop_after_an_interrupt():
     assert time.time() - t < 30
 
 
+def test_launcher_ends_an_interrupt_quietly_and_launcher_children_take_ctrl_c():
+    """Processes stopping with 130 after a passed-on Ctrl-C: the launcher exits 130 without
+    "process 1 exited with status 130; stopping the others" (read as a failure by a new
+    user, 2026-12-02). The launcher itself runs with SIGINT ignored (a script's
+    background job): its children still get Python's KeyboardInterrupt (before, they
+    inherited the ignore and a passed-on Ctrl-C outside a training loop was lost)."""
+    import signal
+    prog = "import time\nprint('up', flush=True)\ntime.sleep(120)\n"
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    p = subprocess.Popen([sys.executable, "-m", "sslsteal_jax.cluster", "launch", "2", "0",
+                          sys.executable, "-c", prog], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert p.stdout.readline().strip() in ("up", "[1] up")
+    assert p.stdout.readline().strip() in ("up", "[1] up")
+    t = time.time()
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "KeyboardInterrupt" in err and "stopping the others" not in err, err
+    assert time.time() - t < 30
+
+
 def test_launcher_stop_seconds_must_be_positive():
     env = dict(os.environ, PYTHONPATH=ROOT, SSLSTEAL_LAUNCH_STOP_SECONDS="soon")
     p = subprocess.run([sys.executable, "-m", "sslsteal_jax.cluster", "launch", "2", "0",

@@ -8,6 +8,7 @@ User mistakes end in exactly one ``error: ...`` line on stderr and exit status 1
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -493,6 +494,16 @@ def test_typed_values_and_non_config_files_are_one_line(tmp_path, args, expected
     _assert_one_error_line(rc, err, expected)
     assert not os.path.exists(tmp_path / "w")
 
+
+
+def test_config_with_a_syntax_error_names_it(tmp_path):
+    from sslsteal_jax.errors import ConfigError
+    from sslsteal_jax.main import check_config_path
+    bad = tmp_path / "bad_cfg.py"
+    bad.write_text("import ml_collections\n\ndef get_config(:\n    pass\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(repr(str(bad)))} does not parse as "
+                       r"Python \(invalid syntax, line 3\); available configs: "):
+        check_config_path(str(bad))
 
 
 def test_config_directory_is_named_as_a_directory():

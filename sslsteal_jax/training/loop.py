@@ -342,8 +342,8 @@ def run_training(state: TrainState, step_fn: Callable, arrays: Sequence, *,
         except ForcedStop:
             bar.close()
             last = mngr.latest_step() if mngr is not None else None
-            print(f"{desc}: stopped at once at step {step}, without a checkpoint; rerun to resume "
-                  f"from {'the start' if last is None else f'step {last}'}")
+            print(f"{desc}: stopped at once at step {step} without saving (second interrupt); "
+                  f"its last checkpoint is {'none' if last is None else f'at step {last}'}")
             raise
         except KeyboardInterrupt:
             bar.close()
