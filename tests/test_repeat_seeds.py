@@ -76,6 +76,33 @@ def test_summary_is_the_mean_and_sample_std_per_row():
     assert table[3] == "| surrogate, mse | 5000 | 3 | 86.17 +- 0.76 | 0.980 +- 0.010 | 2e-13 +- 1e-13 |"
 
 
+def test_a_decision_that_differs_between_seeds_is_the_fraction_of_seeds():
+    """verify's ``watermarked`` column: True under seeds 0 and 2, False under 1 for the
+    surrogate (the 3-seed claim-7 run stopped at the summary with "watermarked='False'
+    under seed 1 but 'True' under seed 0", 2026-12-02); equal for the victim."""
+    flags = {s: [dict(r, watermarked=str(w)) for r, w in zip(TABLES[s], (True, s != 1))]
+             for s in TABLES}
+    settings, metrics, summary = repeat.summarise(flags)
+    assert "watermarked" in metrics and "watermarked" not in settings
+    sur = summary[1]
+    assert sur["watermarked_mean"] == pytest.approx(2 / 3)
+    assert sur["watermarked_std"] == pytest.approx(np.std([1.0, 0.0, 1.0], ddof=1))
+    assert summary[0]["watermarked_mean"] == 1.0 and summary[0]["watermarked_std"] == 0.0
+
+
+def test_rows_named_by_a_seed_that_moves_with_the_run_seed_are_one_row():
+    """verify's independents are named by their own seed, which moves with the run's
+    seed; the summary names the row by the merged numbers (the 3-seed claim-7 run
+    stopped with "name='independent SimCLR (2 ep, seed 2)' under seed 1", 2026-12-02)."""
+    moved = {s: [TABLES[s][0], dict(TABLES[s][1], name=f"independent SimCLR (2 ep, seed {s + 1})")]
+             for s in TABLES}
+    _, _, summary = repeat.summarise(moved)
+    assert summary[1]["name"] == "independent SimCLR (2 ep, seed 1/2/3)"
+    assert summary[1]["n"] == 3
+    assert repeat.merge_names(["a 1 b", "a 2 c"]) is None
+    assert repeat.merge_names(["surrogate 500 q", "surrogate 500 q"]) == "surrogate 500 q"
+
+
 def test_tables_of_different_settings_are_refused():
     short = {**TABLES, 1: TABLES[1][:1]}
     with pytest.raises(ValueError, match="seed 1 has 1 result rows, seed 0 has 2"):

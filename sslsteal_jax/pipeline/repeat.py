@@ -23,6 +23,7 @@ import csv
 import json
 import math
 import os
+import re
 import time
 
 import ml_collections
@@ -173,6 +174,33 @@ def _number(text: str):
     return None if text in ("", None) else float(text)
 
 
+#: a decision column's cells (e.g. verify's ``watermarked``) as numbers: over seeds their
+#: mean is the fraction of seeds where the decision was True
+_FLAG = {"True": 1.0, "False": 0.0, "": None}
+
+
+def _is_flag(column: str, tables) -> bool:
+    cells = {r.get(column, "") for rows in tables for r in rows}
+    return cells <= set(_FLAG) and cells != {""}
+
+
+def merge_names(names: list[str]) -> str | None:
+    """One label for a row whose name differs between seeds only in its numbers (an
+    encoder named by a seed that moves with the run's seed: verify's "independent
+    SimCLR (2 ep, seed 1)" under seed 0 is "... seed 2)" under seed 1): the numbers
+    that differ joined by "/" ("independent SimCLR (2 ep, seed 1/2/3)"). None when the
+    names differ in anything else (rows of different settings)."""
+    parts = [re.split(r"(\d+)", n) for n in names]
+    if any(len(p) != len(parts[0]) for p in parts):
+        return None
+    out = []
+    for k, pieces in enumerate(zip(*parts)):
+        if k % 2 == 0 and len(set(pieces)) > 1:  # text between the numbers must agree
+            return None
+        out.append(pieces[0] if len(set(pieces)) == 1 else "/".join(dict.fromkeys(pieces)))
+    return "".join(out)
+
+
 def _is_numeric(column: str, tables) -> bool:
     try:
         for rows in tables:
@@ -195,9 +223,12 @@ def summarise(tables: dict[int, list[dict]]) -> tuple[list[str], list[str], list
       columns, and numeric ones equal across seeds in every row, e.g. a budget);
       ``metrics`` the numeric columns that vary; ``summary`` one dict per row with the
       settings (numbers as float), ``n``, ``seeds`` and ``<metric>_mean`` /
-      ``<metric>_std`` (``ddof=1``; None where no seed has a value).
+      ``<metric>_std`` (``ddof=1``; None where no seed has a value). A True / False
+      column (a decision, e.g. verify's ``watermarked``) that differs between seeds
+      is a metric with True = 1: its mean is the fraction of seeds where it held.
     Raises:
-      ValueError: no tables, or the tables disagree (row count, or a setting of one row).
+      ValueError: no tables, or the tables disagree (row count, or a setting of one row;
+        a name may differ in its numbers only: :func:`merge_names`).
     """
     if not tables:
         raise ValueError("no seed tables to summarise")
@@ -209,21 +240,32 @@ def summarise(tables: dict[int, list[dict]]) -> tuple[list[str], list[str], list
             raise ValueError(f"seed {s} has {len(tables[s])} result rows, seed {order[0]} "
                              f"has {len(first)}: the runs are of different settings")
     numeric = [c for c in columns if c != NAME and _is_numeric(c, tables.values())]
-    varying = [c for c in numeric
-               if any(len({_number(tables[s][i].get(c, "")) for s in order}) > 1
+    flags = [c for c in columns if c != NAME and c not in numeric
+             and _is_flag(c, tables.values())]
+
+    def value(c, text):
+        return _FLAG[text] if c in flags else _number(text)
+
+    varying = [c for c in columns if c in numeric or c in flags
+               if any(len({value(c, tables[s][i].get(c, "")) for s in order}) > 1
                       for i in range(len(first)))]
     settings = [c for c in columns if c not in varying]
     rows = []
     for i in range(len(first)):
+        names = [tables[s][i].get(NAME, "") for s in order]
+        merged = merge_names(names) if NAME in settings else None
         for s in order:
             for c in settings:
+                if c == NAME and merged is not None:
+                    continue
                 if tables[s][i].get(c, "") != first[i].get(c, ""):
                     raise ValueError(f"row {i} ({first[i].get(NAME, '')!r}): {c}="
                                      f"{tables[s][i].get(c, '')!r} under seed {s} but "
                                      f"{first[i].get(c, '')!r} under seed {order[0]}")
             rows.append(dict({c: (_number(tables[s][i][c]) if c in numeric
+                                  else merged if c == NAME and merged is not None
                                   else tables[s][i][c]) for c in settings}, row=i, seed=s,
-                             **{m: _number(tables[s][i].get(m, "")) for m in varying}))
+                             **{m: value(m, tables[s][i].get(m, "")) for m in varying}))
     summary = seeds_lib.seed_summary(rows, ["row", *settings], varying)
     for r in summary:
         del r["row"]
