@@ -365,19 +365,6 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
                           "could not start there); pick another, or leave --port out for a free one")
     port = int(port) if port else free_port()
     procs = []
-    for i in range(int(processes)):
-        penv = dict(base, SSLSTEAL_DISTRIBUTED="env", JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
-                    JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i),
-                    SSLSTEAL_CPU_DEVICES=base.get("SSLSTEAL_CPU_DEVICES") or "1")
-        out = {} if i == 0 else dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        if i:
-            penv["PYTHONUNBUFFERED"] = "1"
-        procs.append(subprocess.Popen(list(command), env=penv, start_new_session=True,
-                                      preexec_fn=_stop_with_parent, **out))
-    threads = [threading.Thread(target=_prefix_lines, args=(p.stdout, f"[{i}] ", sys.stdout),
-                                daemon=True) for i, p in enumerate(procs) if i]
-    for t in threads:
-        t.start()
 
     def send(sig):
         for p in procs:
@@ -393,14 +380,33 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
         send(signum)
         interrupted.append(time.time())
 
+    # installed before the first process starts: an interrupt during start-up reaches the
+    # processes started so far, and no further one is started
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     status, kill_at = 0, None
     try:
+        for i in range(int(processes)):
+            if interrupted:
+                break
+            penv = dict(base, SSLSTEAL_DISTRIBUTED="env",
+                        JAX_COORDINATOR_ADDRESS=f"localhost:{port}",
+                        JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(i),
+                        SSLSTEAL_CPU_DEVICES=base.get("SSLSTEAL_CPU_DEVICES") or "1")
+            out = {} if i == 0 else dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            if i:
+                penv["PYTHONUNBUFFERED"] = "1"
+            procs.append(subprocess.Popen(list(command), env=penv, start_new_session=True,
+                                          preexec_fn=_stop_with_parent, **out))
+        threads = [threading.Thread(target=_prefix_lines, args=(p.stdout, f"[{i}] ", sys.stdout),
+                                    daemon=True) for i, p in enumerate(procs) if i]
+        for t in threads:
+            t.start()
         while any(p.poll() is None for p in procs):
             if interrupted and kill_at is None and time.time() - interrupted[0] >= stop_seconds:
                 print(f"sslsteal_jax.cluster: the processes did not stop within {stop_seconds:g} s "
                       "of the interrupt (one of them is stuck, waiting for the others); killing "
-                      "them: rerun the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
+                      "them: rerun the same command to resume from the last checkpoint",
+                      file=sys.stderr, flush=True)
                 status = status or 130
                 send(signal.SIGKILL)
                 kill_at = float("inf")
@@ -422,6 +428,8 @@ def launch_local(processes: int, command: Sequence[str], port: int | None = None
             signal.signal(s, h)
     for t in threads:
         t.join(timeout=5)
+    if interrupted and not procs:
+        return 130
     if status == 0:
         bad = [p.returncode for p in procs if p.returncode]
         status = (bad[0] if bad[0] > 0 else 128 - bad[0]) if bad else 0

@@ -283,10 +283,11 @@ def check_config_path(value: str) -> None:
     hint = ""
     if close:
         hint = f" (did you mean {next(p for p, _ in configs if os.path.basename(p) == close[0])}?)"
+    syntax = _syntax_error(path) if os.path.isfile(path) else None
     if os.path.isdir(path):
         problem = f"{path!r} is a directory, not a config file: name a .py file in it"
-    elif os.path.isfile(path) and _syntax_error(path):
-        problem = f"{path!r} does not parse as Python ({_syntax_error(path)})"
+    elif syntax:
+        problem = f"{path!r} does not parse as Python ({syntax})"
     elif os.path.isfile(path):
         problem = f"{path!r} is not a config file (it defines no get_config())"
     else:

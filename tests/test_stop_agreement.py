@@ -111,28 +111,28 @@ def test_past_the_agreed_step_is_a_bug():
         a.check(7)
 
 
+def _both_at_the_end(a, b, count):
+    """``check_end(count)`` of both processes (it is a barrier: one runs in a thread)."""
+    out = {}
+    t = threading.Thread(target=lambda: out.update(a=a.check_end(count)))
+    t.start()
+    out["b"] = b.check_end(count)
+    t.join(5)
+    return out
+
+
 def test_loop_end_after_an_interrupt_stops_every_process():
     """Process 1's signal comes after its last check: it reports at the barrier of the
     loop's end and every process stops there (after the final save)."""
     a, b = _pod()
     b.requested = True
-    out = {}
-    t = threading.Thread(target=lambda: out.update(a=a.check_end(8)))
-    t.start()
-    out["b"] = b.check_end(8)
-    t.join(5)
-    assert out == {"a": True, "b": True}
+    assert _both_at_the_end(a, b, 8) == {"a": True, "b": True}
     assert a.stop_step == b.stop_step == 8
 
 
 def test_loop_end_without_an_interrupt_goes_on():
     a, b = _pod()
-    out = {}
-    t = threading.Thread(target=lambda: out.update(a=a.check_end(8)))
-    t.start()
-    out["b"] = b.check_end(8)
-    t.join(5)
-    assert out == {"a": False, "b": False}
+    assert _both_at_the_end(a, b, 8) == {"a": False, "b": False}
 
 
 def test_first_signal_requests_second_forces(capsys):

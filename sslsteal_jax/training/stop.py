@@ -124,7 +124,8 @@ class StopAgreement:
         return self._client
 
     def _entries(self) -> dict[int, int]:
-        return {int(k.rsplit("/", 1)[-1]): int(v) for k, v in self.client.key_value_dir_get(self.prefix)}
+        listed = self.client.key_value_dir_get(self.prefix)
+        return {int(k.rsplit("/", 1)[-1]): int(v) for k, v in listed}
 
     def check(self, count: int) -> bool:
         """Whether the loop stops now, at step count ``count`` (steps dispatched).
