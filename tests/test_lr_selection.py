@@ -89,6 +89,7 @@ def test_scan_selects_the_rate_that_learns_and_trains_with_it(tmp_path):
     assert all(0 < a <= 100 for a in acc) and abs(acc[0] - acc[1]) > 1  # different encoders
     best = sel["grid"][int(np.argmax(acc))]
     assert sel["chosen"] == {"mse": best}
+    assert sel["at_edge"] == ["mse"]  # 2 rates: either is an edge, and the table says so
     assert sel["validation"] == "fashion_mnist/train[:1000] rows [800:1000] (validation)"
     for name, row in sel["cells"].items():
         assert name.endswith("__val200") and row["cosine_fidelity"] is None

@@ -93,6 +93,28 @@ def test_cell_store_checks_each_cells_own_settings(tmp_path):
         assert json.load(f)["value"] == {"row": 1}
 
 
+def test_cell_work_dir_is_bound_to_the_settings_it_was_trained_with(tmp_path):
+    """A stacked group's checkpoint directory resumes only under the same member configs:
+    a scan whose lr grid chose another rate resumed the old rate's stacked checkpoint
+    (2026-12-02; the directory was named after the cells only)."""
+    store = CellStore(str(tmp_path / "cells"), {})
+    members = [{"loss": "mse", "learning_rate": 0.003}, {"loss": "mse", "learning_rate": 0.003}]
+    d = store.work_dir("stack_0a1b", members)
+    assert d == str(tmp_path / "cells" / "stack_0a1b") and os.path.isdir(d)
+    with open(os.path.join(d, "settings.json")) as f:
+        assert json.load(f) == members
+    with open(os.path.join(d, "step_100"), "w"):  # a checkpoint left by an interrupted run
+        pass
+    assert store.work_dir("stack_0a1b", [dict(m) for m in members]) == d  # same settings: resume
+    other = [members[0], {"loss": "mse", "learning_rate": 0.01}]
+    with pytest.raises(ConfigError, match=r"stack_0a1b holds a checkpoint trained with other "
+                                          r"settings \(differs in \['\[1\].learning_rate'\]\)"):
+        store.work_dir("stack_0a1b", other)
+    assert os.path.exists(os.path.join(d, "step_100"))  # nothing deleted
+    with pytest.raises(ConfigError, match=r"differs in \['\(value\)'\]"):
+        store.work_dir("stack_0a1b", members[:1])  # another member count
+
+
 def test_encoder_roles():
     victim = Encoder.victim("m", {}, api_output="projection")
     assert (victim.index("representation"), victim.index("victim_space")) == (0, 1)

@@ -208,7 +208,7 @@ def run(cfg, workdir: str) -> dict:
     cache = {s: (b.images, b.answers) for s, b in bought.items()}
     selection = None
     if cfg.get("lr_grid"):
-        selection = select_learning_rates(cfg, o, store, victim.module, cache, workdir, data0,
+        selection = select_learning_rates(cfg, o, store, victim.module, cache, data0,
                                           key, ev)
         cfg = with_learning_rates(cfg, selection["chosen"])
     rows, pending = {}, []
@@ -223,7 +223,7 @@ def run(cfg, workdir: str) -> dict:
     groups = []
     for group in _group_cells(pending, cache, o["stack"], o["stack_fraction"]):
         groups.append({"cells": [c["name"] for c in group["cells"]], **group["memory"]})
-        rows.update(_train_group(group["cells"], cache, store, workdir, data0, owner, key, ev,
+        rows.update(_train_group(group["cells"], cache, store, data0, owner, key, ev,
                                  o["stack_mode"]))
     rows = [rows[cell_name(s, l, b, sd)] for s in o["sources"] for l in o["losses"]
             for b in o["budgets"] for sd in o["seeds"]]
@@ -365,7 +365,7 @@ def _group_cells(pending: list[dict], cache: dict, stack: int, fraction: float) 
     return out
 
 
-def _train_group(cells, cache, store, workdir, data, owner, key, ev, mode) -> dict:
+def _train_group(cells, cache, store, data, owner, key, ev, mode) -> dict:
     """Train one group (alone when it has one cell), evaluate each cell and store
     its row (``store.put``, atomic); returns ``{cell name: row}``."""
     t = time.time()
@@ -374,12 +374,11 @@ def _train_group(cells, cache, store, workdir, data, owner, key, ev, mode) -> di
         images, answers = cache[c["source"]]
         trained = [train_surrogate(queries.prefix(images, c["budget"]),
                                    queries.prefix(answers, c["budget"]), c["cfg"],
-                                   os.path.join(workdir, "cells", c["name"]))]
+                                   store.work_dir(c["name"], c["cfg"].to_dict()))]
     else:
         names = "|".join(c["name"] for c in cells)
-        gdir = os.path.join(workdir, "cells",
-                            "stack_" + hashlib.sha1(names.encode()).hexdigest()[:12])
-        os.makedirs(gdir, exist_ok=True)
+        gdir = store.work_dir("stack_" + hashlib.sha1(names.encode()).hexdigest()[:12],
+                              [c["cfg"].to_dict() for c in cells])
         write_json_atomic(os.path.join(gdir, "members.json"), [c["name"] for c in cells])
         trained = train_surrogates_stacked(
             [(queries.prefix(cache[c["source"]][0], c["budget"]),
@@ -491,8 +490,9 @@ def format_scan(rows: list[dict], reference: dict, selection: dict | None = None
                   "| loss | " + " | ".join(f"lr {lr:g}" for lr in grid) + " | chosen |",
                   "|---|" + "---|" * (len(grid) + 1)]
         for loss, accs in selection["accuracy"].items():
+            edge = " (grid edge)" if loss in selection.get("at_edge", ()) else ""
             lines.append(f"| {loss} | " + " | ".join(f"{a:.2f}" for a in accs)
-                         + f" | {selection['chosen'][loss]:g} |")
+                         + f" | {selection['chosen'][loss]:g}{edge} |")
     return "\n".join(lines)
 
 
@@ -537,7 +537,7 @@ def with_learning_rates(cfg, lrs: dict):
     return c
 
 
-def select_learning_rates(cfg, o, store, victim_module, cache, workdir, data, key, ev) -> dict:
+def select_learning_rates(cfg, o, store, victim_module, cache, data, key, ev) -> dict:
     """Pick each loss's learning rate from ``cfg.lr_grid`` on a validation split.
 
     Every (loss, lr) trains one cell exactly like a scan cell (first query source, first
@@ -551,7 +551,9 @@ def select_learning_rates(cfg, o, store, victim_module, cache, workdir, data, ke
 
     Returns:
       ``{"grid": [lr, ...], "budget", "seed", "source", "validation": slice names,
-      "accuracy": {loss: [percent per lr]}, "chosen": {loss: lr}, "cells": {name: row}}``.
+      "accuracy": {loss: [percent per lr]}, "chosen": {loss: lr}, "at_edge": [losses
+      whose chosen rate is the grid's smallest or largest: printed as a warning],
+      "cells": {name: row}}``.
     """
     grid = sorted(float(v) for v in cfg.lr_grid)
     budget = int(cfg.get("select_budget") or o["budgets"][-1])
@@ -564,13 +566,18 @@ def select_learning_rates(cfg, o, store, victim_module, cache, workdir, data, ke
     rows = {c["name"]: c["row"] for c in plans.values() if c["row"] is not None}
     pending = [c for c in plans.values() if c["row"] is None]
     for group in _group_cells(pending, cache, o["stack"], o["stack_fraction"]):
-        rows.update(_train_group(group["cells"], cache, store, workdir, val, None, key, ev,
+        rows.update(_train_group(group["cells"], cache, store, val, None, key, ev,
                                  o["stack_mode"]))
     accuracy = {loss: [rows[plans[loss, lr]["name"]]["probe_full"] for lr in grid]
                 for loss in o["losses"]}
     # a diverged cell (NaN features -> NaN accuracy) never wins
     chosen = {loss: grid[int(np.argmax(np.nan_to_num(np.asarray(acc, float), nan=-np.inf)))]
               for loss, acc in accuracy.items()}
+    at_edge = sorted(loss for loss, lr in chosen.items()
+                     if len(grid) > 1 and lr in (grid[0], grid[-1]))
+    if at_edge:  # the optimum may lie outside the grid: the comparison is not tuned yet
+        print(f"learning rate selection: {', '.join(at_edge)} chose a rate at the edge of the "
+              f"grid {grid}; extend lr_grid past it (the finished grid cells are reused)")
     return {"grid": grid, "budget": budget, "seed": seed, "source": source,
             "validation": val.names["probe_test"], "accuracy": accuracy, "chosen": chosen,
-            "cells": {c["name"]: rows[c["name"]] for c in plans.values()}}
+            "at_edge": at_edge, "cells": {c["name"]: rows[c["name"]] for c in plans.values()}}

@@ -32,6 +32,19 @@ def safe_name(cell: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "-", cell)
 
 
+def _differing(old, new, prefix: str = "") -> list[str]:
+    """Dotted paths where two JSON values differ (dicts and lists walked; list items
+    as ``[i]``), e.g. ``["[0].learning_rate"]``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [p for k in sorted(set(old) | set(new), key=str)
+                for p in _differing(old.get(k), new.get(k),
+                                    f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [p for i, (a, b) in enumerate(zip(old, new))
+                for p in _differing(a, b, f"{prefix}[{i}]")]
+    return [] if old == new else [prefix or "(value)"]
+
+
 class CellStore:
     """Finished cells of one experiment in ``root``.
 
@@ -96,6 +109,37 @@ class CellStore:
                               f"({rec.get('settings')}) than this run asks for "
                               f"({_jsonable(settings)}); use a fresh --workdir")
         return rec["value"]
+
+    def work_dir(self, cell: str, settings) -> str:
+        """The directory ``<root>/<cell>`` where ``cell``'s training checkpoints live
+        (created), bound to ``settings`` (JSON-able: e.g. the surrogate config, or the
+        list of a stacked group's configs) through its ``settings.json``.
+
+        A checkpoint left by an interrupted run is resumed only by a run with the same
+        settings: before 2026-12-02 a budget scan whose learning-rate grid had chosen
+        another rate resumed the stacked checkpoint of the old rate (the directory was
+        named after the cells only) and mixed the two trainings in one cell.
+
+        Raises:
+          ConfigError: the directory holds a checkpoint trained with other settings
+            (names the fields that differ).
+        """
+        d = os.path.join(self.root, safe_name(cell))
+        path = os.path.join(d, "settings.json")
+        want = _jsonable(settings)
+        if os.path.exists(path):
+            with open(path) as f:
+                old = json.load(f)
+            if old != want:
+                raise ConfigError(f"{d} holds a checkpoint trained with other settings "
+                                  f"(differs in {_differing(old, want)}) than this run asks "
+                                  "for; use a fresh --workdir, or delete that directory to "
+                                  "train the cell again")
+        elif mesh_lib.is_writer():
+            os.makedirs(d, exist_ok=True)
+            write_json_atomic(path, want)
+        os.makedirs(d, exist_ok=True)
+        return d
 
     def put(self, cell: str, value, settings: dict | None = None):
         """Store ``value`` (JSON-able) for ``cell`` atomically; returns ``value``."""
