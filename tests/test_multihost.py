@@ -13,7 +13,8 @@ Three runs are compared:
   orbax checkpoint;
 * ``two_by_two``: 2 processes x 2 devices, its process 1 alone interrupted (SIGINT) in
   the middle of victim training: both stop at one agreed step after a checkpoint
-  (``training.stop``), and the same command resumes.
+  (``training.stop``); the same command, interrupted again (Ctrl-C to the launcher)
+  while process 0 fits the evaluation probes, stops at once; a third launch finishes.
 
 Same global batch everywhere. 2 x 1 has the reference's device count, so every
 number equals it bit for bit (the all-reduces add the same two partial sums);
@@ -104,7 +105,8 @@ class Run:
         self.processes, self.devices, self.cache = processes, devices, cache
         self.logs = []
 
-    def start(self, pause: str | None = None, signal_at: str | None = None) -> subprocess.Popen:
+    def start(self, pause: str | None = None, signal_at: str | None = None,
+              signal_probes: bool = False) -> subprocess.Popen:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HOOKS]), XLA_FLAGS=XLA_FLAGS,
                    SSLSTEAL_CPU_DEVICES=str(self.devices), SSLSTEAL_TEST_HOOK_DIR=self.hooks,
                    SSLSTEAL_TEST_WORKDIR=self.workdir, JAX_COMPILATION_CACHE_DIR=self.cache,
@@ -112,6 +114,10 @@ class Run:
                    SSLSTEAL_TEST_CACHE_ALL_PROCESSES="1")
         env.pop("SSLSTEAL_TEST_PAUSE", None)
         env.pop("SSLSTEAL_TEST_SIGNAL", None)
+        env.pop("SSLSTEAL_TEST_SIGNAL_PROBES", None)
+        env["SSLSTEAL_TEST_LAUNCH"] = str(len(self.logs))
+        if signal_probes:
+            env.update(SSLSTEAL_TEST_SIGNAL_PROBES="1", SSLSTEAL_ALL_STDOUT="1")
         if pause:
             env["SSLSTEAL_TEST_PAUSE"] = pause
         if signal_at:  # and every process's stdout, to read each one's stop step
@@ -142,15 +148,19 @@ class Run:
         rc = self.wait(self.start())
         assert rc == 0, self.log()[-6000:]
 
-    def records(self, kind: str) -> dict[int, list[dict]]:
-        """Hook records of ``kind`` per process id (all launches)."""
+    def records(self, kind: str, launch: int | None = None) -> dict[int, list[dict]]:
+        """Hook records of ``kind`` per process id (all launches, or launch ``launch``:
+        its index, -1 the last)."""
+        if launch is not None and launch < 0:
+            launch += len(self.logs)
         out = {}
         for name in sorted(os.listdir(self.hooks)):
             if name.endswith(".jsonl"):
                 pid = int(name[1:].split(".")[0])
                 with open(os.path.join(self.hooks, name)) as f:
                     out.setdefault(pid, []).extend(
-                        r for r in map(json.loads, f) if r["kind"] == kind)
+                        r for r in map(json.loads, f)
+                        if r["kind"] == kind and launch in (None, r["launch"]))
         return out
 
     def results(self) -> dict:
@@ -198,6 +208,9 @@ def runs(tmp_path_factory):
     # agree on a step, save there together and stop; the same command resumes
     two_two.interrupted_status = two_two.wait(
         two_two.start(signal_at=f"{VICTIM_N}:{VICTIM_BATCH}:{SIGNAL_STEP}:1"))
+    # the relaunch gets Ctrl-C (through the launcher) while process 0 fits the first
+    # evaluation row's probes and process 1 waits for them; the next relaunch finishes
+    two_two.probes_interrupted_status = two_two.wait(two_two.start(signal_probes=True))
     two_two.complete()
     return {"reference": ref, "two_by_one": two_one, "two_by_two": two_two}
 
@@ -257,7 +270,25 @@ def test_interrupt_of_one_process_stops_the_pod_at_one_agreed_step(runs):
     assert len(steps) == 1, saved
     (at,) = steps
     assert SIGNAL_STEP < at < VICTIM_STEPS
-    assert f"resumed from checkpoint at step {at} of {VICTIM_STEPS}" in r.log()
+    assert f"resumed from checkpoint at step {at} of {VICTIM_STEPS}" in r.log(1)
+
+
+def test_interrupt_during_evaluation_stops_both_processes_at_once(runs):
+    """Ctrl-C while process 0 fits probes and process 1 waits for their result: both stop
+    (130) without a traceback and leave the job together. Before, process 1's one
+    blocking wait ignored the signal, held process 0 in its 15 s leave bound and died
+    with a "Socket closed" traceback (2026-12-02; ``training.mesh.wait_for_key``)."""
+    r = runs["two_by_two"]
+    log = r.log(1)
+    assert r.probes_interrupted_status == 130, log[-4000:]
+    assert "Traceback" not in log and "took longer than" not in log, log[-4000:]
+    lines = [line.strip() for line in log.replace("\r", "\n").splitlines()]
+    assert sorted(x for x in lines if x.endswith("rerun the same command to resume from the "
+                                                 "last checkpoint")) == [
+        "[1] stopped; rerun the same command to resume from the last checkpoint",
+        "stopped; rerun the same command to resume from the last checkpoint"], log[-4000:]
+    assert r.records("metrics", launch=1) == {0: [{"kind": "metrics", "name": "victim",
+                                                   "launch": 1}], 1: []}
 
 
 def test_two_by_one_equals_one_process_bit_for_bit(runs):
@@ -352,9 +383,10 @@ def test_only_process_zero_fits_the_probes(runs, name):
     r = runs[name]
     names = [x["name"] for x in r.results()["rows"]]
     assert len(names) == 4
-    computed = {pid: [x["name"] for x in rs] for pid, rs in r.records("metrics").items()}
+    computed = {pid: [x["name"] for x in rs]
+                for pid, rs in r.records("metrics", launch=-1).items()}
     assert computed == {0: names, 1: []}
-    rows = {pid: [x["row"] for x in rs] for pid, rs in r.records("row").items()}
+    rows = {pid: [x["row"] for x in rs] for pid, rs in r.records("row", launch=-1).items()}
     assert [x["name"] for x in rows[0]] == names
     assert rows[1] == rows[0]
     assert all(isinstance(x["probe_full"], float) for x in rows[1])
@@ -396,4 +428,6 @@ def test_queries_charged_once_per_image_globally(runs, name):
     assert info["queries_charged"] == BUDGET and info["images"] == BUDGET
     with np.load(os.path.join(runs[name].workdir, "query_cache.npz")) as z:
         assert len(z["answers"]) == BUDGET and int(z["queries_charged"]) == BUDGET
-    assert info["from_cache"] is False  # (the 2 x 1 run was killed before it bought)
+    # the 2 x 1 run was killed before it bought; the 2 x 2 run's last launch reads the
+    # answers its interrupted second launch bought
+    assert info["from_cache"] is (name == "two_by_two")

@@ -43,6 +43,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -399,6 +400,39 @@ _WRITER_CALLS = itertools.count()
 WRITER_WAIT_MS = 24 * 3600 * 1000
 
 
+#: Longest single blocking call on the coordination service (milliseconds): Python runs a
+#: signal handler only between calls, so a Ctrl-C reaches a waiting process this soon.
+WAIT_SLICE_MS = 500
+
+
+def wait_for_key(client, key: str, timeout_ms: int, slice_ms: int = WAIT_SLICE_MS) -> str:
+    """``client.blocking_key_value_get(key, timeout_ms)`` made of waits of at most
+    ``slice_ms``, so that SIGINT / SIGTERM are handled while a process waits for another.
+
+    One blocking call cannot be interrupted: a process waiting for process 0's probe
+    results ignored the Ctrl-C that stopped process 0, held process 0's exit in its
+    15 s leave bound, then died with a "Socket closed" traceback (2026-12-02, toy
+    2-process run interrupted during evaluation).
+
+    Args:
+      client: the ``jax.distributed`` coordination client (or a test fake).
+      key: the key-value store key; timeout_ms: total wait in milliseconds.
+    Returns:
+      the stored value (str).
+    Raises:
+      the client's error (``JaxRuntimeError``, "DEADLINE_EXCEEDED") once ``timeout_ms``
+      has passed, or any other error of the client at once.
+    """
+    deadline = time.monotonic() + timeout_ms / 1000
+    while True:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        try:
+            return client.blocking_key_value_get(key, max(1, min(slice_ms, left_ms)))
+        except Exception as e:  # noqa: BLE001  (the client raises JaxRuntimeError)
+            if "DEADLINE_EXCEEDED" not in str(e) or left_ms <= slice_ms:
+                raise
+
+
 def writer_computes(fn: Callable[[], Any]) -> Any:
     """``fn()`` computed by process 0 alone; every process returns that same value.
 
@@ -433,7 +467,7 @@ def writer_computes(fn: Callable[[], Any]) -> Any:
         value = fn()
         client.key_value_set(key, json.dumps(value))
         return value
-    return json.loads(client.blocking_key_value_get(key, WRITER_WAIT_MS))
+    return json.loads(wait_for_key(client, key, WRITER_WAIT_MS))
 
 
 def sync(name: str) -> None:

@@ -40,6 +40,8 @@ import threading
 
 import jax
 
+from sslsteal_jax.training import mesh as mesh_lib
+
 #: Milliseconds a process waits for the others' step counts once it may run no
 #: further (a dead process never answers; the launcher ends the job long before).
 WAIT_MS = 300_000
@@ -148,7 +150,7 @@ class StopAgreement:
                 for p in range(self.processes):
                     if p not in entries:  # the others reach their next check without us
                         try:
-                            self.client.blocking_key_value_get(f"{self.prefix}{p}", WAIT_MS)
+                            mesh_lib.wait_for_key(self.client, f"{self.prefix}{p}", WAIT_MS)
                         except Exception as e:  # noqa: BLE001  (the client raises XlaRuntimeError)
                             raise RuntimeError(f"stop agreement: process {p} did not report its "
                                                f"step within {WAIT_MS / 1000:g} s ({e})") from e

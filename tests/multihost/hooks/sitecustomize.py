@@ -31,6 +31,12 @@ every process at a known point (checkpoints and logs of the steps before exist).
 ``$SSLSTEAL_TEST_SIGNAL=N:B:S:P``: process P alone sends itself SIGINT when it is about
 to read the batch of step S of a loop over N examples with batch size B (a Ctrl-C or a
 scheduler's signal that reaches one host of a pod).
+
+``$SSLSTEAL_TEST_SIGNAL_PROBES=1``: process 0, about to fit the first evaluation row's
+probes (the other processes wait for its result), sends SIGINT to the launcher, which
+passes it on to every process: a Ctrl-C during evaluation.
+
+Every record carries ``launch``: ``$SSLSTEAL_TEST_LAUNCH``, the test's launch index.
 """
 import builtins
 import importlib.abc
@@ -45,6 +51,7 @@ _DIR = os.environ.get("SSLSTEAL_TEST_HOOK_DIR")
 
 def _record(obj):
     path = os.path.join(_DIR, f"p{os.environ.get('JAX_PROCESS_ID', '0')}.{os.getpid()}.jsonl")
+    obj = dict(obj, launch=int(os.environ.get("SSLSTEAL_TEST_LAUNCH", "0")))
     with _open(path, "a") as f:
         f.write(json.dumps(obj) + "\n")
 
@@ -79,6 +86,10 @@ def _patch_report(module):
 
     def _metrics(name, *args):
         _record({"kind": "metrics", "name": name})
+        if os.environ.get("SSLSTEAL_TEST_SIGNAL_PROBES") == "1":
+            import signal
+            os.kill(os.getppid(), signal.SIGINT)  # the launcher passes it on to every process
+            time.sleep(60)  # the forwarded SIGINT ends this sleep with KeyboardInterrupt
         return orig(name, *args)
 
     def evaluate_features(*args, **kwargs):
