@@ -568,6 +568,7 @@ def main(argv):
         # the interpreter's shutdown of a complete run
         import signal
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     except (ConfigError, WorkdirExistsError) as e:  # a user mistake: one line, no traceback
         if dog is not None:
             dog.stop()
@@ -586,5 +587,27 @@ def main(argv):
             dog.stop()
 
 
+def _interrupt(signum, frame):
+    """SIGTERM handler: the same path as Ctrl-C (KeyboardInterrupt: the training loop saves,
+    ``main`` prints the resume line and exits 130). A training loop installs its own
+    handlers while it runs (``training.stop``) and puts this one back after."""
+    raise KeyboardInterrupt
+
+
+def entry() -> None:
+    """``python -m sslsteal_jax.main``: :func:`main` through absl, with SIGTERM treated
+    as Ctrl-C from the first moment (a scheduler's SIGTERM in the first seconds ended
+    the process with status 143 and no word; a Ctrl-C while the flags were parsed
+    printed a 98-line traceback; 2026-12-02). Exit 130 either way."""
+    import signal
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # an ignored SIGTERM stays so
+        signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        app.run(main, flags_parser=parse_flags)
+    except KeyboardInterrupt:  # before main() took over (flag parsing, config loading)
+        print("stopped before the run started; rerun the same command to run it", file=sys.stderr)
+        _leave(130, immediate=True)
+
+
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    entry()

@@ -5,7 +5,7 @@ configs and experiments: ~2.5 s of CPU) for every case.
 The server imports ``sslsteal_jax.main`` and ``PRELOAD`` once, never starts a JAX backend, and for each
 request (one JSON line on stdin: ``{"argv": [...], "cwd": str, "env": {...}}``) forks a
 child that does exactly what ``python -m sslsteal_jax.main ARGV`` does after its imports:
-``absl.app.run(main.main, flags_parser=main.parse_flags)`` with ``sys.argv`` set, in
+``main.entry()`` (absl's ``app.run`` of ``main.main``) with ``sys.argv`` set, in
 ``cwd``, with ``env`` added to the environment, standard output and error going to files.
 The reply is one JSON line ``{"rc": int, "stdout": str, "stderr": str}``. A fork copies
 the process as it was before any flag was parsed, so every case starts from the same
@@ -21,8 +21,6 @@ import traceback
 
 
 def _child(req: dict, out_path: str, err_path: str) -> None:
-    from absl import app
-
     from sslsteal_jax import main as cli
 
     os.chdir(req["cwd"])
@@ -34,7 +32,7 @@ def _child(req: dict, out_path: str, err_path: str) -> None:
     sys.argv = [os.path.join(os.path.dirname(cli.__file__), "main.py"), *req["argv"]]
     code = 0
     try:
-        app.run(cli.main, flags_parser=cli.parse_flags)
+        cli.entry()
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except BaseException:  # noqa: BLE001 - what an uncaught exception does to the interpreter

@@ -279,6 +279,20 @@ def test_unknown_dataset(tmp_path, field, name, hint):
     assert not os.path.exists(tmp_path / "w")
 
 
+def test_catalogue_dataset_that_cannot_be_prepared_is_one_line(tmp_path):
+    """A tensorflow-datasets name that cannot be prepared here (no internet, no TensorFlow):
+    one ``error:`` line naming the folder tfds looked in, and nothing else on stdout or
+    stderr. Before (2026-12-02): tfds's "Downloading and preparing dataset..." on stdout, a
+    "Variant folder ... has no dataset_info.json" warning, and "under data_dir=None"."""
+    rc, out, err = _run("--config=configs/quickstart.py", "--config.query_dataset=cifar100",
+                        f"--workdir={tmp_path / 'w'}")
+    assert rc == 1 and "cifar100" not in out, (out, err)  # (a first run prepares fashion_mnist)
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: dataset 'cifar100' is not available: "), err
+    assert re.search(r"under '[^']*/cifar100/[0-9.]+'", err) and "None" not in err, err
+    assert not os.path.exists(tmp_path / "w")
+
+
 @pytest.mark.slow
 def test_evaluate_nonexistent_checkpoint(tmp_path):
     """A missing checkpoint is reported by path in one line; run from another
@@ -565,6 +579,35 @@ def test_ctrl_c_while_compiling_exits_130_cleanly(tmp_path, processes):
     # every process stopped on its own and said so; the launcher killed nothing
     assert text.count("stopped; rerun the same command to resume") == processes, text[-3000:]
     assert "did not stop within" not in text, text[-3000:]
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_while_the_config_loads_exits_130_with_one_line(tmp_path, sig):
+    """Ctrl-C or a scheduler's SIGTERM before ``main`` takes over (here: while the config
+    file's ``get_config`` runs): one line and status 130. Before (2026-12-02, a new user's
+    try): SIGINT printed a 98-line traceback through absl's flag parsing, and SIGTERM ended
+    the process with 143 and no word."""
+    import signal
+    import time
+
+    marker = tmp_path / "loading"
+    cfg = tmp_path / "slow_config.py"
+    cfg.write_text("import time\n\n\ndef get_config():\n"
+                   f"    open({str(marker)!r}, 'w').close()\n    time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-m", "sslsteal_jax.main", f"--config={cfg}",
+                          f"--workdir={tmp_path / 'w'}"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while not marker.exists():
+        assert p.poll() is None and time.time() < deadline, p.communicate()
+        time.sleep(0.05)
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert err.strip().splitlines() == [
+        "stopped before the run started; rerun the same command to run it"], err
+    assert not (tmp_path / "w").exists()
 
 
 def test_interrupt_leaves_through_os_exit_after_leaving_the_job(monkeypatch):

@@ -34,9 +34,12 @@ also cached in-process, keyed by (name, split, data dir); see
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
 import os
 import re
+import sys
 import threading
 
 import numpy as np
@@ -273,6 +276,18 @@ def varying_size(builder, image_key: str) -> bool:
     return None in tuple(shape)[:2]
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+    """absl logging (tfds's warnings) at ERROR and above inside the block."""
+    from absl import logging as absl_logging
+    old = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(old)
+
+
 def online_builder(name: str, split: str, data_dir: str | None, download: bool):
     """A prepared tensorflow-datasets builder of ``name`` (ArrayRecord) whose splits
     include ``split``, with the feature names of its images and labels.
@@ -283,12 +298,17 @@ def online_builder(name: str, split: str, data_dir: str | None, download: bool):
     """
     import tensorflow_datasets as tfds
 
+    builder = None
+
+    def where() -> str:  # the version folder tfds looked in, else the data dir it was given
+        return repr(getattr(builder, "data_dir", None) or data_dir or "tfds's default data dir")
+
     def unavailable(reason: str) -> ConfigError:
         return ConfigError(
             f"dataset {name!r} is not available: {reason}. Online, any tensorflow-datasets "
             "image dataset works by name once tfds can prepare it (catalogue builders need "
             "TensorFlow and 'pip install importlib_resources' to generate) or when it is "
-            f"already prepared in ArrayRecord format under data_dir={data_dir!r} (prepare it "
+            f"already prepared in ArrayRecord format under {where()} (prepare it "
             f"on a machine with internet and set ${DATA_DIR_ENV}: BUILD.md, 'Paper-scale "
             f"data'). {INSTALL_HINT}")
 
@@ -299,18 +319,23 @@ def online_builder(name: str, split: str, data_dir: str | None, download: bool):
     except Exception as e:  # bad config, ...
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise unavailable(f"tfds.builder failed ({type(e).__name__}: {first_line})") from e
-    if not builder.is_prepared():
+    with _quiet_absl():  # "Variant folder ... has no dataset_info.json": not prepared yet
+        prepared = builder.is_prepared()
+    if not prepared:
         if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
             raise manual_data_error(name, data_dir)
         if not download:
             raise unavailable(f"not prepared under {builder.data_dir!r} and download=False")
+        said = io.StringIO()  # tfds announces the download on stdout: shown if it worked
         try:
-            builder.download_and_prepare(
-                file_format="array_record",
-                download_config=tfds.download.DownloadConfig())
+            with contextlib.redirect_stdout(said):
+                builder.download_and_prepare(
+                    file_format="array_record",
+                    download_config=tfds.download.DownloadConfig())
         except Exception as e:  # no network, no TensorFlow, missing packages, ...
             raise unavailable(f"download_and_prepare failed ({type(e).__name__}: "
                               f"{str(e)[:300]})") from e
+        sys.stdout.write(said.getvalue())
     check_split(name, split, builder.info.splits.keys())
     keys = builder.info.supervised_keys or ("image", "label")
     image_key, label_key = (keys[0], keys[1]) if len(keys) >= 2 else ("image", "label")
