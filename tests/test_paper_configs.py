@@ -180,7 +180,8 @@ def test_imagenet_simsiam_config_one_step_of_each_phase(data_env, tmp_path, monk
     assert sorted(cells) == ["infonce"]
     _finite(cells.values(), ("probe_full", "knn", "cosine_fidelity"))
     from sslsteal_jax.experiments.budget_scan import cell_name
-    cell_dir = os.path.join("scan", "cells", cell_name(src, "infonce", 32, 0))
+    from sslsteal_jax.pipeline.cells import safe_name
+    cell_dir = os.path.join("scan", "cells", safe_name(cell_name(src, "infonce", 32, 0)))
     with open(os.path.join(cell_dir, "train_log.jsonl")) as f:
         logs = [json.loads(line) for line in f]
     assert logs[-1]["step"] == 2 and math.isfinite(logs[-1]["loss"])  # 32 queries / batch 16

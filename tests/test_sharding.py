@@ -209,6 +209,40 @@ def test_one_process_reads_the_whole_batch_and_local_rows_must_fit():
     np.testing.assert_array_equal(mesh_lib.to_host(a), x)
 
 
+def test_wait_for_key_waits_in_slices_until_the_value_or_the_deadline(monkeypatch):
+    """``wait_for_key``: blocking calls of at most ``slice_ms`` (a Python signal handler
+    runs between them), the value once it is there, the client's deadline error once the
+    total wait has passed, any other error at once."""
+    clock = [0.0]
+    monkeypatch.setattr(mesh_lib.time, "monotonic", lambda: clock[0])
+
+    class Client:
+        def __init__(self, ready_after_s=None, error=None):
+            self.ready_after_s, self.error, self.calls = ready_after_s, error, []
+
+        def blocking_key_value_get(self, key, timeout_ms):
+            self.calls.append(timeout_ms)
+            if self.error:
+                raise self.error
+            if self.ready_after_s is not None and clock[0] >= self.ready_after_s:
+                return "v"
+            clock[0] += timeout_ms / 1000
+            raise RuntimeError(f"DEADLINE_EXCEEDED: GetKeyValue() timed out with key: {key}")
+
+    c = Client(ready_after_s=1.2)
+    assert mesh_lib.wait_for_key(c, "k", 10_000, slice_ms=500) == "v"
+    assert c.calls == [500, 500, 500, 500]  # 0-0.5, 0.5-1.0, 1.0-1.5 s, then there
+    clock[0] = 0.0
+    c = Client()
+    with pytest.raises(RuntimeError, match="DEADLINE_EXCEEDED"):
+        mesh_lib.wait_for_key(c, "k", 1_200, slice_ms=500)
+    assert c.calls == [500, 500, 200]  # never past the total
+    c = Client(error=RuntimeError("UNAVAILABLE: Socket closed"))
+    with pytest.raises(RuntimeError, match="Socket closed"):
+        mesh_lib.wait_for_key(c, "k", 10_000, slice_ms=500)
+    assert c.calls == [500]
+
+
 def test_writer_computes_runs_on_process_zero_and_shares_the_value(monkeypatch):
     """Two processes simulated in one (a dict as the coordination service's key-value
     store): process 0 runs each function and publishes its value; process 1 runs none and
@@ -226,7 +260,7 @@ def test_writer_computes_runs_on_process_zero_and_shares_the_value(monkeypatch):
             store[key] = value
 
         def blocking_key_value_get(self, key, timeout_in_ms):
-            assert timeout_in_ms == mesh_lib.WRITER_WAIT_MS
+            assert timeout_in_ms == mesh_lib.WAIT_SLICE_MS  # sliced: signals get through
             return store[key]
 
     monkeypatch.setattr(distributed.global_state, "client", Client())

@@ -425,7 +425,7 @@ def wait_for_key(client, key: str, timeout_ms: int, slice_ms: int = WAIT_SLICE_M
     """
     deadline = time.monotonic() + timeout_ms / 1000
     while True:
-        left_ms = int((deadline - time.monotonic()) * 1000)
+        left_ms = round((deadline - time.monotonic()) * 1000)
         try:
             return client.blocking_key_value_get(key, max(1, min(slice_ms, left_ms)))
         except Exception as e:  # noqa: BLE001  (the client raises JaxRuntimeError)
