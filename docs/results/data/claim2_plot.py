@@ -25,11 +25,10 @@ PAPER_TABLE = {
     ("softnn", 5000): (85.58, 0.21, 0.938, 0.001)}
 
 
-def cells(folder: str, pattern: str = "*.json") -> list[dict]:
-    """The rows of the kept scan cells in ``folder`` (lr-grid and reference cells skipped)."""
-    paths = [p for p in glob.glob(os.path.join(DATA, folder, pattern))
-             if not os.path.basename(p).startswith("_") and "__lr" not in p
-             and os.path.basename(p) != "config.json"]
+def cells(folder: str, loss: str = "*") -> list[dict]:
+    """The rows of the kept scan cells of ``loss`` in ``folder``
+    (``<source>__<loss>__b<budget>__s<seed>.json``; lr-grid cells end otherwise)."""
+    paths = glob.glob(os.path.join(DATA, folder, f"*__{loss}__b*__s[0-9].json"))
     return [json.load(open(p))["value"] for p in sorted(paths)]
 
 
@@ -54,7 +53,7 @@ def plot(tab: dict, folder: str, out: str, title: str) -> None:
 
 
 if __name__ == "__main__":
-    paper = dict(PAPER_TABLE, **table(cells("claim2_paper_protocol", "*wasserstein*.json")))
+    paper = {**PAPER_TABLE, **table(cells("claim2_paper_protocol", "wasserstein"))}
     plot(paper, "claim2_paper_protocol", "docs/claim2_paper_protocol.png",
          "Claim 2 (b), paper protocol: 30 epochs at each loss's batch size, 3 seeds (mean +- std)")
     plot(table(cells("claim2_equal_steps")), "claim2_equal_steps", "docs/claim2_equal_steps.png",
