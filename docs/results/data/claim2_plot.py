@@ -41,7 +41,9 @@ def table(rows: list[dict]) -> dict:
 
 def plot(tab: dict, folder: str, out: str, title: str) -> None:
     curves = {m: {} for m in METRICS}
-    for (loss, b), (pm, ps, cm, cs) in sorted(tab.items(), key=lambda kv: kv[0][1]):
+    order = ("mse", "infonce", "softnn", "wasserstein")  # one colour per loss in both figures
+    for (loss, b), (pm, ps, cm, cs) in sorted(tab.items(),
+                                              key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         for metric, m, sd in (("probe_full", pm, ps), ("cosine_fidelity", cm, cs)):
             bs, ms, ss = curves[metric].setdefault(loss, ([], [], []))
             bs.append(b)
