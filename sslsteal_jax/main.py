@@ -587,25 +587,39 @@ def main(argv):
             dog.stop()
 
 
-def _interrupt(signum, frame):
-    """SIGTERM handler: the same path as Ctrl-C (KeyboardInterrupt: the training loop saves,
-    ``main`` prints the resume line and exits 130). A training loop installs its own
-    handlers while it runs (``training.stop``) and puts this one back after."""
-    raise KeyboardInterrupt
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is, or was caused by, a KeyboardInterrupt: a Ctrl-C during an import
+    (numpy / jaxlib while the config loads) surfaces as an ImportError raised from it."""
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def entry() -> None:
-    """``python -m sslsteal_jax.main``: :func:`main` through absl, with SIGTERM treated
-    as Ctrl-C from the first moment (a scheduler's SIGTERM in the first seconds ended
-    the process with status 143 and no word; a Ctrl-C while the flags were parsed
-    printed a 98-line traceback; 2026-12-02). Exit 130 either way."""
+    """``python -m sslsteal_jax.main``: :func:`main` through absl, with SIGINT and SIGTERM
+    both raising KeyboardInterrupt from the first moment, never inside a garbage-collection
+    callback where it would be lost (``sslsteal_jax.interrupts``). Before (2026-12-02, a
+    new user's tries): a SIGTERM in the first seconds ended the process with 143 and no
+    word, a Ctrl-C while the config loaded printed a 98-line traceback (or an ImportError
+    with exit 1), and 4 of 5 signals in the first second were discarded by JAX's
+    garbage-collection callback (the run finished with 0). Exit 130 in every case."""
     import signal
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:  # an ignored SIGTERM stays so
-        signal.signal(signal.SIGTERM, _interrupt)
+
+    from sslsteal_jax.interrupts import interrupt_handler
+    for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                         (signal.SIGTERM, signal.SIG_DFL)):
+        if signal.getsignal(sig) == default:  # an ignored signal stays ignored
+            signal.signal(sig, interrupt_handler)
     try:
         app.run(main, flags_parser=parse_flags)
-    except KeyboardInterrupt:  # before main() took over (flag parsing, config loading)
-        print("stopped before the run started; rerun the same command to run it", file=sys.stderr)
+    except BaseException as e:  # noqa: BLE001 - anything else is re-raised as it was
+        if isinstance(e, SystemExit) or not _interrupted(e):
+            raise
+        # before main() took over (flag parsing, config loading)
+        print("stopped before the run started; rerun the same command to run it",
+              file=sys.stderr)
         _leave(130, immediate=True)
 
 

@@ -40,6 +40,7 @@ import threading
 
 import jax
 
+from sslsteal_jax.interrupts import raise_interrupt
 from sslsteal_jax.training import mesh as mesh_lib
 
 #: Milliseconds a process waits for the others' step counts once it may run no
@@ -108,10 +109,12 @@ class StopAgreement:
             raise KeyboardInterrupt
 
     def _on_signal(self, signum, frame) -> None:
-        if not self.multi:
-            raise AgreedStop()  # one process: stop at this step (the loop saves)
+        if not self.multi:  # one process: stop at this step (the loop saves)
+            raise_interrupt(signum, frame, AgreedStop)
+            return  # (landed in a garbage-collection callback: sent again in a moment)
         if self.requested:
-            raise ForcedStop()
+            raise_interrupt(signum, frame, ForcedStop)
+            return
         self.requested = True
         print(f"{signal.Signals(signum).name}: stopping at a step all {self.processes} "
               "processes agree on, after a checkpoint (interrupt again to stop at once, "
