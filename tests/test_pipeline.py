@@ -108,11 +108,16 @@ def test_cell_work_dir_is_bound_to_the_settings_it_was_trained_with(tmp_path):
     assert store.work_dir("stack_0a1b", [dict(m) for m in members]) == d  # same settings: resume
     other = [members[0], {"loss": "mse", "learning_rate": 0.01}]
     with pytest.raises(ConfigError, match=r"stack_0a1b holds a checkpoint trained with other "
-                                          r"settings \(differs in \['\[1\].learning_rate'\]\)"):
+                                          r"settings \(\[1\].learning_rate 0.003 -> 0.01\) than"):
         store.work_dir("stack_0a1b", other)
     assert os.path.exists(os.path.join(d, "step_100"))  # nothing deleted
-    with pytest.raises(ConfigError, match=r"differs in \['\(value\)'\]"):
+    with pytest.raises(ConfigError, match=r"settings \(\(value\)\) than"):
         store.work_dir("stack_0a1b", members[:1])  # another member count
+    four = [dict(m, loss=f"l{i}") for i, m in enumerate(members * 2)]
+    store.work_dir("stack_four", four)
+    with pytest.raises(ConfigError, match=r"\[0\].loss 'l0' -> 'x', \[1\].loss 'l1' -> 'x', "
+                                          r"\[2\].loss 'l2' -> 'x' and 1 more\)"):
+        store.work_dir("stack_four", [dict(m, loss="x") for m in four])
 
 
 def test_encoder_roles():

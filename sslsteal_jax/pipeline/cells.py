@@ -32,17 +32,25 @@ def safe_name(cell: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "-", cell)
 
 
-def _differing(old, new, prefix: str = "") -> list[str]:
-    """Dotted paths where two JSON values differ (dicts and lists walked; list items
-    as ``[i]``), e.g. ``["[0].learning_rate"]``."""
+def _differing(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """``(dotted path, old value, new value)`` wherever two JSON values differ (dicts and
+    lists walked; list items as ``[i]``), e.g. ``[("[0].learning_rate", 0.003, 0.01)]``."""
     if isinstance(old, dict) and isinstance(new, dict):
-        return [p for k in sorted(set(old) | set(new), key=str)
-                for p in _differing(old.get(k), new.get(k),
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _differing(old.get(k), new.get(k),
                                     f"{prefix}.{k}" if prefix else str(k))]
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
-        return [p for i, (a, b) in enumerate(zip(old, new))
-                for p in _differing(a, b, f"{prefix}[{i}]")]
-    return [] if old == new else [prefix or "(value)"]
+        return [d for i, (a, b) in enumerate(zip(old, new))
+                for d in _differing(a, b, f"{prefix}[{i}]")]
+    return [] if old == new else [(prefix or "(value)", old, new)]
+
+
+def _describe(diffs: list[tuple[str, object, object]], shown: int = 3) -> str:
+    """``path old -> new`` for the first ``shown`` differences, then how many more."""
+    parts = [f"{p} {a!r} -> {b!r}" if not isinstance(a, (dict, list)) else p
+             for p, a, b in diffs[:shown]]
+    more = f" and {len(diffs) - shown} more" if len(diffs) > shown else ""
+    return ", ".join(parts) + more
 
 
 class CellStore:
@@ -132,7 +140,7 @@ class CellStore:
                 old = json.load(f)
             if old != want:
                 raise ConfigError(f"{d} holds a checkpoint trained with other settings "
-                                  f"(differs in {_differing(old, want)}) than this run asks "
+                                  f"({_describe(_differing(old, want))}) than this run asks "
                                   "for; use a fresh --workdir, or delete that directory to "
                                   "train the cell again")
         elif mesh_lib.is_writer():
