@@ -577,9 +577,8 @@ def select_learning_rates(cfg, o, store, victim_module, cache, data, key, ev) ->
                      if len(grid) > 1 and lr in (grid[0], grid[-1]))
     if at_edge:  # the optimum may lie outside the grid: the comparison is not tuned yet
         picks = ", ".join(f"{loss} chose {chosen[loss]:g}" for loss in at_edge)
-        print(f"learning rate selection: {picks}, at the edge of the grid "
-              f"{[float(f'{lr:g}') for lr in grid]}; extend lr_grid past it (the finished "
-              "grid cells are reused)")
+        print(f"learning rate selection: {picks}, at the edge of the grid {grid}; extend "
+              "lr_grid past it (the finished grid cells are reused)")
     return {"grid": grid, "budget": budget, "seed": seed, "source": source,
             "validation": val.names["probe_test"], "accuracy": accuracy, "chosen": chosen,
             "at_edge": at_edge, "cells": {c["name"]: rows[c["name"]] for c in plans.values()}}

@@ -133,6 +133,7 @@ class CellStore:
             (names the fields that differ).
         """
         d = os.path.join(self.root, safe_name(cell))
+        os.makedirs(d, exist_ok=True)
         path = os.path.join(d, "settings.json")
         want = _jsonable(settings)
         if os.path.exists(path):
@@ -144,9 +145,7 @@ class CellStore:
                                   "for; use a fresh --workdir, or delete that directory to "
                                   "train the cell again")
         elif mesh_lib.is_writer():
-            os.makedirs(d, exist_ok=True)
             write_json_atomic(path, want)
-        os.makedirs(d, exist_ok=True)
         return d
 
     def put(self, cell: str, value, settings: dict | None = None):
